@@ -1,0 +1,64 @@
+"""Kafka messages.
+
+Every message is a JSON object carrying the envelope fields ``id`` (stable, used for idempotency),
+``type`` (the tag that selects the Struct), ``occurred_at`` and ``schema_version``. The tag makes
+:data:`AnyMessage` a tagged union, so a consumer decodes any message of a topic in one call.
+"""
+
+from __future__ import annotations
+
+import uuid
+from datetime import datetime
+
+import msgspec
+
+SCHEMA_VERSION = 1
+
+
+class Message(msgspec.Struct, frozen=True, kw_only=True, tag_field="type"):
+    """The envelope shared by every message."""
+
+    id: uuid.UUID
+    occurred_at: datetime
+    schema_version: int = SCHEMA_VERSION
+
+
+class LeadAccepted(Message, frozen=True, kw_only=True, tag="lead.accepted"):
+    """A lead was accepted and stored; the scheduler enrolls it. Key: lead id."""
+
+    lead_id: uuid.UUID
+    source: str
+    tags: list[str] = []
+
+
+class EmailDispatch(Message, frozen=True, kw_only=True, tag="email.dispatch"):
+    """Send one step of one enrollment. Key: enrollment id. ``id`` is the message's own id.
+
+    Carries identifiers only: the dispatcher reads the lead and the step's content from PostgreSQL,
+    which is the system of record, so a stale command can never send stale content.
+    """
+
+    message_id: uuid.UUID
+    enrollment_id: uuid.UUID
+    lead_id: uuid.UUID
+    attempt: int = 1
+
+
+class EmailEvent(Message, frozen=True, kw_only=True, tag="email.event"):
+    """Something happened to a sent message (sent, failed, dead, opened, ...). Key: message id."""
+
+    message_id: uuid.UUID
+    event: str
+    detail: str = ""
+
+
+class EmailDeadLettered(Message, frozen=True, kw_only=True, tag="email.dead_lettered"):
+    """A message that cannot be delivered, with the reason. Key: message id."""
+
+    message_id: uuid.UUID
+    enrollment_id: uuid.UUID
+    attempts: int
+    reason: str
+
+
+AnyMessage = LeadAccepted | EmailDispatch | EmailEvent | EmailDeadLettered

@@ -1,0 +1,228 @@
+"""Settings: environment variables read once, at start-up, into one typed object per command.
+
+Each setting is a field of a msgspec Struct; its environment variable is the field name in upper
+case. Extra checks ride on the field's type as ``Meta(extra={"check": fn})``. :func:`load_settings`
+checks every field and raises one :class:`ConfigError` listing every problem, so an operator fixes
+a broken deployment in one round instead of one variable at a time.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Callable, Mapping
+from typing import Annotated, Any, TypeAlias, TypeVar, get_args, get_origin, get_type_hints
+from urllib.parse import urlsplit
+
+import msgspec
+from email_validator import EmailNotValidError, validate_email
+
+Check = Callable[[Any], str | None]
+
+
+class ConfigError(Exception):
+    """The environment does not configure the command; ``problems`` lists each one."""
+
+    def __init__(self, problems: list[str]) -> None:
+        self.problems = problems
+        super().__init__("invalid configuration:\n" + "\n".join(f"  - {p}" for p in problems))
+
+
+# Values that appear in examples, tutorials and the original system's sample config: a secret that
+# equals one of them is public knowledge, not a secret.
+KNOWN_EXAMPLE_SECRETS = frozenset(
+    {
+        "changeme",
+        "change-me",
+        "secret",
+        "your-secret-here",
+        "your-hmac-secret",
+        "your-hmac-secret-here",
+        "hmac-secret",
+        "dev-secret",
+        "development-secret",
+        "test-secret",
+        "supersecret",
+        "replace-me",
+        "please-change-me-this-is-not-a-secret",
+        "0123456789abcdef0123456789abcdef",
+        "00000000000000000000000000000000",
+    }
+)
+
+
+def check_hmac_secret(value: str) -> str | None:
+    if len(value.encode()) < 32:
+        return "must be at least 32 bytes (generate one with: openssl rand -hex 32)"
+    lowered = value.lower()
+    if lowered in KNOWN_EXAMPLE_SECRETS or any(word in lowered for word in ("changeme", "change-me", "example")):
+        return "is a known example value; generate a real secret (openssl rand -hex 32)"
+    if len(set(value)) < 8:
+        return "has too little variety to be a secret (generate one with: openssl rand -hex 32)"
+    return None
+
+
+def check_email(value: str) -> str | None:
+    try:
+        validate_email(value, check_deliverability=False)
+    except EmailNotValidError as error:
+        return f"is not a valid email address ({error})"
+    return None
+
+
+def check_http_url(value: str) -> str | None:
+    parts = urlsplit(value)
+    if parts.scheme not in ("http", "https") or not parts.hostname:
+        return "must be an absolute http(s) URL such as https://mail.example.com"
+    return None
+
+
+def check_postgres_url(value: str) -> str | None:
+    parts = urlsplit(value)
+    if parts.scheme not in ("postgresql", "postgres"):
+        return "must be a postgresql:// URL such as postgresql://user:password@host:5432/healingwork"
+    return None
+
+
+def check_smtp_url(value: str) -> str | None:
+    parts = urlsplit(value)
+    if parts.scheme not in ("smtp", "smtps") or not parts.hostname:
+        return "must be smtp://[user:password@]host[:port] (STARTTLS when offered) or smtps://... (implicit TLS)"
+    try:
+        parts.port  # noqa: B018 - raises ValueError for a port that is not a number
+    except ValueError:
+        return "has an invalid port"
+    return None
+
+
+def check_bootstrap_servers(value: str) -> str | None:
+    for server in value.split(","):
+        host, _, port = server.strip().rpartition(":")
+        if not host or not port.isdigit():
+            return "must be a comma-separated list of host:port"
+    return None
+
+
+def check_not_blank(value: str) -> str | None:
+    return "must not be blank" if not value.strip() else None
+
+
+HmacSecret: TypeAlias = Annotated[str, msgspec.Meta(extra={"check": check_hmac_secret})]
+EmailAddress: TypeAlias = Annotated[str, msgspec.Meta(extra={"check": check_email})]
+HttpUrl: TypeAlias = Annotated[str, msgspec.Meta(extra={"check": check_http_url})]
+PostgresUrl: TypeAlias = Annotated[str, msgspec.Meta(extra={"check": check_postgres_url})]
+SmtpUrl: TypeAlias = Annotated[str, msgspec.Meta(extra={"check": check_smtp_url})]
+BootstrapServers: TypeAlias = Annotated[str, msgspec.Meta(extra={"check": check_bootstrap_servers})]
+NonBlank: TypeAlias = Annotated[str, msgspec.Meta(extra={"check": check_not_blank})]
+PositiveInt = Annotated[int, msgspec.Meta(ge=1)]
+PositiveFloat = Annotated[float, msgspec.Meta(gt=0)]
+
+
+S = TypeVar("S", bound=msgspec.Struct)
+
+
+def _checks_of(annotation: Any) -> list[Check]:
+    if get_origin(annotation) is not Annotated:
+        return []
+    return [
+        meta.extra["check"]
+        for meta in get_args(annotation)[1:]
+        if isinstance(meta, msgspec.Meta) and meta.extra and "check" in meta.extra
+    ]
+
+
+def load_settings(kind: type[S], environ: Mapping[str, str] | None = None) -> S:
+    """Build ``kind`` from the environment, or raise :class:`ConfigError` listing every problem.
+
+    Empty variables count as unset. A field without a default is required.
+    """
+    env = os.environ if environ is None else environ
+    hints = get_type_hints(kind, include_extras=True)
+    values: dict[str, Any] = {}
+    problems: list[str] = []
+    for field in msgspec.structs.fields(kind):
+        name = field.name.upper()
+        raw = env.get(name, "").strip()
+        if not raw:
+            if field.required:
+                problems.append(f"{name} is required but not set")
+            continue
+        try:
+            value = msgspec.convert(raw, hints[field.name], strict=False)
+        except msgspec.ValidationError as error:
+            problems.append(f"{name}={_shown(name, raw)} is invalid: {str(error).removesuffix(' - at `$`')}")
+            continue
+        failures = [message for check in _checks_of(hints[field.name]) if (message := check(value))]
+        problems.extend(f"{name} {message}" for message in failures)
+        values[field.name] = value
+    if problems:
+        raise ConfigError(problems)
+    return msgspec.convert(values, kind)
+
+
+def _shown(name: str, raw: str) -> str:
+    secret = any(word in name for word in ("SECRET", "PASSWORD", "TOKEN", "URL"))
+    return "<hidden>" if secret else repr(raw)
+
+
+class DatabaseSettings(msgspec.Struct, frozen=True, kw_only=True):
+    """What every command that touches PostgreSQL needs."""
+
+    database_url: PostgresUrl
+    db_pool_min_size: PositiveInt = 1
+    db_pool_max_size: PositiveInt = 10
+    db_connect_timeout_s: PositiveFloat = 5.0
+    db_statement_timeout_s: PositiveFloat = 15.0
+    log_level: str = "INFO"
+
+
+class BusSettings(DatabaseSettings, frozen=True, kw_only=True):
+    """Commands that also talk to Kafka."""
+
+    kafka_bootstrap_servers: BootstrapServers
+    kafka_request_timeout_s: PositiveFloat = 10.0
+    # How long a dead group member keeps its partitions; also how long a consumer group takes to form.
+    kafka_session_timeout_s: PositiveFloat = 10.0
+    kafka_partitions: PositiveInt = 6
+    kafka_replication_factor: PositiveInt = 1
+    topic_leads_accepted: NonBlank = "leads.accepted"
+    topic_email_dispatch: NonBlank = "email.dispatch"
+    topic_email_events: NonBlank = "email.events"
+    topic_email_dlq: NonBlank = "email.dispatch.dlq"
+    outbox_batch_size: PositiveInt = 200
+    outbox_poll_interval_s: PositiveFloat = 0.5
+    relay_enabled: bool = True
+    # Workers (scheduler, dispatcher) serve /livez, /healthz and /metrics here; 0 turns it off.
+    health_port: Annotated[int, msgspec.Meta(ge=0, le=65535)] = 8080
+
+
+class IntakeSettings(BusSettings, frozen=True, kw_only=True):
+    """``healingwork intake``: the HTTP API and an outbox relay."""
+
+    hmac_secret: HmacSecret
+    public_base_url: HttpUrl
+    host: str = "0.0.0.0"  # noqa: S104 - a container listens on all its interfaces
+    port: Annotated[int, msgspec.Meta(ge=1, le=65535)] = 8000
+    duplicate_window_hours: PositiveFloat = 24.0
+    max_body_bytes: PositiveInt = 65536
+    auth_disabled: bool = False
+
+
+class SchedulerSettings(BusSettings, frozen=True, kw_only=True):
+    """``healingwork scheduler``: enrolls leads and emits due steps."""
+
+    scheduler_poll_interval_s: PositiveFloat = 1.0
+    scheduler_batch_size: PositiveInt = 100
+
+
+class DispatcherSettings(BusSettings, frozen=True, kw_only=True):
+    """``healingwork dispatcher``: renders and sends email over SMTP."""
+
+    hmac_secret: HmacSecret
+    public_base_url: HttpUrl
+    from_email: EmailAddress
+    from_name: NonBlank
+    smtp_url: SmtpUrl
+    smtp_timeout_s: PositiveFloat = 30.0
+    max_attempts: PositiveInt = 8
+    retry_base_delay_s: PositiveFloat = 60.0
+    retry_max_delay_s: PositiveFloat = 6 * 3600.0

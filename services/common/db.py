@@ -1,0 +1,71 @@
+"""PostgreSQL access: one pool per process, one way to open a transaction.
+
+Every connection gets a connect timeout and a statement timeout, so no call can hang forever.
+"""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+
+import psycopg
+import psycopg_pool
+from psycopg.rows import dict_row
+
+from services.common.config import DatabaseSettings
+
+Connection = psycopg.AsyncConnection[dict[str, object]]
+
+# Errors that mean "the database is not reachable right now", as opposed to a bug or bad data.
+UNAVAILABLE_ERRORS: tuple[type[BaseException], ...] = (
+    psycopg.OperationalError,
+    psycopg_pool.PoolTimeout,
+    psycopg.errors.AdminShutdown,
+    psycopg.errors.CannotConnectNow,
+)
+
+
+def connection_kwargs(settings: DatabaseSettings) -> dict[str, object]:
+    """Connection parameters applied to every connection the project opens."""
+    return {
+        "connect_timeout": max(1, round(settings.db_connect_timeout_s)),
+        "options": f"-c statement_timeout={int(settings.db_statement_timeout_s * 1000)}",
+        "application_name": "healingwork",
+        "row_factory": dict_row,
+    }
+
+
+async def open_pool(settings: DatabaseSettings, *, wait: bool = True) -> psycopg_pool.AsyncConnectionPool[Connection]:
+    """Open the process's connection pool; with ``wait`` it fails fast when the database is unreachable."""
+    pool: psycopg_pool.AsyncConnectionPool[Connection] = psycopg_pool.AsyncConnectionPool(
+        settings.database_url,
+        min_size=settings.db_pool_min_size,
+        max_size=settings.db_pool_max_size,
+        kwargs=connection_kwargs(settings),
+        timeout=settings.db_connect_timeout_s,
+        reconnect_timeout=60,
+        check=psycopg_pool.AsyncConnectionPool.check_connection,
+        open=False,
+    )
+    await pool.open(wait=wait, timeout=settings.db_connect_timeout_s * 2)
+    return pool
+
+
+@asynccontextmanager
+async def transaction(pool: psycopg_pool.AsyncConnectionPool[Connection]) -> AsyncIterator[Connection]:
+    """A connection inside one transaction: committed when the block ends, rolled back if it raises."""
+    async with pool.connection() as conn, conn.transaction():
+        yield conn
+
+
+async def connect(settings: DatabaseSettings) -> Connection:
+    """A single connection outside the pool (for migrations and LISTEN)."""
+    kwargs = connection_kwargs(settings)
+    return await psycopg.AsyncConnection.connect(
+        settings.database_url,
+        autocommit=True,
+        connect_timeout=kwargs["connect_timeout"],  # type: ignore[arg-type]
+        options=kwargs["options"],  # type: ignore[arg-type]
+        application_name="healingwork",
+        row_factory=dict_row,
+    )

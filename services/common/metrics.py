@@ -1,0 +1,35 @@
+"""Prometheus metrics of every service, in one registry per process."""
+
+from __future__ import annotations
+
+import psycopg_pool
+from prometheus_client import Counter, Gauge, Histogram
+
+from services.common.db import UNAVAILABLE_ERRORS, Connection
+
+LEADS = Counter("healingwork_leads_total", "Lead submissions by outcome", ["outcome"])
+OUTBOX_PUBLISHED = Counter("healingwork_outbox_published_total", "Outbox rows published to Kafka")
+OUTBOX_RELAY_FAILURES = Counter("healingwork_outbox_relay_failures_total", "Outbox relay passes that failed")
+OUTBOX_OLDEST_AGE = Gauge(
+    "healingwork_outbox_oldest_unpublished_age_seconds", "Age of the oldest unpublished outbox row"
+)
+CONSUMED = Counter("healingwork_consumed_total", "Kafka records handled", ["consumer", "type"])
+CONSUMER_FAILURES = Counter("healingwork_consumer_failures_total", "Kafka records not handled", ["consumer", "reason"])
+ENROLLMENTS = Counter("healingwork_enrollments_total", "Enrollments created")
+STEPS_EMITTED = Counter("healingwork_steps_emitted_total", "Sequence steps queued for sending")
+EMAILS = Counter("healingwork_emails_total", "Email send outcomes", ["outcome"])
+SMTP_SECONDS = Histogram("healingwork_smtp_send_seconds", "Time of one SMTP transaction")
+
+
+async def observe_outbox_backlog(pool: psycopg_pool.AsyncConnectionPool[Connection]) -> None:
+    """Refresh the outbox backlog gauge (served by the partial index on unpublished rows)."""
+    try:
+        async with pool.connection() as conn:
+            cursor = await conn.execute(
+                """SELECT coalesce(extract(epoch FROM now() - min(created_at)), 0) AS age
+                   FROM outbox WHERE published_at IS NULL"""
+            )
+            row = await cursor.fetchone()
+    except UNAVAILABLE_ERRORS:
+        return
+    OUTBOX_OLDEST_AGE.set(float(row["age"]) if row else 0.0)  # type: ignore[arg-type]

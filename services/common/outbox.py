@@ -1,0 +1,146 @@
+"""The transactional outbox: write a message in the same transaction as the change it announces,
+and a relay that publishes committed rows to Kafka and marks them published.
+
+Nothing is published that was not committed (the row only exists after commit) and nothing committed is
+left unpublished (the relay claims rows by state until each one is acknowledged by the broker).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Protocol
+
+import psycopg_pool
+
+from proto.codec import encode_message
+from proto.messages import Message
+from services.common import metrics
+from services.common.config import DatabaseSettings
+from services.common.db import UNAVAILABLE_ERRORS, Connection, connect, transaction
+
+log = logging.getLogger(__name__)
+
+NOTIFY_CHANNEL = "healingwork_outbox"
+
+
+async def enqueue_message(conn: Connection, topic: str, key: str, message: Message) -> None:
+    """Add ``message`` to the outbox inside the caller's transaction, and wake the relays on commit."""
+    await conn.execute(
+        "INSERT INTO outbox (topic, key, payload) VALUES (%s, %s, %s)",
+        (topic, key, encode_message(message)),
+    )
+    # A wake-up only: delivered on commit, lost on rollback; the relay polls as a backstop.
+    await conn.execute("SELECT pg_notify(%s, '')", (NOTIFY_CHANNEL,))
+
+
+class PublishError(Exception):
+    """The broker did not acknowledge every message of a batch."""
+
+
+# Failures after which a relay pass is simply tried again later.
+RELAY_ERRORS: tuple[type[BaseException], ...] = (*UNAVAILABLE_ERRORS, PublishError)
+
+
+@dataclass(frozen=True)
+class OutboxRow:
+    id: int
+    topic: str
+    key: str
+    payload: bytes
+
+
+class Publisher(Protocol):
+    """What the relay needs from a Kafka producer: publish a batch, raise if any message failed."""
+
+    async def publish_batch(self, rows: Sequence[OutboxRow]) -> None: ...
+
+
+async def publish_pending_outbox(
+    pool: psycopg_pool.AsyncConnectionPool[Connection], publisher: Publisher, batch_size: int
+) -> int:
+    """Claim up to ``batch_size`` unpublished rows, publish them, mark them published; returns the count.
+
+    Rows are locked with SKIP LOCKED, so any number of relays can run side by side. If publishing fails
+    the transaction rolls back and the rows stay unpublished for the next pass.
+    """
+    async with transaction(pool) as conn:
+        cursor = await conn.execute(
+            """SELECT id, topic, key, payload FROM outbox
+               WHERE published_at IS NULL
+               ORDER BY id
+               LIMIT %s
+               FOR UPDATE SKIP LOCKED""",
+            (batch_size,),
+        )
+        rows = [
+            OutboxRow(int(r["id"]), str(r["topic"]), str(r["key"]), bytes(r["payload"]))  # type: ignore[call-overload]
+            for r in await cursor.fetchall()
+        ]
+        if not rows:
+            return 0
+        await publisher.publish_batch(rows)
+        await conn.execute(
+            "UPDATE outbox SET published_at = now(), attempts = attempts + 1 WHERE id = ANY(%s)",
+            ([row.id for row in rows],),
+        )
+    metrics.OUTBOX_PUBLISHED.inc(len(rows))
+    return len(rows)
+
+
+async def run_outbox_relay(
+    settings: DatabaseSettings,
+    pool: psycopg_pool.AsyncConnectionPool[Connection],
+    publisher: Publisher,
+    *,
+    batch_size: int,
+    poll_interval_s: float,
+    stop: asyncio.Event,
+) -> None:
+    """Publish the outbox until ``stop`` is set: drain on every NOTIFY, and at least every poll interval."""
+    wakeup = asyncio.Event()
+    listener = asyncio.create_task(_listen_for_wakeups(settings, wakeup, stop), name="outbox-listener")
+    failures = 0
+    try:
+        while not stop.is_set():
+            wakeup.clear()
+            try:
+                while await publish_pending_outbox(pool, publisher, batch_size) == batch_size:
+                    pass
+                failures = 0
+            except RELAY_ERRORS as error:
+                failures += 1
+                metrics.OUTBOX_RELAY_FAILURES.inc()
+                log.warning("outbox relay pass failed", extra={"error": repr(error), "failures": failures})
+                await _sleep_or_stop(stop, min(poll_interval_s * 2**failures, 10.0))
+                continue
+            await metrics.observe_outbox_backlog(pool)
+            waiter = asyncio.create_task(wakeup.wait())
+            stopper = asyncio.create_task(stop.wait())
+            await asyncio.wait({waiter, stopper}, timeout=poll_interval_s, return_when=asyncio.FIRST_COMPLETED)
+            waiter.cancel()
+            stopper.cancel()
+    finally:
+        listener.cancel()
+        await asyncio.gather(listener, return_exceptions=True)
+
+
+async def _listen_for_wakeups(settings: DatabaseSettings, wakeup: asyncio.Event, stop: asyncio.Event) -> None:
+    while not stop.is_set():
+        try:
+            conn = await connect(settings)
+            async with conn:
+                await conn.execute(f"LISTEN {NOTIFY_CHANNEL}")
+                async for _ in conn.notifies():
+                    wakeup.set()
+        except UNAVAILABLE_ERRORS as error:
+            log.info("outbox listener reconnecting", extra={"error": repr(error)})
+            await _sleep_or_stop(stop, 2.0)
+
+
+async def _sleep_or_stop(stop: asyncio.Event, seconds: float) -> None:
+    with contextlib.suppress(TimeoutError):
+        await asyncio.wait_for(stop.wait(), timeout=seconds)

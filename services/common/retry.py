@@ -1,0 +1,47 @@
+"""The one retry helper: bounded attempts, exponential backoff with full jitter."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import random
+from collections.abc import Awaitable, Callable
+from typing import TypeVar
+
+T = TypeVar("T")
+
+log = logging.getLogger(__name__)
+
+
+def backoff_delay(attempt: int, base_s: float, max_s: float) -> float:
+    """Full-jitter delay before retry number ``attempt`` (1-based): uniform in [0, min(max, base*2^(n-1))]."""
+    ceiling = min(max_s, base_s * (2 ** max(attempt - 1, 0)))
+    return random.uniform(0, ceiling)
+
+
+async def retry_async(
+    operation: Callable[[], Awaitable[T]],
+    *,
+    retry_on: tuple[type[BaseException], ...],
+    attempts: int = 5,
+    base_delay_s: float = 0.2,
+    max_delay_s: float = 5.0,
+    what: str = "operation",
+) -> T:
+    """Run ``operation`` until it succeeds, at most ``attempts`` times, sleeping with jitter between tries.
+
+    Only exceptions in ``retry_on`` are retried; the last one propagates after the final attempt.
+    """
+    for attempt in range(1, attempts + 1):
+        try:
+            return await operation()
+        except retry_on as error:
+            if attempt == attempts:
+                raise
+            delay = backoff_delay(attempt, base_delay_s, max_delay_s)
+            log.warning(
+                "retrying after failure",
+                extra={"what": what, "attempt": attempt, "delay_s": round(delay, 3), "error": repr(error)},
+            )
+            await asyncio.sleep(delay)
+    raise AssertionError("unreachable")  # pragma: no cover

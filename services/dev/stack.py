@@ -1,0 +1,256 @@
+"""``healingwork dev``: the whole platform on one machine.
+
+An embedded PostgreSQL (unless DATABASE_URL is set), an embedded Kafka-compatible broker (unless
+KAFKA_BOOTSTRAP_SERVERS is set) and an SMTP sink that writes every email as an .eml file; the schema
+migrated, the Sequences of k8s/examples applied, then intake, scheduler and dispatcher as separate
+processes, exactly as they run in Kubernetes. Ctrl-C stops everything, services first.
+"""
+
+from __future__ import annotations
+
+import os
+import secrets
+import shutil
+import signal
+import subprocess
+import sys
+import threading
+import time
+import urllib.error
+import urllib.request
+from collections.abc import Iterator
+from contextlib import ExitStack, contextmanager
+from pathlib import Path
+
+from services.common.config import DatabaseSettings
+from services.common.migrate import apply_migrations
+
+SERVICES = ("intake", "scheduler", "dispatcher")
+READY_TIMEOUT_S = 90.0
+STOP_TIMEOUT_S = 15.0
+EXAMPLES = Path("k8s/examples")
+
+
+class DevError(Exception):
+    """Something prevented the local platform from starting; the message says what."""
+
+
+def _say(text: str) -> None:
+    print(f"[dev] {text}", flush=True)
+
+
+def _dev_dependencies() -> tuple[type, type, type]:
+    try:
+        from services.dev.embedded import EmbeddedBroker, EmbeddedPostgres
+        from services.dev.mailsink import MailSink
+    except ImportError as error:
+        raise DevError(
+            f"healingwork dev needs the development dependencies ({error.name} is missing): run `uv sync` first"
+        ) from error
+    return EmbeddedPostgres, EmbeddedBroker, MailSink
+
+
+def _free_port() -> int:
+    from services.dev.embedded import find_free_port
+
+    port: int = find_free_port()
+    return port
+
+
+@contextmanager
+def _infrastructure(data_dir: Path, mail_dir: Path, fresh: bool) -> Iterator[dict[str, str]]:
+    """Start (or take from the environment) PostgreSQL, the broker and the SMTP sink; yield their addresses."""
+    embedded_postgres, embedded_broker, mail_sink = _dev_dependencies()
+    with ExitStack() as stack:
+        database_url = os.environ.get("DATABASE_URL", "")
+        if not database_url:
+            pg_dir = data_dir / "postgres"
+            if fresh and pg_dir.exists():
+                shutil.rmtree(pg_dir)
+            postgres = embedded_postgres(pg_dir)
+            _say(f"starting PostgreSQL in {pg_dir} ...")
+            postgres.start()
+            stack.callback(postgres.stop)
+            database_url = (
+                postgres.create_database("healingwork")
+                if not _has_database(postgres)
+                else postgres.url_for("healingwork")
+            )
+        bootstrap = os.environ.get("KAFKA_BOOTSTRAP_SERVERS", "")
+        if not bootstrap:
+            broker = embedded_broker(log_path=data_dir / "logs" / "broker.log")
+            _say("starting the Kafka-compatible broker (Tansu, in memory) ...")
+            broker.start()
+            stack.callback(broker.stop)
+            bootstrap = broker.bootstrap_servers
+        sink = mail_sink(mail_dir)
+        sink.start()
+        stack.callback(sink.stop)
+        yield {
+            "DATABASE_URL": database_url,
+            "KAFKA_BOOTSTRAP_SERVERS": bootstrap,
+            "SMTP_URL": f"smtp://{sink.host}:{sink.port}?starttls=never",
+        }
+
+
+def _has_database(postgres: object) -> bool:
+    import psycopg
+
+    with psycopg.connect(postgres.url, autocommit=True) as conn:  # type: ignore[attr-defined]
+        return conn.execute("SELECT 1 FROM pg_database WHERE datname = 'healingwork'").fetchone() is not None
+
+
+def _service_env(addresses: dict[str, str], port: int, health_ports: dict[str, int]) -> dict[str, dict[str, str]]:
+    # The only place in the project where secrets get values that are not from the operator: a fresh
+    # random HMAC secret per run, never a fixed example.
+    shared = {
+        **os.environ,
+        **addresses,
+        "HMAC_SECRET": secrets.token_hex(32),
+        "PUBLIC_BASE_URL": f"http://127.0.0.1:{port}",
+        "FROM_EMAIL": os.environ.get("FROM_EMAIL", "hello@example.com"),
+        "FROM_NAME": os.environ.get("FROM_NAME", "healingwork (dev)"),
+        "AUTH_DISABLED": "true",
+        "LOG_LEVEL": os.environ.get("LOG_LEVEL", "INFO"),
+        "KAFKA_PARTITIONS": os.environ.get("KAFKA_PARTITIONS", "3"),
+        "SCHEDULER_POLL_INTERVAL_S": os.environ.get("SCHEDULER_POLL_INTERVAL_S", "0.5"),
+        # The embedded broker forms a consumer group in about half the session timeout.
+        "KAFKA_SESSION_TIMEOUT_S": os.environ.get("KAFKA_SESSION_TIMEOUT_S", "3"),
+    }
+    return {
+        "intake": {**shared, "HOST": "127.0.0.1", "PORT": str(port)},
+        "scheduler": {**shared, "HEALTH_PORT": str(health_ports["scheduler"])},
+        "dispatcher": {**shared, "HEALTH_PORT": str(health_ports["dispatcher"])},
+    }
+
+
+def _preexec() -> None:
+    # Die with `healingwork dev` even if it is killed with SIGKILL (Linux only).
+    try:
+        import ctypes
+
+        ctypes.CDLL("libc.so.6", use_errno=True).prctl(1, signal.SIGTERM)
+    except OSError:
+        pass
+
+
+def _wait_ready(urls: dict[str, str], processes: dict[str, subprocess.Popen[bytes]], logs: Path) -> None:
+    deadline = time.monotonic() + READY_TIMEOUT_S
+    pending = dict(urls)
+    while pending:
+        for name, url in list(pending.items()):
+            if processes[name].poll() is not None:
+                raise DevError(f"{name} exited with status {processes[name].returncode}; see {logs / (name + '.log')}")
+            try:
+                with urllib.request.urlopen(url, timeout=2) as response:  # noqa: S310 - a local URL we built
+                    if response.status == 200:
+                        del pending[name]
+            except (urllib.error.URLError, OSError):
+                pass
+        if time.monotonic() > deadline:
+            raise DevError(f"not ready after {READY_TIMEOUT_S:.0f}s: {', '.join(pending)}; see the logs in {logs}")
+        time.sleep(0.25)
+
+
+def _stop_processes(processes: dict[str, subprocess.Popen[bytes]]) -> None:
+    for process in processes.values():
+        if process.poll() is None:
+            process.send_signal(signal.SIGTERM)
+    deadline = time.monotonic() + STOP_TIMEOUT_S
+    for process in processes.values():
+        try:
+            process.wait(timeout=max(0.1, deadline - time.monotonic()))
+        except subprocess.TimeoutExpired:
+            process.kill()
+            process.wait()
+
+
+def run_dev(*, port: int, mail_dir: Path, data_dir: Path, fresh: bool = False) -> None:
+    """Run the platform until Ctrl-C (SIGINT) or SIGTERM; raises DevError when it cannot start."""
+    stop = threading.Event()
+    previous = {sig: signal.signal(sig, lambda *_: stop.set()) for sig in (signal.SIGINT, signal.SIGTERM)}
+    logs = data_dir / "logs"
+    logs.mkdir(parents=True, exist_ok=True)
+    mail_dir.mkdir(parents=True, exist_ok=True)
+    processes: dict[str, subprocess.Popen[bytes]] = {}
+    try:
+        with _infrastructure(data_dir, mail_dir, fresh) as addresses:
+            applied = apply_migrations(addresses["DATABASE_URL"])
+            _say(f"schema ready ({'applied ' + ', '.join(map(str, applied)) if applied else 'up to date'})")
+            _apply_examples(addresses["DATABASE_URL"])
+            health_ports = {"scheduler": _free_port(), "dispatcher": _free_port()}
+            environments = _service_env(addresses, port, health_ports)
+            for name in SERVICES:
+                log_file = (logs / f"{name}.log").open("ab")
+                processes[name] = subprocess.Popen(  # noqa: S603 - our own interpreter and module
+                    [sys.executable, "-m", "services", name],
+                    env=environments[name],
+                    stdout=log_file,
+                    stderr=subprocess.STDOUT,
+                    start_new_session=True,  # Ctrl-C reaches `dev` only; it stops the services in order
+                    preexec_fn=_preexec,
+                )
+                log_file.close()
+            _say("starting intake, scheduler and dispatcher ...")
+            _wait_ready(
+                {
+                    "intake": f"http://127.0.0.1:{port}/healthz",
+                    **{name: f"http://127.0.0.1:{p}/healthz" for name, p in health_ports.items()},
+                },
+                processes,
+                logs,
+            )
+            _print_quick_start(port, mail_dir, logs)
+            while not stop.wait(0.5):
+                for name, process in processes.items():
+                    if process.poll() is not None:
+                        raise DevError(f"{name} exited with status {process.returncode}; see {logs / (name + '.log')}")
+            _say("stopping ...")
+    except DevError as error:
+        _say(f"error: {error}")
+        raise SystemExit(1) from error
+    finally:
+        _stop_processes(processes)
+        for sig, handler in previous.items():
+            signal.signal(sig, handler)
+    _say("stopped")
+
+
+def _apply_examples(database_url: str) -> None:
+    import asyncio
+
+    from services.common.sequences import InvalidSequence, apply_sequence_files
+
+    if not EXAMPLES.is_dir():
+        _say(f"no {EXAMPLES} folder here: no Sequences loaded (run from the repository root)")
+        return
+    try:
+        applied = asyncio.run(apply_sequence_files(DatabaseSettings(database_url=database_url), [EXAMPLES]))
+    except InvalidSequence as error:
+        raise DevError(str(error)) from error
+    for sequence in applied:
+        _say(f"sequence {sequence.namespace}/{sequence.name} at revision {sequence.revision}")
+
+
+def _print_quick_start(port: int, mail_dir: Path, logs: Path) -> None:
+    base = f"http://127.0.0.1:{port}"
+    print(
+        f"""
+healingwork is running (authentication is off in dev).
+
+  API        {base}/v1/leads      docs: {base}/schema/swagger
+  health     {base}/healthz       metrics: {base}/metrics
+  mail       every email lands in {mail_dir.resolve()} as an .eml file
+  logs       {logs.resolve()}/*.log
+
+Try it:
+
+  curl -sS -X POST {base}/v1/leads -H 'Content-Type: application/json' \\
+    -d '{{"email": "ada@example.com", "first_name": "Ada", "source": "website", "consent": {{"marketing": true}}}}'
+
+  ls {mail_dir}
+
+Press Ctrl-C to stop.
+""",
+        flush=True,
+    )

@@ -1,0 +1,71 @@
+"""``healingwork scheduler``: consumes ``leads.accepted`` to enroll leads, and emits due steps.
+
+Two loops share one process: the consumer (an entrypoint: decode, enroll in one transaction, commit
+the offset) and the ticker, which claims due enrollments every poll interval or as soon as the
+consumer enrolled someone.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from functools import partial
+
+from proto.messages import AnyMessage, LeadAccepted
+from services.common.bus import make_consumer, run_consumer
+from services.common.config import SchedulerSettings
+from services.common.db import UNAVAILABLE_ERRORS, transaction
+from services.common.health import serve_health
+from services.common.runtime import Runtime, service_runtime, supervise, worker_ready
+from services.scheduler.enrollment import emit_due_steps, enroll_lead
+
+log = logging.getLogger(__name__)
+
+CONSUMER_GROUP = "healingwork-scheduler"
+
+
+async def run_scheduler(settings: SchedulerSettings, *, handle_signals: bool = True) -> None:
+    """Run until SIGTERM/SIGINT (or until the runtime's stop event is set)."""
+    async with service_runtime(settings, handle_signals=handle_signals) as runtime:
+        await serve_scheduler(settings, runtime)
+
+
+async def serve_scheduler(settings: SchedulerSettings, runtime: Runtime) -> None:
+    due = asyncio.Event()
+
+    async def on_message(message: AnyMessage) -> None:
+        if not isinstance(message, LeadAccepted):
+            return
+        async with transaction(runtime.pool) as conn:
+            enrolled = await enroll_lead(conn, message.lead_id)
+        if enrolled:
+            due.set()
+
+    consumer = make_consumer(settings, settings.topic_leads_accepted, CONSUMER_GROUP)
+    tasks = [
+        asyncio.create_task(run_consumer(consumer, on_message, stop=runtime.stop, name="scheduler")),
+        asyncio.create_task(_tick(settings, runtime, due)),
+    ]
+    if settings.health_port:
+        ready = partial(worker_ready, runtime, consumer)
+        tasks.append(asyncio.create_task(serve_health(settings.health_port, ready, runtime.stop)))
+    await supervise(runtime.stop, tasks)
+
+
+async def _tick(settings: SchedulerSettings, runtime: Runtime, due: asyncio.Event) -> None:
+    while not runtime.stop.is_set():
+        due.clear()
+        try:
+            while True:
+                async with transaction(runtime.pool) as conn:
+                    emitted = await emit_due_steps(
+                        conn, limit=settings.scheduler_batch_size, topic=settings.topic_email_dispatch
+                    )
+                if len(emitted) < settings.scheduler_batch_size:
+                    break
+        except UNAVAILABLE_ERRORS as error:
+            log.warning("database unavailable; the ticker will try again", extra={"error": repr(error)})
+        waits = [asyncio.create_task(due.wait()), asyncio.create_task(runtime.stop.wait())]
+        await asyncio.wait(waits, timeout=settings.scheduler_poll_interval_s, return_when=asyncio.FIRST_COMPLETED)
+        for waiter in waits:
+            waiter.cancel()

@@ -1,0 +1,173 @@
+"""Pytest fixtures providing real PostgreSQL, Kafka-protocol broker and SMTP servers.
+
+Load with ``pytest_plugins = ["tests.support.services"]`` (or ``from tests.support.services import *``).
+
+Resolution order for the shared servers:
+
+* PostgreSQL (``postgres_url``): ``$DATABASE_URL`` → a ``postgres:16-alpine`` testcontainer if a Docker
+  engine answers → :class:`~services.dev.embedded.EmbeddedPostgres` in a session temp dir.
+* Broker (``kafka_bootstrap_servers``): ``$KAFKA_BOOTSTRAP_SERVERS`` → a Kafka testcontainer if Docker
+  answers → :class:`~services.dev.embedded.EmbeddedBroker`.
+
+``embedded_broker`` is always a private embedded broker, for tests that pause/kill/restart it.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import shutil
+import subprocess
+import uuid
+from collections.abc import Iterator
+from functools import cache
+from pathlib import Path
+from urllib.parse import urlsplit, urlunsplit
+
+import psycopg
+import pytest
+from psycopg import sql
+
+from services.dev.embedded import EmbeddedBroker, EmbeddedPostgres
+from services.dev.mailsink import MailSink
+
+__all__ = [
+    "database_url",
+    "docker_available",
+    "embedded_broker",
+    "kafka_bootstrap_servers",
+    "mail_sink",
+    "postgres_url",
+    "unique_topic_prefix",
+    "with_database",
+]
+
+
+@cache
+def docker_available() -> bool:
+    """Whether a Docker engine answers within 5 s (``docker info``, else docker-py ping); cached."""
+    if shutil.which("docker"):
+        try:
+            result = subprocess.run(
+                ["docker", "info"], capture_output=True, timeout=5, check=False, stdin=subprocess.DEVNULL
+            )
+        except (OSError, subprocess.TimeoutExpired):
+            result = None
+        if result is not None and result.returncode == 0:
+            return True
+    try:
+        import docker  # type: ignore[import-untyped]
+
+        client = docker.from_env(timeout=5)
+        try:
+            return bool(client.ping())
+        finally:
+            client.close()
+    except Exception:
+        return False
+
+
+def unique_topic_prefix() -> str:
+    """A fresh topic/group-name prefix like ``"t1a2b3c4d."`` so tests can share one broker safely."""
+    return f"t{uuid.uuid4().hex[:8]}."
+
+
+def with_database(url: str, database: str) -> str:
+    """``url`` with its database (path) replaced by ``database``; query and credentials are kept."""
+    parts = urlsplit(url)
+    return urlunsplit((parts.scheme, parts.netloc, "/" + database, parts.query, parts.fragment))
+
+
+def _plain_postgres_url(url: str) -> str:
+    """Drop a SQLAlchemy-style driver suffix: ``postgresql+psycopg2://`` → ``postgresql://``."""
+    return re.sub(r"^postgres(?:ql)?\+[A-Za-z0-9_]+://", "postgresql://", url)
+
+
+@pytest.fixture(scope="session")
+def postgres_url(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
+    """URL (psycopg 3 / libpq form) of a PostgreSQL server with superuser rights, for the whole session.
+
+    Tests should not create objects here directly; use ``database_url`` for an isolated database.
+    """
+    env_url = os.environ.get("DATABASE_URL")
+    if env_url:
+        yield _plain_postgres_url(env_url)
+        return
+    if docker_available():
+        try:
+            from testcontainers.community.postgres import PostgresContainer
+        except ImportError:  # older testcontainers layout
+            from testcontainers.postgres import PostgresContainer
+
+        with PostgresContainer("postgres:16-alpine", driver=None) as container:
+            yield _plain_postgres_url(container.get_connection_url())
+        return
+    server = EmbeddedPostgres(tmp_path_factory.mktemp("pg", numbered=True) / "data")
+    server.start()
+    try:
+        yield server.url
+    finally:
+        server.stop()
+
+
+@pytest.fixture
+def database_url(postgres_url: str) -> Iterator[str]:
+    """URL of a fresh, empty database ``test_<uuid hex>`` on ``postgres_url``; dropped (FORCE) afterwards."""
+    name = f"test_{uuid.uuid4().hex}"
+    with psycopg.connect(postgres_url, autocommit=True, connect_timeout=10) as conn:
+        conn.execute(sql.SQL("CREATE DATABASE {}").format(sql.Identifier(name)))
+    try:
+        yield with_database(postgres_url, name)
+    finally:
+        with psycopg.connect(postgres_url, autocommit=True, connect_timeout=10) as conn:
+            conn.execute(sql.SQL("DROP DATABASE IF EXISTS {} WITH (FORCE)").format(sql.Identifier(name)))
+
+
+@pytest.fixture(scope="session")
+def kafka_bootstrap_servers() -> Iterator[str]:
+    """``host:port`` of a Kafka-protocol broker shared by the session (use ``unique_topic_prefix()``)."""
+    env_servers = os.environ.get("KAFKA_BOOTSTRAP_SERVERS")
+    if env_servers:
+        yield env_servers
+        return
+    if docker_available():
+        try:
+            from testcontainers.community.kafka import KafkaContainer
+        except ImportError:  # older testcontainers layout
+            from testcontainers.kafka import KafkaContainer
+
+        with KafkaContainer() as container:
+            yield str(container.get_bootstrap_server())
+        return
+    broker = EmbeddedBroker()
+    broker.start()
+    try:
+        yield broker.bootstrap_servers
+    finally:
+        broker.stop()
+
+
+@pytest.fixture(scope="session")
+def embedded_broker() -> Iterator[EmbeddedBroker]:
+    """A private, always-embedded broker for the session, for tests that pause/kill/restart it.
+
+    A test that leaves it stopped or paused gets it resumed/restarted only by the next test that needs
+    it running; tests should call ``resume()``/``start()`` themselves (``start()`` is idempotent).
+    """
+    broker = EmbeddedBroker()
+    broker.start()
+    try:
+        yield broker
+    finally:
+        broker.stop()
+
+
+@pytest.fixture
+def mail_sink(tmp_path: Path) -> Iterator[MailSink]:
+    """A running :class:`MailSink` storing into ``tmp_path / "mail"``, stopped after the test."""
+    sink = MailSink(tmp_path / "mail")
+    sink.start()
+    try:
+        yield sink
+    finally:
+        sink.stop()
