@@ -59,7 +59,7 @@ def apply_migrations(database_url: str, *, connect_timeout_s: int = 10, lock_tim
                         "INSERT INTO schema_migrations (version, name) VALUES (%s, %s)",
                         (migration.version, migration.name),
                     )
-                log.info("applied migration", extra={"version": migration.version, "name": migration.name})
+                log.info("applied migration", extra={"version": migration.version, "migration": migration.name})
                 applied_now.append(migration.version)
         finally:
             conn.execute("SELECT pg_advisory_unlock(%s)", (MIGRATION_LOCK_KEY,))

@@ -1,0 +1,97 @@
+"""`healingwork dev` as a user runs it: a fresh data directory, a POST of a website lead, an .eml in
+the mail directory within 10 seconds, and Ctrl-C leaving no process behind."""
+
+from __future__ import annotations
+
+import email
+import email.policy
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+import urllib.request
+from pathlib import Path
+
+import psutil
+import pytest
+
+from tests.support.platform import free_port
+
+pytestmark = pytest.mark.e2e
+
+ROOT = Path(__file__).resolve().parents[2]
+
+
+def _wait_for_line(process: subprocess.Popen[str], needle: str, timeout: float) -> list[str]:
+    seen: list[str] = []
+    deadline = time.monotonic() + timeout
+    assert process.stdout is not None
+    while time.monotonic() < deadline:
+        line = process.stdout.readline()
+        if not line and process.poll() is not None:
+            break
+        seen.append(line)
+        if needle in line:
+            return seen
+    raise AssertionError(f"`healingwork dev` never printed {needle!r}; output:\n{''.join(seen)}")
+
+
+def test_dev_delivers_a_website_lead_as_eml_and_stops_cleanly(tmp_path: Path) -> None:
+    port = free_port()
+    mail_dir = tmp_path / "mail"
+    env = {k: v for k, v in os.environ.items() if k not in ("DATABASE_URL", "KAFKA_BOOTSTRAP_SERVERS")}
+    process = subprocess.Popen(
+        [
+            sys.executable,
+            "-m",
+            "services",
+            "dev",
+            "--port",
+            str(port),
+            "--mail-dir",
+            str(mail_dir),
+            "--data-dir",
+            str(tmp_path / "dev"),
+        ],
+        cwd=ROOT,
+        env=env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+    )
+    try:
+        output = _wait_for_line(process, "Press Ctrl-C to stop", timeout=120)
+        assert any("curl" in line for line in output)
+        family = [process.pid, *(child.pid for child in psutil.Process(process.pid).children(recursive=True))]
+
+        request = urllib.request.Request(
+            f"http://127.0.0.1:{port}/v1/leads",
+            data=json.dumps(
+                {"email": "mae@example.com", "first_name": "Mae", "source": "website", "consent": {"marketing": True}}
+            ).encode(),
+            headers={"Content-Type": "application/json"},
+            method="POST",
+        )
+        posted = time.monotonic()
+        with urllib.request.urlopen(request, timeout=10) as response:
+            assert response.status == 202
+
+        files: list[Path] = []
+        while not files and time.monotonic() - posted < 10:
+            files = list(mail_dir.glob("*.eml"))
+            time.sleep(0.1)
+        assert files, "no .eml within 10 seconds"
+        message = email.message_from_bytes(files[0].read_bytes(), policy=email.policy.default)
+        assert message["To"].addresses[0].addr_spec == "mae@example.com"
+
+        process.send_signal(signal.SIGINT)
+        assert process.wait(timeout=60) == 0
+        time.sleep(0.5)
+        leftovers = [pid for pid in family if psutil.pid_exists(pid) and psutil.Process(pid).status() != "zombie"]
+        assert leftovers == [], f"processes left running: {leftovers}"
+    finally:
+        if process.poll() is None:
+            process.kill()
+            process.wait()

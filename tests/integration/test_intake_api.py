@@ -1,0 +1,136 @@
+"""The intake API over real HTTP, against a real PostgreSQL and broker."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+from collections.abc import AsyncIterator
+
+import httpx
+import pytest
+
+from services.common.config import IntakeSettings
+from tests.support.platform import fetch_all, free_port, make_settings, serve_intake
+
+pytestmark = pytest.mark.integration
+
+LEAD = {"email": "ada@example.com", "first_name": "Ada", "source": "website", "consent": {"marketing": True}}
+
+
+@pytest.fixture
+async def intake(
+    migrated_database_url: str, kafka_bootstrap_servers: str, topic_prefix: str
+) -> AsyncIterator[tuple[httpx.AsyncClient, IntakeSettings]]:
+    settings = make_settings(
+        IntakeSettings, migrated_database_url, kafka_bootstrap_servers, topic_prefix, db_pool_max_size=10
+    )
+    async with serve_intake(settings) as base_url, httpx.AsyncClient(base_url=base_url, timeout=30) as client:
+        yield client, settings
+
+
+async def test_new_lead_is_accepted_and_queued_in_one_transaction(
+    intake: tuple[httpx.AsyncClient, IntakeSettings],
+) -> None:
+    client, settings = intake
+
+    response = await client.post("/v1/leads", json=LEAD)
+
+    assert response.status_code == 202
+    body = response.json()
+    assert body["duplicate"] is False
+    leads = await fetch_all(settings.database_url, "SELECT id::text, email, source FROM leads")
+    assert leads == [{"id": body["id"], "email": "ada@example.com", "source": "website"}]
+    outbox = await fetch_all(settings.database_url, "SELECT topic, key FROM outbox")
+    assert outbox == [{"topic": settings.topic_leads_accepted, "key": body["id"]}]
+
+
+async def test_duplicate_within_window_returns_existing_id(intake: tuple[httpx.AsyncClient, IntakeSettings]) -> None:
+    client, settings = intake
+    first = await client.post("/v1/leads", json=LEAD)
+
+    again = await client.post("/v1/leads", json={**LEAD, "email": "  ADA@Example.COM "})
+
+    assert again.status_code == 200
+    assert again.json() == {"id": first.json()["id"], "duplicate": True}
+    assert await fetch_all(settings.database_url, "SELECT count(*) AS n FROM leads") == [{"n": 1}]
+
+
+async def test_fifty_simultaneous_identical_posts_create_exactly_one_lead(
+    intake: tuple[httpx.AsyncClient, IntakeSettings],
+) -> None:
+    client, settings = intake
+
+    responses = await asyncio.gather(*(client.post("/v1/leads", json=LEAD) for _ in range(50)))
+
+    ids = {r.json()["id"] for r in responses}
+    assert len(ids) == 1
+    assert sorted(r.status_code for r in responses) == [200] * 49 + [202]
+    assert await fetch_all(settings.database_url, "SELECT count(*) AS n FROM leads") == [{"n": 1}]
+    assert await fetch_all(settings.database_url, "SELECT count(*) AS n FROM outbox") == [{"n": 1}]
+
+
+async def test_invalid_lead_gets_problem_json_naming_every_field_and_changes_nothing(
+    intake: tuple[httpx.AsyncClient, IntakeSettings],
+) -> None:
+    client, settings = intake
+
+    response = await client.post(
+        "/v1/leads", json={"email": "not-an-email", "source": "Web Site!", "consent": {}, "color": "blue"}
+    )
+
+    assert response.status_code == 422
+    assert response.headers["content-type"].startswith("application/problem+json")
+    problem = response.json()
+    assert problem["status"] == 422
+    fields = {error["field"] for error in problem["errors"]}
+    assert fields == {"/email", "/source", "/consent/marketing", "/color"}
+    assert await fetch_all(settings.database_url, "SELECT count(*) AS n FROM leads") == [{"n": 0}]
+
+
+@pytest.mark.parametrize(
+    ("content", "content_type", "status"),
+    [
+        (b'{"email": ', "application/json", 400),
+        (b"email=ada@example.com", "application/x-www-form-urlencoded", 415),
+        (json.dumps({**LEAD, "first_name": "x" * 70000}).encode(), "application/json", 413),
+        (b"[1, 2, 3]", "application/json", 422),
+    ],
+    ids=["malformed-json", "not-json", "too-large", "not-an-object"],
+)
+async def test_bad_requests_get_problem_json_without_internals(
+    intake: tuple[httpx.AsyncClient, IntakeSettings], content: bytes, content_type: str, status: int
+) -> None:
+    client, settings = intake
+
+    response = await client.post("/v1/leads", content=content, headers={"Content-Type": content_type})
+
+    assert response.status_code == status
+    assert response.headers["content-type"].startswith("application/problem+json")
+    assert response.json()["status"] == status
+    assert "Traceback" not in response.text
+    assert await fetch_all(settings.database_url, "SELECT count(*) AS n FROM leads") == [{"n": 0}]
+
+
+async def test_database_outage_answers_503_with_retry_after(kafka_bootstrap_servers: str, topic_prefix: str) -> None:
+    unreachable = f"postgresql://nobody@127.0.0.1:{free_port()}/healingwork"
+    settings = make_settings(
+        IntakeSettings, unreachable, kafka_bootstrap_servers, topic_prefix, db_connect_timeout_s=1.0
+    )
+    async with serve_intake(settings) as base_url, httpx.AsyncClient(base_url=base_url, timeout=30) as client:
+        lead = await client.post("/v1/leads", json=LEAD)
+        health = await client.get("/healthz")
+
+    assert lead.status_code == 503
+    assert lead.headers["retry-after"].isdigit()
+    assert lead.headers["content-type"].startswith("application/problem+json")
+    assert health.status_code == 503
+
+
+async def test_health_metrics_and_openapi_are_served(intake: tuple[httpx.AsyncClient, IntakeSettings]) -> None:
+    client, _ = intake
+
+    assert (await client.get("/healthz")).status_code == 200
+    assert (await client.get("/livez")).status_code == 200
+    assert "healingwork_leads_total" in (await client.get("/metrics")).text
+    openapi = (await client.get("/schema/openapi.json")).json()
+    assert "/v1/leads" in openapi["paths"]
