@@ -147,7 +147,7 @@ async def test_last_attempt_of_a_temporary_failure_marks_dead(
 async def test_unreachable_smtp_server_is_a_temporary_failure(
     setup: tuple[Dispatcher, Pool, DispatcherSettings], mail_sink: MailSink
 ) -> None:
-    dispatcher, pool, settings = setup
+    dispatcher, pool, _ = setup
     message_id = await _queued_message(pool)
     mail_sink.stop()
 
