@@ -13,9 +13,9 @@ import msgspec
 API_VERSION = "healingwork.io/v1alpha1"
 KIND = "Sequence"
 
-Slug = Annotated[str, msgspec.Meta(pattern=r"^[a-z0-9]([a-z0-9._-]{0,62}[a-z0-9])?$")]
+Slug = Annotated[str, msgspec.Meta(pattern=r"^[a-z0-9]([a-z0-9._-]{0,62}[a-z0-9])?\Z")]
 # Durations like "0s", "90m", "48h", "2d" or combinations "1h30m"; parsed by services.common.durations.
-Duration = Annotated[str, msgspec.Meta(pattern=r"^([0-9]+(d|h|m|s))+$", max_length=32)]
+Duration = Annotated[str, msgspec.Meta(pattern=r"^([0-9]+(d|h|m|s))+\Z", max_length=32)]
 
 
 class _Camel(msgspec.Struct, frozen=True, kw_only=True, rename="camel", forbid_unknown_fields=True):

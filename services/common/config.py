@@ -9,9 +9,10 @@ a broken deployment in one round instead of one variable at a time.
 from __future__ import annotations
 
 import os
+import re
 from collections.abc import Callable, Mapping
 from typing import Annotated, Any, TypeAlias, TypeVar, get_args, get_origin, get_type_hints
-from urllib.parse import urlsplit
+from urllib.parse import parse_qs, urlsplit
 
 import msgspec
 from email_validator import EmailNotValidError, validate_email
@@ -91,14 +92,20 @@ def check_smtp_url(value: str) -> str | None:
         parts.port  # noqa: B018 - raises ValueError for a port that is not a number
     except ValueError:
         return "has an invalid port"
+    starttls = parse_qs(parts.query).get("starttls", ["auto"])
+    if len(starttls) != 1 or starttls[0] not in ("auto", "required", "never"):
+        return "has an invalid starttls option: use starttls=required or starttls=never (default: auto)"
     return None
+
+
+_HOST_PORT = re.compile(r"(?:[A-Za-z0-9](?:[A-Za-z0-9.-]*[A-Za-z0-9])?|\[[0-9A-Fa-f:.]+\]):([0-9]{1,5})")
 
 
 def check_bootstrap_servers(value: str) -> str | None:
     for server in value.split(","):
-        host, _, port = server.strip().rpartition(":")
-        if not host or not port.isdigit():
-            return "must be a comma-separated list of host:port"
+        match = _HOST_PORT.fullmatch(server.strip())
+        if match is None or not 1 <= int(match.group(1)) <= 65535:
+            return "must be a comma-separated list of host:port (such as kafka-0.kafka:9092,kafka-1.kafka:9092)"
     return None
 
 
@@ -204,7 +211,6 @@ class IntakeSettings(BusSettings, frozen=True, kw_only=True):
     port: Annotated[int, msgspec.Meta(ge=1, le=65535)] = 8000
     duplicate_window_hours: PositiveFloat = 24.0
     max_body_bytes: PositiveInt = 65536
-    auth_disabled: bool = False
 
 
 class SchedulerSettings(BusSettings, frozen=True, kw_only=True):

@@ -15,7 +15,8 @@ log = logging.getLogger(__name__)
 
 def backoff_delay(attempt: int, base_s: float, max_s: float) -> float:
     """Full-jitter delay before retry number ``attempt`` (1-based): uniform in [0, min(max, base*2^(n-1))]."""
-    ceiling = min(max_s, base_s * (2 ** max(attempt - 1, 0)))
+    # The exponent is capped: past 2^32 the ceiling is max_s anyway, and floats would overflow.
+    ceiling = min(max_s, base_s * (2 ** min(max(attempt - 1, 0), 32)))
     return random.uniform(0, ceiling)
 
 
@@ -32,6 +33,8 @@ async def retry_async(
 
     Only exceptions in ``retry_on`` are retried; the last one propagates after the final attempt.
     """
+    if attempts < 1:
+        raise ValueError(f"attempts must be at least 1, not {attempts}")
     for attempt in range(1, attempts + 1):
         try:
             return await operation()

@@ -110,7 +110,6 @@ def _service_env(addresses: dict[str, str], port: int, health_ports: dict[str, i
         "PUBLIC_BASE_URL": f"http://127.0.0.1:{port}",
         "FROM_EMAIL": os.environ.get("FROM_EMAIL", "hello@example.com"),
         "FROM_NAME": os.environ.get("FROM_NAME", "healingwork (dev)"),
-        "AUTH_DISABLED": "true",
         "LOG_LEVEL": os.environ.get("LOG_LEVEL", "INFO"),
         "KAFKA_PARTITIONS": os.environ.get("KAFKA_PARTITIONS", "3"),
         "SCHEDULER_POLL_INTERVAL_S": os.environ.get("SCHEDULER_POLL_INTERVAL_S", "0.5"),
@@ -236,7 +235,7 @@ def _print_quick_start(port: int, mail_dir: Path, logs: Path) -> None:
     base = f"http://127.0.0.1:{port}"
     print(
         f"""
-healingwork is running (authentication is off in dev).
+healingwork is running.
 
   API        {base}/v1/leads      docs: {base}/schema/swagger
   health     {base}/healthz       metrics: {base}/metrics

@@ -13,6 +13,8 @@ from urllib.parse import parse_qs, unquote, urlsplit
 
 import aiosmtplib
 
+STARTTLS_MODES = ("auto", "required", "never")
+
 
 class SendError(Exception):
     """Sending failed; ``permanent`` tells whether a retry could succeed."""
@@ -39,6 +41,9 @@ class SmtpTarget:
         parts = urlsplit(url)
         implicit = parts.scheme == "smtps"
         mode = parse_qs(parts.query).get("starttls", ["auto"])[0]
+        if mode not in STARTTLS_MODES:
+            # A typo must never silently turn encryption off.
+            raise ValueError(f"starttls must be one of {', '.join(STARTTLS_MODES)}, not {mode!r}")
         return cls(
             hostname=parts.hostname or "localhost",
             port=parts.port or (465 if implicit else 587),

@@ -19,7 +19,7 @@ NAME_MAX = 100
 TAG_MAX = 64
 TAGS_MAX = 20
 CONSENT_TEXT_MAX = 2000
-SOURCE_PATTERN = re.compile(r"^[a-z0-9]([a-z0-9._-]{0,62}[a-z0-9])?$")
+SOURCE_PATTERN = re.compile(r"[a-z0-9]([a-z0-9._-]{0,62}[a-z0-9])?")
 _ZERO_WIDTH = {"\u200b", "\u200c", "\u200d", "\u2060", "\ufeff"}
 
 
@@ -79,7 +79,7 @@ def parse_lead(raw: object) -> tuple[LeadSubmission, str]:
             fail("/email", str(error))
 
     source = raw.get("source")
-    if not isinstance(source, str) or not SOURCE_PATTERN.match(source):
+    if not isinstance(source, str) or not SOURCE_PATTERN.fullmatch(source):
         fail("/source", "required, a slug: lower-case letters, digits, '.', '_' or '-', at most 64 characters")
 
     names: dict[str, str | None] = {}

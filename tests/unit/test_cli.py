@@ -1,0 +1,111 @@
+"""``healingwork <command>`` as a process: configuration problems and unreachable databases are one
+message and an exit status, never a traceback."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import msgspec
+import pytest
+
+from services.common.config import DispatcherSettings, IntakeSettings, SchedulerSettings
+
+ROOT = Path(__file__).resolve().parents[2]
+SETTINGS_VARIABLES = {
+    field.name.upper()
+    for kind in (IntakeSettings, SchedulerSettings, DispatcherSettings)
+    for field in msgspec.structs.fields(kind)
+}
+
+
+def clean_env(**extra: str) -> dict[str, str]:
+    """The current environment without any healingwork setting or libpq variable, plus ``extra``."""
+    env = {k: v for k, v in os.environ.items() if k not in SETTINGS_VARIABLES and not k.startswith("PG")}
+    env.update(extra)
+    return env
+
+
+def healingwork(*args: str, env: dict[str, str]) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [sys.executable, "-m", "services", *args],
+        env=env,
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+    )
+
+
+@pytest.mark.parametrize(
+    ("command", "missing"),
+    [
+        ("intake", ["DATABASE_URL", "KAFKA_BOOTSTRAP_SERVERS", "HMAC_SECRET", "PUBLIC_BASE_URL"]),
+        (
+            "dispatcher",
+            [
+                "DATABASE_URL",
+                "KAFKA_BOOTSTRAP_SERVERS",
+                "HMAC_SECRET",
+                "PUBLIC_BASE_URL",
+                "FROM_EMAIL",
+                "FROM_NAME",
+                "SMTP_URL",
+            ],
+        ),
+        ("scheduler", ["DATABASE_URL", "KAFKA_BOOTSTRAP_SERVERS"]),
+        ("migrate", ["DATABASE_URL"]),
+    ],
+)
+def test_command_without_settings_lists_every_missing_variable_and_exits_2(command: str, missing: list[str]) -> None:
+    result = healingwork(command, env=clean_env())
+
+    assert result.returncode == 2
+    assert "Traceback" not in result.stderr
+    assert result.stderr.startswith(f"healingwork {command}: invalid configuration:")
+    assert result.stderr.count("invalid configuration") == 1
+    for name in missing:
+        assert f"  - {name} is required but not set" in result.stderr
+    assert result.stderr.count("is required but not set") == len(missing)
+    assert result.stdout == ""
+
+
+def test_sequences_apply_without_settings_exits_2() -> None:
+    result = healingwork("sequences", "apply", "k8s/examples", env=clean_env())
+
+    assert result.returncode == 2
+    assert "Traceback" not in result.stderr
+    assert "healingwork sequences apply: invalid configuration:" in result.stderr
+    assert "DATABASE_URL is required but not set" in result.stderr
+
+
+def test_invalid_settings_are_reported_without_echoing_the_secret() -> None:
+    secret = "short-private-value"
+    result = healingwork("intake", env=clean_env(HMAC_SECRET=secret, PORT="70000"))
+
+    assert result.returncode == 2
+    assert "Traceback" not in result.stderr
+    assert "HMAC_SECRET must be at least 32 bytes" in result.stderr
+    assert "PORT='70000' is invalid" in result.stderr
+    assert secret not in result.stderr
+
+
+def test_migrate_against_an_unreachable_database_exits_1_with_one_line() -> None:
+    result = healingwork("migrate", env=clean_env(DATABASE_URL="postgresql://nobody@127.0.0.1:1/x"))
+
+    assert result.returncode == 1
+    assert "Traceback" not in result.stderr
+    lines = result.stderr.strip().splitlines()
+    assert len(lines) == 1
+    assert lines[0].startswith("healingwork migrate: cannot reach PostgreSQL")
+
+
+def test_unknown_command_is_a_usage_error() -> None:
+    result = healingwork("frobnicate", env=clean_env())
+
+    assert result.returncode == 2
+    assert "Traceback" not in result.stderr
+    assert "usage: healingwork" in result.stderr
