@@ -443,10 +443,12 @@ class EmbeddedPostgres:
         self.stop()
         self.start(timeout=timeout)
 
-    def create_database(self, name: str) -> str:
-        """``CREATE DATABASE name`` (must not exist yet) and return its URL."""
+    def create_database(self, name: str, *, exist_ok: bool = False) -> str:
+        """``CREATE DATABASE name`` and return its URL; an existing database is an error unless ``exist_ok``."""
         with psycopg.connect(self.url, autocommit=True, connect_timeout=10) as conn:
-            conn.execute(sql.SQL("CREATE DATABASE {}").format(sql.Identifier(name)))
+            exists = conn.execute("SELECT 1 FROM pg_database WHERE datname = %s", (name,)).fetchone() is not None
+            if not (exists and exist_ok):
+                conn.execute(sql.SQL("CREATE DATABASE {}").format(sql.Identifier(name)))
         return self.url_for(name)
 
     def __enter__(self) -> Self:

@@ -50,13 +50,6 @@ def _dev_dependencies() -> tuple[type, type, type]:
     return EmbeddedPostgres, EmbeddedBroker, MailSink
 
 
-def _free_port() -> int:
-    from services.dev.embedded import find_free_port
-
-    port: int = find_free_port()
-    return port
-
-
 @contextmanager
 def _infrastructure(data_dir: Path, mail_dir: Path, fresh: bool) -> Iterator[dict[str, str]]:
     """Start (or take from the environment) PostgreSQL, the broker and the SMTP sink; yield their addresses."""
@@ -71,11 +64,7 @@ def _infrastructure(data_dir: Path, mail_dir: Path, fresh: bool) -> Iterator[dic
             _say(f"starting PostgreSQL in {pg_dir} ...")
             postgres.start()
             stack.callback(postgres.stop)
-            database_url = (
-                postgres.create_database("healingwork")
-                if not _has_database(postgres)
-                else postgres.url_for("healingwork")
-            )
+            database_url = postgres.create_database("healingwork", exist_ok=True)
         bootstrap = os.environ.get("KAFKA_BOOTSTRAP_SERVERS", "")
         if not bootstrap:
             broker = embedded_broker(log_path=data_dir / "logs" / "broker.log")
@@ -91,13 +80,6 @@ def _infrastructure(data_dir: Path, mail_dir: Path, fresh: bool) -> Iterator[dic
             "KAFKA_BOOTSTRAP_SERVERS": bootstrap,
             "SMTP_URL": f"smtp://{sink.host}:{sink.port}?starttls=never",
         }
-
-
-def _has_database(postgres: object) -> bool:
-    import psycopg
-
-    with psycopg.connect(postgres.url, autocommit=True) as conn:  # type: ignore[attr-defined]
-        return conn.execute("SELECT 1 FROM pg_database WHERE datname = 'healingwork'").fetchone() is not None
 
 
 def _service_env(addresses: dict[str, str], port: int, health_ports: dict[str, int]) -> dict[str, dict[str, str]]:
@@ -133,10 +115,12 @@ def _preexec() -> None:
         pass
 
 
-def _wait_ready(urls: dict[str, str], processes: dict[str, subprocess.Popen[bytes]], logs: Path) -> None:
+def _wait_ready(
+    urls: dict[str, str], processes: dict[str, subprocess.Popen[bytes]], logs: Path, stop: threading.Event
+) -> None:
     deadline = time.monotonic() + READY_TIMEOUT_S
     pending = dict(urls)
-    while pending:
+    while pending and not stop.is_set():
         for name, url in list(pending.items()):
             if processes[name].poll() is not None:
                 raise DevError(f"{name} exited with status {processes[name].returncode}; see {logs / (name + '.log')}")
@@ -177,7 +161,9 @@ def run_dev(*, port: int, mail_dir: Path, data_dir: Path, fresh: bool = False) -
             applied = apply_migrations(addresses["DATABASE_URL"])
             _say(f"schema ready ({'applied ' + ', '.join(map(str, applied)) if applied else 'up to date'})")
             _apply_examples(addresses["DATABASE_URL"])
-            health_ports = {"scheduler": _free_port(), "dispatcher": _free_port()}
+            from services.dev.embedded import find_free_port
+
+            health_ports = {"scheduler": find_free_port(), "dispatcher": find_free_port()}
             environments = _service_env(addresses, port, health_ports)
             for name in SERVICES:
                 log_file = (logs / f"{name}.log").open("ab")
@@ -198,8 +184,10 @@ def run_dev(*, port: int, mail_dir: Path, data_dir: Path, fresh: bool = False) -
                 },
                 processes,
                 logs,
+                stop,
             )
-            _print_quick_start(port, mail_dir, logs)
+            if not stop.is_set():
+                _print_quick_start(port, mail_dir, logs)
             while not stop.wait(0.5):
                 for name, process in processes.items():
                     if process.poll() is not None:

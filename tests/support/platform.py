@@ -17,9 +17,7 @@ import uvicorn
 from services.common.config import (
     BusSettings,
     DatabaseSettings,
-    DispatcherSettings,
     IntakeSettings,
-    SchedulerSettings,
 )
 from services.common.db import connect
 from services.common.sequences import apply_sequence_files
@@ -125,19 +123,3 @@ async def wait_until(predicate: Callable[[], Awaitable[bool]], timeout: float = 
     async with asyncio.timeout(timeout):
         while not await predicate():
             await asyncio.sleep(0.1)
-
-
-__all__ = [
-    "DispatcherSettings",
-    "IntakeSettings",
-    "SchedulerSettings",
-    "apply_examples",
-    "fetch_all",
-    "free_port",
-    "make_settings",
-    "running",
-    "serve_intake",
-    "smtp_url_of",
-    "topics_for",
-    "wait_until",
-]
