@@ -1,0 +1,30 @@
+# The two commands of the README: `make dev` runs the platform, `make test` runs every check.
+# Both set up everything they need on a fresh clone (uv, the locked dependencies, helm).
+
+UV := ./scripts/uv
+PORT ?= 8000
+MAIL_DIR ?= .dev/mail
+
+.PHONY: dev test sync tools lint typecheck pytest
+
+sync:
+	$(UV) sync --frozen
+
+tools:
+	./scripts/ensure-tools.sh
+
+dev: sync
+	$(UV) run healingwork dev --port $(PORT) --mail-dir $(MAIL_DIR)
+
+lint: sync
+	$(UV) run ruff check .
+	$(UV) run ruff format --check .
+	$(UV) run hadolint Dockerfile
+
+typecheck: sync
+	$(UV) run mypy
+
+pytest: sync tools
+	$(UV) run pytest -q
+
+test: lint typecheck pytest

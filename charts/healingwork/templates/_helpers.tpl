@@ -1,0 +1,256 @@
+{{/* Chart name, truncated to the 63 characters a label value allows. */}}
+{{- define "healingwork.name" -}}
+{{- default .Chart.Name .Values.nameOverride | trunc 63 | trimSuffix "-" }}
+{{- end }}
+
+{{/* Prefix of every resource name. */}}
+{{- define "healingwork.fullname" -}}
+{{- if .Values.fullnameOverride }}
+{{- .Values.fullnameOverride | trunc 63 | trimSuffix "-" }}
+{{- else }}
+{{- $name := default .Chart.Name .Values.nameOverride }}
+{{- if contains $name .Release.Name }}
+{{- .Release.Name | trunc 63 | trimSuffix "-" }}
+{{- else }}
+{{- printf "%s-%s" .Release.Name $name | trunc 63 | trimSuffix "-" }}
+{{- end }}
+{{- end }}
+{{- end }}
+
+{{- define "healingwork.chart" -}}
+{{- printf "%s-%s" .Chart.Name .Chart.Version | replace "+" "_" | trunc 63 | trimSuffix "-" }}
+{{- end }}
+
+{{- define "healingwork.selectorLabels" -}}
+app.kubernetes.io/name: {{ include "healingwork.name" . }}
+app.kubernetes.io/instance: {{ .Release.Name }}
+{{- end }}
+
+{{- define "healingwork.labels" -}}
+helm.sh/chart: {{ include "healingwork.chart" . }}
+{{ include "healingwork.selectorLabels" . }}
+app.kubernetes.io/version: {{ .Chart.AppVersion | quote }}
+app.kubernetes.io/managed-by: {{ .Release.Service }}
+app.kubernetes.io/part-of: healingwork
+{{- end }}
+
+{{/* The image reference: repository[:tag][@digest]; the tag defaults to appVersion. */}}
+{{- define "healingwork.image" -}}
+{{- $tag := default .Chart.AppVersion .Values.image.tag }}
+{{- if .Values.image.digest }}
+{{- printf "%s:%s@%s" .Values.image.repository $tag .Values.image.digest }}
+{{- else }}
+{{- printf "%s:%s" .Values.image.repository $tag }}
+{{- end }}
+{{- end }}
+
+{{/* The Secret every pod reads DATABASE_URL, HMAC_SECRET and SMTP_URL from. */}}
+{{- define "healingwork.secretName" -}}
+{{- default (include "healingwork.fullname" .) .Values.secrets.existingSecret }}
+{{- end }}
+
+{{/*
+Non-secret settings, as environment variables: the data of the ConfigMap, and the env of the migration
+hook Job (which runs before the ConfigMap exists on a first install).
+*/}}
+{{- define "healingwork.configData" -}}
+{{- $c := .Values.config -}}
+KAFKA_BOOTSTRAP_SERVERS: {{ $c.kafkaBootstrapServers | quote }}
+PUBLIC_BASE_URL: {{ $c.publicBaseUrl | quote }}
+FROM_EMAIL: {{ $c.fromEmail | quote }}
+FROM_NAME: {{ $c.fromName | quote }}
+LOG_LEVEL: {{ $c.logLevel | quote }}
+KAFKA_PARTITIONS: {{ $c.kafkaPartitions | toString | quote }}
+KAFKA_REPLICATION_FACTOR: {{ $c.kafkaReplicationFactor | toString | quote }}
+TOPIC_LEADS_ACCEPTED: {{ $c.topics.leadsAccepted | quote }}
+TOPIC_EMAIL_DISPATCH: {{ $c.topics.emailDispatch | quote }}
+TOPIC_EMAIL_EVENTS: {{ $c.topics.emailEvents | quote }}
+TOPIC_EMAIL_DLQ: {{ $c.topics.emailDlq | quote }}
+{{- range $name, $value := $c.extraEnv }}
+{{ $name }}: {{ $value | quote }}
+{{- end }}
+{{- end }}
+
+{{/*
+Fail with one message listing every missing or invalid value, so an operator fixes a broken values file
+in one round (the services validate the same settings again at start-up, in more depth).
+*/}}
+{{- define "healingwork.validate" -}}
+{{- $problems := list }}
+{{- $c := .Values.config }}
+{{- $s := .Values.secrets }}
+{{- if not $c.kafkaBootstrapServers }}
+{{- $problems = append $problems "config.kafkaBootstrapServers is required: the Kafka bootstrap servers as host:port[,host:port...]" }}
+{{- end }}
+{{- if not $c.publicBaseUrl }}
+{{- $problems = append $problems "config.publicBaseUrl is required: the public http(s) URL of the intake, used in tracking and unsubscribe links" }}
+{{- end }}
+{{- if not $c.fromEmail }}
+{{- $problems = append $problems "config.fromEmail is required: the sender address of every email" }}
+{{- end }}
+{{- if not $c.fromName }}
+{{- $problems = append $problems "config.fromName is required: the sender display name of every email" }}
+{{- end }}
+{{- if $s.existingSecret }}
+{{- if or $s.databaseUrl $s.hmacSecret $s.smtpUrl }}
+{{- $problems = append $problems (printf "secrets.existingSecret (%s) is set, so secrets.databaseUrl, secrets.hmacSecret and secrets.smtpUrl must be empty: put DATABASE_URL, HMAC_SECRET and SMTP_URL in that Secret" $s.existingSecret) }}
+{{- end }}
+{{- else }}
+{{- if not $s.databaseUrl }}
+{{- $problems = append $problems "secrets.databaseUrl is required (or set secrets.existingSecret): postgresql://user:password@host:5432/database" }}
+{{- end }}
+{{- if not $s.hmacSecret }}
+{{- $problems = append $problems "secrets.hmacSecret is required (or set secrets.existingSecret): generate one with openssl rand -hex 32" }}
+{{- else if lt (len $s.hmacSecret) 32 }}
+{{- $problems = append $problems "secrets.hmacSecret must be at least 32 bytes: generate one with openssl rand -hex 32" }}
+{{- end }}
+{{- if not $s.smtpUrl }}
+{{- $problems = append $problems "secrets.smtpUrl is required (or set secrets.existingSecret): smtp://[user:password@]host[:port] or smtps://..." }}
+{{- end }}
+{{- end }}
+{{- if $problems }}
+{{- fail (printf "\n\nhealingwork: invalid values:\n  - %s\n" (join "\n  - " $problems)) }}
+{{- end }}
+{{- end }}
+
+{{/* The /tmp emptyDir every container writes to (the root filesystem is read-only). */}}
+{{- define "healingwork.tmpVolume" -}}
+- name: tmp
+  emptyDir:
+    sizeLimit: 64Mi
+{{- end }}
+
+{{- define "healingwork.tmpVolumeMount" -}}
+- name: tmp
+  mountPath: /tmp
+{{- end }}
+
+{{/* An env entry read from the release Secret (or the existing one). */}}
+{{- define "healingwork.secretEnv" -}}
+- name: {{ .key }}
+  valueFrom:
+    secretKeyRef:
+      name: {{ include "healingwork.secretName" .root }}
+      key: {{ .key }}
+{{- end }}
+
+{{/*
+A Deployment of one long-running command. Parameters: root (the chart context), component (its name and
+the `healingwork` sub-command), values (its block of values), secretKeys (the secret settings it reads),
+ports, env and probes (YAML fragments).
+*/}}
+{{- define "healingwork.deployment" -}}
+{{- $root := .root -}}
+{{- $values := .values -}}
+apiVersion: apps/v1
+kind: Deployment
+metadata:
+  name: {{ include "healingwork.fullname" $root }}-{{ .component }}
+  labels:
+    {{- include "healingwork.labels" $root | nindent 4 }}
+    app.kubernetes.io/component: {{ .component }}
+spec:
+  replicas: {{ $values.replicas }}
+  revisionHistoryLimit: 5
+  selector:
+    matchLabels:
+      {{- include "healingwork.selectorLabels" $root | nindent 6 }}
+      app.kubernetes.io/component: {{ .component }}
+  template:
+    metadata:
+      labels:
+        {{- include "healingwork.labels" $root | nindent 8 }}
+        app.kubernetes.io/component: {{ .component }}
+      annotations:
+        # Settings are read once at start-up: a changed ConfigMap or Secret must roll the pods.
+        checksum/config: {{ include "healingwork.configData" $root | sha256sum }}
+        {{- if not $root.Values.secrets.existingSecret }}
+        checksum/secret: {{ $root.Values.secrets | toJson | sha256sum }}
+        {{- end }}
+        {{- with $values.podAnnotations }}
+        {{- toYaml . | nindent 8 }}
+        {{- end }}
+    spec:
+      {{- with $root.Values.imagePullSecrets }}
+      imagePullSecrets:
+        {{- toYaml . | nindent 8 }}
+      {{- end }}
+      # The services never call the Kubernetes API, and Service links would inject variables such as
+      # KAFKA_PORT that nothing here reads.
+      automountServiceAccountToken: false
+      enableServiceLinks: false
+      securityContext:
+        {{- toYaml $root.Values.podSecurityContext | nindent 8 }}
+      terminationGracePeriodSeconds: 30
+      containers:
+        - name: {{ .component }}
+          image: {{ include "healingwork.image" $root }}
+          imagePullPolicy: {{ $root.Values.image.pullPolicy }}
+          args: [{{ .component | quote }}]
+          {{- with .ports }}
+          ports:
+            {{- . | nindent 12 }}
+          {{- end }}
+          envFrom:
+            - configMapRef:
+                name: {{ include "healingwork.fullname" $root }}
+          env:
+            {{- range .secretKeys }}
+            {{- include "healingwork.secretEnv" (dict "root" $root "key" .) | nindent 12 }}
+            {{- end }}
+            {{- with .env }}
+            {{- . | nindent 12 }}
+            {{- end }}
+          {{- .probes | nindent 10 }}
+          {{- with .lifecycle }}
+          lifecycle:
+            {{- . | nindent 12 }}
+          {{- end }}
+          resources:
+            {{- toYaml $values.resources | nindent 12 }}
+          securityContext:
+            {{- toYaml $root.Values.securityContext | nindent 12 }}
+          volumeMounts:
+            {{- include "healingwork.tmpVolumeMount" $root | nindent 12 }}
+      volumes:
+        {{- include "healingwork.tmpVolume" $root | nindent 8 }}
+      {{- with $values.nodeSelector }}
+      nodeSelector:
+        {{- toYaml . | nindent 8 }}
+      {{- end }}
+      {{- with $values.tolerations }}
+      tolerations:
+        {{- toYaml . | nindent 8 }}
+      {{- end }}
+      {{- with $values.affinity }}
+      affinity:
+        {{- toYaml . | nindent 8 }}
+      {{- end }}
+{{- end }}
+
+{{/*
+Probes of a process serving /livez (liveness) and /healthz (readiness) on the named port. The startup
+probe gives a slow start (PostgreSQL or Kafka not yet answering) a minute before liveness counts.
+*/}}
+{{- define "healingwork.probes" -}}
+startupProbe:
+  httpGet:
+    path: /livez
+    port: {{ . }}
+  periodSeconds: 2
+  failureThreshold: 30
+livenessProbe:
+  httpGet:
+    path: /livez
+    port: {{ . }}
+  periodSeconds: 10
+  timeoutSeconds: 3
+  failureThreshold: 3
+readinessProbe:
+  httpGet:
+    path: /healthz
+    port: {{ . }}
+  periodSeconds: 5
+  timeoutSeconds: 3
+  failureThreshold: 3
+{{- end }}
