@@ -113,7 +113,9 @@ def build_parser() -> argparse.ArgumentParser:
 
     sequences = commands.add_parser("sequences", help="Manage Sequences stored in PostgreSQL")
     sequence_commands = sequences.add_subparsers(dest="sequence_command", required=True, metavar="<action>")
-    apply = sequence_commands.add_parser("apply", help="Store Sequence resources from YAML files or folders")
+    apply = sequence_commands.add_parser(
+        "apply", help="Store Sequence resources from YAML files or folders ('-' reads standard input)"
+    )
     apply.add_argument("paths", nargs="+", metavar="PATH")
     apply.set_defaults(run=_sequences_apply)
 

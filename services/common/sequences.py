@@ -7,6 +7,7 @@ Sequence resources from YAML files.
 
 from __future__ import annotations
 
+import sys
 import uuid
 from dataclasses import dataclass
 from pathlib import Path
@@ -58,13 +59,16 @@ def parse_sequence_document(document: object, origin: str) -> SequenceResource:
 
 
 def load_sequence_files(paths: list[Path]) -> list[SequenceResource]:
-    """Read every Sequence document from the given files and directories (``*.yaml``/``*.yml``).
+    """Read every Sequence document from the given files and directories (``*.yaml``/``*.yml``);
+    ``-`` reads standard input.
 
     Documents of other kinds are ignored, so a folder of mixed manifests can be pointed at.
     """
     files: list[Path] = []
     for path in paths:
-        if path.is_dir():
+        if str(path) == "-":
+            files.append(path)
+        elif path.is_dir():
             files.extend(sorted(p for p in path.iterdir() if p.suffix in (".yaml", ".yml")))
         elif path.exists():
             files.append(path)
@@ -73,7 +77,8 @@ def load_sequence_files(paths: list[Path]) -> list[SequenceResource]:
     resources = []
     for file in files:
         try:
-            documents = list(yaml.safe_load_all(file.read_text()))
+            text = sys.stdin.read() if str(file) == "-" else file.read_text()
+            documents = list(yaml.safe_load_all(text))
         except yaml.YAMLError as error:
             raise InvalidSequence(f"{file}: not valid YAML ({error})") from error
         for index, document in enumerate(documents):

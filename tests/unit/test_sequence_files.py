@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import copy
+import io
 from pathlib import Path
 from typing import Any
 
@@ -273,3 +274,11 @@ def test_sequence_id_is_stable_and_depends_on_namespace_and_name() -> None:
     assert sequence_id("default", "welcome") == sequence_id("default", "welcome")
     assert sequence_id("default", "welcome") != sequence_id("other", "welcome")
     assert sequence_id("default", "welcome") != sequence_id("default", "welcome-2")
+
+
+def test_dash_reads_sequences_from_standard_input(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr("sys.stdin", io.StringIO(EXAMPLE.read_text()))
+
+    [resource] = load_sequence_files([Path("-")])
+
+    assert resource.metadata.name == "welcome"
