@@ -198,7 +198,7 @@ class BusSettings(DatabaseSettings, frozen=True, kw_only=True):
     outbox_batch_size: PositiveInt = 200
     outbox_poll_interval_s: PositiveFloat = 0.5
     relay_enabled: bool = True
-    # Workers (scheduler, dispatcher) serve /livez, /healthz and /metrics here; 0 turns it off.
+    # Workers (scheduler, dispatcher) serve /healthz, /readyz and /metrics here; 0 turns it off.
     health_port: Annotated[int, msgspec.Meta(ge=0, le=65535)] = 8080
 
 

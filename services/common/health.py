@@ -1,4 +1,4 @@
-"""A tiny HTTP server for worker processes (scheduler, dispatcher): ``/livez``, ``/healthz`` (ready)
+"""A tiny HTTP server for worker processes (scheduler, dispatcher): ``/healthz`` (alive), ``/readyz`` (ready)
 and ``/metrics``, so Kubernetes probes and Prometheus see workers the way they see the intake."""
 
 from __future__ import annotations
@@ -13,7 +13,7 @@ READ_TIMEOUT_S = 5.0
 
 
 async def serve_health(port: int, is_ready: Callable[[], bool], stop: asyncio.Event, host: str = "0.0.0.0") -> None:  # noqa: S104
-    """Serve until ``stop`` is set; ``/healthz`` answers 200 while ``is_ready()`` holds, else 503."""
+    """Serve until ``stop`` is set; ``/readyz`` answers 200 while ``is_ready()`` holds, else 503."""
 
     async def handle(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
         try:
@@ -22,9 +22,9 @@ async def serve_health(port: int, is_ready: Callable[[], bool], stop: asyncio.Ev
             path = parts[1] if len(parts) > 1 else "/"
             if path == "/metrics":
                 status, body, kind = 200, generate_latest(), CONTENT_TYPE_LATEST
-            elif path == "/livez":
-                status, body, kind = 200, b'{"status":"ok"}', "application/json"
             elif path == "/healthz":
+                status, body, kind = 200, b'{"status":"ok"}', "application/json"
+            elif path == "/readyz":
                 ready = is_ready()
                 status = 200 if ready else 503
                 body = b'{"status":"ok"}' if ready else b'{"status":"starting"}'

@@ -179,8 +179,8 @@ def run_dev(*, port: int, mail_dir: Path, data_dir: Path, fresh: bool = False) -
             _say("starting intake, scheduler and dispatcher ...")
             _wait_ready(
                 {
-                    "intake": f"http://127.0.0.1:{port}/healthz",
-                    **{name: f"http://127.0.0.1:{p}/healthz" for name, p in health_ports.items()},
+                    "intake": f"http://127.0.0.1:{port}/readyz",
+                    **{name: f"http://127.0.0.1:{p}/readyz" for name, p in health_ports.items()},
                 },
                 processes,
                 logs,
@@ -226,7 +226,7 @@ def _print_quick_start(port: int, mail_dir: Path, logs: Path) -> None:
 healingwork is running.
 
   API        {base}/v1/leads      docs: {base}/schema/swagger
-  health     {base}/healthz       metrics: {base}/metrics
+  health     {base}/readyz        metrics: {base}/metrics
   mail       every email lands in {mail_dir.resolve()} as an .eml file
   logs       {logs.resolve()}/*.log
 

@@ -62,7 +62,8 @@ async def claim_message(conn: Connection, message_id: uuid.UUID) -> SendJob | No
              AND st.sequence_id = m.sequence_id AND st.revision = m.revision AND st.position = m.step_position
            RETURNING m.id, m.enrollment_id, m.lead_id, m.attempts, l.email, l.first_name, l.last_name,
                      l.source, s.name AS sequence_name, st.name AS step_name, st.subject, st.html, st.text,
-                     EXISTS (SELECT 1 FROM suppressions x WHERE x.email_normalized = l.email_normalized)
+                     EXISTS (SELECT 1 FROM suppressions x
+                             WHERE x.email_hash = encode(sha256(convert_to(l.email_normalized, 'UTF8')), 'hex'))
                          AS suppressed""",
         (message_id,),
     )

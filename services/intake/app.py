@@ -63,8 +63,8 @@ async def submit_lead(request: Request[Any, Any, State], state: State) -> Respon
     return Response(receipt, status_code=200 if receipt.duplicate else 202)
 
 
-@get("/healthz", summary="Readiness: PostgreSQL answers and the outbox relay runs")
-async def healthz(state: State) -> Response[dict[str, str]]:
+@get("/readyz", summary="Readiness: PostgreSQL answers and the outbox relay runs")
+async def readyz(state: State) -> Response[dict[str, str]]:
     runtime = _runtime(state)
     async with runtime.pool.connection() as conn:
         await conn.execute("SELECT 1")
@@ -73,8 +73,8 @@ async def healthz(state: State) -> Response[dict[str, str]]:
     return Response({"status": "ok"})
 
 
-@get("/livez", summary="Liveness: the process serves requests")
-async def livez() -> dict[str, str]:
+@get("/healthz", summary="Liveness: the process serves requests")
+async def healthz() -> dict[str, str]:
     return {"status": "ok"}
 
 
@@ -94,7 +94,7 @@ def create_app(settings: IntakeSettings) -> Litestar:
             yield
 
     return Litestar(
-        route_handlers=[submit_lead, healthz, livez, prometheus_metrics],
+        route_handlers=[submit_lead, healthz, readyz, prometheus_metrics],
         lifespan=[lifespan],
         exception_handlers=EXCEPTION_HANDLERS,
         request_max_body_size=settings.max_body_bytes,

@@ -136,8 +136,8 @@ def test_the_three_services_run_their_commands_with_probes() -> None:
     for name, port in expected.items():
         [container] = deployments[f"healingwork-{name}"]["spec"]["template"]["spec"]["containers"]
         assert container["args"] == [name]
-        assert container["livenessProbe"]["httpGet"] == {"path": "/livez", "port": port}
-        assert container["readinessProbe"]["httpGet"] == {"path": "/healthz", "port": port}
+        assert container["livenessProbe"]["httpGet"] == {"path": "/healthz", "port": port}
+        assert container["readinessProbe"]["httpGet"] == {"path": "/readyz", "port": port}
         assert {p["name"]: p["containerPort"] for p in container["ports"]} == {port: 8000 if name == "intake" else 8080}
 
 

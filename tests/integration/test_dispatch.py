@@ -10,6 +10,7 @@ import pytest
 
 from services.common.config import DispatcherSettings
 from services.common.db import Connection, open_pool, transaction
+from services.common.identity import email_hash
 from services.dev.mailsink import MailSink
 from services.dispatcher.dispatch import Dispatcher
 from services.dispatcher.smtp import SmtpTarget, SmtpTransport
@@ -161,7 +162,8 @@ async def test_suppressed_recipient_is_skipped_and_recorded(
     message_id = await _queued_message(pool, "gone@example.com")
     async with transaction(pool) as conn:
         await conn.execute(
-            "INSERT INTO suppressions (email_normalized, reason) VALUES ('gone@example.com', 'unsubscribed')"
+            "INSERT INTO suppressions (email_hash, reason) VALUES (%s, 'unsubscribed')",
+            (email_hash("gone@example.com"),),
         )
 
     assert await dispatcher.dispatch(message_id) == "skipped"

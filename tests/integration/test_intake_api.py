@@ -118,7 +118,7 @@ async def test_database_outage_answers_503_with_retry_after(kafka_bootstrap_serv
     )
     async with serve_intake(settings) as base_url, httpx.AsyncClient(base_url=base_url, timeout=30) as client:
         lead = await client.post("/v1/leads", json=LEAD)
-        health = await client.get("/healthz")
+        health = await client.get("/readyz")
 
     assert lead.status_code == 503
     assert lead.headers["retry-after"].isdigit()
@@ -129,8 +129,8 @@ async def test_database_outage_answers_503_with_retry_after(kafka_bootstrap_serv
 async def test_health_metrics_and_openapi_are_served(intake: tuple[httpx.AsyncClient, IntakeSettings]) -> None:
     client, _ = intake
 
+    assert (await client.get("/readyz")).status_code == 200
     assert (await client.get("/healthz")).status_code == 200
-    assert (await client.get("/livez")).status_code == 200
     assert "healingwork_leads_total" in (await client.get("/metrics")).text
     openapi = (await client.get("/schema/openapi.json")).json()
     assert "/v1/leads" in openapi["paths"]

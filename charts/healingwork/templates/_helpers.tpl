@@ -229,26 +229,26 @@ spec:
 {{- end }}
 
 {{/*
-Probes of a process serving /livez (liveness) and /healthz (readiness) on the named port. The startup
+Probes of a process serving /healthz (liveness) and /readyz (readiness) on the named port. The startup
 probe gives a slow start (PostgreSQL or Kafka not yet answering) a minute before liveness counts.
 */}}
 {{- define "healingwork.probes" -}}
 startupProbe:
   httpGet:
-    path: /livez
+    path: /healthz
     port: {{ . }}
   periodSeconds: 2
   failureThreshold: 30
 livenessProbe:
   httpGet:
-    path: /livez
+    path: /healthz
     port: {{ . }}
   periodSeconds: 10
   timeoutSeconds: 3
   failureThreshold: 3
 readinessProbe:
   httpGet:
-    path: /healthz
+    path: /readyz
     port: {{ . }}
   periodSeconds: 5
   timeoutSeconds: 3

@@ -120,10 +120,12 @@ CREATE TABLE events (
 CREATE INDEX events_message_idx ON events (message_id);
 CREATE INDEX events_occurred_at_idx ON events (occurred_at);
 
+-- Addresses never to be mailed again. Keyed by the SHA-256 of the normalized address
+-- (services.common.identity.email_hash) so an erased lead leaves no readable address behind.
 CREATE TABLE suppressions (
-    email_normalized text PRIMARY KEY,
-    reason           text NOT NULL CHECK (reason IN ('unsubscribed', 'bounced', 'complained', 'manual')),
-    created_at       timestamptz NOT NULL DEFAULT now()
+    email_hash text PRIMARY KEY CHECK (email_hash ~ '^[0-9a-f]{64}$'),
+    reason     text NOT NULL CHECK (reason IN ('unsubscribed', 'bounced', 'complained', 'erased', 'manual')),
+    created_at timestamptz NOT NULL DEFAULT now()
 );
 
 -- The transactional outbox. Rows are claimed by state (published_at IS NULL), never by id order:
