@@ -15,7 +15,7 @@ from typing import Annotated
 import msgspec
 from litestar import Response, get
 from litestar.datastructures import State
-from litestar.params import Parameter
+from litestar.params import QueryParameter
 
 from proto.http import FieldError, Problem
 from proto.stats import StatsReport
@@ -86,9 +86,9 @@ def parse_sequence(text: str) -> tuple[str, str]:
 )
 async def get_stats(
     state: State,
-    sequence: str | None = None,
-    from_text: Annotated[str | None, Parameter(query="from", description="first UTC day, YYYY-MM-DD")] = None,
-    to_text: Annotated[str | None, Parameter(query="to", description="last UTC day, YYYY-MM-DD")] = None,
+    sequence: Annotated[str | None, QueryParameter(description="'namespace/name' or 'name'")] = None,
+    from_text: Annotated[str | None, QueryParameter(name="from", description="first UTC day, YYYY-MM-DD")] = None,
+    to_text: Annotated[str | None, QueryParameter(name="to", description="last UTC day, YYYY-MM-DD")] = None,
 ) -> Response[StatsReport] | Response[bytes]:
     try:
         from_day, to_day = parse_range(from_text, to_text, utcnow().date())
