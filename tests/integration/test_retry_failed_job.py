@@ -10,8 +10,8 @@ from collections.abc import AsyncIterator
 import pytest
 
 from proto.messages import EmailDeadLettered, EmailDispatch, EmailEvent, LeadAccepted
-from services.common.db import transaction
 from services.common.config import JobSettings
+from services.common.db import transaction
 from services.jobs.retry_failed import retry_failed
 from services.scheduler.enrollment import enroll_lead
 from tests.support.jobs import Pool, insert_lead, job_context, job_settings, outbox_messages, queued_message
@@ -66,9 +66,7 @@ async def test_due_retry_is_queued_again_with_a_dispatch_command(settings: JobSe
 
 async def test_retry_past_the_attempt_cap_is_dead_and_dead_lettered(settings: JobSettings, pool: Pool) -> None:
     spent = await queued_message(pool)
-    await _set(
-        pool, spent, "status = 'retrying', attempts = 3, next_attempt_at = now(), last_error = '451 try later'"
-    )
+    await _set(pool, spent, "status = 'retrying', attempts = 3, next_attempt_at = now(), last_error = '451 try later'")
 
     counts = await _run(settings)
 
