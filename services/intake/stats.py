@@ -10,11 +10,12 @@ it goes on the ``@get`` below as ``guards=[...]``, like every other ``/v1`` read
 from __future__ import annotations
 
 from datetime import date, timedelta
-from typing import Annotated
+from typing import Annotated, Any
 
 import msgspec
-from litestar import Response, get
+from litestar import Request, Response, get
 from litestar.datastructures import State
+from litestar.openapi import ResponseSpec
 from litestar.params import QueryParameter
 
 from proto.http import FieldError, Problem
@@ -22,7 +23,7 @@ from proto.stats import StatsReport
 from services.common.clock import utcnow
 from services.common.daily_stats import find_sequence, read_stats
 from services.common.db import transaction
-from services.intake.problems import PROBLEM_JSON
+from services.intake.problems import PROBLEM_JSON, ProblemError
 
 DEFAULT_RANGE_DAYS = 30
 MAX_RANGE_DAYS = 366
@@ -35,9 +36,14 @@ class InvalidQuery(Exception):
         self.errors = errors
 
 
-def _problem(status: int, title: str, detail: str, errors: list[FieldError] | None = None) -> Response[bytes]:
-    body = Problem(title=title, status=status, detail=detail, errors=errors or [])
-    return Response(content=msgspec.json.encode(body), status_code=status, media_type=PROBLEM_JSON)
+def _on_invalid_query(_: Request[Any, Any, Any], exc: InvalidQuery) -> Response[bytes]:
+    body = Problem(
+        title="Invalid query",
+        status=422,
+        detail="One or more query parameters are invalid; see errors.",
+        errors=exc.errors,
+    )
+    return Response(content=msgspec.json.encode(body), status_code=422, media_type=PROBLEM_JSON)
 
 
 def parse_range(from_text: str | None, to_text: str | None, today: date) -> tuple[date, date]:
@@ -83,23 +89,24 @@ def parse_sequence(text: str) -> tuple[str, str]:
         "unsubscribe, bounce; null when there is nothing to divide by). sequence is 'namespace/name' "
         "or 'name' (namespace default); without it every Sequence is returned."
     ),
+    exception_handlers={InvalidQuery: _on_invalid_query},
+    responses={
+        404: ResponseSpec(Problem, description="No such Sequence", media_type=PROBLEM_JSON),
+        422: ResponseSpec(Problem, description="A query parameter is invalid", media_type=PROBLEM_JSON),
+    },
 )
 async def get_stats(
     state: State,
     sequence: Annotated[str | None, QueryParameter(description="'namespace/name' or 'name'")] = None,
     from_text: Annotated[str | None, QueryParameter(name="from", description="first UTC day, YYYY-MM-DD")] = None,
     to_text: Annotated[str | None, QueryParameter(name="to", description="last UTC day, YYYY-MM-DD")] = None,
-) -> Response[StatsReport] | Response[bytes]:
-    try:
-        from_day, to_day = parse_range(from_text, to_text, utcnow().date())
-        wanted = parse_sequence(sequence) if sequence is not None else None
-    except InvalidQuery as error:
-        return _problem(422, "Invalid query", "One or more query parameters are invalid; see errors.", error.errors)
+) -> StatsReport:
+    from_day, to_day = parse_range(from_text, to_text, utcnow().date())
+    wanted = parse_sequence(sequence) if sequence is not None else None
     async with transaction(state.runtime.pool) as conn:
         sequence_id = None
         if wanted is not None:
             sequence_id = await find_sequence(conn, *wanted)
             if sequence_id is None:
-                return _problem(404, "Not found", f"No Sequence {wanted[0]}/{wanted[1]}.")
-        report = await read_stats(conn, from_day=from_day, to_day=to_day, sequence_id=sequence_id)
-    return Response(report)
+                raise ProblemError(404, f"No Sequence {wanted[0]}/{wanted[1]}.")
+        return await read_stats(conn, from_day=from_day, to_day=to_day, sequence_id=sequence_id)
