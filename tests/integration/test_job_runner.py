@@ -12,20 +12,16 @@ import subprocess
 import sys
 from pathlib import Path
 
-import msgspec
 import pytest
 
-from services.common.config import JobSettings
+from services.common.config import ConfigError
 from services.jobs.runner import JobContext, run_job
+from tests.support.jobs import job_settings
 from tests.support.recorder import recording_http_server
 
 pytestmark = pytest.mark.integration
 
 ROOT = Path(__file__).resolve().parents[2]
-
-
-def job_settings(database_url: str, **overrides: object) -> JobSettings:
-    return msgspec.convert({"database_url": database_url, **overrides}, JobSettings)
 
 
 async def _counts(ctx: JobContext) -> dict[str, int]:
@@ -148,6 +144,24 @@ def test_cli_job_on_an_unreachable_database_exits_1_with_one_clear_line() -> Non
     assert errors[0]["msg"].startswith("job purge failed: cannot reach PostgreSQL")
     assert "exc" not in errors[0]
     assert all(line["job"] == "purge" and line["run_id"] == lines[0]["run_id"] for line in lines)
+
+
+def test_cli_job_that_fails_on_its_data_exits_1_with_one_clear_line(database_url: str) -> None:
+    result = _healingwork_job("retry-failed", database_url)  # a database without the schema
+
+    assert result.returncode == 1
+    errors = [line for line in map(json.loads, result.stderr.splitlines()) if line["level"] == "error"]
+    assert [e["msg"] for e in errors] == ['job retry-failed failed: UndefinedTable: relation "messages" does not exist']
+    assert "Traceback" in errors[0]["exc"]  # for whoever debugs it, in the same line
+
+
+async def test_sentry_dsn_without_sentry_sdk_is_a_configuration_error(
+    migrated_database_url: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setitem(sys.modules, "sentry_sdk", None)  # what an install without the extra looks like
+
+    with pytest.raises(ConfigError, match="SENTRY_DSN is set but sentry-sdk is not installed"):
+        await run_job("demo", job_settings(migrated_database_url, sentry_dsn="http://k@127.0.0.1:9/1"), _counts)
 
 
 def test_cli_job_succeeds_with_exit_0_and_json_lines(migrated_database_url: str) -> None:
