@@ -18,9 +18,9 @@ import contextlib
 import logging
 import time
 import uuid
-from collections.abc import Awaitable, Callable, Iterator
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
 from dataclasses import dataclass, field
-from typing import Any, Literal
+from typing import Literal
 
 import psycopg_pool
 from prometheus_client import CollectorRegistry, Gauge, pushadd_to_gateway
@@ -110,7 +110,7 @@ def describe_error(error: BaseException) -> str:
 
 
 @contextlib.asynccontextmanager
-async def _job_lock(settings: JobSettings, name: str) -> Any:
+async def _job_lock(settings: JobSettings, name: str) -> AsyncIterator[bool]:
     """Hold the job's session advisory lock on a dedicated connection; yields whether it was acquired.
 
     A session lock (not a transaction lock) because the job itself runs many short transactions on
