@@ -1,13 +1,15 @@
 """``healingwork job <name>``: the batch jobs as CLI commands (what the CronJobs run).
 
 Exit status: 0 when the run succeeded (or found another run at work), 1 when it failed (one log
-line says why), 2 for invalid configuration or arguments.
+line says why), 2 for invalid configuration or arguments, 143 when SIGTERM ended the run (one
+line says so).
 """
 
 from __future__ import annotations
 
 import argparse
 import asyncio
+import signal
 import sys
 from datetime import date
 from functools import partial
@@ -15,6 +17,8 @@ from typing import Any
 
 from services.common.config import JobSettings, load_settings
 from services.common.logs import configure_logging
+
+EXIT_TERMINATED = 128 + signal.SIGTERM
 
 
 def _positive(text: str) -> int:
@@ -61,9 +65,20 @@ def _run(args: argparse.Namespace) -> None:
         from services.jobs.purge import purge
 
         work = partial(purge, batch_size=args.batch_size)
-    outcome = asyncio.run(run_job(args.job, settings, work))
-    if outcome.exit_code:
-        sys.exit(outcome.exit_code)
+
+    async def run() -> int:
+        # SIGTERM cancels the run, which then logs its one line and rolls back; exit 143 as if killed.
+        current = asyncio.current_task()
+        assert current is not None
+        asyncio.get_running_loop().add_signal_handler(signal.SIGTERM, current.cancel)
+        try:
+            return (await run_job(args.job, settings, work)).exit_code
+        except asyncio.CancelledError:
+            return EXIT_TERMINATED
+
+    code = asyncio.run(run())
+    if code:
+        sys.exit(code)
 
 
 def add_job_commands(commands: Any) -> None:

@@ -83,6 +83,12 @@ async def run_job(name: str, settings: JobSettings, work: JobWork, *, run_id: st
                     counts = await work(JobContext(name, run_id, settings, pool))
                 finally:
                     await pool.close()
+        except asyncio.CancelledError:
+            # Cancelled by SIGTERM (a CronJob's deadline, a node drain): transactions roll back and the
+            # lock goes with its connection; say so in one line, and let the cancellation propagate.
+            log.error(f"job {name} failed: terminated before it finished")
+            await push_job_metrics(settings, name, JobOutcome("failed", run_id, time.monotonic() - started))
+            raise
         except Exception as error:
             outcome = JobOutcome("failed", run_id, time.monotonic() - started, error=describe_error(error))
             # The one line that says what failed; the traceback rides along in the same JSON object

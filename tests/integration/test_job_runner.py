@@ -8,10 +8,13 @@ import asyncio
 import json
 import logging
 import os
+import signal
 import subprocess
 import sys
+import time
 from pathlib import Path
 
+import psycopg
 import pytest
 
 from services.common.config import ConfigError
@@ -172,3 +175,38 @@ def test_cli_job_succeeds_with_exit_0_and_json_lines(migrated_database_url: str)
     assert lines[-1]["msg"] == "job succeeded"
     assert lines[-1]["counts"]["requeued"] == 0
     assert {(line["service"], line["job"]) for line in lines} == {("job", "retry-failed")}
+
+
+def test_cli_job_ended_by_sigterm_exits_143_with_one_line(migrated_database_url: str) -> None:
+    env = {k: v for k, v in os.environ.items() if not k.startswith("PG")}
+    env["DATABASE_URL"] = migrated_database_url
+    with psycopg.connect(migrated_database_url) as blocker:
+        blocker.execute("LOCK TABLE messages IN ACCESS EXCLUSIVE MODE")  # the job will wait on it
+        process = subprocess.Popen(
+            [sys.executable, "-m", "services", "job", "retry-failed"],
+            env=env,
+            cwd=ROOT,
+            stderr=subprocess.PIPE,
+            text=True,
+        )
+        try:
+            with psycopg.connect(migrated_database_url, autocommit=True) as watcher:
+                deadline = time.monotonic() + 30
+                while not watcher.execute(
+                    "SELECT 1 FROM pg_stat_activity WHERE application_name = 'healingwork' AND wait_event_type = 'Lock'"
+                    " AND datname = current_database()"
+                ).fetchone():
+                    assert time.monotonic() < deadline, "the job never reached the locked table"
+                    time.sleep(0.05)
+            process.send_signal(signal.SIGTERM)
+            _, stderr = process.communicate(timeout=30)
+        finally:
+            if process.poll() is None:
+                process.kill()
+        blocker.rollback()
+
+    assert process.returncode == 143
+    lines = [json.loads(line) for line in stderr.splitlines()]
+    assert [line["msg"] for line in lines if line["level"] == "error"] == [
+        "job retry-failed failed: terminated before it finished"
+    ]
