@@ -38,7 +38,7 @@ async def enqueue_message(conn: Connection, topic: str, key: str, message: Messa
 
 
 async def enqueue_messages(conn: Connection, messages: Sequence[tuple[str, str, Message]]) -> None:
-    """:func:`enqueue_message` for a batch of ``(topic, key, message)``: one round trip, one wake-up."""
+    """:func:`enqueue_message` for a batch of ``(topic, key, message)``: pipelined inserts, one wake-up."""
     if not messages:
         return
     async with conn.cursor() as cursor:
