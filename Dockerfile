@@ -1,5 +1,5 @@
 # syntax=docker/dockerfile:1.7
-# One image for every process: `healingwork <intake|scheduler|dispatcher|migrate|sequences apply>`.
+# One image for every process: `healingwork <intake|scheduler|dispatcher|migrate|sequences apply|job>`.
 # Built for a read-only root filesystem: nothing is written outside /tmp at run time (mount an emptyDir
 # there), bytecode is compiled at build time, and the process runs as the numeric user 10001.
 
@@ -21,14 +21,14 @@ WORKDIR /src
 RUN --mount=type=cache,target=/root/.cache/uv \
     --mount=type=bind,source=uv.lock,target=uv.lock \
     --mount=type=bind,source=pyproject.toml,target=pyproject.toml \
-    uv sync --frozen --no-dev --no-editable --no-install-project
+    uv sync --frozen --no-dev --no-editable --no-install-project --extra sentry
 COPY pyproject.toml uv.lock README.md ./
 COPY services ./services
 COPY operators ./operators
 COPY proto ./proto
 # --no-editable installs the project into site-packages, so the final stage needs the venv and nothing else.
 RUN --mount=type=cache,target=/root/.cache/uv \
-    uv sync --frozen --no-dev --no-editable
+    uv sync --frozen --no-dev --no-editable --extra sentry
 
 FROM ${PYTHON_IMAGE} AS base
 # A passwd entry for 10001: libpq looks the user up when a URL names no user, and getpass needs it too.

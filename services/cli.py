@@ -21,6 +21,7 @@ from services.common.config import (
     load_settings,
 )
 from services.common.logs import configure_logging
+from services.jobs.commands import add_job_commands
 
 EXIT_CONFIG = 2
 EXIT_FAILURE = 1
@@ -110,6 +111,7 @@ def build_parser() -> argparse.ArgumentParser:
     add("scheduler", _scheduler, "Enroll accepted leads into Sequences and emit due steps")
     add("dispatcher", _dispatcher, "Render and send due emails over SMTP")
     add("migrate", _migrate, "Bring the PostgreSQL schema up to date (safe to run concurrently)")
+    add_job_commands(commands)
 
     sequences = commands.add_parser("sequences", help="Manage Sequences stored in PostgreSQL")
     sequence_commands = sequences.add_subparsers(dest="sequence_command", required=True, metavar="<action>")
@@ -130,7 +132,7 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: Sequence[str] | None = None) -> None:
     """Entry point of the ``healingwork`` command."""
     args = build_parser().parse_args(argv)
-    name = " ".join(filter(None, [args.command, getattr(args, "sequence_command", None)]))
+    name = " ".join(filter(None, [args.command, getattr(args, "sequence_command", None), getattr(args, "job", None)]))
     try:
         args.run(args)
     except ConfigError as error:

@@ -232,3 +232,40 @@ class DispatcherSettings(BusSettings, frozen=True, kw_only=True):
     max_attempts: PositiveInt = 8
     retry_base_delay_s: PositiveFloat = 60.0
     retry_max_delay_s: PositiveFloat = 6 * 3600.0
+
+
+def check_optional_http_url(value: str | None) -> str | None:
+    return None if value is None else check_http_url(value)
+
+
+OptionalHttpUrl: TypeAlias = Annotated[str | None, msgspec.Meta(extra={"check": check_optional_http_url})]
+
+
+class JobSettings(DatabaseSettings, frozen=True, kw_only=True):
+    """``healingwork job <name>``: the batch jobs run as CronJobs.
+
+    Jobs talk to PostgreSQL only: what they publish goes through the outbox, which the relays of the
+    running services deliver. The topic names are the services' variables, read again here.
+    """
+
+    topic_leads_accepted: NonBlank = "leads.accepted"
+    topic_email_dispatch: NonBlank = "email.dispatch"
+    topic_email_events: NonBlank = "email.events"
+    topic_email_dlq: NonBlank = "email.dispatch.dlq"
+    pushgateway_url: OptionalHttpUrl = None
+    pushgateway_timeout_s: PositiveFloat = 10.0
+    sentry_dsn: str | None = None
+    # retry-failed
+    max_attempts: PositiveInt = 8
+    retry_batch_size: PositiveInt = 500
+    stuck_queued_after_s: PositiveFloat = 900.0
+    stuck_sending_after_s: PositiveFloat = 900.0
+    unenrolled_lead_after_s: PositiveFloat = 900.0
+    # aggregate-stats
+    stats_window_days: PositiveInt = 2
+    # purge
+    purge_batch_size: PositiveInt = 5000
+    events_retention_days: PositiveFloat = 180.0
+    outbox_retention_hours: PositiveFloat = 168.0
+    idempotency_keys_retention_hours: PositiveFloat = 48.0
+    duplicate_window_hours: PositiveFloat = 24.0

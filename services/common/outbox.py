@@ -37,6 +37,18 @@ async def enqueue_message(conn: Connection, topic: str, key: str, message: Messa
     await conn.execute("SELECT pg_notify(%s, '')", (NOTIFY_CHANNEL,))
 
 
+async def enqueue_messages(conn: Connection, messages: Sequence[tuple[str, str, Message]]) -> None:
+    """:func:`enqueue_message` for a batch of ``(topic, key, message)``: pipelined inserts, one wake-up."""
+    if not messages:
+        return
+    async with conn.cursor() as cursor:
+        await cursor.executemany(
+            "INSERT INTO outbox (topic, key, payload) VALUES (%s, %s, %s)",
+            [(topic, key, encode_message(message)) for topic, key, message in messages],
+        )
+    await conn.execute("SELECT pg_notify(%s, '')", (NOTIFY_CHANNEL,))
+
+
 class PublishError(Exception):
     """The broker did not acknowledge every message of a batch."""
 

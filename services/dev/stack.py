@@ -24,6 +24,7 @@ from pathlib import Path
 
 from services.common.config import DatabaseSettings
 from services.common.migrate import apply_migrations
+from services.dev.jobs import DevJobs
 
 SERVICES = ("intake", "scheduler", "dispatcher")
 READY_TIMEOUT_S = 90.0
@@ -156,6 +157,7 @@ def run_dev(*, port: int, mail_dir: Path, data_dir: Path, fresh: bool = False) -
     logs.mkdir(parents=True, exist_ok=True)
     mail_dir.mkdir(parents=True, exist_ok=True)
     processes: dict[str, subprocess.Popen[bytes]] = {}
+    jobs = None
     try:
         with _infrastructure(data_dir, mail_dir, fresh) as addresses:
             applied = apply_migrations(addresses["DATABASE_URL"])
@@ -188,7 +190,9 @@ def run_dev(*, port: int, mail_dir: Path, data_dir: Path, fresh: bool = False) -
             )
             if not stop.is_set():
                 _print_quick_start(port, mail_dir, logs)
+            jobs = DevJobs(environments["scheduler"], logs / "jobs.log")
             while not stop.wait(0.5):
+                jobs.tick()
                 for name, process in processes.items():
                     if process.poll() is not None:
                         raise DevError(f"{name} exited with status {process.returncode}; see {logs / (name + '.log')}")
@@ -197,6 +201,8 @@ def run_dev(*, port: int, mail_dir: Path, data_dir: Path, fresh: bool = False) -
         _say(f"error: {error}")
         raise SystemExit(1) from error
     finally:
+        if jobs is not None:
+            jobs.stop()
         _stop_processes(processes)
         for sig, handler in previous.items():
             signal.signal(sig, handler)

@@ -21,6 +21,7 @@ from services.common.db import transaction
 from services.common.runtime import Runtime, service_runtime
 from services.intake.leads import accept_lead
 from services.intake.problems import EXCEPTION_HANDLERS, ProblemError
+from services.intake.stats import get_stats
 from services.intake.validation import parse_lead
 
 log = logging.getLogger(__name__)
@@ -94,7 +95,7 @@ def create_app(settings: IntakeSettings) -> Litestar:
             yield
 
     return Litestar(
-        route_handlers=[submit_lead, healthz, readyz, prometheus_metrics],
+        route_handlers=[submit_lead, healthz, readyz, prometheus_metrics, get_stats],
         lifespan=[lifespan],
         exception_handlers=EXCEPTION_HANDLERS,
         request_max_body_size=settings.max_body_bytes,

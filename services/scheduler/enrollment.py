@@ -56,6 +56,7 @@ async def enroll_lead(conn: Connection, lead_id: uuid.UUID) -> list[uuid.UUID]:
         )
         if inserted.rowcount:
             created.append(new_id)
+    await conn.execute("UPDATE leads SET enrolled_at = now() WHERE id = %s AND enrolled_at IS NULL", (lead_id,))
     metrics.ENROLLMENTS.inc(len(created))
     return created
 

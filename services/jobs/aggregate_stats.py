@@ -1,0 +1,169 @@
+"""``healingwork job aggregate-stats``: daily rollups per Sequence, revision, step and UTC day.
+
+Each day is recomputed from the facts (leads, enrollments, events) in one statement and one short
+transaction, and written as an upsert that touches only rows whose numbers changed, plus a delete of
+rows that no longer have facts: running it twice changes nothing, and events that arrive late (an open
+recorded the next morning for yesterday) are picked up by the default window, yesterday and today.
+
+What is counted, per (day, sequence, revision, step):
+
+* ``leads_accepted`` and ``enrolled`` (on the step-0 row only): leads accepted that day that are
+  enrolled in the Sequence revision, and enrollments created that day;
+* ``sent``, ``dead``, ``unsubscribes``, ``bounces``, ``complaints``: messages with such an event that day;
+  ``failed``: temporary failures that day (each ``retrying`` event);
+* ``unique_opens`` / ``unique_clicks``: messages whose *first* open / click happened that day, so a sum
+  over days counts each message once; opens fetched by privacy proxies (``events.proxy``) are left out.
+
+Events without a message (none are written today) cannot be attributed to a step and are not counted.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from datetime import UTC, date, datetime, time, timedelta
+
+from services.common.clock import utcnow
+from services.common.db import Connection, transaction
+from services.jobs.runner import JobContext
+
+COUNTERS = (
+    "leads_accepted",
+    "enrolled",
+    "sent",
+    "failed",
+    "dead",
+    "unique_opens",
+    "unique_clicks",
+    "unsubscribes",
+    "bounces",
+    "complaints",
+)
+
+ROLLUP_DAY = """
+WITH ev AS (
+    SELECT m.sequence_id, m.revision, m.step_position, e.type, e.message_id, e.proxy
+    FROM events e
+    JOIN messages m ON m.id = e.message_id
+    WHERE e.occurred_at >= %(start)s AND e.occurred_at < %(end)s
+),
+message_counts AS (
+    SELECT sequence_id, revision, step_position,
+        count(DISTINCT message_id) FILTER (WHERE type = 'sent') AS sent,
+        count(*) FILTER (WHERE type = 'retrying') AS failed,
+        count(DISTINCT message_id) FILTER (WHERE type = 'dead') AS dead,
+        count(DISTINCT message_id) FILTER (
+            WHERE type = 'opened' AND NOT proxy AND NOT EXISTS (
+                SELECT 1 FROM events p
+                WHERE p.message_id = ev.message_id AND p.type = 'opened' AND NOT p.proxy
+                  AND p.occurred_at < %(start)s)) AS unique_opens,
+        count(DISTINCT message_id) FILTER (
+            WHERE type = 'clicked' AND NOT EXISTS (
+                SELECT 1 FROM events p
+                WHERE p.message_id = ev.message_id AND p.type = 'clicked' AND p.occurred_at < %(start)s)
+        ) AS unique_clicks,
+        count(DISTINCT message_id) FILTER (WHERE type = 'unsubscribed') AS unsubscribes,
+        count(DISTINCT message_id) FILTER (WHERE type = 'bounced') AS bounces,
+        count(DISTINCT message_id) FILTER (WHERE type = 'complained') AS complaints
+    FROM ev
+    GROUP BY sequence_id, revision, step_position
+),
+entries AS (
+    SELECT en.sequence_id, en.revision, 1 AS accepted, 0 AS enrolled
+    FROM leads l JOIN enrollments en ON en.lead_id = l.id
+    WHERE l.created_at >= %(start)s AND l.created_at < %(end)s
+    UNION ALL
+    SELECT sequence_id, revision, 0, 1
+    FROM enrollments
+    WHERE created_at >= %(start)s AND created_at < %(end)s
+),
+entry_counts AS (
+    SELECT sequence_id, revision, 0 AS step_position,
+           sum(accepted)::integer AS leads_accepted, sum(enrolled)::integer AS enrolled
+    FROM entries
+    GROUP BY sequence_id, revision
+),
+computed AS (
+    SELECT %(day)s::date AS day,
+           coalesce(m.sequence_id, n.sequence_id) AS sequence_id,
+           coalesce(m.revision, n.revision) AS revision,
+           coalesce(m.step_position, n.step_position) AS step_position,
+           coalesce(n.leads_accepted, 0) AS leads_accepted, coalesce(n.enrolled, 0) AS enrolled,
+           coalesce(m.sent, 0) AS sent, coalesce(m.failed, 0) AS failed, coalesce(m.dead, 0) AS dead,
+           coalesce(m.unique_opens, 0) AS unique_opens, coalesce(m.unique_clicks, 0) AS unique_clicks,
+           coalesce(m.unsubscribes, 0) AS unsubscribes, coalesce(m.bounces, 0) AS bounces,
+           coalesce(m.complaints, 0) AS complaints
+    FROM message_counts m
+    FULL JOIN entry_counts n
+        ON n.sequence_id = m.sequence_id AND n.revision = m.revision AND n.step_position = m.step_position
+),
+upserted AS (
+    INSERT INTO daily_stats (day, sequence_id, revision, step_position, leads_accepted, enrolled, sent, failed,
+                             dead, unique_opens, unique_clicks, unsubscribes, bounces, complaints)
+    SELECT * FROM computed
+    ON CONFLICT (sequence_id, day, revision, step_position) DO UPDATE
+        SET leads_accepted = EXCLUDED.leads_accepted, enrolled = EXCLUDED.enrolled, sent = EXCLUDED.sent,
+            failed = EXCLUDED.failed, dead = EXCLUDED.dead, unique_opens = EXCLUDED.unique_opens,
+            unique_clicks = EXCLUDED.unique_clicks, unsubscribes = EXCLUDED.unsubscribes,
+            bounces = EXCLUDED.bounces, complaints = EXCLUDED.complaints, updated_at = now()
+        WHERE (daily_stats.leads_accepted, daily_stats.enrolled, daily_stats.sent, daily_stats.failed,
+               daily_stats.dead, daily_stats.unique_opens, daily_stats.unique_clicks, daily_stats.unsubscribes,
+               daily_stats.bounces, daily_stats.complaints)
+            IS DISTINCT FROM
+              (EXCLUDED.leads_accepted, EXCLUDED.enrolled, EXCLUDED.sent, EXCLUDED.failed, EXCLUDED.dead,
+               EXCLUDED.unique_opens, EXCLUDED.unique_clicks, EXCLUDED.unsubscribes, EXCLUDED.bounces,
+               EXCLUDED.complaints)
+    RETURNING 1
+),
+removed AS (
+    DELETE FROM daily_stats d
+    WHERE d.day = %(day)s AND NOT EXISTS (
+        SELECT 1 FROM computed c
+        WHERE c.sequence_id = d.sequence_id AND c.revision = d.revision AND c.step_position = d.step_position)
+    RETURNING 1
+)
+SELECT (SELECT count(*) FROM computed) AS rows, (SELECT count(*) FROM upserted) AS changed,
+       (SELECT count(*) FROM removed) AS removed
+"""
+
+
+@dataclass(frozen=True)
+class DayRollup:
+    day: date
+    rows: int
+    changed: int
+    removed: int
+
+
+def day_bounds(day: date) -> tuple[datetime, datetime]:
+    """The UTC instants a day starts and ends at (end exclusive)."""
+    start = datetime.combine(day, time.min, tzinfo=UTC)
+    return start, start + timedelta(days=1)
+
+
+def default_days(window_days: int, today: date | None = None) -> list[date]:
+    """The last ``window_days`` UTC days, today included, oldest first (2 = yesterday and today)."""
+    today = today or utcnow().date()
+    return [today - timedelta(days=back) for back in range(window_days - 1, -1, -1)]
+
+
+async def rollup_day(conn: Connection, day: date) -> DayRollup:
+    """Recompute the rollups of one UTC day inside the caller's transaction; idempotent."""
+    start, end = day_bounds(day)
+    cursor = await conn.execute(ROLLUP_DAY, {"day": day, "start": start, "end": end})
+    row = await cursor.fetchone()
+    assert row is not None
+    return DayRollup(day, int(row["rows"]), int(row["changed"]), int(row["removed"]))  # type: ignore[call-overload]
+
+
+async def aggregate_stats(ctx: JobContext, *, days: list[date] | None = None) -> dict[str, int]:
+    """The job: recompute each day (default: the ``STATS_WINDOW_DAYS`` window), one transaction per day."""
+    chosen = days or default_days(ctx.settings.stats_window_days)
+    totals = {"days": 0, "rows": 0, "changed": 0, "removed": 0}
+    for day in chosen:
+        async with transaction(ctx.pool) as conn:
+            result = await rollup_day(conn, day)
+        totals["days"] += 1
+        totals["rows"] += result.rows
+        totals["changed"] += result.changed
+        totals["removed"] += result.removed
+    return totals
