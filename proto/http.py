@@ -16,15 +16,34 @@ class Consent(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=T
     captured_at: datetime | None = None
 
 
+class Utm(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=True, omit_defaults=True):
+    """Campaign parameters (``utm_*`` of the landing page), each at most 200 characters."""
+
+    source: str | None = None
+    medium: str | None = None
+    campaign: str | None = None
+    term: str | None = None
+    content: str | None = None
+
+
 class LeadSubmission(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=True):
-    """``POST /v1/leads``: a lead as a client sends it (after validation and sanitization)."""
+    """``POST /v1/leads``: a lead as a client sends it (after validation and sanitization).
+
+    ``phone`` is stored in E.164; ``locale`` is a BCP 47 tag such as ``en-GB``; ``timezone`` an IANA
+    name such as ``Europe/London``; ``metadata`` a flat map of short strings (at most 20 entries).
+    """
 
     email: str
     source: str
     consent: Consent
     first_name: str | None = None
     last_name: str | None = None
+    phone: str | None = None
     tags: list[str] = []
+    utm: Utm = Utm()
+    locale: str | None = None
+    timezone: str | None = None
+    metadata: dict[str, str] = {}
 
 
 class LeadReceipt(msgspec.Struct, frozen=True, kw_only=True):
@@ -49,3 +68,57 @@ class Problem(msgspec.Struct, frozen=True, kw_only=True, omit_defaults=True):
     status: int
     detail: str | None = None
     errors: list[FieldError] = []
+
+
+class ConsentRecord(msgspec.Struct, frozen=True, kw_only=True):
+    """The consent ledger entry of a lead: the flag, the exact words, when, and from where."""
+
+    marketing: bool
+    text: str | None
+    captured_at: datetime | None
+    recorded_at: datetime
+    ip: str | None
+    user_agent: str | None
+
+
+class MessageView(msgspec.Struct, frozen=True, kw_only=True):
+    """One email of an enrollment, as ``GET /v1/leads/{id}`` shows it."""
+
+    id: uuid.UUID
+    step_position: int
+    status: str
+    attempts: int
+    queued_at: datetime
+    sent_at: datetime | None
+
+
+class EnrollmentView(msgspec.Struct, frozen=True, kw_only=True):
+    """One Sequence the lead is enrolled in."""
+
+    id: uuid.UUID
+    sequence: str
+    revision: int
+    status: str
+    next_step: int
+    next_run_at: datetime | None
+    created_at: datetime
+    messages: list[MessageView]
+
+
+class LeadView(msgspec.Struct, frozen=True, kw_only=True):
+    """``GET /v1/leads/{id}``: the stored lead with its consent record, enrollments and messages."""
+
+    id: uuid.UUID
+    email: str
+    source: str
+    first_name: str | None
+    last_name: str | None
+    phone: str | None
+    tags: list[str]
+    utm: Utm
+    locale: str | None
+    timezone: str | None
+    metadata: dict[str, str]
+    consent: ConsentRecord
+    created_at: datetime
+    enrollments: list[EnrollmentView]
