@@ -8,7 +8,7 @@ from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
 from datetime import timedelta
-from typing import Any
+from typing import Annotated, Any
 
 import msgspec
 from litestar import Litestar, Request, Response, delete, get, post
@@ -17,7 +17,7 @@ from litestar.datastructures import State
 from litestar.middleware.rate_limit import RateLimitConfig
 from litestar.openapi import OpenAPIConfig, ResponseSpec
 from litestar.openapi.spec import Components, OpenAPIMediaType, Operation, Reference, RequestBody
-from litestar.params import Parameter
+from litestar.params import FromPath, HeaderParameter, QueryParameter
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
 from proto.http import FieldError, LeadReceipt, LeadSubmission, LeadView, Problem
@@ -93,7 +93,7 @@ class _LeadBodyOperation(Operation):
 async def submit_lead_handler(
     request: Request[Any, Any, State],
     state: State,
-    idempotency_key: str | None = Parameter(header="Idempotency-Key", default=None, max_length=255),
+    idempotency_key: Annotated[str | None, HeaderParameter(name="Idempotency-Key", max_length=255)] = None,
 ) -> Response[LeadReceipt]:
     settings: IntakeSettings = state.settings
     if request.content_type[0] != "application/json":
@@ -155,7 +155,7 @@ async def submit_lead_handler(
     guards=[requires_scope("leads:read")],
     responses=_problems(400, 401, 403, 404, 429, 503),
 )
-async def read_lead(lead_id: uuid.UUID, state: State) -> LeadView:
+async def read_lead(lead_id: FromPath[uuid.UUID], state: State) -> LeadView:
     async with _runtime(state).pool.connection() as conn:
         lead = await fetch_lead(conn, lead_id)
     if lead is None:
@@ -174,7 +174,7 @@ async def read_lead(lead_id: uuid.UUID, state: State) -> LeadView:
     guards=[requires_scope("admin")],
     responses=_problems(400, 401, 403, 429, 503),
 )
-async def erase_lead_by_id(lead_id: uuid.UUID, state: State) -> None:
+async def erase_lead_by_id(lead_id: FromPath[uuid.UUID], state: State) -> None:
     async with transaction(_runtime(state).pool) as conn:
         erased = await erase_lead(conn, lead_id)
     metrics.LEADS_ERASED.inc(erased)
@@ -190,7 +190,9 @@ async def erase_lead_by_id(lead_id: uuid.UUID, state: State) -> None:
     guards=[requires_scope("admin")],
     responses=_problems(400, 401, 403, 422, 429, 503),
 )
-async def erase_lead_by_email(state: State, email: str = Parameter(query="email", max_length=320)) -> None:
+async def erase_lead_by_email(
+    state: State, email: Annotated[str, QueryParameter(name="email", max_length=320)]
+) -> None:
     try:
         _, email_key = normalize_email(email)
     except ValueError as error:
