@@ -16,7 +16,7 @@ from litestar.config.cors import CORSConfig
 from litestar.datastructures import State
 from litestar.middleware.rate_limit import RateLimitConfig
 from litestar.openapi import OpenAPIConfig, ResponseSpec
-from litestar.openapi.spec import Components, OpenAPIMediaType, Operation, Reference, RequestBody
+from litestar.openapi.spec import OpenAPIMediaType, Operation, RequestBody
 from litestar.params import FromPath, HeaderParameter, QueryParameter
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
@@ -60,13 +60,35 @@ def _problems(*statuses: int) -> dict[int, ResponseSpec]:
     }
 
 
+def _inlined_schema(kind: type) -> dict[str, Any]:
+    """The JSON Schema of a msgspec type with every ``$ref`` replaced by its definition (no recursion)."""
+    schema = msgspec.json.schema(kind)
+    definitions = schema.pop("$defs", {})
+
+    def inline(node: Any) -> Any:
+        if isinstance(node, dict):
+            if "$ref" in node:
+                return inline(definitions[node["$ref"].rsplit("/", 1)[-1]])
+            return {key: inline(value) for key, value in node.items()}
+        if isinstance(node, list):
+            return [inline(item) for item in node]
+        return node
+
+    inlined: dict[str, Any] = inline(schema)
+    return inlined
+
+
+_LEAD_SCHEMA = _inlined_schema(LeadSubmission)
+
+
 @dataclass
 class _LeadBodyOperation(Operation):
     """Documents the JSON body that ``submit_lead`` parses itself (to report every invalid field at once)."""
 
     def __post_init__(self) -> None:
         self.request_body = RequestBody(
-            content={"application/json": OpenAPIMediaType(schema=Reference("#/components/schemas/LeadSubmission"))},
+            # A plain JSON Schema dict: Litestar serializes it as given.
+            content={"application/json": OpenAPIMediaType(schema=_LEAD_SCHEMA)},  # type: ignore[arg-type]
             required=True,
         )
 
@@ -270,7 +292,6 @@ def create_app(settings: IntakeSettings) -> Litestar:
         if origins
         else None
     )
-    schemas = msgspec.json.schema_components([LeadSubmission], ref_template="#/components/schemas/{name}")[1]
     return Litestar(
         route_handlers=[
             submit_lead_handler,
@@ -287,9 +308,5 @@ def create_app(settings: IntakeSettings) -> Litestar:
         cors_config=cors,
         exception_handlers=EXCEPTION_HANDLERS,
         request_max_body_size=settings.max_body_bytes,
-        openapi_config=OpenAPIConfig(
-            title="healingwork intake",
-            version="1.0.0",
-            components=Components(schemas=schemas),
-        ),
+        openapi_config=OpenAPIConfig(title="healingwork intake", version="1.0.0"),
     )
