@@ -43,7 +43,7 @@ async def claim_idempotency_key(conn: Connection, idem: IdempotencyKey, ttl: tim
 
     Raises :class:`IdempotencyKeyReused` when the stored request differs. An expired key is forgotten.
     """
-    await conn.execute("SELECT pg_advisory_xact_lock(hashtextextended(%s, 0))", (f"{idem.scope}\x00{idem.key}",))
+    await conn.execute("SELECT pg_advisory_xact_lock(hashtextextended(%s, 0))", (f"{idem.scope} {idem.key}",))
     cursor = await conn.execute(
         """SELECT request_hash, lead_id, duplicate, created_at > now() - %s AS live
            FROM idempotency_keys WHERE scope = %s AND key = %s""",
