@@ -4,26 +4,37 @@ from __future__ import annotations
 
 import uuid
 from datetime import datetime
+from typing import Annotated
 
 import msgspec
+
+# Constraints that document the API (OpenAPI, generated tests); the intake's validation enforces the
+# same rules and more (services/intake/validation.py), reporting every invalid field at once.
+Email = Annotated[str, msgspec.Meta(max_length=320, extra_json_schema={"format": "email"})]
+Slug = Annotated[str, msgspec.Meta(pattern="^[a-z0-9]([a-z0-9._-]{0,62}[a-z0-9])?$")]
+Name = Annotated[str, msgspec.Meta(max_length=100)]
+Short = Annotated[str, msgspec.Meta(max_length=200)]
+Tag = Annotated[str, msgspec.Meta(min_length=1, max_length=64)]
+Locale = Annotated[str, msgspec.Meta(pattern="^[A-Za-z]{2,3}([-_][A-Za-z]{4})?([-_]([A-Za-z]{2}|[0-9]{3}))?$")]
+MetadataKey = Annotated[str, msgspec.Meta(pattern="^[A-Za-z0-9][A-Za-z0-9_.-]{0,39}$")]
 
 
 class Consent(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=True):
     """What the lead agreed to, in the words they saw, and when."""
 
     marketing: bool
-    text: str | None = None
+    text: Annotated[str, msgspec.Meta(max_length=2000)] | None = None
     captured_at: datetime | None = None
 
 
 class Utm(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=True, omit_defaults=True):
     """Campaign parameters (``utm_*`` of the landing page), each at most 200 characters."""
 
-    source: str | None = None
-    medium: str | None = None
-    campaign: str | None = None
-    term: str | None = None
-    content: str | None = None
+    source: Short | None = None
+    medium: Short | None = None
+    campaign: Short | None = None
+    term: Short | None = None
+    content: Short | None = None
 
 
 class LeadSubmission(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=True):
@@ -33,17 +44,17 @@ class LeadSubmission(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_f
     name such as ``Europe/London``; ``metadata`` a flat map of short strings (at most 20 entries).
     """
 
-    email: str
-    source: str
+    email: Email
+    source: Slug
     consent: Consent
-    first_name: str | None = None
-    last_name: str | None = None
-    phone: str | None = None
-    tags: list[str] = []
+    first_name: Name | None = None
+    last_name: Name | None = None
+    phone: Annotated[str, msgspec.Meta(max_length=40)] | None = None
+    tags: Annotated[list[Tag], msgspec.Meta(max_length=20)] = []
     utm: Utm = Utm()
-    locale: str | None = None
-    timezone: str | None = None
-    metadata: dict[str, str] = {}
+    locale: Locale | None = None
+    timezone: Annotated[str, msgspec.Meta(max_length=64)] | None = None
+    metadata: Annotated[dict[MetadataKey, Short], msgspec.Meta(max_length=20)] = {}
 
 
 class LeadReceipt(msgspec.Struct, frozen=True, kw_only=True):

@@ -194,7 +194,8 @@ async def read_lead(lead_id: FromPath[uuid.UUID], state: State) -> LeadView:
         "Needs admin."
     ),
     guards=[requires_scope("admin")],
-    responses=_problems(400, 401, 403, 429, 503),
+    # 404 only for a path that is not a lead id at all; an unknown id is 204.
+    responses=_problems(400, 401, 403, 404, 429, 503),
 )
 async def erase_lead_by_id(lead_id: FromPath[uuid.UUID], state: State) -> None:
     async with transaction(_runtime(state).pool) as conn:
