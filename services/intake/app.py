@@ -308,6 +308,9 @@ def create_app(settings: IntakeSettings) -> Litestar:
         middleware=[request_context_middleware, *(limit.middleware for limit in rate_limits(settings))],
         cors_config=cors,
         exception_handlers=EXCEPTION_HANDLERS,
+        # The process's logging is services.common.logs (JSON lines); Litestar's default config would
+        # replace it with its own plain-text root handler at INFO.
+        logging_config=None,
         request_max_body_size=settings.max_body_bytes,
         openapi_config=OpenAPIConfig(title="healingwork intake", version="1.0.0"),
     )
