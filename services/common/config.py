@@ -233,6 +233,9 @@ class IntakeSettings(BusSettings, frozen=True, kw_only=True):
     auth_mode: Literal["required", "disabled"] = "required"
     signature_tolerance_s: PositiveFloat = 300.0
     idempotency_ttl_hours: PositiveFloat = 24.0
+    # Group commit: leads per transaction at most, and transactions of leads in flight at once.
+    lead_batch_max_size: PositiveInt = 64
+    lead_batch_concurrency: PositiveInt = 4
     rate_limit_per_minute: PositiveInt = 600
     # Browser forms: unauthenticated POST /v1/leads from these origins (comma-separated); empty = off.
     public_form_origins: Annotated[str, msgspec.Meta(extra={"check": check_origins})] = ""

@@ -34,9 +34,10 @@ from services.intake.auth import (
     requires_scope,
     trusted_networks,
 )
+from services.intake.batching import GroupCommitter
 from services.intake.erasure import erase_address, erase_lead
 from services.intake.idempotency import IdempotencyKey, IdempotencyKeyReused, valid_idempotency_key
-from services.intake.leads import Submitter, submit_lead
+from services.intake.leads import LeadJob, Submitter, lead_committer
 from services.intake.lookup import fetch_lead
 from services.intake.observability import request_context_middleware, request_id_of
 from services.intake.problems import EXCEPTION_HANDLERS, PROBLEM_JSON, ProblemError
@@ -150,18 +151,9 @@ async def submit_lead_handler(
         user_agent=(request.headers.get("user-agent") or "")[:USER_AGENT_MAX] or None,
         request_id=request_id_of(request.scope),
     )
+    committer: GroupCommitter[LeadJob, LeadReceipt] = state.committer
     try:
-        async with transaction(_runtime(state).pool) as conn:
-            receipt = await submit_lead(
-                conn,
-                lead,
-                email_key,
-                submitter,
-                duplicate_window=timedelta(hours=settings.duplicate_window_hours),
-                topic=settings.topic_leads_accepted,
-                idempotency=idempotency,
-                idempotency_ttl=timedelta(hours=settings.idempotency_ttl_hours),
-            )
+        receipt = await committer.submit(LeadJob(lead, email_key, submitter, idempotency), order=email_key)
     except IdempotencyKeyReused:
         raise InvalidLead(
             [FieldError(field="Idempotency-Key", reason="already used with a different request body")]
@@ -279,6 +271,14 @@ def create_app(settings: IntakeSettings) -> Litestar:
         # uvicorn owns the signals of the intake process; it ends the lifespan on SIGTERM.
         async with service_runtime(settings, handle_signals=False) as runtime:
             app.state.runtime = runtime
+            app.state.committer = lead_committer(
+                runtime.pool,
+                duplicate_window=timedelta(hours=settings.duplicate_window_hours),
+                topic=settings.topic_leads_accepted,
+                idempotency_ttl=timedelta(hours=settings.idempotency_ttl_hours),
+                max_batch_size=settings.lead_batch_max_size,
+                max_concurrent_batches=settings.lead_batch_concurrency,
+            )
             yield
 
     origins = form_origins(settings)

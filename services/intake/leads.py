@@ -8,6 +8,7 @@ from dataclasses import dataclass
 from datetime import timedelta
 
 import msgspec
+import psycopg_pool
 from psycopg.types.json import Jsonb
 
 from proto.http import LeadReceipt, LeadSubmission
@@ -15,7 +16,8 @@ from proto.messages import LeadAccepted
 from services.common.clock import utcnow
 from services.common.db import Connection
 from services.common.outbox import enqueue_message
-from services.intake.idempotency import IdempotencyKey, claim_idempotency_key, remember_receipt
+from services.intake.batching import GroupCommitter, Rejected
+from services.intake.idempotency import IdempotencyKey, IdempotencyKeyReused, claim_idempotency_key, remember_receipt
 
 
 @dataclass(frozen=True)
@@ -121,3 +123,44 @@ async def accept_lead(
     )
     await enqueue_message(conn, topic, str(lead_id), message)
     return LeadReceipt(id=lead_id, duplicate=False)
+
+
+@dataclass(frozen=True)
+class LeadJob:
+    """One validated submission waiting for its transaction."""
+
+    lead: LeadSubmission
+    email_key: str
+    submitter: Submitter
+    idempotency: IdempotencyKey | None = None
+
+
+def lead_committer(
+    pool: psycopg_pool.AsyncConnectionPool[Connection],
+    *,
+    duplicate_window: timedelta,
+    topic: str,
+    idempotency_ttl: timedelta,
+    max_batch_size: int,
+    max_concurrent_batches: int,
+) -> GroupCommitter[LeadJob, LeadReceipt]:
+    """Accepts leads with group commit: ``await committer.submit(job, job.email_key)`` answers once the
+    lead (or its duplicate verdict) is committed; ``IdempotencyKeyReused`` reaches only its submitter."""
+
+    async def work(conn: Connection, job: LeadJob) -> LeadReceipt:
+        try:
+            return await submit_lead(
+                conn,
+                job.lead,
+                job.email_key,
+                job.submitter,
+                duplicate_window=duplicate_window,
+                topic=topic,
+                idempotency=job.idempotency,
+                idempotency_ttl=idempotency_ttl,
+            )
+        except IdempotencyKeyReused as error:
+            # Raised before this job wrote anything: the batch's transaction stays usable.
+            raise Rejected(error) from error
+
+    return GroupCommitter(pool, work, max_size=max_batch_size, max_concurrent=max_concurrent_batches)
