@@ -106,6 +106,19 @@ async def open_loop(
     return latencies
 
 
+async def wait_for_relay(database_url: str) -> float:
+    """Seconds until every outbox row is published (the relay keeps up again); at most two minutes."""
+    started = time.perf_counter()
+    conn = await psycopg.AsyncConnection.connect(database_url, autocommit=True)
+    async with conn, asyncio.timeout(120):
+        while True:
+            cursor = await conn.execute("SELECT count(*) FROM outbox WHERE published_at IS NULL")
+            row = await cursor.fetchone()
+            if row is not None and row[0] == 0:
+                return time.perf_counter() - started
+            await asyncio.sleep(0.2)
+
+
 def percentile(values: list[float], q: float) -> float:
     return statistics.quantiles(values, n=1000)[int(q * 1000) - 1] if len(values) > 1 else values[0]
 
@@ -127,6 +140,10 @@ async def measure(base_url: str, key: str, database_url: str, concurrency: int, 
         accepted_per_s = accepted / elapsed
         print(f"accepted:      {accepted} in {elapsed:.1f} s = {accepted_per_s:.0f}/s", flush=True)
 
+        # At full load the relay falls behind; measure the half load in steady state, after it caught up.
+        drain_s = await wait_for_relay(database_url)
+        print(f"outbox relay caught up in {drain_s:.1f} s", flush=True)
+
         half = accepted_per_s / 2
         latencies = await open_loop(session, "/v1/leads", auth, half, seconds, "h")
     with psycopg.connect(database_url) as conn:
@@ -143,6 +160,8 @@ async def measure(base_url: str, key: str, database_url: str, concurrency: int, 
         "p50_ms_at_full_load": round(percentile(full_load, 0.50) * 1000, 2),
         "p99_ms_at_full_load": round(percentile(full_load, 0.99) * 1000, 2),
         "half_load_per_s": round(half, 1),
+        "relay_catch_up_s": round(drain_s, 1),
+        "load_average_1m": round(os.getloadavg()[0], 2),
         "concurrency": concurrency,
         "seconds": seconds,
         "durable_leads_checked": durable,

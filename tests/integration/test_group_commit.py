@@ -69,7 +69,8 @@ async def test_a_failing_job_is_retried_alone_and_fails_only_its_submitter(
         *(committer.submit(n, order=str(i)) for i, n in enumerate(jobs)), return_exceptions=True
     )
 
-    assert results[:2] == [10, 20] and results[3:] == [30, 40]
+    assert results[:2] == [10, 20]
+    assert results[3:] == [30, 40]
     assert isinstance(results[2], psycopg.errors.CheckViolation)
     assert await fetch_all(database_url, "SELECT n FROM items ORDER BY n") == [{"n": n} for n in (1, 2, 3, 4)]
 
