@@ -8,7 +8,7 @@ from collections.abc import AsyncIterator
 
 import pytest
 
-from services.common.config import ConfigError, DatabaseSettings, IntakeSettings, load_settings
+from services.common.config import DatabaseSettings
 from services.common.db import connect
 from services.intake.clients import revoke_client
 from tests.support.intake import Intake, bearer, create_api_client, running_intake, sign
@@ -302,16 +302,3 @@ async def test_auth_disabled_lets_anyone_call_everything(
         erased = await client.delete(f"/v1/leads/{created.json()['id']}")
 
     assert [created.status_code, read.status_code, erased.status_code] == [202, 200, 204]
-
-
-def test_authentication_is_required_unless_explicitly_disabled() -> None:
-    env = {
-        "DATABASE_URL": "postgresql://u@db/healingwork",
-        "KAFKA_BOOTSTRAP_SERVERS": "kafka:9092",
-        "HMAC_SECRET": "3f9c2a7b1e8d4f60a5b7c9e1d2f3a4b5",
-        "PUBLIC_BASE_URL": "https://leads.example.com",
-    }
-
-    assert load_settings(IntakeSettings, env).auth_mode == "required"
-    with pytest.raises(ConfigError, match="AUTH_MODE"):
-        load_settings(IntakeSettings, {**env, "AUTH_MODE": "off"})
