@@ -28,7 +28,7 @@ from services.common.runtime import Runtime, service_runtime
 from services.intake.auth import (
     client_ip,
     form_origins,
-    is_public_form_request,
+    is_public_form_submission,
     principal_of,
     rate_limit_identity,
     requires_scope,
@@ -41,7 +41,7 @@ from services.intake.leads import LeadJob, Submitter, lead_committer
 from services.intake.lookup import fetch_lead
 from services.intake.observability import request_context_middleware, request_id_of
 from services.intake.problems import EXCEPTION_HANDLERS, PROBLEM_JSON, ProblemError
-from services.intake.validation import InvalidLead, normalize_email, parse_lead
+from services.intake.validation import InvalidLead, clean_text, normalize_email, parse_lead
 
 log = logging.getLogger(__name__)
 
@@ -148,7 +148,7 @@ async def submit_lead_handler(
     submitter = Submitter(
         client_id=principal.client_id,
         ip=ip if ip != "unknown" else None,
-        user_agent=(request.headers.get("user-agent") or "")[:USER_AGENT_MAX] or None,
+        user_agent=clean_text(request.headers.get("user-agent") or "")[:USER_AGENT_MAX] or None,
         request_id=request_id_of(request.scope),
     )
     committer: GroupCommitter[LeadJob, LeadReceipt] = state.committer
@@ -241,23 +241,31 @@ async def prometheus_metrics() -> Response[bytes]:
     return Response(generate_latest(), media_type=CONTENT_TYPE_LATEST)
 
 
+# A route opts out of rate limiting with ``opt={NO_RATE_LIMIT: True}`` (e.g. tracking pixels, which
+# many people behind one NAT load at once).
+NO_RATE_LIMIT = "no_rate_limit"
+
+
 def rate_limits(settings: IntakeSettings) -> list[RateLimitConfig]:
-    """Per-process limits (see docs/configuration.md): callers with credentials per key or client id;
-    requests without credentials (public forms) per client IP, with the stricter form limit."""
+    """Per-process limits (see docs/configuration.md): every request per API key, signing client or
+    else client IP; public form submissions (POST /v1/leads without credentials) per client IP with
+    the stricter form limit instead."""
     forms_apply = settings.auth_mode == "required"
     return [
         RateLimitConfig(
             rate_limit=("minute", settings.rate_limit_per_minute),
             identifier_for_request=rate_limit_identity,
-            check_throttle_handler=lambda request: not (forms_apply and is_public_form_request(request)),
+            check_throttle_handler=lambda request: not (forms_apply and is_public_form_submission(request)),
             exclude=HEALTH_PATHS,
+            exclude_opt_key=NO_RATE_LIMIT,
             store="rate_limit",
         ),
         RateLimitConfig(
             rate_limit=("minute", settings.form_rate_limit_per_minute),
             identifier_for_request=rate_limit_identity,
-            check_throttle_handler=lambda request: forms_apply and is_public_form_request(request),
+            check_throttle_handler=lambda request: forms_apply and is_public_form_submission(request),
             exclude=HEALTH_PATHS,
+            exclude_opt_key=NO_RATE_LIMIT,
             store="rate_limit_forms",
         ),
     ]

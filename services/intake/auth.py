@@ -106,9 +106,17 @@ def rate_limit_identity(connection: ASGIConnection[Any, Any, Any, Any]) -> str:
     return "ip:" + client_ip(connection, trusted_networks(settings))
 
 
-def is_public_form_request(connection: ASGIConnection[Any, Any, Any, Any]) -> bool:
-    """A request without credentials: it can only succeed as a public form submission."""
-    return presented_api_key(connection) is None and "x-signature" not in connection.headers
+PUBLIC_FORM_PATH = "/v1/leads"
+
+
+def is_public_form_submission(connection: ASGIConnection[Any, Any, Any, Any]) -> bool:
+    """``POST /v1/leads`` without credentials: it can only succeed as a public form submission."""
+    return (
+        connection.scope.get("method") == "POST"
+        and connection.scope.get("path") == PUBLIC_FORM_PATH
+        and presented_api_key(connection) is None
+        and "x-signature" not in connection.headers
+    )
 
 
 async def authenticate(request: Request[Any, Any, Any], settings: IntakeSettings, runtime: Runtime) -> Principal:
