@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import logging
 import uuid
 from collections.abc import AsyncIterator
 
@@ -15,6 +16,7 @@ from proto.messages import LeadAccepted
 from services.common.config import DatabaseSettings
 from services.common.db import connect
 from services.common.identity import email_hash
+from services.common.logs import JsonFormatter
 from services.scheduler.enrollment import emit_due_steps, enroll_lead
 from tests.support.intake import Intake, running_intake
 from tests.support.platform import apply_examples, fetch_all
@@ -305,3 +307,31 @@ async def test_metrics_count_requests_by_route_and_status_and_lead_outcomes(inta
         assert f'healingwork_leads_total{{outcome="{outcome}"}}' in text
     assert "healingwork_outbox_backlog " in text
     assert "healingwork_outbox_oldest_unpublished_age_seconds " in text
+
+
+async def test_access_log_lines_carry_the_request_id_and_never_the_query(intake: Intake) -> None:
+    lines: list[str] = []
+
+    class Collect(logging.Handler):
+        def emit(self, record: logging.LogRecord) -> None:
+            lines.append(self.format(record))
+
+    handler = Collect()
+    handler.setFormatter(JsonFormatter("intake"))
+    access = logging.getLogger("services.intake.access")
+    access.addHandler(handler)
+    previous = access.level
+    access.setLevel(logging.INFO)
+    try:
+        await intake.http.post("/v1/leads", json=LEAD, headers={"X-Request-Id": "trace-7"})
+        await intake.http.delete("/v1/leads", params={"email": "ada@example.com"}, headers={"X-Request-Id": "trace-8"})
+    finally:
+        access.removeHandler(handler)
+        access.setLevel(previous)
+
+    entries = [json.loads(line) for line in lines]
+    assert [(e["request_id"], e["method"], e["route"], e["status"]) for e in entries] == [
+        ("trace-7", "POST", "/v1/leads", 202),
+        ("trace-8", "DELETE", "/v1/leads", 204),
+    ]
+    assert "ada" not in "".join(lines).lower()
