@@ -4,27 +4,57 @@ from __future__ import annotations
 
 import uuid
 from datetime import datetime
+from typing import Annotated
 
 import msgspec
+
+# Constraints that document the API (OpenAPI, generated tests); the intake's validation enforces the
+# same rules and more (services/intake/validation.py), reporting every invalid field at once.
+Email = Annotated[str, msgspec.Meta(max_length=320, extra_json_schema={"format": "email"})]
+Slug = Annotated[str, msgspec.Meta(pattern="^[a-z0-9]([a-z0-9._-]{0,62}[a-z0-9])?$")]
+Name = Annotated[str, msgspec.Meta(max_length=100)]
+Short = Annotated[str, msgspec.Meta(max_length=200)]
+Tag = Annotated[str, msgspec.Meta(min_length=1, max_length=64)]
+Locale = Annotated[str, msgspec.Meta(pattern="^[A-Za-z]{2,3}([-_][A-Za-z]{4})?([-_]([A-Za-z]{2}|[0-9]{3}))?$")]
+MetadataKey = Annotated[str, msgspec.Meta(pattern="^[A-Za-z0-9][A-Za-z0-9_.-]{0,39}$")]
 
 
 class Consent(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=True):
     """What the lead agreed to, in the words they saw, and when."""
 
     marketing: bool
-    text: str | None = None
+    text: Annotated[str, msgspec.Meta(max_length=2000)] | None = None
     captured_at: datetime | None = None
 
 
-class LeadSubmission(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=True):
-    """``POST /v1/leads``: a lead as a client sends it (after validation and sanitization)."""
+class Utm(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=True, omit_defaults=True):
+    """Campaign parameters (``utm_*`` of the landing page), each at most 200 characters."""
 
-    email: str
-    source: str
+    source: Short | None = None
+    medium: Short | None = None
+    campaign: Short | None = None
+    term: Short | None = None
+    content: Short | None = None
+
+
+class LeadSubmission(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=True):
+    """``POST /v1/leads``: a lead as a client sends it (after validation and sanitization).
+
+    ``phone`` is stored in E.164; ``locale`` is a BCP 47 tag such as ``en-GB``; ``timezone`` an IANA
+    name such as ``Europe/London``; ``metadata`` a flat map of short strings (at most 20 entries).
+    """
+
+    email: Email
+    source: Slug
     consent: Consent
-    first_name: str | None = None
-    last_name: str | None = None
-    tags: list[str] = []
+    first_name: Name | None = None
+    last_name: Name | None = None
+    phone: Annotated[str, msgspec.Meta(max_length=40)] | None = None
+    tags: Annotated[list[Tag], msgspec.Meta(max_length=20)] = []
+    utm: Utm = Utm()
+    locale: Locale | None = None
+    timezone: Annotated[str, msgspec.Meta(max_length=64)] | None = None
+    metadata: Annotated[dict[MetadataKey, Short], msgspec.Meta(max_length=20)] = {}
 
 
 class LeadReceipt(msgspec.Struct, frozen=True, kw_only=True):
@@ -49,3 +79,57 @@ class Problem(msgspec.Struct, frozen=True, kw_only=True, omit_defaults=True):
     status: int
     detail: str | None = None
     errors: list[FieldError] = []
+
+
+class ConsentRecord(msgspec.Struct, frozen=True, kw_only=True):
+    """The consent ledger entry of a lead: the flag, the exact words, when, and from where."""
+
+    marketing: bool
+    text: str | None
+    captured_at: datetime | None
+    recorded_at: datetime
+    ip: str | None
+    user_agent: str | None
+
+
+class MessageView(msgspec.Struct, frozen=True, kw_only=True):
+    """One email of an enrollment, as ``GET /v1/leads/{id}`` shows it."""
+
+    id: uuid.UUID
+    step_position: int
+    status: str
+    attempts: int
+    queued_at: datetime
+    sent_at: datetime | None
+
+
+class EnrollmentView(msgspec.Struct, frozen=True, kw_only=True):
+    """One Sequence the lead is enrolled in."""
+
+    id: uuid.UUID
+    sequence: str
+    revision: int
+    status: str
+    next_step: int
+    next_run_at: datetime | None
+    created_at: datetime
+    messages: list[MessageView]
+
+
+class LeadView(msgspec.Struct, frozen=True, kw_only=True):
+    """``GET /v1/leads/{id}``: the stored lead with its consent record, enrollments and messages."""
+
+    id: uuid.UUID
+    email: str
+    source: str
+    first_name: str | None
+    last_name: str | None
+    phone: str | None
+    tags: list[str]
+    utm: Utm
+    locale: str | None
+    timezone: str | None
+    metadata: dict[str, str]
+    consent: ConsentRecord
+    created_at: datetime
+    enrollments: list[EnrollmentView]

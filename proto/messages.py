@@ -29,6 +29,8 @@ class LeadAccepted(Message, frozen=True, kw_only=True, tag="lead.accepted"):
     lead_id: uuid.UUID
     source: str
     tags: list[str] = []
+    # The intake request that created the lead, for tracing a lead from its HTTP request through Kafka.
+    request_id: str | None = None
 
 
 class EmailDispatch(Message, frozen=True, kw_only=True, tag="email.dispatch"):

@@ -13,6 +13,7 @@ from collections.abc import Callable, Sequence
 from pathlib import Path
 
 from services.common.config import (
+    ClientsSettings,
     ConfigError,
     DatabaseSettings,
     DispatcherSettings,
@@ -44,7 +45,8 @@ def _intake(args: argparse.Namespace) -> None:
         port=settings.port,
         log_config=None,
         access_log=False,
-        proxy_headers=True,
+        # The client IP is resolved by intake itself, through TRUSTED_PROXIES only.
+        proxy_headers=False,
         timeout_graceful_shutdown=20,
     )
 
@@ -92,6 +94,17 @@ def _sequences_apply(args: argparse.Namespace) -> None:
         raise CommandError(str(error)) from error
 
 
+def _clients(args: argparse.Namespace) -> None:
+    from services.intake.clients_command import run_clients_command
+
+    settings = load_settings(ClientsSettings if args.client_command == "create" else DatabaseSettings)
+    configure_logging("clients", settings.log_level)
+    try:
+        print(asyncio.run(run_clients_command(settings, args)))
+    except ValueError as error:
+        raise CommandError(str(error)) from error
+
+
 def _dev(args: argparse.Namespace) -> None:
     from services.dev.stack import run_dev
 
@@ -121,6 +134,25 @@ def build_parser() -> argparse.ArgumentParser:
     apply.add_argument("paths", nargs="+", metavar="PATH")
     apply.set_defaults(run=_sequences_apply)
 
+    clients = commands.add_parser("clients", help="Manage API clients (keys, scopes) of the intake API")
+    client_commands = clients.add_subparsers(dest="client_command", required=True, metavar="<action>")
+    create = client_commands.add_parser(
+        "create", help="Create a client; prints its API key and request-signing secret, shown only once"
+    )
+    create.add_argument("name", help="a slug naming the client, such as crm or landing-pages")
+    create.add_argument(
+        "--scope",
+        dest="scopes",
+        action="append",
+        choices=["leads:write", "leads:read", "admin"],
+        help="a scope to grant (repeat for several; default leads:write)",
+    )
+    create.set_defaults(run=_clients)
+    client_commands.add_parser("list", help="List clients, revoked ones included").set_defaults(run=_clients)
+    revoke = client_commands.add_parser("revoke", help="Revoke a client's key and signing secret at once")
+    revoke.add_argument("name")
+    revoke.set_defaults(run=_clients)
+
     dev = add("dev", _dev, "Run the whole platform on this machine (embedded PostgreSQL, broker and SMTP sink)")
     dev.add_argument("--port", type=int, default=8000, help="intake port (default 8000)")
     dev.add_argument("--mail-dir", default=".dev/mail", help="where received emails are written as .eml files")
@@ -132,7 +164,11 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: Sequence[str] | None = None) -> None:
     """Entry point of the ``healingwork`` command."""
     args = build_parser().parse_args(argv)
-    name = " ".join(filter(None, [args.command, getattr(args, "sequence_command", None), getattr(args, "job", None)]))
+    action = next(
+        (getattr(args, name) for name in ("sequence_command", "client_command", "job") if getattr(args, name, None)),
+        None,
+    )
+    name = " ".join(filter(None, [args.command, action]))
     try:
         args.run(args)
     except ConfigError as error:

@@ -8,10 +8,11 @@ a broken deployment in one round instead of one variable at a time.
 
 from __future__ import annotations
 
+import ipaddress
 import os
 import re
 from collections.abc import Callable, Mapping
-from typing import Annotated, Any, TypeAlias, TypeVar, get_args, get_origin, get_type_hints
+from typing import Annotated, Any, Literal, TypeAlias, TypeVar, get_args, get_origin, get_type_hints
 from urllib.parse import parse_qs, urlsplit
 
 import msgspec
@@ -113,6 +114,23 @@ def check_not_blank(value: str) -> str | None:
     return "must not be blank" if not value.strip() else None
 
 
+def check_networks(value: str) -> str | None:
+    for item in filter(None, (part.strip() for part in value.split(","))):
+        try:
+            ipaddress.ip_network(item, strict=False)
+        except ValueError:
+            return f"has {item!r}, which is not an IP address or CIDR network (such as 10.0.0.0/8)"
+    return None
+
+
+def check_origins(value: str) -> str | None:
+    for item in filter(None, (part.strip() for part in value.split(","))):
+        parts = urlsplit(item)
+        if parts.scheme not in ("http", "https") or not parts.hostname or parts.path or parts.query:
+            return f"has {item!r}; list origins such as https://www.example.com (scheme, host, optional port)"
+    return None
+
+
 HmacSecret: TypeAlias = Annotated[str, msgspec.Meta(extra={"check": check_hmac_secret})]
 EmailAddress: TypeAlias = Annotated[str, msgspec.Meta(extra={"check": check_email})]
 HttpUrl: TypeAlias = Annotated[str, msgspec.Meta(extra={"check": check_http_url})]
@@ -211,6 +229,26 @@ class IntakeSettings(BusSettings, frozen=True, kw_only=True):
     port: Annotated[int, msgspec.Meta(ge=1, le=65535)] = 8000
     duplicate_window_hours: PositiveFloat = 24.0
     max_body_bytes: PositiveInt = 65536
+    # Authentication: "required" everywhere but `healingwork dev`, which sets "disabled".
+    auth_mode: Literal["required", "disabled"] = "required"
+    signature_tolerance_s: PositiveFloat = 300.0
+    idempotency_ttl_hours: PositiveFloat = 24.0
+    # Group commit: leads per transaction at most, and transactions of leads in flight at once.
+    lead_batch_max_size: PositiveInt = 64
+    lead_batch_concurrency: PositiveInt = 4
+    rate_limit_per_minute: PositiveInt = 600
+    # Browser forms: unauthenticated POST /v1/leads from these origins (comma-separated); empty = off.
+    public_form_origins: Annotated[str, msgspec.Meta(extra={"check": check_origins})] = ""
+    form_rate_limit_per_minute: PositiveInt = 10
+    form_honeypot_field: NonBlank = "website_url"
+    # Proxies whose X-Forwarded-For is believed when finding the client's IP (comma-separated CIDRs).
+    trusted_proxies: Annotated[str, msgspec.Meta(extra={"check": check_networks})] = ""
+
+
+class ClientsSettings(DatabaseSettings, frozen=True, kw_only=True):
+    """``healingwork clients create|list|revoke``: API clients and their keys."""
+
+    hmac_secret: HmacSecret
 
 
 class SchedulerSettings(BusSettings, frozen=True, kw_only=True):
@@ -267,5 +305,5 @@ class JobSettings(DatabaseSettings, frozen=True, kw_only=True):
     purge_batch_size: PositiveInt = 5000
     events_retention_days: PositiveFloat = 180.0
     outbox_retention_hours: PositiveFloat = 168.0
-    idempotency_keys_retention_hours: PositiveFloat = 48.0
+    idempotency_ttl_hours: PositiveFloat = 24.0
     duplicate_window_hours: PositiveFloat = 24.0

@@ -7,7 +7,11 @@ from prometheus_client import Counter, Gauge, Histogram
 
 from services.common.db import UNAVAILABLE_ERRORS, Connection
 
-LEADS = Counter("healingwork_leads_total", "Lead submissions by outcome", ["outcome"])
+LEADS = Counter(
+    "healingwork_leads_total", "Lead submissions by outcome (accepted, duplicate, rejected, honeypot)", ["outcome"]
+)
+LEADS_ERASED = Counter("healingwork_leads_erased_total", "Leads erased on request (GDPR)")
+OUTBOX_BACKLOG = Gauge("healingwork_outbox_backlog", "Outbox rows not yet published")
 OUTBOX_PUBLISHED = Counter("healingwork_outbox_published_total", "Outbox rows published to Kafka")
 OUTBOX_RELAY_FAILURES = Counter("healingwork_outbox_relay_failures_total", "Outbox relay passes that failed")
 OUTBOX_OLDEST_AGE = Gauge(
@@ -22,14 +26,15 @@ SMTP_SECONDS = Histogram("healingwork_smtp_send_seconds", "Time of one SMTP tran
 
 
 async def observe_outbox_backlog(pool: psycopg_pool.AsyncConnectionPool[Connection]) -> None:
-    """Refresh the outbox backlog gauge (served by the partial index on unpublished rows)."""
+    """Refresh the outbox backlog gauges (served by the partial index on unpublished rows)."""
     try:
         async with pool.connection() as conn:
             cursor = await conn.execute(
-                """SELECT coalesce(extract(epoch FROM now() - min(created_at)), 0) AS age
+                """SELECT coalesce(extract(epoch FROM now() - min(created_at)), 0) AS age, count(*) AS backlog
                    FROM outbox WHERE published_at IS NULL"""
             )
             row = await cursor.fetchone()
     except UNAVAILABLE_ERRORS:
         return
     OUTBOX_OLDEST_AGE.set(float(row["age"]) if row else 0.0)  # type: ignore[arg-type]
+    OUTBOX_BACKLOG.set(int(row["backlog"]) if row else 0)  # type: ignore[call-overload]

@@ -730,6 +730,14 @@ class EmbeddedBroker:
             raise RuntimeError("broker is not running")
         proc.send_signal(signal.SIGSTOP)
         self._paused = True
+        # The signal is delivered asynchronously: return only once the process is really stopped, so
+        # a caller (or a test) that acts right after pause() sees a frozen broker.
+        stat = Path(f"/proc/{proc.pid}/stat")
+        deadline = time.monotonic() + 2.0
+        while stat.exists() and time.monotonic() < deadline:
+            if stat.read_text().rpartition(")")[2].split()[0] in ("T", "t"):
+                break
+            time.sleep(0.005)
 
     def resume(self) -> None:
         """Unfreeze a paused broker with SIGCONT (no-op if it is not paused)."""

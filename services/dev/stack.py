@@ -100,7 +100,8 @@ def _service_env(addresses: dict[str, str], port: int, health_ports: dict[str, i
         "KAFKA_SESSION_TIMEOUT_S": os.environ.get("KAFKA_SESSION_TIMEOUT_S", "3"),
     }
     return {
-        "intake": {**shared, "HOST": "127.0.0.1", "PORT": str(port)},
+        # Authentication is off on a developer's machine only: the default everywhere else is "required".
+        "intake": {**shared, "HOST": "127.0.0.1", "PORT": str(port), "AUTH_MODE": "disabled"},
         "scheduler": {**shared, "HEALTH_PORT": str(health_ports["scheduler"])},
         "dispatcher": {**shared, "HEALTH_PORT": str(health_ports["dispatcher"])},
     }

@@ -1,22 +1,66 @@
-"""Accepting a lead: one transaction that claims the duplicate window, stores the lead and queues
-``lead.accepted`` in the outbox."""
+"""Accepting a lead: one transaction that claims the duplicate window, stores the lead with its consent
+record and queues ``lead.accepted`` in the outbox."""
 
 from __future__ import annotations
 
 import uuid
+from dataclasses import dataclass
 from datetime import timedelta
+
+import msgspec
+import psycopg_pool
+from psycopg.types.json import Jsonb
 
 from proto.http import LeadReceipt, LeadSubmission
 from proto.messages import LeadAccepted
 from services.common.clock import utcnow
 from services.common.db import Connection
 from services.common.outbox import enqueue_message
+from services.intake.batching import GroupCommitter, Rejected
+from services.intake.idempotency import IdempotencyKey, IdempotencyKeyReused, claim_idempotency_key, remember_receipt
+
+
+@dataclass(frozen=True)
+class Submitter:
+    """Who sent the lead, as intake saw it: recorded in the consent ledger and carried in the outbox."""
+
+    client_id: uuid.UUID | None = None
+    ip: str | None = None
+    user_agent: str | None = None
+    request_id: str | None = None
+
+
+async def submit_lead(
+    conn: Connection,
+    lead: LeadSubmission,
+    email_key: str,
+    submitter: Submitter,
+    *,
+    duplicate_window: timedelta,
+    topic: str,
+    idempotency: IdempotencyKey | None = None,
+    idempotency_ttl: timedelta = timedelta(hours=24),
+) -> LeadReceipt:
+    """Accept ``lead`` once per Idempotency-Key: a retry with the same key gets the first receipt.
+
+    Runs inside the caller's transaction; raises ``IdempotencyKeyReused`` for a key reused with
+    another body (nothing is changed then).
+    """
+    if idempotency is not None:
+        earlier = await claim_idempotency_key(conn, idempotency, idempotency_ttl)
+        if earlier is not None:
+            return earlier
+    receipt = await accept_lead(conn, lead, email_key, submitter, duplicate_window=duplicate_window, topic=topic)
+    if idempotency is not None:
+        await remember_receipt(conn, idempotency, receipt)
+    return receipt
 
 
 async def accept_lead(
     conn: Connection,
     lead: LeadSubmission,
     email_key: str,
+    submitter: Submitter = Submitter(),
     *,
     duplicate_window: timedelta,
     topic: str,
@@ -43,22 +87,80 @@ async def accept_lead(
         return LeadReceipt(id=row["lead_id"], duplicate=True)  # type: ignore[arg-type]
 
     await conn.execute(
-        """INSERT INTO leads (id, email, email_normalized, first_name, last_name, source, tags,
-                              consent_marketing, consent_text, consent_captured_at)
-           VALUES (%s, %s, %s, %s, %s, %s, %s, %s, %s, %s)""",
+        """INSERT INTO leads (id, email, email_normalized, first_name, last_name, phone, source, tags, utm,
+                              locale, timezone, metadata, consent_marketing, consent_text, consent_captured_at,
+                              consent_ip, consent_user_agent, client_id, request_id)
+           VALUES (%s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s)""",
         (
             lead_id,
             lead.email,
             email_key,
             lead.first_name,
             lead.last_name,
+            lead.phone,
             lead.source,
             lead.tags,
+            Jsonb(msgspec.to_builtins(lead.utm)),
+            lead.locale,
+            lead.timezone,
+            Jsonb(lead.metadata),
             lead.consent.marketing,
             lead.consent.text,
             lead.consent.captured_at,
+            submitter.ip,
+            submitter.user_agent,
+            submitter.client_id,
+            submitter.request_id,
         ),
     )
-    message = LeadAccepted(id=lead_id, occurred_at=utcnow(), lead_id=lead_id, source=lead.source, tags=lead.tags)
+    message = LeadAccepted(
+        id=lead_id,
+        occurred_at=utcnow(),
+        lead_id=lead_id,
+        source=lead.source,
+        tags=lead.tags,
+        request_id=submitter.request_id,
+    )
     await enqueue_message(conn, topic, str(lead_id), message)
     return LeadReceipt(id=lead_id, duplicate=False)
+
+
+@dataclass(frozen=True)
+class LeadJob:
+    """One validated submission waiting for its transaction."""
+
+    lead: LeadSubmission
+    email_key: str
+    submitter: Submitter
+    idempotency: IdempotencyKey | None = None
+
+
+def lead_committer(
+    pool: psycopg_pool.AsyncConnectionPool[Connection],
+    *,
+    duplicate_window: timedelta,
+    topic: str,
+    idempotency_ttl: timedelta,
+    max_batch_size: int,
+    max_concurrent_batches: int,
+) -> GroupCommitter[LeadJob, LeadReceipt]:
+    """Accepts leads with group commit: ``await committer.submit(job, job.email_key)`` answers once the
+    lead (or its duplicate verdict) is committed; ``IdempotencyKeyReused`` reaches only its submitter."""
+
+    async def work(conn: Connection, job: LeadJob) -> LeadReceipt:
+        try:
+            return await submit_lead(
+                conn,
+                job.lead,
+                job.email_key,
+                job.submitter,
+                duplicate_window=duplicate_window,
+                topic=topic,
+                idempotency=job.idempotency,
+                idempotency_ttl=idempotency_ttl,
+            )
+        except IdempotencyKeyReused as error:
+            # Raised before this job wrote anything: the batch's transaction stays usable.
+            raise Rejected(error) from error
+
+    return GroupCommitter(pool, work, max_size=max_batch_size, max_concurrent=max_concurrent_batches)

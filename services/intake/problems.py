@@ -68,7 +68,11 @@ def _on_invalid_lead(_: Request[Any, Any, Any], exc: InvalidLead) -> Response[by
 
 def _on_http_exception(_: Request[Any, Any, Any], exc: HTTPException) -> Response[bytes]:
     detail = exc.detail if exc.status_code < 500 else None
-    return problem_response(exc.status_code, detail, headers=exc.headers)
+    headers = dict(exc.headers or {})
+    if exc.status_code == 429:
+        # Litestar's rate limiter says when the window resets; clients and proxies read Retry-After.
+        headers["Retry-After"] = str(max(1, int(headers.get("RateLimit-Reset", "0") or 0)))
+    return problem_response(exc.status_code, detail, headers=headers)
 
 
 def _on_unavailable(request: Request[Any, Any, Any], exc: Exception) -> Response[bytes]:

@@ -3,8 +3,7 @@
 Thin edge: parse the query, call :func:`services.common.daily_stats.read_stats`, answer. Bad query
 values are a 422 problem naming the parameter; an unknown Sequence is a 404.
 
-Access: this endpoint needs the API's read scope. The scope guard arrives with API clients (issue 3):
-it goes on the ``@get`` below as ``guards=[...]``, like every other ``/v1`` read.
+Access: the API's read scope (``leads:read``), like every other ``/v1`` read.
 """
 
 from __future__ import annotations
@@ -23,6 +22,7 @@ from proto.stats import StatsReport
 from services.common.clock import utcnow
 from services.common.daily_stats import find_sequence, read_stats
 from services.common.db import transaction
+from services.intake.auth import requires_scope
 from services.intake.problems import PROBLEM_JSON, ProblemError
 
 DEFAULT_RANGE_DAYS = 30
@@ -89,8 +89,11 @@ def parse_sequence(text: str) -> tuple[str, str]:
         "unsubscribe, bounce; null when there is nothing to divide by). sequence is 'namespace/name' "
         "or 'name' (namespace default); without it every Sequence is returned."
     ),
+    guards=[requires_scope("leads:read")],
     exception_handlers={InvalidQuery: _on_invalid_query},
     responses={
+        401: ResponseSpec(Problem, description="No or bad credentials", media_type=PROBLEM_JSON),
+        403: ResponseSpec(Problem, description="The client lacks the leads:read scope", media_type=PROBLEM_JSON),
         404: ResponseSpec(Problem, description="No such Sequence", media_type=PROBLEM_JSON),
         422: ResponseSpec(Problem, description="A query parameter is invalid", media_type=PROBLEM_JSON),
     },

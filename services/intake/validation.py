@@ -7,19 +7,29 @@ from __future__ import annotations
 
 import re
 import unicodedata
+import zoneinfo
 from datetime import datetime
+from functools import cache
 from typing import Any
 
 import msgspec
+import phonenumbers
 from email_validator import EmailNotValidError, validate_email
 
-from proto.http import Consent, FieldError, LeadSubmission
+from proto.http import Consent, FieldError, LeadSubmission, Utm
 
 NAME_MAX = 100
 TAG_MAX = 64
 TAGS_MAX = 20
 CONSENT_TEXT_MAX = 2000
 SOURCE_PATTERN = re.compile(r"[a-z0-9]([a-z0-9._-]{0,62}[a-z0-9])?")
+PHONE_INPUT_MAX = 40
+UTM_MAX = 200
+METADATA_ENTRIES_MAX = 20
+METADATA_VALUE_MAX = 200
+METADATA_KEY_PATTERN = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]{0,39}")
+# BCP 47, the part forms use: language, optional script, optional region (en, en-GB, zh-Hant-TW, es-419).
+LOCALE_PATTERN = re.compile(r"([A-Za-z]{2,3})(?:[-_]([A-Za-z]{4}))?(?:[-_]([A-Za-z]{2}|[0-9]{3}))?")
 _ZERO_WIDTH = {"\u200b", "\u200c", "\u200d", "\u2060", "\ufeff"}
 
 
@@ -109,7 +119,33 @@ def parse_lead(raw: object) -> tuple[LeadSubmission, str]:
 
     consent = _parse_consent(raw.get("consent"), fail)
 
-    if errors or consent is None:
+    locale: str | None = None
+    value = raw.get("locale")
+    if value is not None:
+        locale = normalize_locale(value) if isinstance(value, str) else None
+        if locale is None:
+            fail("/locale", "a BCP 47 language tag such as 'en' or 'en-GB'")
+
+    timezone: str | None = None
+    value = raw.get("timezone")
+    if value is not None:
+        if isinstance(value, str) and value in iana_time_zones():
+            timezone = value
+        else:
+            fail("/timezone", "an IANA time zone name such as 'Europe/London'")
+
+    phone: str | None = None
+    value = raw.get("phone")
+    if value is not None:
+        try:
+            phone = normalize_phone(value, region=locale_region(locale))
+        except ValueError as error:
+            fail("/phone", str(error))
+
+    utm = _parse_utm(raw.get("utm"), fail)
+    metadata = _parse_metadata(raw.get("metadata"), fail)
+
+    if errors or consent is None or utm is None or metadata is None:
         raise InvalidLead(errors)
     lead = LeadSubmission(
         email=stored_email,
@@ -117,9 +153,106 @@ def parse_lead(raw: object) -> tuple[LeadSubmission, str]:
         consent=consent,
         first_name=names.get("first_name"),
         last_name=names.get("last_name"),
+        phone=phone,
         tags=tags,
+        utm=utm,
+        locale=locale,
+        timezone=timezone,
+        metadata=metadata,
     )
     return lead, email
+
+
+@cache
+def iana_time_zones() -> frozenset[str]:
+    """Every IANA time zone name this machine knows (the system tz database, else ``tzdata``)."""
+    return frozenset(zoneinfo.available_timezones())
+
+
+def normalize_locale(value: str) -> str | None:
+    """A BCP 47 tag in canonical case (``en-gb`` → ``en-GB``, ``zh_hant_tw`` → ``zh-Hant-TW``); None if invalid."""
+    match = LOCALE_PATTERN.fullmatch(value.strip())
+    if match is None:
+        return None
+    language, script, region = match.groups()
+    parts = [language.lower()]
+    if script:
+        parts.append(script.title())
+    if region:
+        parts.append(region.upper())
+    return "-".join(parts)
+
+
+def locale_region(locale: str | None) -> str | None:
+    """The two-letter region of a canonical locale (``en-GB`` → ``GB``), used to read national phone numbers."""
+    if locale is None:
+        return None
+    last = locale.rsplit("-", 1)[-1]
+    return last if len(last) == 2 and last.isupper() else None
+
+
+def normalize_phone(value: object, *, region: str | None) -> str:
+    """A phone number in E.164 (``+442071838750``); raises ValueError with a reason.
+
+    International numbers (leading ``+``) always work; a national number needs the region of
+    the lead's locale. No network lookups: the numbering plan ships with ``phonenumbers``.
+    """
+    if not isinstance(value, str) or not value.strip() or len(value) > PHONE_INPUT_MAX:
+        raise ValueError(f"a phone number of at most {PHONE_INPUT_MAX} characters")
+    try:
+        number = phonenumbers.parse(clean_text(value), region)
+    except phonenumbers.NumberParseException as error:
+        hint = "" if region else " (national numbers need a locale with a region, or use +<country code>)"
+        raise ValueError(f"not a phone number{hint}: {error._msg}") from error
+    if not phonenumbers.is_valid_number(number):
+        raise ValueError("not a valid phone number for its country")
+    return phonenumbers.format_number(number, phonenumbers.PhoneNumberFormat.E164)
+
+
+def _parse_utm(value: Any, fail: Any) -> Utm | None:
+    if value is None:
+        return Utm()
+    if not isinstance(value, dict):
+        fail("/utm", "an object with source, medium, campaign, term, content")
+        return None
+    ok = True
+    for name in sorted(set(value) - set(Utm.__struct_fields__)):
+        fail(f"/utm/{name}", "unknown field")
+        ok = False
+    fields: dict[str, str | None] = {}
+    for name in Utm.__struct_fields__:
+        item = value.get(name)
+        if item is None:
+            continue
+        cleaned = clean_text(item) if isinstance(item, str) else None
+        if cleaned is None or len(cleaned) > UTM_MAX:
+            fail(f"/utm/{name}", f"a string of at most {UTM_MAX} characters")
+            ok = False
+        else:
+            fields[name] = cleaned or None
+    return Utm(**fields) if ok else None
+
+
+def _parse_metadata(value: Any, fail: Any) -> dict[str, str] | None:
+    if value is None:
+        return {}
+    if not isinstance(value, dict) or len(value) > METADATA_ENTRIES_MAX:
+        fail("/metadata", f"an object of at most {METADATA_ENTRIES_MAX} string values")
+        return None
+    ok = True
+    metadata: dict[str, str] = {}
+    for key in sorted(value):
+        item = value[key]
+        pointer = "/metadata/" + key.replace("~", "~0").replace("/", "~1")
+        if not METADATA_KEY_PATTERN.fullmatch(key):
+            fail(pointer, "keys are 1 to 40 letters, digits, '_', '.' or '-', starting with a letter or digit")
+            ok = False
+        elif not isinstance(item, str) or len(cleaned := clean_text(item)) > METADATA_VALUE_MAX:
+            fail(pointer, f"a string of at most {METADATA_VALUE_MAX} characters")
+            ok = False
+        else:
+            metadata[key] = cleaned
+    return metadata if ok else None
 
 
 def _parse_consent(value: Any, fail: Any) -> Consent | None:

@@ -2,8 +2,7 @@
 
 * ``events`` (``EVENTS_RETENTION_DAYS``; the daily rollups already computed from them stay),
 * published ``outbox`` rows (``OUTBOX_RETENTION_HOURS``; unpublished rows are never deleted),
-* ``idempotency_keys`` (``IDEMPOTENCY_KEYS_RETENTION_HOURS``; the table comes with API clients, and
-  is skipped while it does not exist),
+* ``idempotency_keys`` older than ``IDEMPOTENCY_TTL_HOURS`` (intake no longer honours them),
 * expired duplicate-window entries in ``lead_identities`` (older than ``DUPLICATE_WINDOW_HOURS``;
   intake treats them as free already, so deleting them changes no answer).
 
@@ -19,7 +18,7 @@ from services.common.db import Connection
 from services.jobs.runner import JobContext, in_batches
 
 # Each is served by an index on its age column: events_occurred_at_idx, outbox_published_at_idx,
-# lead_identities_accepted_at_idx.
+# lead_identities_accepted_at_idx, idempotency_keys_created_at_idx.
 PURGE_EVENTS = """DELETE FROM events WHERE id IN (
     SELECT id FROM events WHERE occurred_at < now() - %(age)s LIMIT %(limit)s FOR UPDATE SKIP LOCKED)"""
 PURGE_OUTBOX = """DELETE FROM outbox WHERE id IN (
@@ -38,14 +37,6 @@ async def purge_batch(conn: Connection, query: str, *, older_than: timedelta, li
     return cursor.rowcount
 
 
-async def idempotency_keys_exist(conn: Connection) -> bool:
-    cursor = await conn.execute(
-        """SELECT 1 FROM information_schema.columns
-           WHERE table_schema = current_schema() AND table_name = 'idempotency_keys' AND column_name = 'created_at'"""
-    )
-    return await cursor.fetchone() is not None
-
-
 async def purge(ctx: JobContext, *, batch_size: int | None = None) -> dict[str, int]:
     """The job: every retention in bounded batches; returns the rows deleted per table."""
     settings = ctx.settings
@@ -54,13 +45,8 @@ async def purge(ctx: JobContext, *, batch_size: int | None = None) -> dict[str, 
         "events": (PURGE_EVENTS, timedelta(days=settings.events_retention_days)),
         "outbox": (PURGE_OUTBOX, timedelta(hours=settings.outbox_retention_hours)),
         "lead_identities": (PURGE_LEAD_IDENTITIES, timedelta(hours=settings.duplicate_window_hours)),
+        "idempotency_keys": (PURGE_IDEMPOTENCY_KEYS, timedelta(hours=settings.idempotency_ttl_hours)),
     }
-    async with ctx.pool.connection() as conn:
-        if await idempotency_keys_exist(conn):
-            plan["idempotency_keys"] = (
-                PURGE_IDEMPOTENCY_KEYS,
-                timedelta(hours=settings.idempotency_keys_retention_hours),
-            )
     deleted: dict[str, int] = {}
     for table, (query, age) in plan.items():
 

@@ -10,6 +10,7 @@ from services.common.config import DispatcherSettings, IntakeSettings, Scheduler
 from services.dev.mailsink import MailSink
 from services.dispatcher.service import run_dispatcher
 from services.scheduler.service import run_scheduler
+from tests.support.intake import bearer, create_api_client
 from tests.support.platform import (
     FROM_EMAIL,
     FROM_NAME,
@@ -33,12 +34,13 @@ async def test_posted_lead_receives_the_welcome_email_exactly_once(
     intake = make_settings(IntakeSettings, *common)
     scheduler = make_settings(SchedulerSettings, *common)
     dispatcher = make_settings(DispatcherSettings, *common, smtp_url=smtp_url_of(mail_sink))
+    _, key = await create_api_client(migrated_database_url, "website", ["leads:write"])
 
     async with (
         running(run_scheduler, scheduler),
         running(run_dispatcher, dispatcher),
         serve_intake(intake) as base_url,
-        httpx.AsyncClient(base_url=base_url, timeout=30) as client,
+        httpx.AsyncClient(base_url=base_url, timeout=30, headers=bearer(key)) as client,
     ):
         response = await client.post(
             "/v1/leads",

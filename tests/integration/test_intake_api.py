@@ -10,6 +10,7 @@ import httpx
 import pytest
 
 from services.common.config import IntakeSettings
+from tests.support.intake import running_intake
 from tests.support.platform import fetch_all, free_port, make_settings, serve_intake
 
 pytestmark = pytest.mark.integration
@@ -21,11 +22,10 @@ LEAD = {"email": "ada@example.com", "first_name": "Ada", "source": "website", "c
 async def intake(
     migrated_database_url: str, kafka_bootstrap_servers: str, topic_prefix: str
 ) -> AsyncIterator[tuple[httpx.AsyncClient, IntakeSettings]]:
-    settings = make_settings(
-        IntakeSettings, migrated_database_url, kafka_bootstrap_servers, topic_prefix, db_pool_max_size=10
-    )
-    async with serve_intake(settings) as base_url, httpx.AsyncClient(base_url=base_url, timeout=30) as client:
-        yield client, settings
+    async with running_intake(
+        migrated_database_url, kafka_bootstrap_servers, topic_prefix, db_pool_max_size=10
+    ) as intake:
+        yield intake.http, intake.settings
 
 
 async def test_new_lead_is_accepted_and_queued_in_one_transaction(
@@ -116,8 +116,10 @@ async def test_database_outage_answers_503_with_retry_after(kafka_bootstrap_serv
     settings = make_settings(
         IntakeSettings, unreachable, kafka_bootstrap_servers, topic_prefix, db_connect_timeout_s=1.0
     )
+    # A well-formed key: checking it needs the database, which is down.
+    key = "hw_0123456789ab_" + "k" * 43
     async with serve_intake(settings) as base_url, httpx.AsyncClient(base_url=base_url, timeout=30) as client:
-        lead = await client.post("/v1/leads", json=LEAD)
+        lead = await client.post("/v1/leads", json=LEAD, headers={"Authorization": f"Bearer {key}"})
         health = await client.get("/readyz")
 
     assert lead.status_code == 503

@@ -22,7 +22,7 @@ def settings(migrated_database_url: str) -> JobSettings:
         events_retention_days=30,
         outbox_retention_hours=24,
         duplicate_window_hours=24,
-        idempotency_keys_retention_hours=48,
+        idempotency_ttl_hours=48,
     )
 
 
@@ -77,14 +77,20 @@ async def test_rows_past_retention_are_deleted_in_bounded_batches_and_the_rest_k
         {"email_normalized": "new@example.com"}
     ]
     async with job_context(settings) as ctx:
-        assert await purge(ctx) == {"events": 0, "outbox": 0, "lead_identities": 0}
+        assert await purge(ctx) == {"events": 0, "outbox": 0, "lead_identities": 0, "idempotency_keys": 0}
 
 
-async def test_idempotency_keys_are_purged_once_the_table_exists(settings: JobSettings, pool: Pool) -> None:
+async def test_idempotency_keys_past_their_ttl_are_purged(settings: JobSettings, pool: Pool) -> None:
     async with transaction(pool) as conn:
-        # The shape API clients (issue 3) bring; purge relies on created_at only.
-        await conn.execute("CREATE TABLE idempotency_keys (key text PRIMARY KEY, created_at timestamptz NOT NULL)")
-        await conn.execute("INSERT INTO idempotency_keys VALUES ('old', now() - interval '49 hours'), ('new', now())")
+        await conn.execute(
+            """INSERT INTO leads (id, email, email_normalized, source, consent_marketing)
+               VALUES ('00000000-0000-0000-0000-000000000001', 'k@example.com', 'k@example.com', 'website', true)"""
+        )
+        await conn.execute(
+            """INSERT INTO idempotency_keys (scope, key, request_hash, status, lead_id, duplicate, created_at)
+               SELECT 'client', k, repeat('a', 64), 202, '00000000-0000-0000-0000-000000000001', false, at
+               FROM (VALUES ('old', now() - interval '49 hours'), ('new', now())) AS keys (k, at)"""
+        )
 
     async with job_context(settings) as ctx:
         deleted = await purge(ctx)

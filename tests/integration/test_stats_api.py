@@ -9,11 +9,11 @@ import httpx
 import pytest
 
 from proto.stats import Counts, Rates
-from services.common.config import IntakeSettings
 from services.common.daily_stats import derive_rates
 from services.common.db import transaction
+from tests.support.intake import running_intake
 from tests.support.jobs import job_context, job_settings
-from tests.support.platform import apply_examples, make_settings, serve_intake
+from tests.support.platform import apply_examples
 
 pytestmark = pytest.mark.integration
 
@@ -31,9 +31,23 @@ async def client(
                       CASE WHEN step = 0 THEN 10 ELSE 0 END, 10, 1, 0, 4, 2, 1, 2, 0
                FROM sequences, (VALUES ('2026-01-10'), ('2026-01-11')) AS days (d), (VALUES (0), (1)) AS steps (step)"""
         )
-    settings = make_settings(IntakeSettings, migrated_database_url, kafka_bootstrap_servers, topic_prefix)
-    async with serve_intake(settings) as base_url, httpx.AsyncClient(base_url=base_url, timeout=30) as http:
-        yield http
+    async with running_intake(
+        migrated_database_url, kafka_bootstrap_servers, topic_prefix, scopes=["leads:read"]
+    ) as intake:
+        yield intake.http
+
+
+async def test_stats_need_the_read_scope(
+    migrated_database_url: str, kafka_bootstrap_servers: str, topic_prefix: str
+) -> None:
+    async with running_intake(
+        migrated_database_url, kafka_bootstrap_servers, topic_prefix, scopes=["leads:write"]
+    ) as intake:
+        writer = await intake.http.get("/v1/stats")
+        async with intake.anonymous() as anonymous:
+            nobody = await anonymous.get("/v1/stats")
+
+    assert (writer.status_code, nobody.status_code) == (403, 401)
 
 
 async def test_stats_of_a_sequence_have_rows_totals_and_rates(client: httpx.AsyncClient) -> None:

@@ -89,7 +89,10 @@ async def fetch_all(database_url: str, query: str, *params: object) -> list[dict
 async def serve_intake(settings: IntakeSettings) -> AsyncIterator[str]:
     """The intake app served by uvicorn on a free port; yields its base URL."""
     port = free_port()
-    config = uvicorn.Config(create_app(settings), host="127.0.0.1", port=port, log_config=None, lifespan="on")
+    # As `healingwork intake` runs it: the client IP is resolved by intake (TRUSTED_PROXIES), not uvicorn.
+    config = uvicorn.Config(
+        create_app(settings), host="127.0.0.1", port=port, log_config=None, lifespan="on", proxy_headers=False
+    )
     server = uvicorn.Server(config)
     task = asyncio.create_task(server.serve())
     while not server.started:

@@ -7,7 +7,7 @@ from typing import Any
 
 import pytest
 
-from proto.http import Consent, LeadSubmission
+from proto.http import Consent, LeadSubmission, Utm
 from services.intake.validation import InvalidLead, clean_text, parse_lead
 
 
@@ -37,6 +37,7 @@ def test_minimal_valid_lead_is_accepted_with_defaults() -> None:
         last_name=None,
         tags=[],
     )
+    assert (lead.phone, lead.utm, lead.locale, lead.timezone, lead.metadata) == (None, Utm(), None, None, {})
     assert key == "ada@example.com"
 
 
@@ -74,13 +75,27 @@ def test_every_invalid_field_is_reported_together() -> None:
             "consent": {"marketing": "yes"},
             "tags": ["ok", ""],
             "phone": "555-0100",
-            "utm": {},
+            "utm": {"campaign": 7},
+            "locale": "english",
+            "timezone": "Mars/Olympus",
+            "metadata": {"plan": ["pro"]},
+            "colour": "blue",
         }
     )
 
-    assert set(errors) == {"/email", "/source", "/consent/marketing", "/tags/1", "/phone", "/utm"}
-    assert errors["/phone"] == "unknown field"
-    assert errors["/utm"] == "unknown field"
+    assert set(errors) == {
+        "/email",
+        "/source",
+        "/consent/marketing",
+        "/tags/1",
+        "/phone",
+        "/utm/campaign",
+        "/locale",
+        "/timezone",
+        "/metadata/plan",
+        "/colour",
+    }
+    assert errors["/colour"] == "unknown field"
 
 
 def test_empty_object_reports_every_required_field() -> None:
@@ -318,3 +333,96 @@ def test_source_with_trailing_newline_is_rejected() -> None:
     with pytest.raises(InvalidLead) as caught:
         parse_lead({"email": "ada@example.com", "source": "website\n", "consent": {"marketing": True}})
     assert [e.field for e in caught.value.errors] == ["/source"]
+
+
+# --- phone, locale, time zone, utm, metadata --------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("phone", "locale", "e164"),
+    [
+        ("+44 20 7183 8750", None, "+442071838750"),
+        ("+1 (650) 253-0000", None, "+16502530000"),
+        ("020 7183 8750", "en-GB", "+442071838750"),
+        ("030 123456", "de-DE", "+4930123456"),
+        ("\u200b+44\t20 7183 8750 ", None, "+442071838750"),
+    ],
+)
+def test_phone_is_stored_in_e164(phone: str, locale: str | None, e164: str) -> None:
+    assert parse_lead(body(phone=phone, locale=locale))[0].phone == e164
+
+
+def test_a_national_phone_number_without_a_region_is_rejected_with_a_hint() -> None:
+    reason = errors_of(body(phone="020 7183 8750"))["/phone"]
+
+    assert "national numbers need a locale with a region" in reason
+
+
+@pytest.mark.parametrize("phone", ["+44 12", "call me", "+1 555 0100 0100 0100 0100", 447700900123, "+" + "1" * 45])
+def test_impossible_phone_numbers_are_rejected(phone: object) -> None:
+    assert set(errors_of(body(phone=phone))) == {"/phone"}
+
+
+@pytest.mark.parametrize(
+    ("given", "stored"),
+    [("en", "en"), ("en-gb", "en-GB"), ("EN_GB", "en-GB"), ("zh-hant-tw", "zh-Hant-TW"), ("es-419", "es-419")],
+)
+def test_locale_is_a_bcp47_tag_in_canonical_case(given: str, stored: str) -> None:
+    assert parse_lead(body(locale=given))[0].locale == stored
+
+
+@pytest.mark.parametrize("locale", ["english", "e", "en-", "en-GB-x-private-extension", "", 7])
+def test_locale_that_is_not_a_language_tag_is_rejected(locale: object) -> None:
+    assert set(errors_of(body(locale=locale))) == {"/locale"}
+
+
+@pytest.mark.parametrize("timezone", ["Europe/London", "America/Argentina/Buenos_Aires", "UTC", "Asia/Kolkata"])
+def test_iana_time_zones_are_accepted(timezone: str) -> None:
+    assert parse_lead(body(timezone=timezone))[0].timezone == timezone
+
+
+@pytest.mark.parametrize("timezone", ["Europe/Londres", "GMT+2", "europe/london", "../../etc/passwd", "", 1])
+def test_unknown_time_zones_are_rejected(timezone: object) -> None:
+    assert set(errors_of(body(timezone=timezone))) == {"/timezone"}
+
+
+def test_utm_fields_are_cleaned_and_kept() -> None:
+    lead, _ = parse_lead(body(utm={"source": " google ", "medium": "cpc", "campaign": "spring\r\nsale", "term": ""}))
+
+    assert lead.utm == Utm(source="google", medium="cpc", campaign="spring sale", term=None)
+
+
+def test_utm_rejects_unknown_keys_and_long_values() -> None:
+    errors = errors_of(body(utm={"source": "x" * 201, "gclid": "abc"}))
+
+    assert set(errors) == {"/utm/source", "/utm/gclid"}
+    assert errors["/utm/gclid"] == "unknown field"
+
+
+def test_utm_must_be_an_object() -> None:
+    assert set(errors_of(body(utm="google"))) == {"/utm"}
+
+
+def test_metadata_is_a_flat_map_of_cleaned_strings() -> None:
+    lead, _ = parse_lead(body(metadata={"plan": " pro\u200b ", "ref.code": "A-1"}))
+
+    assert lead.metadata == {"plan": "pro", "ref.code": "A-1"}
+
+
+def test_metadata_is_bounded_in_entries() -> None:
+    assert set(errors_of(body(metadata={f"k{i}": "v" for i in range(21)}))) == {"/metadata"}
+
+
+@pytest.mark.parametrize(
+    ("metadata", "field"),
+    [
+        ({"plan": "x" * 201}, "/metadata/plan"),
+        ({"plan": {"nested": "no"}}, "/metadata/plan"),
+        ({"plan": 3}, "/metadata/plan"),
+        ({"a/b": "x"}, "/metadata/a~1b"),
+        ({"k" * 41: "x"}, "/metadata/" + "k" * 41),
+        ({"": "x"}, "/metadata/"),
+    ],
+)
+def test_metadata_rejects_nesting_long_values_and_odd_keys(metadata: dict[str, object], field: str) -> None:
+    assert set(errors_of(body(metadata=metadata))) == {field}
