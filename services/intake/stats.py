@@ -8,6 +8,7 @@ Access: the API's read scope (``leads:read``), like every other ``/v1`` read.
 
 from __future__ import annotations
 
+import re
 from datetime import date, timedelta
 from typing import Annotated, Any
 
@@ -72,11 +73,17 @@ def parse_range(from_text: str | None, to_text: str | None, today: date) -> tupl
     return from_day, to_day
 
 
+# Kubernetes object names (RFC 1123 labels) as the Sequence resource allows them.
+SLUG = re.compile(r"[a-z0-9]([a-z0-9._-]{0,62}[a-z0-9])?")
+
+
 def parse_sequence(text: str) -> tuple[str, str]:
     """``namespace/name``, or ``name`` in the default namespace."""
     namespace, _, name = text.rpartition("/")
-    if not name or "/" in namespace or not text.strip():
-        raise InvalidQuery([FieldError(field="sequence", reason="must be 'namespace/name' or 'name'")])
+    if not SLUG.fullmatch(name) or (namespace and not SLUG.fullmatch(namespace)):
+        raise InvalidQuery(
+            [FieldError(field="sequence", reason="must be 'namespace/name' or 'name' (lower-case slugs)")]
+        )
     return namespace or DEFAULT_NAMESPACE, name
 
 

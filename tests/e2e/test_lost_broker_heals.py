@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import asyncio
 
-import httpx
 import pytest
 
 from services.common.config import DispatcherSettings, IntakeSettings, SchedulerSettings
@@ -15,13 +14,13 @@ from services.dispatcher.service import run_dispatcher
 from services.jobs.retry_failed import retry_failed
 from services.jobs.runner import run_job
 from services.scheduler.service import run_scheduler
+from tests.support.intake import running_intake
 from tests.support.jobs import job_settings
 from tests.support.platform import (
     apply_examples,
     fetch_all,
     make_settings,
     running,
-    serve_intake,
     smtp_url_of,
     wait_until,
 )
@@ -54,8 +53,8 @@ async def test_lead_lost_by_the_broker_is_sent_exactly_once_after_retry_failed(
         return rows == [{"n": 0}]
 
     # 1. The lead is accepted and its lead.accepted reaches the broker, while no scheduler runs.
-    async with serve_intake(intake) as base_url, httpx.AsyncClient(base_url=base_url, timeout=30) as client:
-        response = await client.post(
+    async with running_intake(*common) as served:
+        response = await served.http.post(
             "/v1/leads", json={"email": "mae@example.com", "source": "website", "consent": {"marketing": True}}
         )
         assert response.status_code == 202

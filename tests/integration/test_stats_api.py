@@ -90,6 +90,8 @@ async def test_stats_without_a_sequence_cover_every_sequence_and_default_to_rece
         ({"from": "2026-02-01", "to": "2026-01-01"}, "from"),
         ({"from": "2024-01-01", "to": "2026-01-01"}, "from"),
         ({"sequence": "a/b/c"}, "sequence"),
+        ({"sequence": "wel\x00come"}, "sequence"),
+        ({"sequence": "Welcome Series"}, "sequence"),
     ],
 )
 async def test_invalid_query_is_a_422_naming_the_parameter(
