@@ -37,6 +37,19 @@ async def enqueue_message(conn: Connection, topic: str, key: str, message: Messa
     await conn.execute("SELECT pg_notify(%s, '')", (NOTIFY_CHANNEL,))
 
 
+async def enqueue_messages(conn: Connection, topic: str, messages: Sequence[tuple[str, Message]]) -> None:
+    """Add many ``(key, message)`` pairs to the outbox in one statement, inside the caller's transaction
+    (the batch form of :func:`enqueue_message`, for the scheduler's due loop)."""
+    if not messages:
+        return
+    await conn.execute(
+        """INSERT INTO outbox (topic, key, payload)
+           SELECT %s, m.key, m.payload FROM unnest(%s::text[], %s::bytea[]) AS m(key, payload)""",
+        (topic, [key for key, _ in messages], [encode_message(message) for _, message in messages]),
+    )
+    await conn.execute("SELECT pg_notify(%s, '')", (NOTIFY_CHANNEL,))
+
+
 class PublishError(Exception):
     """The broker did not acknowledge every message of a batch."""
 
