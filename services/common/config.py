@@ -232,3 +232,14 @@ class DispatcherSettings(BusSettings, frozen=True, kw_only=True):
     max_attempts: PositiveInt = 8
     retry_base_delay_s: PositiveFloat = 60.0
     retry_max_delay_s: PositiveFloat = 6 * 3600.0
+
+
+class OperatorSettings(DatabaseSettings, frozen=True, kw_only=True):
+    """``healingwork operator``: reconciles Sequence resources into PostgreSQL and their status."""
+
+    # Comma-separated namespaces to watch; empty watches every namespace (cluster-wide RBAC needed).
+    operator_namespaces: str = ""
+    # How often every Sequence is reconciled again (counts refreshed, ConfigMap edits picked up).
+    operator_refresh_interval_s: PositiveFloat = 60.0
+    # kopf's liveness endpoint (/healthz) listens here; 0 turns it off.
+    health_port: Annotated[int, msgspec.Meta(ge=0, le=65535)] = 8080

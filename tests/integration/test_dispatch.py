@@ -14,7 +14,8 @@ from services.common.identity import email_hash
 from services.dev.mailsink import MailSink
 from services.dispatcher.dispatch import Dispatcher
 from services.dispatcher.smtp import SmtpTarget, SmtpTransport
-from services.scheduler.enrollment import emit_due_steps, enroll_lead
+from services.scheduler.due import emit_due_steps
+from services.scheduler.enrollment import enroll_lead
 from tests.support.platform import FROM_EMAIL, apply_examples, fetch_all, make_settings, smtp_url_of
 
 pytestmark = pytest.mark.integration
