@@ -29,8 +29,10 @@ DB_RETRIES = 8
 
 def configure_kopf(settings: kopf.OperatorSettings) -> None:
     """kopf settings the operator relies on: its own finalizer name, events only from our handlers
-    (not kopf's per-handler chatter), and no retry storm for failures that are ours to report."""
+    (not kopf's per-handler chatter), bounded API calls, and no scanning of namespaces and CRDs, so
+    the operator needs no cluster-wide list rights (the CRD must exist before it starts)."""
     settings.persistence.finalizer = FINALIZER
+    settings.scanning.disabled = True
     settings.posting.level = logging.WARNING
     settings.execution.max_workers = 4
     settings.watching.server_timeout = 300
@@ -51,7 +53,7 @@ def register_handlers(registry: kopf.OperatorRegistry, config: OperatorSettings)
         if "pool" in memo:
             await memo["pool"].close()
 
-    @kopf.index("", "v1", "configmaps", registry=registry)
+    @kopf.index("", "v1", "configmaps", registry=registry, id="config_maps")
     def config_maps(
         *, namespace: str | None, name: str, body: kopf.Body, **_: Any
     ) -> dict[tuple[str, str], dict[str, str]]:

@@ -8,6 +8,7 @@ function is idempotent and serialises on the Sequence's row, but they would post
 from __future__ import annotations
 
 import asyncio
+from typing import Any
 
 import kopf
 
@@ -20,10 +21,25 @@ def watched_namespaces(settings: OperatorSettings) -> list[str]:
     return [name.strip() for name in settings.operator_namespaces.split(",") if name.strip()]
 
 
-async def run_operator(settings: OperatorSettings, *, stop_flag: asyncio.Event | None = None) -> None:
-    """Run the operator with its own registry until ``stop_flag`` is set (or a signal arrives)."""
+async def run_operator(
+    settings: OperatorSettings,
+    *,
+    stop_flag: asyncio.Event | None = None,
+    connection: kopf.ConnectionInfo | None = None,
+) -> None:
+    """Run the operator with its own registry until ``stop_flag`` is set (or a signal arrives).
+
+    It logs in with the pod's service account (or a kubeconfig outside a cluster), unless an explicit
+    ``connection`` is given (tests give the Kubernetes API emulator's).
+    """
     registry = kopf.OperatorRegistry()
     register_handlers(registry, settings)
+    if connection is not None:
+
+        @kopf.on.login(registry=registry)
+        def login(**_: Any) -> kopf.ConnectionInfo:
+            return connection
+
     kopf_settings = kopf.OperatorSettings()
     configure_kopf(kopf_settings)
     namespaces = watched_namespaces(settings)
