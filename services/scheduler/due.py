@@ -29,14 +29,14 @@ class EmittedStep:
 
 
 # Served by enrollments_due_idx (next_run_at WHERE status = 'active'): the scan reads the due rows in
-# order and stops after the limit, so its cost follows the due work, not the table size.
+# order and stops after the limit, so its cost follows the due work, not the table size. It joins only
+# the small sequence tables (the lead's time zone is copied onto the enrollment when it is created).
 CLAIM_DUE = """
 SELECT e.id, e.lead_id, e.sequence_id, e.revision, e.next_step,
-       r.send_window::text AS send_window, l.timezone, nxt.delay_s AS next_delay_s
+       r.send_window::text AS send_window, e.timezone, nxt.delay_s AS next_delay_s
 FROM enrollments e
 JOIN sequences s ON s.id = e.sequence_id
 JOIN sequence_revisions r ON r.sequence_id = e.sequence_id AND r.revision = e.revision
-JOIN leads l ON l.id = e.lead_id
 LEFT JOIN sequence_steps nxt
        ON nxt.sequence_id = e.sequence_id AND nxt.revision = e.revision AND nxt.position = e.next_step + 1
 WHERE e.status = 'active' AND e.next_run_at <= %(now)s AND NOT s.paused AND s.deleted_at IS NULL

@@ -54,7 +54,8 @@ async def enroll_lead(conn: Connection, lead_id: uuid.UUID, *, now: datetime | N
 
     A Sequence that requires consent enrolls only leads with marketing consent; a suppressed address
     enrolls nowhere; a paused Sequence enrolls (its steps are held). The first step is due after its
-    delay counted from ``now`` (default: the database's time), moved into the send window.
+    delay counted from ``now`` (default: the database's time), moved into the send window. The lead's
+    time zone is copied onto the enrollment: send windows use the zone the lead had when enrolled.
     """
     now = now or await database_now(conn)
     cursor = await conn.execute(
@@ -77,10 +78,10 @@ async def enroll_lead(conn: Connection, lead_id: uuid.UUID, *, now: datetime | N
         due = now + timedelta(seconds=int(row["delay_s"]))  # type: ignore[call-overload]
         first_run = next_send_time(due, window_of(row["send_window"]), row["timezone"])  # type: ignore[arg-type]
         inserted = await conn.execute(
-            """INSERT INTO enrollments (id, lead_id, sequence_id, revision, next_step, next_run_at, status)
-               VALUES (%s, %s, %s, %s, 0, %s, 'active')
+            """INSERT INTO enrollments (id, lead_id, sequence_id, revision, next_step, next_run_at, status, timezone)
+               VALUES (%s, %s, %s, %s, 0, %s, 'active', %s)
                ON CONFLICT (lead_id, sequence_id) DO NOTHING""",
-            (new_id, lead_id, row["sequence_id"], row["revision"], first_run),
+            (new_id, lead_id, row["sequence_id"], row["revision"], first_run, row["timezone"]),
         )
         if inserted.rowcount:
             created.append(new_id)

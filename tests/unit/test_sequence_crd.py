@@ -183,3 +183,9 @@ def test_an_unknown_time_zone_passes_the_schema_but_not_the_parser() -> None:
     assert crd_problems(document) == []  # a pattern cannot list tzdata; the operator reports it
     with pytest.raises(InvalidSequence, match="unknown time zone 'Mars/Olympus_Mons'"):
         parse_sequence_document(document, "seq.yaml")
+
+
+def test_the_crd_is_a_valid_kubernetes_manifest() -> None:
+    import kubernetes_validate
+
+    kubernetes_validate.validate(crd(), kubernetes_validate.latest_version(), strict=True)

@@ -17,3 +17,7 @@ ALTER TABLE sequence_revisions
 ALTER TABLE messages DROP CONSTRAINT messages_enrollment_id_step_position_key;
 ALTER TABLE messages ADD CONSTRAINT messages_enrollment_revision_step_key UNIQUE (enrollment_id, revision, step_position);
 
+
+-- The lead's time zone, captured at enrollment, so the due scan reads nothing but enrollments and the
+-- (small) sequence tables: its cost follows the due work, not the number of leads.
+ALTER TABLE enrollments ADD COLUMN timezone text;
