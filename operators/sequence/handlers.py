@@ -44,8 +44,7 @@ def register_handlers(registry: kopf.OperatorRegistry, config: OperatorSettings)
     """Register every handler of the Sequence operator into ``registry``."""
 
     @kopf.on.startup(registry=registry)
-    async def open_database(*, memo: Any, settings: kopf.OperatorSettings, **_: Any) -> None:
-        configure_kopf(settings)
+    async def open_database(*, memo: Any, **_: Any) -> None:
         memo["pool"] = await open_pool(config, wait=False)
 
     @kopf.on.cleanup(registry=registry)
