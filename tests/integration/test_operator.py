@@ -104,9 +104,19 @@ def events(k8s: ApiServerEmulator, name: str = "welcome") -> list[dict[str, Any]
 
 
 async def eventually(check: Callable[[], bool], what: str, timeout: float = 20) -> None:
-    async with asyncio.timeout(timeout):
-        while not check():
-            await asyncio.sleep(0.05)
+    """Poll ``check`` until it holds; fail naming ``what`` after ``timeout`` seconds."""
+    try:
+        async with asyncio.timeout(timeout):
+            while not check():
+                await asyncio.sleep(0.05)
+    except TimeoutError:
+        pytest.fail(f"timed out after {timeout} s waiting for: {what}")
+
+
+async def create_ready(k8s: ApiServerEmulator) -> None:
+    """Create the default Sequence and wait until the operator reports it Ready."""
+    await api(k8s, "POST", BASE, sequence_body())
+    await eventually(lambda: condition(k8s, "Ready").get("status") == "True", "Ready")
 
 
 async def revisions(database_url: str, name: str = "welcome") -> list[int]:
@@ -122,8 +132,7 @@ async def test_a_created_sequence_is_stored_and_reported_ready(
     k8s: ApiServerEmulator, migrated_database_url: str
 ) -> None:
     async with operator(k8s, migrated_database_url):
-        await api(k8s, "POST", BASE, sequence_body())
-        await eventually(lambda: condition(k8s, "Ready").get("status") == "True", "Ready")
+        await create_ready(k8s)
 
     status = stored(k8s)["status"]
     assert (status["observedGeneration"], status["revision"], status["steps"]) == (1, 1, 2)
@@ -156,8 +165,7 @@ async def test_an_invalid_spec_is_reported_with_a_warning_and_changes_nothing(
     k8s: ApiServerEmulator, migrated_database_url: str
 ) -> None:
     async with operator(k8s, migrated_database_url):
-        await api(k8s, "POST", BASE, sequence_body())
-        await eventually(lambda: condition(k8s, "Ready").get("status") == "True", "Ready")
+        await create_ready(k8s)
         broken = sequence_body()
         broken["spec"]["steps"][1]["subject"] = "{{ lead.first_name | nosuchfilter }}"
         await api(k8s, "PATCH", f"{BASE}/welcome", {"spec": broken["spec"]})
@@ -238,8 +246,7 @@ async def test_deletion_passes_the_finalizer_and_cancels_pending_steps(
     k8s: ApiServerEmulator, migrated_database_url: str
 ) -> None:
     async with operator(k8s, migrated_database_url):
-        await api(k8s, "POST", BASE, sequence_body())
-        await eventually(lambda: condition(k8s, "Ready").get("status") == "True", "Ready")
+        await create_ready(k8s)
         await _enroll_a_lead(migrated_database_url)
         await api(k8s, "DELETE", f"{BASE}/welcome")
         await eventually(lambda: stored(k8s) == {}, "the object is gone")
@@ -254,8 +261,7 @@ async def test_restarting_the_operator_changes_nothing_but_refreshes_counts(
     k8s: ApiServerEmulator, migrated_database_url: str
 ) -> None:
     async with operator(k8s, migrated_database_url):
-        await api(k8s, "POST", BASE, sequence_body())
-        await eventually(lambda: condition(k8s, "Ready").get("status") == "True", "Ready")
+        await create_ready(k8s)
     before = stored(k8s)["status"]
     events_before = len(events(k8s))
     await _enroll_a_lead(migrated_database_url)  # while the operator is down

@@ -2,31 +2,16 @@
 
 from __future__ import annotations
 
-import subprocess
-import sys
 from pathlib import Path
 
 import pytest
 
 from tests.support.platform import fetch_all
-from tests.unit.test_cli import ROOT, clean_env
+from tests.unit.test_cli import ROOT, clean_env, healingwork
 
 pytestmark = pytest.mark.integration
 
 WEBINAR = "k8s/examples/webinar-follow-up.yaml"
-
-
-def healingwork(*args: str, env: dict[str, str], stdin: str | None = None) -> subprocess.CompletedProcess[str]:
-    return subprocess.run(
-        [sys.executable, "-m", "services", *args],
-        env=env,
-        cwd=ROOT,
-        input=stdin,
-        capture_output=True,
-        text=True,
-        timeout=60,
-        check=False,
-    )
 
 
 def test_apply_stores_every_example_and_is_idempotent(migrated_database_url: str) -> None:

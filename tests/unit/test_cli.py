@@ -28,11 +28,12 @@ def clean_env(**extra: str) -> dict[str, str]:
     return env
 
 
-def healingwork(*args: str, env: dict[str, str]) -> subprocess.CompletedProcess[str]:
+def healingwork(*args: str, env: dict[str, str], stdin: str | None = None) -> subprocess.CompletedProcess[str]:
     return subprocess.run(
         [sys.executable, "-m", "services", *args],
         env=env,
         cwd=ROOT,
+        input=stdin,
         capture_output=True,
         text=True,
         timeout=60,
