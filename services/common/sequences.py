@@ -17,7 +17,7 @@ import msgspec
 import yaml
 
 from proto.sequence import KIND, SequenceResource
-from services.common.config import DatabaseSettings
+from services.common.config import DatabaseSettings, check_email
 from services.common.db import Connection, connect
 from services.common.durations import parse_duration
 from services.common.send_window import LEAD, zone
@@ -80,6 +80,8 @@ def spec_problems(resource: SequenceResource) -> list[str]:
                 problems.append(f"give the HTML body inline or as templateRef.htmlKey, not both - at {where}")
             if ref.text_key is not None and step.text is not None:
                 problems.append(f"give the text body inline or as templateRef.textKey, not both - at {where}")
+    if spec.from_ is not None and (problem := check_email(spec.from_.email)):
+        problems.append(f"{spec.from_.email!r} {problem} - at `$.spec.from.email`")
     window = spec.send_window
     if window is not None:
         if not window.start < window.end:
