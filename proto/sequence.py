@@ -1,7 +1,8 @@
 """The ``Sequence`` custom resource (``healingwork.io/v1alpha1``) as Structs.
 
-The same shape is read from YAML files (``healingwork sequences apply``) and, later, from the
-Kubernetes API by the operator. Field names are camelCase on the wire, snake_case in Python.
+The same shape is read from YAML files (``healingwork sequences apply``) and from the Kubernetes API
+by the operator; ``k8s/crds/sequences.healingwork.io.yaml`` is its schema for the API server, and a
+test keeps the two in step. Field names are camelCase on the wire, snake_case in Python.
 """
 
 from __future__ import annotations
@@ -16,6 +17,17 @@ KIND = "Sequence"
 Slug = Annotated[str, msgspec.Meta(pattern=r"^[a-z0-9]([a-z0-9._-]{0,62}[a-z0-9])?\Z")]
 # Durations like "0s", "90m", "48h", "2d" or combinations "1h30m"; parsed by services.common.durations.
 Duration = Annotated[str, msgspec.Meta(pattern=r"^([0-9]+(d|h|m|s))+\Z", max_length=32)]
+# "HH:MM" on a 24-hour clock; "24:00" closes a window at midnight.
+ClockTime = Annotated[str, msgspec.Meta(pattern=r"^(([01][0-9]|2[0-3]):[0-5][0-9]|24:00)\Z")]
+# "lead" (the lead's own time zone) or an IANA name such as "Europe/Berlin"; checked against tzdata
+# by services.common.sequences, because a schema cannot list every zone.
+TimeZoneName = Annotated[str, msgspec.Meta(pattern=r"^[A-Za-z][A-Za-z0-9_+-]*(/[A-Za-z0-9_+-]+)*\Z", max_length=64)]
+Weekday = Literal["Mon", "Tue", "Wed", "Thu", "Fri", "Sat", "Sun"]
+WEEKDAYS: tuple[Weekday, ...] = ("Mon", "Tue", "Wed", "Thu", "Fri", "Sat", "Sun")
+# Kubernetes object names (DNS subdomain) and ConfigMap keys.
+ObjectName = Annotated[str, msgspec.Meta(pattern=r"^[a-z0-9]([-a-z0-9.]{0,251}[a-z0-9])?\Z")]
+ConfigMapKey = Annotated[str, msgspec.Meta(pattern=r"^[-._a-zA-Z0-9]{1,253}\Z")]
+RevisionPolicy = Literal["Latest", "Pinned"]
 
 
 class _Camel(msgspec.Struct, frozen=True, kw_only=True, rename="camel", forbid_unknown_fields=True):
@@ -30,14 +42,49 @@ class Trigger(_Camel, frozen=True, kw_only=True):
     all: bool = False
 
 
+class TemplateRef(_Camel, frozen=True, kw_only=True):
+    """A step's body kept in a ConfigMap of the Sequence's namespace: the HTML and/or text template keys."""
+
+    config_map: ObjectName
+    html_key: ConfigMapKey | None = None
+    text_key: ConfigMapKey | None = None
+
+
 class Step(_Camel, frozen=True, kw_only=True):
-    """One email of the sequence, sent ``delay`` after the previous step (or after enrollment)."""
+    """One email of the sequence, sent ``delay`` after the previous step (or after enrollment).
+
+    The body is ``html`` and/or ``text`` inline, or from ``templateRef`` (not both for the same part).
+    """
 
     name: Slug
     delay: Duration = "0s"
     subject: Annotated[str, msgspec.Meta(min_length=1, max_length=998)]
     html: str | None = None
     text: str | None = None
+    template_ref: TemplateRef | None = None
+
+
+class SendWindow(_Camel, frozen=True, kw_only=True):
+    """When steps may be sent: between ``start`` and ``end`` on ``days``, in ``timezone``.
+
+    A step that falls due outside the window waits for the window's next opening. ``timezone: lead``
+    uses the lead's own time zone, ``fallbackTimezone`` when the lead has none.
+    """
+
+    start: ClockTime = "00:00"
+    end: ClockTime = "24:00"
+    timezone: TimeZoneName = "lead"
+    fallback_timezone: TimeZoneName = "UTC"
+    days: Annotated[list[Weekday], msgspec.Meta(min_length=1, max_length=7)] = msgspec.field(
+        default_factory=lambda: list(WEEKDAYS)
+    )
+
+
+class FromAddress(_Camel, frozen=True, kw_only=True):
+    """The sender of this Sequence's emails, instead of the platform's ``FROM_EMAIL``/``FROM_NAME``."""
+
+    email: Annotated[str, msgspec.Meta(min_length=3, max_length=254, pattern=r"^[^@\s]+@[^@\s]+\Z")]
+    name: Annotated[str, msgspec.Meta(min_length=1, max_length=100)] | None = None
 
 
 class SequenceSpec(_Camel, frozen=True, kw_only=True):
@@ -45,24 +92,53 @@ class SequenceSpec(_Camel, frozen=True, kw_only=True):
 
     trigger: Trigger
     steps: Annotated[list[Step], msgspec.Meta(min_length=1, max_length=100)]
+    send_window: SendWindow | None = None
     # Marketing email goes only to leads who consented, unless a Sequence says otherwise
     # (transactional flows such as a webinar reminder).
     require_consent: bool = True
     paused: bool = False
+    from_: FromAddress | None = msgspec.field(default=None, name="from")
+    # Latest: in-flight enrollments move to a new revision at the step of the same name.
+    # Pinned: in-flight enrollments finish the revision they started.
+    revision_policy: RevisionPolicy = "Latest"
 
 
 class ObjectMeta(msgspec.Struct, frozen=True, kw_only=True):
-    """The part of Kubernetes object metadata a Sequence needs."""
+    """The part of Kubernetes object metadata a Sequence needs (other fields are ignored)."""
 
     name: Slug
     namespace: Slug = "default"
-    generation: int = 1
+    # Set by the API server and bumped on every spec change; None for a Sequence read from a file.
+    generation: int | None = None
 
 
 class SequenceResource(msgspec.Struct, frozen=True, kw_only=True, rename="camel"):
-    """A whole ``Sequence`` document."""
+    """A whole ``Sequence`` document (``status`` is ignored: it is written, never read)."""
 
     api_version: Literal["healingwork.io/v1alpha1"]
     kind: Literal["Sequence"]
     metadata: ObjectMeta
     spec: SequenceSpec
+
+
+class Condition(_Camel, frozen=True, kw_only=True):
+    """A standard Kubernetes status condition."""
+
+    type: str
+    status: Literal["True", "False", "Unknown"]
+    reason: str
+    message: str
+    last_transition_time: str
+    observed_generation: int | None = None
+
+
+class SequenceStatus(_Camel, frozen=True, kw_only=True):
+    """What the operator writes to ``.status``."""
+
+    observed_generation: int | None = None
+    revision: int | None = None
+    steps: int | None = None
+    conditions: list[Condition] = []
+    active_enrollments: int = 0
+    completed_enrollments: int = 0
+    cancelled_enrollments: int = 0

@@ -18,6 +18,7 @@ from services.common.config import (
     DatabaseSettings,
     DispatcherSettings,
     IntakeSettings,
+    OperatorSettings,
     SchedulerSettings,
     load_settings,
 )
@@ -81,15 +82,68 @@ def _migrate(args: argparse.Namespace) -> None:
     print(f"migrations applied: {', '.join(map(str, applied))}" if applied else "schema is up to date")
 
 
+def _operator(args: argparse.Namespace) -> None:
+    from operators.sequence.main import run_operator
+
+    settings = load_settings(OperatorSettings)
+    configure_logging("operator", settings.log_level)
+    asyncio.run(run_operator(settings))
+
+
+def _sequence_paths(args: argparse.Namespace) -> list[Path]:
+    paths = [*(args.filenames or []), *(args.paths or [])]
+    if not paths:
+        raise CommandError("give the Sequences to read with -f FILE|DIR ('-' reads standard input)")
+    return [Path(p) for p in paths]
+
+
 def _sequences_apply(args: argparse.Namespace) -> None:
+    import psycopg
+
     from services.common.sequences import InvalidSequence, apply_sequence_files
 
+    paths = _sequence_paths(args)
     settings = load_settings(DatabaseSettings)
     configure_logging("sequences", settings.log_level)
     try:
-        for applied in asyncio.run(apply_sequence_files(settings, [Path(p) for p in args.paths])):
+        for applied in asyncio.run(apply_sequence_files(settings, paths)):
             state = f"revision {applied.revision}" + ("" if applied.changed else " (unchanged)")
             print(f"sequence {applied.namespace}/{applied.name}: {state}")
+    except InvalidSequence as error:
+        raise CommandError(str(error)) from error
+    except psycopg.OperationalError as error:
+        raise CommandError(f"cannot reach PostgreSQL: {str(error).strip().splitlines()[0]}") from error
+
+
+def _sequences_preview(args: argparse.Namespace) -> None:
+    from datetime import UTC, datetime
+
+    from services.common.sequence_preview import parse_preview_lead, preview_sequence
+    from services.common.sequences import InvalidSequence, load_manifests
+
+    try:
+        start = datetime.fromisoformat(args.at) if args.at else datetime.now(UTC)
+    except ValueError as error:
+        raise CommandError(f"--at: {args.at!r} is not an ISO 8601 time such as 2026-03-27T08:00:00+01:00") from error
+    if start.tzinfo is None:
+        raise CommandError(f"--at: {args.at!r} needs a UTC offset, such as 2026-03-27T08:00:00+01:00")
+    try:
+        lead = parse_preview_lead(args.lead)
+        manifests = load_manifests(_sequence_paths(args))
+        if not manifests.sequences:
+            raise CommandError("no Sequence found in the given files")
+        for resource in manifests.sequences:
+            print(f"# sequence {resource.metadata.namespace}/{resource.metadata.name}")
+            steps = preview_sequence(resource, lead, start, manifests.config_map)
+            for number, step in enumerate(steps, start=1):
+                print(f"\n## step {number}/{len(steps)} {step.name}")
+                print(f"sends at: {step.local_send_at.isoformat()} ({step.send_at.isoformat()})")
+                print(f"subject: {step.email.subject}")
+                print("--- text ---")
+                print(step.email.text.rstrip("\n"))
+                if step.email.html is not None:
+                    print("--- html ---")
+                    print(step.email.html.rstrip("\n"))
     except InvalidSequence as error:
         raise CommandError(str(error)) from error
 
@@ -123,6 +177,7 @@ def build_parser() -> argparse.ArgumentParser:
     add("intake", _intake, "Serve the HTTP API (leads, health, metrics) and relay the outbox")
     add("scheduler", _scheduler, "Enroll accepted leads into Sequences and emit due steps")
     add("dispatcher", _dispatcher, "Render and send due emails over SMTP")
+    add("operator", _operator, "Reconcile Sequence resources from Kubernetes into PostgreSQL and their status")
     add("migrate", _migrate, "Bring the PostgreSQL schema up to date (safe to run concurrently)")
     add_job_commands(commands)
 
@@ -131,8 +186,20 @@ def build_parser() -> argparse.ArgumentParser:
     apply = sequence_commands.add_parser(
         "apply", help="Store Sequence resources from YAML files or folders ('-' reads standard input)"
     )
-    apply.add_argument("paths", nargs="+", metavar="PATH")
+    preview = sequence_commands.add_parser(
+        "preview", help="Print every step of Sequences as one lead would get it, and when it would be sent"
+    )
+    for sub in (apply, preview):
+        sub.add_argument(
+            "-f", "--filename", dest="filenames", action="append", metavar="FILE|DIR", help="'-' reads standard input"
+        )
+        sub.add_argument("paths", nargs="*", metavar="PATH", help="more files or folders (like -f)")
     apply.set_defaults(run=_sequences_apply)
+    preview.add_argument(
+        "--lead", required=True, help='the lead as JSON: {"first_name": "Ada", "timezone": "Europe/Berlin", ...}'
+    )
+    preview.add_argument("--at", help="enrollment time, ISO 8601 with offset (default: now)")
+    preview.set_defaults(run=_sequences_preview)
 
     clients = commands.add_parser("clients", help="Manage API clients (keys, scopes) of the intake API")
     client_commands = clients.add_subparsers(dest="client_command", required=True, metavar="<action>")

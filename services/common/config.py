@@ -307,3 +307,14 @@ class JobSettings(DatabaseSettings, frozen=True, kw_only=True):
     outbox_retention_hours: PositiveFloat = 168.0
     idempotency_ttl_hours: PositiveFloat = 24.0
     duplicate_window_hours: PositiveFloat = 24.0
+
+
+class OperatorSettings(DatabaseSettings, frozen=True, kw_only=True):
+    """``healingwork operator``: reconciles Sequence resources into PostgreSQL and their status."""
+
+    # Comma-separated namespaces to watch; empty watches every namespace (cluster-wide RBAC needed).
+    operator_namespaces: str = ""
+    # How often every Sequence is reconciled again (counts refreshed, ConfigMap edits picked up).
+    operator_refresh_interval_s: PositiveFloat = 60.0
+    # kopf's liveness endpoint (/healthz) listens here; 0 turns it off.
+    health_port: Annotated[int, msgspec.Meta(ge=0, le=65535)] = 8080

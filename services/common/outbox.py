@@ -29,23 +29,24 @@ NOTIFY_CHANNEL = "healingwork_outbox"
 
 async def enqueue_message(conn: Connection, topic: str, key: str, message: Message) -> None:
     """Add ``message`` to the outbox inside the caller's transaction, and wake the relays on commit."""
-    await conn.execute(
-        "INSERT INTO outbox (topic, key, payload) VALUES (%s, %s, %s)",
-        (topic, key, encode_message(message)),
-    )
-    # A wake-up only: delivered on commit, lost on rollback; the relay polls as a backstop.
-    await conn.execute("SELECT pg_notify(%s, '')", (NOTIFY_CHANNEL,))
+    await enqueue_messages(conn, [(topic, key, message)])
 
 
 async def enqueue_messages(conn: Connection, messages: Sequence[tuple[str, str, Message]]) -> None:
-    """:func:`enqueue_message` for a batch of ``(topic, key, message)``: pipelined inserts, one wake-up."""
+    """:func:`enqueue_message` for a batch of ``(topic, key, message)``: one statement, one wake-up."""
     if not messages:
         return
-    async with conn.cursor() as cursor:
-        await cursor.executemany(
-            "INSERT INTO outbox (topic, key, payload) VALUES (%s, %s, %s)",
-            [(topic, key, encode_message(message)) for topic, key, message in messages],
-        )
+    await conn.execute(
+        """INSERT INTO outbox (topic, key, payload)
+           SELECT m.topic, m.key, m.payload
+           FROM unnest(%s::text[], %s::text[], %s::bytea[]) AS m(topic, key, payload)""",
+        (
+            [topic for topic, _, _ in messages],
+            [key for _, key, _ in messages],
+            [encode_message(message) for _, _, message in messages],
+        ),
+    )
+    # A wake-up only: delivered on commit, lost on rollback; the relay polls as a backstop.
     await conn.execute("SELECT pg_notify(%s, '')", (NOTIFY_CHANNEL,))
 
 

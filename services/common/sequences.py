@@ -1,24 +1,33 @@
-"""Sequences in PostgreSQL: applying a Sequence resource as an immutable revision, and reading
-Sequence resources from YAML files.
+"""Sequences in PostgreSQL: validating a Sequence resource, storing it as an immutable revision, and
+deleting it; reading Sequences (and the ConfigMaps they reference) from YAML files.
 
-``apply_sequence`` is the single writer of the sequence tables: ``healingwork sequences apply`` and
-``healingwork dev`` call it today, the operator will call it for resources from the Kubernetes API.
+``apply_sequence`` is the single writer of the sequence tables: ``healingwork sequences apply``,
+``healingwork dev`` and the operator (``operators.sequence.reconcile``) all call it.
 """
 
 from __future__ import annotations
 
 import sys
 import uuid
-from dataclasses import dataclass
+from collections.abc import Mapping
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import msgspec
 import yaml
 
 from proto.sequence import KIND, SequenceResource
-from services.common.config import DatabaseSettings
+from services.common.config import DatabaseSettings, check_email
 from services.common.db import Connection, connect
 from services.common.durations import parse_duration
+from services.common.send_window import LEAD, zone
+from services.common.sequence_templates import (
+    ConfigMapLookup,
+    InvalidTemplate,
+    check_step_bodies,
+    no_config_maps,
+    resolve_step_bodies,
+)
 
 SEQUENCE_NAMESPACE_UUID = uuid.UUID("5b0f9c52-3f3c-4a51-9a36-0f3e3c1c7a11")
 
@@ -33,11 +42,59 @@ class AppliedSequence:
     name: str
     revision: int
     changed: bool
+    # Enrollments moved to the new revision (revisionPolicy Latest) and those completed because every
+    # step they had left was removed.
+    moved: int = 0
+    completed: int = 0
 
 
 def sequence_id(namespace: str, name: str) -> uuid.UUID:
     """The stable id of a Sequence, derived from its namespace and name."""
     return uuid.uuid5(SEQUENCE_NAMESPACE_UUID, f"{namespace}/{name}")
+
+
+def spec_problems(resource: SequenceResource) -> list[str]:
+    """The cross-field rules of the CRD's CEL validations, plus what a schema cannot check (time zones
+    known to tzdata); each problem names its field. The API server enforces the CEL rules for
+    ``kubectl apply``; this enforces them for files and for a CRD installed without them."""
+    spec = resource.spec
+    problems = []
+    trigger = spec.trigger
+    if not (trigger.all or trigger.sources or trigger.tags):
+        problems.append("a trigger needs sources, tags, or all: true - at `$.spec.trigger`")
+    if trigger.all and (trigger.sources or trigger.tags):
+        problems.append("all: true matches every lead; leave sources and tags out - at `$.spec.trigger`")
+    names = [step.name for step in spec.steps]
+    duplicates = sorted({n for n in names if names.count(n) > 1})
+    if duplicates:
+        problems.append(f"step names must be unique, repeated: {', '.join(duplicates)} - at `$.spec.steps`")
+    for index, step in enumerate(spec.steps):
+        where = f"`$.spec.steps[{index}]`"
+        ref = step.template_ref
+        if step.html is None and step.text is None and ref is None:
+            problems.append(f"a step needs html, text or templateRef - at {where}")
+        if ref is not None:
+            if ref.html_key is None and ref.text_key is None:
+                problems.append(f"a templateRef needs htmlKey or textKey - at `$.spec.steps[{index}].templateRef`")
+            if ref.html_key is not None and step.html is not None:
+                problems.append(f"give the HTML body inline or as templateRef.htmlKey, not both - at {where}")
+            if ref.text_key is not None and step.text is not None:
+                problems.append(f"give the text body inline or as templateRef.textKey, not both - at {where}")
+    if spec.from_ is not None and (problem := check_email(spec.from_.email)):
+        problems.append(f"{spec.from_.email!r} {problem} - at `$.spec.from.email`")
+    window = spec.send_window
+    if window is not None:
+        if not window.start < window.end:
+            problems.append(
+                "the window's start must be before its end (windows across midnight are not supported)"
+                " - at `$.spec.sendWindow`"
+            )
+        if window.fallback_timezone == LEAD:
+            problems.append("fallbackTimezone must be an IANA time zone, not lead - at `$.spec.sendWindow`")
+        for name, value in (("timezone", window.timezone), ("fallbackTimezone", window.fallback_timezone)):
+            if value != LEAD and zone(value) is None:
+                problems.append(f"unknown time zone {value!r} - at `$.spec.sendWindow.{name}`")
+    return problems
 
 
 def parse_sequence_document(document: object, origin: str) -> SequenceResource:
@@ -46,24 +103,27 @@ def parse_sequence_document(document: object, origin: str) -> SequenceResource:
         resource = msgspec.convert(document, SequenceResource)
     except msgspec.ValidationError as error:
         raise InvalidSequence(f"{origin}: {error}") from error
-    names = [step.name for step in resource.spec.steps]
-    duplicates = sorted({n for n in names if names.count(n) > 1})
-    if duplicates:
-        raise InvalidSequence(
-            f"{origin}: step names must be unique, repeated: {', '.join(duplicates)} - at `$.spec.steps`"
-        )
-    for index, step in enumerate(resource.spec.steps):
-        if step.html is None and step.text is None:
-            raise InvalidSequence(f"{origin}: a step needs html or text - at `$.spec.steps[{index}]`")
+    problems = spec_problems(resource)
+    if problems:
+        raise InvalidSequence(f"{origin}: {'; '.join(problems)}")
     return resource
 
 
-def load_sequence_files(paths: list[Path]) -> list[SequenceResource]:
-    """Read every Sequence document from the given files and directories (``*.yaml``/``*.yml``);
-    ``-`` reads standard input.
+@dataclass
+class Manifests:
+    """The Sequences of a set of files, and the ConfigMaps found next to them (by namespace, name)."""
 
-    Documents of other kinds are ignored, so a folder of mixed manifests can be pointed at.
-    """
+    sequences: list[SequenceResource] = field(default_factory=list)
+    config_maps: dict[tuple[str, str], dict[str, str]] = field(default_factory=dict)
+
+    def config_map(self, namespace: str, name: str) -> Mapping[str, str] | None:
+        return self.config_maps.get((namespace, name))
+
+
+def load_manifests(paths: list[Path]) -> Manifests:
+    """Read every Sequence and ConfigMap document from the given files and directories
+    (``*.yaml``/``*.yml``); ``-`` reads standard input. Documents of other kinds are ignored, so a
+    folder of mixed manifests can be pointed at."""
     files: list[Path] = []
     for path in paths:
         if str(path) == "-":
@@ -74,7 +134,7 @@ def load_sequence_files(paths: list[Path]) -> list[SequenceResource]:
             files.append(path)
         else:
             raise InvalidSequence(f"{path}: no such file or directory")
-    resources = []
+    manifests = Manifests()
     for file in files:
         try:
             text = sys.stdin.read() if str(file) == "-" else file.read_text()
@@ -82,20 +142,57 @@ def load_sequence_files(paths: list[Path]) -> list[SequenceResource]:
         except yaml.YAMLError as error:
             raise InvalidSequence(f"{file}: not valid YAML ({error})") from error
         for index, document in enumerate(documents):
-            if isinstance(document, dict) and document.get("kind") == KIND:
-                resources.append(parse_sequence_document(document, f"{file} (document {index + 1})"))
-    return resources
+            if not isinstance(document, dict):
+                continue
+            if document.get("kind") == KIND:
+                manifests.sequences.append(parse_sequence_document(document, f"{file} (document {index + 1})"))
+            elif document.get("kind") == "ConfigMap" and document.get("apiVersion") == "v1":
+                metadata = document.get("metadata") or {}
+                key = (str(metadata.get("namespace") or "default"), str(metadata.get("name")))
+                manifests.config_maps[key] = {str(k): str(v) for k, v in (document.get("data") or {}).items()}
+    return manifests
 
 
-async def apply_sequence(conn: Connection, resource: SequenceResource) -> AppliedSequence:
+def load_sequence_files(paths: list[Path]) -> list[SequenceResource]:
+    """Every Sequence document of the given files and directories (see :func:`load_manifests`)."""
+    return load_manifests(paths).sequences
+
+
+def _revision_number(current: int | None, generation: int | None) -> int:
+    """A new revision's number: the resource's generation when the API server gave one and it moves
+    forward, else the next number (a Sequence from a file, or one deleted and created again, whose
+    generation restarts at 1 while its old revisions are still referenced)."""
+    following = 1 if current is None else current + 1
+    return generation if generation is not None and generation >= following else following
+
+
+async def apply_sequence(
+    conn: Connection, resource: SequenceResource, config_maps: ConfigMapLookup = no_config_maps
+) -> AppliedSequence:
     """Store ``resource`` as the Sequence's current revision, inside the caller's transaction.
 
-    An unchanged spec keeps the current revision (applying is idempotent); a changed spec becomes
-    revision n+1 and the old revisions stay, because enrollments may still run them.
+    Its templates are resolved (ConfigMap references) and rendered against sample leads first; a failure
+    raises InvalidSequence naming the field and stores nothing. An unchanged spec (bodies included)
+    keeps the current revision, so applying is idempotent; a changed spec becomes a new revision and
+    the old ones stay. With ``revisionPolicy: Latest`` active enrollments move to the new revision at
+    the step of the same name (removed steps are skipped); with ``Pinned`` they keep theirs.
     """
     meta, spec = resource.metadata, resource.spec
+    origin = f"Sequence {meta.namespace}/{meta.name}"
+    problems = spec_problems(resource)
+    if problems:
+        raise InvalidSequence(f"{origin}: {'; '.join(problems)}")
+    try:
+        bodies = resolve_step_bodies(resource, config_maps)
+        check_step_bodies(bodies)
+    except InvalidTemplate as error:
+        raise InvalidSequence(f"{origin}: {error}") from error
     seq_id = sequence_id(meta.namespace, meta.name)
-    spec_json = msgspec.json.encode(spec).decode()
+    stored = msgspec.to_builtins(spec)
+    for step, body in zip(stored["steps"], bodies, strict=True):
+        # The resolved bodies are part of what a revision is: a ConfigMap edit is a change.
+        step["html"], step["text"] = body.html, body.text
+    spec_json = msgspec.json.encode(stored).decode()
     await conn.execute(
         """INSERT INTO sequences (id, namespace, name, current_revision, paused)
            VALUES (%s, %s, %s, 1, %s)
@@ -103,7 +200,7 @@ async def apply_sequence(conn: Connection, resource: SequenceResource) -> Applie
         (seq_id, meta.namespace, meta.name, spec.paused),
     )
     cursor = await conn.execute(
-        """SELECT s.current_revision, r.spec = %s::jsonb AS same, s.deleted_at IS NOT NULL AS deleted
+        """SELECT r.revision AS current, r.spec = %s::jsonb AS same, s.deleted_at IS NOT NULL AS deleted
            FROM sequences s
            LEFT JOIN sequence_revisions r ON r.sequence_id = s.id AND r.revision = s.current_revision
            WHERE s.id = %s
@@ -112,16 +209,17 @@ async def apply_sequence(conn: Connection, resource: SequenceResource) -> Applie
     )
     row = await cursor.fetchone()
     assert row is not None
-    current = int(row["current_revision"])  # type: ignore[call-overload]
-    exists = row["same"] is not None
-    if exists and row["same"] and not row["deleted"]:
+    current: int | None = row["current"]  # type: ignore[assignment]
+    if current is not None and row["same"] and not row["deleted"]:
         await conn.execute("UPDATE sequences SET paused = %s, updated_at = now() WHERE id = %s", (spec.paused, seq_id))
         return AppliedSequence(meta.namespace, meta.name, current, changed=False)
-    revision = current + 1 if exists else 1
+    revision = _revision_number(current, meta.generation)
+    window = msgspec.json.encode(spec.send_window).decode() if spec.send_window else None
     await conn.execute(
         """INSERT INTO sequence_revisions
-               (sequence_id, revision, spec, trigger_sources, trigger_tags, trigger_all, require_consent)
-           VALUES (%s, %s, %s::jsonb, %s, %s, %s, %s)""",
+               (sequence_id, revision, spec, trigger_sources, trigger_tags, trigger_all, require_consent,
+                send_window, from_email, from_name, revision_policy, generation)
+           VALUES (%s, %s, %s::jsonb, %s, %s, %s, %s, %s::jsonb, %s, %s, %s, %s)""",
         (
             seq_id,
             revision,
@@ -130,6 +228,11 @@ async def apply_sequence(conn: Connection, resource: SequenceResource) -> Applie
             list(spec.trigger.tags),
             spec.trigger.all,
             spec.require_consent,
+            window,
+            spec.from_.email if spec.from_ else None,
+            spec.from_.name if spec.from_ else None,
+            spec.revision_policy,
+            meta.generation,
         ),
     )
     async with conn.cursor() as cur:
@@ -141,13 +244,13 @@ async def apply_sequence(conn: Connection, resource: SequenceResource) -> Applie
                     seq_id,
                     revision,
                     position,
-                    step.name,
-                    int(parse_duration(step.delay).total_seconds()),
-                    step.subject,
-                    step.html,
-                    step.text,
+                    body.name,
+                    int(parse_duration(body.delay).total_seconds()),
+                    body.subject,
+                    body.html,
+                    body.text,
                 )
-                for position, step in enumerate(spec.steps)
+                for position, body in enumerate(bodies)
             ],
         )
     await conn.execute(
@@ -155,12 +258,100 @@ async def apply_sequence(conn: Connection, resource: SequenceResource) -> Applie
            WHERE id = %s""",
         (revision, spec.paused, seq_id),
     )
-    return AppliedSequence(meta.namespace, meta.name, revision, changed=True)
+    moved = completed = 0
+    if spec.revision_policy == "Latest" and current is not None:
+        moved, completed = await _move_enrollments_to_revision(conn, seq_id, revision)
+    return AppliedSequence(meta.namespace, meta.name, revision, changed=True, moved=moved, completed=completed)
+
+
+async def _move_enrollments_to_revision(conn: Connection, seq_id: uuid.UUID, revision: int) -> tuple[int, int]:
+    """Move active enrollments of older revisions to ``revision``: each continues at the first step it
+    has not been sent yet whose name the new revision still has; one with no such step left completes.
+    The due time of the pending step is kept."""
+    cursor = await conn.execute(
+        """WITH target AS (
+               SELECT e.id,
+                      (SELECT ns.position
+                       FROM sequence_steps os
+                       JOIN sequence_steps ns
+                         ON ns.sequence_id = os.sequence_id AND ns.revision = %(revision)s AND ns.name = os.name
+                       WHERE os.sequence_id = e.sequence_id AND os.revision = e.revision
+                         AND os.position >= e.next_step
+                       ORDER BY os.position
+                       LIMIT 1) AS position
+               FROM enrollments e
+               WHERE e.sequence_id = %(sequence)s AND e.status = 'active' AND e.revision <> %(revision)s
+               FOR UPDATE OF e
+           )
+           UPDATE enrollments e
+           SET revision = %(revision)s,
+               next_step = COALESCE(t.position, e.next_step),
+               status = CASE WHEN t.position IS NULL THEN 'completed' ELSE 'active' END,
+               next_run_at = CASE WHEN t.position IS NULL THEN NULL ELSE e.next_run_at END,
+               updated_at = now()
+           FROM target t
+           WHERE e.id = t.id
+           RETURNING t.position IS NULL AS completed""",
+        {"sequence": seq_id, "revision": revision},
+    )
+    rows = await cursor.fetchall()
+    completed = sum(1 for row in rows if row["completed"])
+    return len(rows) - completed, completed
+
+
+@dataclass(frozen=True)
+class DeletedSequence:
+    cancelled_enrollments: int
+    skipped_messages: int
+
+
+async def delete_sequence(conn: Connection, namespace: str, name: str) -> DeletedSequence:
+    """Stop a Sequence inside the caller's transaction: no new enrollments, active enrollments cancelled,
+    queued and retrying messages skipped (a message already being sent finishes). Its rows stay for
+    history; applying it again starts a new revision. Idempotent."""
+    seq_id = sequence_id(namespace, name)
+    await conn.execute(
+        "UPDATE sequences SET deleted_at = COALESCE(deleted_at, now()), updated_at = now() WHERE id = %s", (seq_id,)
+    )
+    cancelled = await conn.execute(
+        """UPDATE enrollments SET status = 'cancelled', next_run_at = NULL, updated_at = now()
+           WHERE sequence_id = %s AND status = 'active'""",
+        (seq_id,),
+    )
+    skipped = await conn.execute(
+        """UPDATE messages SET status = 'skipped', next_attempt_at = NULL, last_error = 'sequence deleted',
+                               updated_at = now()
+           WHERE sequence_id = %s AND status IN ('queued', 'retrying')""",
+        (seq_id,),
+    )
+    return DeletedSequence(cancelled.rowcount, skipped.rowcount)
+
+
+@dataclass(frozen=True)
+class EnrollmentCounts:
+    active: int
+    completed: int
+    cancelled: int
+
+
+async def count_enrollments(conn: Connection, namespace: str, name: str) -> EnrollmentCounts:
+    """How many enrollments of the Sequence are active, completed and cancelled."""
+    cursor = await conn.execute(
+        """SELECT count(*) FILTER (WHERE status = 'active') AS active,
+                  count(*) FILTER (WHERE status = 'completed') AS completed,
+                  count(*) FILTER (WHERE status = 'cancelled') AS cancelled
+           FROM enrollments WHERE sequence_id = %s""",
+        (sequence_id(namespace, name),),
+    )
+    row = await cursor.fetchone()
+    assert row is not None
+    return EnrollmentCounts(int(row["active"]), int(row["completed"]), int(row["cancelled"]))  # type: ignore[call-overload]
 
 
 async def apply_sequence_files(settings: DatabaseSettings, paths: list[Path]) -> list[AppliedSequence]:
-    """Validate every Sequence in ``paths`` first, then apply them all in one transaction (all or nothing)."""
-    resources = load_sequence_files(paths)
+    """Validate every Sequence in ``paths`` first, then apply them all in one transaction (all or nothing);
+    ConfigMaps in the same files resolve ``templateRef``s."""
+    manifests = load_manifests(paths)
     conn = await connect(settings)
     async with conn, conn.transaction():
-        return [await apply_sequence(conn, resource) for resource in resources]
+        return [await apply_sequence(conn, resource, manifests.config_map) for resource in manifests.sequences]

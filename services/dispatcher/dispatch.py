@@ -45,6 +45,9 @@ class SendJob:
     html: str | None
     text: str | None
     suppressed: bool
+    # The Sequence's `from` override, stored with its revision; None means the platform's sender.
+    from_email: str | None = None
+    from_name: str | None = None
 
 
 async def claim_message(conn: Connection, message_id: uuid.UUID) -> SendJob | None:
@@ -53,15 +56,17 @@ async def claim_message(conn: Connection, message_id: uuid.UUID) -> SendJob | No
         """UPDATE messages m
            SET status = 'sending', attempts = m.attempts + 1, next_attempt_at = NULL,
                sending_at = now(), updated_at = now()
-           FROM leads l, sequences s, sequence_steps st
+           FROM leads l, sequences s, sequence_steps st, sequence_revisions r
            WHERE m.id = %s
              AND m.status IN ('queued', 'retrying')
              AND (m.next_attempt_at IS NULL OR m.next_attempt_at <= now())
              AND l.id = m.lead_id
              AND s.id = m.sequence_id
              AND st.sequence_id = m.sequence_id AND st.revision = m.revision AND st.position = m.step_position
+             AND r.sequence_id = m.sequence_id AND r.revision = m.revision
            RETURNING m.id, m.enrollment_id, m.lead_id, m.attempts, l.email, l.first_name, l.last_name,
                      l.source, s.name AS sequence_name, st.name AS step_name, st.subject, st.html, st.text,
+                     r.from_email, r.from_name,
                      EXISTS (SELECT 1 FROM suppressions x
                              WHERE x.email_hash = encode(sha256(convert_to(l.email_normalized, 'UTF8')), 'hex'))
                          AS suppressed""",
@@ -85,6 +90,8 @@ async def claim_message(conn: Connection, message_id: uuid.UUID) -> SendJob | No
         html=row["html"],  # type: ignore[arg-type]
         text=row["text"],  # type: ignore[arg-type]
         suppressed=row["suppressed"],  # type: ignore[arg-type]
+        from_email=row["from_email"],  # type: ignore[arg-type]
+        from_name=row["from_name"],  # type: ignore[arg-type]
     )
 
 
@@ -199,8 +206,8 @@ class Dispatcher:
             return "dead", str(error), None
         message = build_message(
             message_id=job.message_id,
-            from_email=settings.from_email,
-            from_name=settings.from_name,
+            from_email=job.from_email or settings.from_email,
+            from_name=job.from_name or settings.from_name,
             to_email=job.to_email,
             to_name=" ".join(filter(None, [job.first_name, job.last_name])) or None,
             rendered=rendered,

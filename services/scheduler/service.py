@@ -17,7 +17,8 @@ from services.common.config import SchedulerSettings
 from services.common.db import UNAVAILABLE_ERRORS, transaction
 from services.common.health import serve_health
 from services.common.runtime import Runtime, service_runtime, supervise, worker_ready
-from services.scheduler.enrollment import emit_due_steps, enroll_lead
+from services.scheduler.due import emit_due_steps
+from services.scheduler.enrollment import enroll_lead
 
 log = logging.getLogger(__name__)
 

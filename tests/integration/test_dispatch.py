@@ -11,10 +11,12 @@ import pytest
 from services.common.config import DispatcherSettings
 from services.common.db import Connection, open_pool, transaction
 from services.common.identity import email_hash
+from services.common.sequences import apply_sequence, parse_sequence_document
 from services.dev.mailsink import MailSink
 from services.dispatcher.dispatch import Dispatcher
 from services.dispatcher.smtp import SmtpTarget, SmtpTransport
-from services.scheduler.enrollment import emit_due_steps, enroll_lead
+from services.scheduler.due import emit_due_steps
+from services.scheduler.enrollment import enroll_lead
 from tests.support.platform import FROM_EMAIL, apply_examples, fetch_all, make_settings, smtp_url_of
 
 pytestmark = pytest.mark.integration
@@ -83,6 +85,38 @@ async def test_message_is_sent_with_headers_and_recorded_sent(
     assert (await _message_row(pool, message_id))["status"] == "sent"
     events = await fetch_all(pool.conninfo, "SELECT type FROM events WHERE message_id = %s", message_id)
     assert events == [{"type": "sent"}]
+
+
+async def test_a_sequence_with_its_own_sender_sends_from_it(
+    setup: tuple[Dispatcher, Pool, DispatcherSettings], mail_sink: MailSink
+) -> None:
+    dispatcher, pool, _ = setup
+    document = {
+        "apiVersion": "healingwork.io/v1alpha1",
+        "kind": "Sequence",
+        "metadata": {"name": "events"},
+        "spec": {
+            "trigger": {"sources": ["meetup"]},
+            "from": {"email": "events@example.org", "name": "The Events Team"},
+            "steps": [{"name": "hi", "subject": "See you there", "text": "Hi"}],
+        },
+    }
+    lead_id = uuid.uuid4()
+    async with transaction(pool) as conn:
+        await apply_sequence(conn, parse_sequence_document(document, "events"))
+        await conn.execute(
+            """INSERT INTO leads (id, email, email_normalized, source, consent_marketing)
+               VALUES (%s, 'ada@example.com', 'ada@example.com', 'meetup', true)""",
+            (lead_id,),
+        )
+        await enroll_lead(conn, lead_id)
+        [step] = await emit_due_steps(conn, limit=10, topic="email.dispatch")
+
+    assert await dispatcher.dispatch(step.message_id) == "sent"
+
+    [email] = mail_sink.messages()
+    assert email["From"] == "The Events Team <events@example.org>"
+    assert email["Message-ID"] == f"<{step.message_id}@example.org>"
 
 
 async def test_redelivered_command_for_a_sent_message_sends_nothing(

@@ -12,7 +12,8 @@ from proto.sequence import SequenceResource
 from services.common.config import DatabaseSettings
 from services.common.db import Connection, open_pool, transaction
 from services.common.sequences import apply_sequence, parse_sequence_document
-from services.scheduler.enrollment import emit_due_steps, enroll_lead
+from services.scheduler.due import emit_due_steps
+from services.scheduler.enrollment import enroll_lead
 from tests.support.platform import apply_examples, fetch_all
 
 pytestmark = pytest.mark.integration
@@ -47,7 +48,7 @@ def _sequence(name: str, **spec: object) -> SequenceResource:
         "kind": "Sequence",
         "metadata": {"name": name},
         "spec": {
-            "trigger": {"sources": ["webinar"]},
+            "trigger": {"sources": ["meetup"]},
             "steps": [{"name": "only", "delay": "0s", "subject": "Hi", "text": "Hello"}],
             **spec,
         },
@@ -81,7 +82,7 @@ async def test_lead_from_other_source_or_without_consent_is_not_enrolled(pool: P
 async def test_sequence_without_consent_requirement_enrolls_lead_without_consent(pool: Pool) -> None:
     async with transaction(pool) as conn:
         await apply_sequence(conn, _sequence("reminder", requireConsent=False))
-    lead = await _lead(pool, source="webinar", consent=False)
+    lead = await _lead(pool, source="meetup", consent=False)
 
     async with transaction(pool) as conn:
         assert len(await enroll_lead(conn, lead)) == 1
@@ -122,7 +123,7 @@ async def test_due_step_is_emitted_once_and_the_enrollment_advances(pool: Pool) 
 async def test_enrollment_completes_after_its_last_step(pool: Pool) -> None:
     async with transaction(pool) as conn:
         await apply_sequence(conn, _sequence("single"))
-    lead = await _lead(pool, source="webinar")
+    lead = await _lead(pool, source="meetup")
     async with transaction(pool) as conn:
         await enroll_lead(conn, lead)
         await emit_due_steps(conn, limit=10, topic="email.dispatch")
@@ -134,7 +135,7 @@ async def test_enrollment_completes_after_its_last_step(pool: Pool) -> None:
 async def test_paused_sequence_holds_due_steps_until_resumed(pool: Pool) -> None:
     async with transaction(pool) as conn:
         await apply_sequence(conn, _sequence("held", paused=True))
-    lead = await _lead(pool, source="webinar")
+    lead = await _lead(pool, source="meetup")
     async with transaction(pool) as conn:
         await enroll_lead(conn, lead)
         assert await emit_due_steps(conn, limit=10, topic="email.dispatch") == []

@@ -11,12 +11,12 @@ from pathlib import Path
 import msgspec
 import pytest
 
-from services.common.config import DispatcherSettings, IntakeSettings, SchedulerSettings
+from services.common.config import DispatcherSettings, IntakeSettings, OperatorSettings, SchedulerSettings
 
 ROOT = Path(__file__).resolve().parents[2]
 SETTINGS_VARIABLES = {
     field.name.upper()
-    for kind in (IntakeSettings, SchedulerSettings, DispatcherSettings)
+    for kind in (IntakeSettings, SchedulerSettings, DispatcherSettings, OperatorSettings)
     for field in msgspec.structs.fields(kind)
 }
 
@@ -28,11 +28,12 @@ def clean_env(**extra: str) -> dict[str, str]:
     return env
 
 
-def healingwork(*args: str, env: dict[str, str]) -> subprocess.CompletedProcess[str]:
+def healingwork(*args: str, env: dict[str, str], stdin: str | None = None) -> subprocess.CompletedProcess[str]:
     return subprocess.run(
         [sys.executable, "-m", "services", *args],
         env=env,
         cwd=ROOT,
+        input=stdin,
         capture_output=True,
         text=True,
         timeout=60,
@@ -58,6 +59,7 @@ def healingwork(*args: str, env: dict[str, str]) -> subprocess.CompletedProcess[
         ),
         ("scheduler", ["DATABASE_URL", "KAFKA_BOOTSTRAP_SERVERS"]),
         ("migrate", ["DATABASE_URL"]),
+        ("operator", ["DATABASE_URL"]),
     ],
 )
 def test_command_without_settings_lists_every_missing_variable_and_exits_2(command: str, missing: list[str]) -> None:

@@ -11,6 +11,7 @@ from services.common.config import (
     DispatcherSettings,
     IntakeSettings,
     JobSettings,
+    OperatorSettings,
     SchedulerSettings,
 )
 
@@ -21,7 +22,14 @@ def test_every_environment_variable_is_documented() -> None:
     text = DOC.read_text()
     names = {
         field.name.upper()
-        for kind in (DatabaseSettings, IntakeSettings, SchedulerSettings, DispatcherSettings, JobSettings)
+        for kind in (
+            DatabaseSettings,
+            IntakeSettings,
+            SchedulerSettings,
+            DispatcherSettings,
+            JobSettings,
+            OperatorSettings,
+        )
         for field in msgspec.structs.fields(kind)
     }
     missing = sorted(name for name in names if f"`{name}`" not in text)

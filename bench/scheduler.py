@@ -1,0 +1,215 @@
+"""The scheduler's due loop: steps emitted per second, and how the due scan scales with table size.
+
+Run: ``uv run python -m bench.scheduler`` (an embedded PostgreSQL, or ``DATABASE_URL`` when set; the
+benchmark creates and drops its own database). The last output line is one JSON object.
+
+* ``due_steps_per_s``: ``emit_due_steps`` draining 20,000 due enrollments in batches of 1,000 (message
+  rows, outbox rows and advanced enrollments, committed per batch). In-run baseline: a plain INSERT of
+  the same number of message and outbox rows in the same batches (``baseline_rows_per_s``), so the ratio
+  says what the scheduler's own logic costs on top of the writes it must do.
+* ``scan_ms_10k`` / ``scan_ms_1m``: median time of the claim query (``LIMIT 1000 ... SKIP LOCKED``, rolled
+  back) with 1,000 due enrollments among 10,000 and among 1,000,000 rows; ``scan_ratio`` = 1M over 10k.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import os
+import statistics
+import tempfile
+import time
+import uuid
+from datetime import UTC, datetime
+from pathlib import Path
+
+import psycopg
+from psycopg import sql
+
+from services.common.config import DatabaseSettings
+from services.common.db import connect
+from services.common.migrate import apply_migrations
+from services.common.sequences import apply_sequence, parse_sequence_document
+from services.dev.embedded import EmbeddedPostgres
+from services.scheduler.due import CLAIM_DUE, emit_due_steps
+
+NOW = datetime(2026, 1, 14, 10, 0, tzinfo=UTC)
+DUE_FOR_THROUGHPUT = 20_000
+DUE_FOR_SCAN = 1_000
+BATCH = 1_000
+SEQUENCES = 10
+
+
+def sequence_document(index: int) -> dict[str, object]:
+    return {
+        "apiVersion": "healingwork.io/v1alpha1",
+        "kind": "Sequence",
+        "metadata": {"name": f"bench-{index}"},
+        "spec": {
+            "trigger": {"sources": [f"bench-{index}"]},
+            "steps": [
+                {"name": "first", "delay": "0s", "subject": "One", "text": "1"},
+                {"name": "second", "delay": "2d", "subject": "Two", "text": "2"},
+            ],
+        },
+    }
+
+
+async def prepare(url: str) -> None:
+    conn = await connect(DatabaseSettings(database_url=url, db_statement_timeout_s=600))
+    async with conn, conn.transaction():
+        for index in range(SEQUENCES):
+            await apply_sequence(conn, parse_sequence_document(sequence_document(index), "bench"))
+
+
+async def add_enrollments(url: str, count: int, *, due: bool) -> None:
+    """``count`` enrollments spread over the Sequences: due now, or active and due in the future."""
+    per_sequence = count // SEQUENCES
+    conn = await connect(DatabaseSettings(database_url=url, db_statement_timeout_s=600))
+    async with conn:
+        for index in range(SEQUENCES):
+            async with conn.transaction():
+                await conn.execute(
+                    """WITH new_leads AS (
+                           INSERT INTO leads (id, email, email_normalized, source, consent_marketing)
+                           SELECT id, id || '@example.com', id || '@example.com', %(source)s, true
+                           FROM (SELECT gen_random_uuid() AS id FROM generate_series(1, %(n)s)) g
+                           RETURNING id)
+                       INSERT INTO enrollments (id, lead_id, sequence_id, revision, next_step, next_run_at, status)
+                       SELECT gen_random_uuid(), l.id, s.id, 1, 0,
+                              CASE WHEN %(due)s THEN %(now)s - random() * interval '1 hour'
+                                   ELSE %(now)s + interval '1 hour' + random() * interval '30 days' END,
+                              'active'
+                       FROM new_leads l, sequences s WHERE s.name = %(name)s""",
+                    {"source": f"bench-{index}", "n": per_sequence, "due": due, "now": NOW, "name": f"bench-{index}"},
+                )
+        await conn.execute("ANALYZE")
+
+
+async def drain(url: str) -> tuple[int, float]:
+    conn = await connect(DatabaseSettings(database_url=url, db_statement_timeout_s=600))
+    emitted = 0
+    async with conn:
+        started = time.perf_counter()
+        while True:
+            async with conn.transaction():
+                batch = await emit_due_steps(conn, limit=BATCH, topic="email.dispatch", now=NOW)
+            emitted += len(batch)
+            if len(batch) < BATCH:
+                break
+        return emitted, time.perf_counter() - started
+
+
+async def baseline_inserts(url: str, rows: int) -> float:
+    """Plain inserts of ``rows`` message-sized and outbox-sized rows into scratch tables, in batches."""
+    conn = await connect(DatabaseSettings(database_url=url, db_statement_timeout_s=600))
+    async with conn:
+        # The same columns, defaults, identity and indexes as the real tables; no foreign keys.
+        await conn.execute("CREATE TABLE scratch_messages (LIKE messages INCLUDING ALL)")
+        await conn.execute("CREATE TABLE scratch_outbox (LIKE outbox INCLUDING ALL)")
+        payload = b"x" * 220
+        started = time.perf_counter()
+        for _ in range(rows // BATCH):
+            ids = [uuid.uuid4() for _ in range(BATCH)]
+            async with conn.transaction():
+                await conn.execute(
+                    """INSERT INTO scratch_messages
+                           (id, enrollment_id, lead_id, sequence_id, revision, step_position, status)
+                       SELECT i, i, i, i, 1, 0, 'queued' FROM unnest(%s::uuid[]) AS i""",
+                    (ids,),
+                )
+                await conn.execute(
+                    """INSERT INTO scratch_outbox (topic, key, payload)
+                       SELECT 'email.dispatch', k::text, %s FROM unnest(%s::uuid[]) AS k""",
+                    (payload, ids),
+                )
+        return time.perf_counter() - started
+
+
+async def scan_ms(url: str, repeats: int = 30) -> float:
+    conn = await connect(DatabaseSettings(database_url=url, db_statement_timeout_s=600))
+    timings = []
+    async with conn:
+        for _ in range(repeats):
+            async with conn.transaction():
+                started = time.perf_counter()
+                cursor = await conn.execute(CLAIM_DUE, {"now": NOW, "limit": BATCH})
+                rows = await cursor.fetchall()
+                timings.append((time.perf_counter() - started) * 1000)
+                assert len(rows) == DUE_FOR_SCAN, len(rows)
+                raise psycopg.Rollback()
+    return statistics.median(timings)
+
+
+def fresh_database(server_url: str) -> str:
+    name = f"bench_{uuid.uuid4().hex[:8]}"
+    with psycopg.connect(server_url, autocommit=True) as conn:
+        conn.execute(sql.SQL("CREATE DATABASE {}").format(sql.Identifier(name)))
+    base, _, _ = server_url.rpartition("/")
+    return f"{base}/{name}"
+
+
+def drop_database(server_url: str, url: str) -> None:
+    with psycopg.connect(server_url, autocommit=True) as conn:
+        conn.execute(sql.SQL("DROP DATABASE IF EXISTS {} WITH (FORCE)").format(sql.Identifier(url.rpartition("/")[2])))
+
+
+async def measure(server_url: str) -> dict[str, object]:
+    url = fresh_database(server_url)
+    try:
+        apply_migrations(url)
+        await prepare(url)
+
+        await add_enrollments(url, DUE_FOR_THROUGHPUT, due=True)
+        emitted, seconds = await drain(url)
+        assert emitted == DUE_FOR_THROUGHPUT, emitted
+        baseline_seconds = await baseline_inserts(url, DUE_FOR_THROUGHPUT)
+        print(f"emitted {emitted} due steps in {seconds:.2f} s; plain inserts took {baseline_seconds:.2f} s")
+
+        # The drained enrollments now wait two days for their second step: not due, still active.
+        async with await psycopg.AsyncConnection.connect(url, autocommit=True) as conn:
+            await conn.execute("DELETE FROM outbox")
+            await conn.execute("DELETE FROM messages")
+            await conn.execute("DELETE FROM enrollments")
+            await conn.execute("DELETE FROM leads")
+            await conn.execute("VACUUM ANALYZE")
+        await add_enrollments(url, DUE_FOR_SCAN, due=True)
+        await add_enrollments(url, 10_000 - DUE_FOR_SCAN, due=False)
+        scan_10k = await scan_ms(url)
+        print(f"due scan with 10,000 enrollments: {scan_10k:.2f} ms")
+        await add_enrollments(url, 1_000_000 - 10_000, due=False)
+        async with await psycopg.AsyncConnection.connect(url, autocommit=True) as conn:
+            await conn.execute("VACUUM ANALYZE enrollments")
+        scan_1m = await scan_ms(url)
+        print(f"due scan with 1,000,000 enrollments: {scan_1m:.2f} ms")
+    finally:
+        drop_database(server_url, url)
+    return {
+        "due_steps_per_s": round(emitted / seconds),
+        "baseline_rows_per_s": round(DUE_FOR_THROUGHPUT / baseline_seconds),
+        "due_vs_baseline": round((emitted / seconds) / (DUE_FOR_THROUGHPUT / baseline_seconds), 3),
+        "scan_ms_10k": round(scan_10k, 3),
+        "scan_ms_1m": round(scan_1m, 3),
+        "scan_ratio": round(scan_1m / scan_10k, 3),
+        "batch": BATCH,
+        "cpus": os.cpu_count(),
+    }
+
+
+def main() -> None:
+    server_url = os.environ.get("DATABASE_URL")
+    if server_url:
+        result = asyncio.run(measure(server_url))
+    else:
+        with tempfile.TemporaryDirectory() as folder:
+            server = EmbeddedPostgres(Path(folder) / "data")
+            server.start()
+            try:
+                result = asyncio.run(measure(server.url))
+            finally:
+                server.stop()
+    print(json.dumps(result))
+
+
+if __name__ == "__main__":
+    main()
