@@ -17,7 +17,8 @@ from services.common.config import DatabaseSettings
 from services.common.db import connect
 from services.common.identity import email_hash
 from services.common.logs import JsonFormatter
-from services.scheduler.enrollment import emit_due_steps, enroll_lead
+from services.scheduler.due import emit_due_steps
+from services.scheduler.enrollment import enroll_lead
 from tests.support.intake import Intake, running_intake
 from tests.support.platform import apply_examples, fetch_all
 

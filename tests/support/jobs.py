@@ -14,7 +14,8 @@ from proto.messages import AnyMessage
 from services.common.config import JobSettings
 from services.common.db import Connection, open_pool, transaction
 from services.jobs.runner import JobContext
-from services.scheduler.enrollment import emit_due_steps, enroll_lead
+from services.scheduler.due import emit_due_steps
+from services.scheduler.enrollment import enroll_lead
 from tests.support.platform import fetch_all
 
 Pool = psycopg_pool.AsyncConnectionPool[Connection]
