@@ -40,6 +40,13 @@ class Step(_Camel, frozen=True, kw_only=True):
     text: str | None = None
 
 
+class Sender(_Camel, frozen=True, kw_only=True):
+    """The From of a Sequence's emails, overriding FROM_EMAIL/FROM_NAME."""
+
+    email: Annotated[str, msgspec.Meta(min_length=3, max_length=254, pattern=r"^[^\s@<>,;:\"]+@[^\s@<>,;:\"]+\Z")]
+    name: Annotated[str, msgspec.Meta(max_length=100, pattern=r"^[^\r\n]*\Z")] | None = None
+
+
 class SequenceSpec(_Camel, frozen=True, kw_only=True):
     """What a Sequence asks for."""
 
@@ -49,6 +56,8 @@ class SequenceSpec(_Camel, frozen=True, kw_only=True):
     # (transactional flows such as a webinar reminder).
     require_consent: bool = True
     paused: bool = False
+    # ``from: {email, name}``: the sender of this Sequence's emails (default: FROM_EMAIL, FROM_NAME).
+    from_: Sender | None = msgspec.field(default=None, name="from")
 
 
 class ObjectMeta(msgspec.Struct, frozen=True, kw_only=True):

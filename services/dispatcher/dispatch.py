@@ -1,15 +1,23 @@
-"""The life of one message: claim it (``sending`` is committed before the SMTP call), send it,
-record the outcome. Idempotent on the message id: a redelivered command for a message that is sent,
-sending, dead or not yet due for retry sends nothing.
+"""The life of a message: claim it (``sending`` is committed before the SMTP call), send it, record
+the outcome. Idempotent on the message id: a redelivered command for a message that is sent, sending,
+dead or not yet due for retry sends nothing.
+
+Messages of one Kafka batch are claimed in one statement, then sent concurrently over the SMTP pool;
+each outcome is committed as soon as its transaction ends, which keeps the duplicate window short.
 
 The one honest gap: a crash after the provider accepted the message and before ``sent`` is committed
 leaves it in ``sending``; the reconcile job finds it by age, so the duplicate window is visible and
-counted, never silent.
+counted, never silent. A message claimed but not yet handed to SMTP when the dispatcher stops is
+*released* (back to ``retrying``, due now, the attempt uncounted), so a shutdown never strands it.
 """
 
 from __future__ import annotations
 
+import asyncio
+import email.policy
+import logging
 import uuid
+from collections.abc import Iterable
 from dataclasses import dataclass
 from datetime import timedelta
 
@@ -22,9 +30,16 @@ from services.common.config import DispatcherSettings
 from services.common.db import UNAVAILABLE_ERRORS, Connection, transaction
 from services.common.outbox import enqueue_message
 from services.common.retry import backoff_delay, retry_async
+from services.dispatcher.links import MessageLinks, add_open_pixel, add_unsubscribe_footer, track_clicks
 from services.dispatcher.mail import build_message
-from services.dispatcher.render import RenderError, render_step
-from services.dispatcher.smtp import SendError, SmtpTransport
+from services.dispatcher.rate import SharedRateLimiter
+from services.dispatcher.render import RenderedEmail, RenderError, render_step
+from services.dispatcher.smtp import SendError, SmtpConnection, SmtpPool
+
+log = logging.getLogger(__name__)
+
+# The event announced for each final status of an attempt.
+EVENT_OF_STATUS = {"sent": "sent", "retrying": "failed", "dead": "dead", "skipped": "skipped"}
 
 
 @dataclass(frozen=True)
@@ -34,6 +49,9 @@ class SendJob:
     message_id: uuid.UUID
     enrollment_id: uuid.UUID
     lead_id: uuid.UUID
+    sequence_id: uuid.UUID
+    revision: int
+    step_position: int
     attempts: int
     to_email: str
     first_name: str | None
@@ -44,48 +62,59 @@ class SendJob:
     subject: str
     html: str | None
     text: str | None
+    from_email: str | None
+    from_name: str | None
     suppressed: bool
 
 
-async def claim_message(conn: Connection, message_id: uuid.UUID) -> SendJob | None:
-    """Move the message to ``sending`` and count the attempt, if it may be sent now; else None."""
+async def claim_messages(conn: Connection, message_ids: Iterable[uuid.UUID]) -> list[SendJob]:
+    """Move every message that may be sent now to ``sending`` and count the attempt; the others
+    (sent, sending, dead, skipped, or a retry not yet due) are left alone and not returned."""
     cursor = await conn.execute(
         """UPDATE messages m
            SET status = 'sending', attempts = m.attempts + 1, next_attempt_at = NULL,
                sending_at = now(), updated_at = now()
-           FROM leads l, sequences s, sequence_steps st
-           WHERE m.id = %s
+           FROM leads l, sequences s, sequence_steps st, sequence_revisions r
+           WHERE m.id = ANY(%s)
              AND m.status IN ('queued', 'retrying')
              AND (m.next_attempt_at IS NULL OR m.next_attempt_at <= now())
              AND l.id = m.lead_id
              AND s.id = m.sequence_id
+             AND r.sequence_id = m.sequence_id AND r.revision = m.revision
              AND st.sequence_id = m.sequence_id AND st.revision = m.revision AND st.position = m.step_position
-           RETURNING m.id, m.enrollment_id, m.lead_id, m.attempts, l.email, l.first_name, l.last_name,
-                     l.source, s.name AS sequence_name, st.name AS step_name, st.subject, st.html, st.text,
+           RETURNING m.id, m.enrollment_id, m.lead_id, m.sequence_id, m.revision, m.step_position, m.attempts,
+                     l.email, l.first_name, l.last_name, l.source, s.name AS sequence_name,
+                     st.name AS step_name, st.subject, st.html, st.text,
+                     r.spec -> 'from' ->> 'email' AS from_email, r.spec -> 'from' ->> 'name' AS from_name,
                      EXISTS (SELECT 1 FROM suppressions x
                              WHERE x.email_hash = encode(sha256(convert_to(l.email_normalized, 'UTF8')), 'hex'))
                          AS suppressed""",
-        (message_id,),
+        (list(message_ids),),
     )
-    row = await cursor.fetchone()
-    if row is None:
-        return None
-    return SendJob(
-        message_id=row["id"],  # type: ignore[arg-type]
-        enrollment_id=row["enrollment_id"],  # type: ignore[arg-type]
-        lead_id=row["lead_id"],  # type: ignore[arg-type]
-        attempts=row["attempts"],  # type: ignore[arg-type]
-        to_email=row["email"],  # type: ignore[arg-type]
-        first_name=row["first_name"],  # type: ignore[arg-type]
-        last_name=row["last_name"],  # type: ignore[arg-type]
-        source=row["source"],  # type: ignore[arg-type]
-        sequence_name=row["sequence_name"],  # type: ignore[arg-type]
-        step_name=row["step_name"],  # type: ignore[arg-type]
-        subject=row["subject"],  # type: ignore[arg-type]
-        html=row["html"],  # type: ignore[arg-type]
-        text=row["text"],  # type: ignore[arg-type]
-        suppressed=row["suppressed"],  # type: ignore[arg-type]
-    )
+    return [
+        SendJob(
+            message_id=row["id"],  # type: ignore[arg-type]
+            enrollment_id=row["enrollment_id"],  # type: ignore[arg-type]
+            lead_id=row["lead_id"],  # type: ignore[arg-type]
+            sequence_id=row["sequence_id"],  # type: ignore[arg-type]
+            revision=row["revision"],  # type: ignore[arg-type]
+            step_position=row["step_position"],  # type: ignore[arg-type]
+            attempts=row["attempts"],  # type: ignore[arg-type]
+            to_email=row["email"],  # type: ignore[arg-type]
+            first_name=row["first_name"],  # type: ignore[arg-type]
+            last_name=row["last_name"],  # type: ignore[arg-type]
+            source=row["source"],  # type: ignore[arg-type]
+            sequence_name=row["sequence_name"],  # type: ignore[arg-type]
+            step_name=row["step_name"],  # type: ignore[arg-type]
+            subject=row["subject"],  # type: ignore[arg-type]
+            html=row["html"],  # type: ignore[arg-type]
+            text=row["text"],  # type: ignore[arg-type]
+            from_email=row["from_email"],  # type: ignore[arg-type]
+            from_name=row["from_name"],  # type: ignore[arg-type]
+            suppressed=row["suppressed"],  # type: ignore[arg-type]
+        )
+        for row in await cursor.fetchall()
+    ]
 
 
 async def record_outcome(
@@ -96,8 +125,9 @@ async def record_outcome(
     detail: str,
     events_topic: str,
     retry_in: timedelta | None = None,
-) -> None:
-    """Write the result of an attempt (only if the message is still ``sending``) and announce it."""
+) -> bool:
+    """Write the result of an attempt (only if the message is still ``sending``) and announce it;
+    returns whether it was written."""
     result = await conn.execute(
         """UPDATE messages
            SET status = %(status)s,
@@ -110,25 +140,54 @@ async def record_outcome(
         {"status": status, "detail": detail[:2000], "retry_in": retry_in, "id": job.message_id},
     )
     if not result.rowcount:
-        return
-    await conn.execute(
-        "INSERT INTO events (message_id, lead_id, type, detail) VALUES (%s, %s, %s, %s)",
-        (job.message_id, job.lead_id, status, detail[:2000]),
+        return False
+    await record_message_event(
+        conn, job, EVENT_OF_STATUS[status], detail, events_topic, f"{job.message_id}/{status}/{job.attempts}"
     )
-    event = EmailEvent(
-        id=uuid.uuid5(job.message_id, f"{status}/{job.attempts}"),
+    return True
+
+
+async def record_message_event(
+    conn: Connection, job: SendJob, event: str, detail: str, events_topic: str, dedupe_key: str
+) -> None:
+    """Insert the event with its message, lead, Sequence, revision and step, and queue it on email.events."""
+    await conn.execute(
+        """INSERT INTO events (message_id, lead_id, sequence_id, revision, step_position, type, detail, dedupe_key)
+           VALUES (%s, %s, %s, %s, %s, %s, %s, %s)
+           ON CONFLICT (dedupe_key) DO NOTHING""",
+        (job.message_id, job.lead_id, job.sequence_id, job.revision, job.step_position, event, detail[:2000],
+         dedupe_key),
+    )
+    message = EmailEvent(
+        id=uuid.uuid5(job.message_id, dedupe_key),
         occurred_at=utcnow(),
         message_id=job.message_id,
-        event=status,
+        event=event,
         detail=detail[:500],
+        lead_id=job.lead_id,
+        sequence_id=job.sequence_id,
+        revision=job.revision,
+        step=job.step_name,
+        step_position=job.step_position,
     )
-    await enqueue_message(conn, events_topic, str(job.message_id), event)
+    await enqueue_message(conn, events_topic, str(job.message_id), message)
+
+
+async def release_message(conn: Connection, job: SendJob) -> None:
+    """Give back a message claimed but never handed to SMTP: due again now, the attempt uncounted."""
+    await conn.execute(
+        """UPDATE messages
+           SET status = 'retrying', attempts = greatest(attempts - 1, 0), next_attempt_at = now(),
+               sending_at = NULL, updated_at = now()
+           WHERE id = %s AND status = 'sending'""",
+        (job.message_id,),
+    )
 
 
 async def dead_letter(conn: Connection, job: SendJob, reason: str, dlq_topic: str) -> None:
     """Announce on the dead-letter topic that the message will not be delivered."""
     letter = EmailDeadLettered(
-        id=uuid.uuid5(job.message_id, "dead"),
+        id=uuid.uuid5(job.message_id, f"dead/{job.attempts}"),
         occurred_at=utcnow(),
         message_id=job.message_id,
         enrollment_id=job.enrollment_id,
@@ -145,45 +204,87 @@ class Dispatcher:
         self,
         settings: DispatcherSettings,
         pool: psycopg_pool.AsyncConnectionPool[Connection],
-        transport: SmtpTransport,
+        smtp: SmtpPool,
+        rate: SharedRateLimiter | None = None,
     ) -> None:
         self._settings = settings
         self._pool = pool
-        self._transport = transport
+        self._smtp = smtp
+        self._rate = rate or SharedRateLimiter(pool, settings.smtp_rate_name, settings.smtp_rate_per_s)
+        header = settings.smtp_idempotency_header
+        self._idempotency_header = None if header.lower() == "none" else header
 
     async def dispatch(self, message_id: uuid.UUID) -> str | None:
-        """Send the message if it may be sent now; returns the status it ended in, or None if skipped."""
-        settings = self._settings
+        """Send one message if it may be sent now; returns the status it ended in, or None if skipped."""
+        return (await self.dispatch_batch([message_id])).get(message_id)
+
+    async def dispatch_batch(self, message_ids: list[uuid.UUID]) -> dict[uuid.UUID, str]:
+        """Claim the messages that may be sent now and send them concurrently (bounded by the SMTP
+        pool); returns the final status of each claimed message. Cancelling it releases every claimed
+        message that was not yet handed to SMTP."""
+        if not message_ids:
+            return {}
         async with transaction(self._pool) as conn:
-            job = await claim_message(conn, message_id)
-        if job is None:
-            return None
-        if job.suppressed:
-            status, detail, retry_in = "skipped", "recipient is suppressed", None
-        else:
-            status, detail, retry_in = await self._send(job)
+            jobs = await claim_messages(conn, dict.fromkeys(message_ids))
+        results = await asyncio.gather(*(self._process(job) for job in jobs), return_exceptions=True)
+        outcome: dict[uuid.UUID, str] = {}
+        for job, result in zip(jobs, results, strict=True):
+            if isinstance(result, BaseException):
+                raise result
+            outcome[job.message_id] = result
+        return outcome
+
+    async def _process(self, job: SendJob) -> str:
+        handed_to_smtp = False
+        try:
+            if job.suppressed:
+                status, detail, retry_in = "skipped", "recipient is suppressed", None
+            else:
+                try:
+                    sender, data = self._build(job)
+                except RenderError as error:
+                    status, detail, retry_in = "dead", str(error), None
+                else:
+                    await self._rate.acquire()
+                    connection = await self._smtp.acquire()
+                    try:
+                        handed_to_smtp = True
+                        status, detail, retry_in = await self._send(job, connection, sender, data)
+                    finally:
+                        self._smtp.release(connection)
+        except asyncio.CancelledError:
+            if not handed_to_smtp:
+                await asyncio.shield(self._release(job))
+            raise
+        await self._record(job, status, detail, retry_in)
+        return status
+
+    async def _release(self, job: SendJob) -> None:
+        async with transaction(self._pool) as conn:
+            await release_message(conn, job)
+        metrics.RELEASED.inc()
+
+    async def _record(self, job: SendJob, status: str, detail: str, retry_in: timedelta | None) -> None:
+        settings = self._settings
 
         async def record() -> None:
             async with transaction(self._pool) as conn:
-                await record_outcome(
-                    conn,
-                    job,
-                    status=status,
-                    detail=detail,
-                    events_topic=settings.topic_email_events,
-                    retry_in=retry_in,
+                written = await record_outcome(
+                    conn, job, status=status, detail=detail, events_topic=settings.topic_email_events, retry_in=retry_in
                 )
-                if status == "dead":
+                if written and status == "dead":
                     await dead_letter(conn, job, detail, settings.topic_email_dlq)
 
         # The email may already be with the provider: try hard to record it, because until then the
-        # message sits in the duplicate window.
-        await retry_async(record, retry_on=UNAVAILABLE_ERRORS, attempts=8, max_delay_s=5.0, what="record outcome")
+        # message sits in the duplicate window. Shielded: a shutdown must not interrupt this commit.
+        await asyncio.shield(
+            retry_async(record, retry_on=UNAVAILABLE_ERRORS, attempts=8, max_delay_s=5.0, what="record outcome")
+        )
         metrics.EMAILS.labels(status).inc()
-        return status
 
-    async def _send(self, job: SendJob) -> tuple[str, str, timedelta | None]:
+    def _build(self, job: SendJob) -> tuple[str, bytes]:
         settings = self._settings
+        links = MessageLinks(settings.public_base_url, settings.hmac_secret, job.message_id)
         context = {
             "lead": {
                 "email": job.to_email,
@@ -192,22 +293,38 @@ class Dispatcher:
                 "source": job.source,
             },
             "sequence": {"name": job.sequence_name, "step": job.step_name},
+            "unsubscribe_url": links.unsubscribe_url,
         }
-        try:
-            rendered = render_step(job.subject, job.html, job.text, context)
-        except RenderError as error:
-            return "dead", str(error), None
+        rendered = render_step(job.subject, job.html, job.text, context)
+        text, markup = add_unsubscribe_footer(rendered.text, rendered.html, links)
+        if markup is not None and settings.track_clicks:
+            markup = track_clicks(markup, links)
+        if markup is not None and settings.track_opens:
+            markup = add_open_pixel(markup, links)
+        from_email = job.from_email or settings.from_email
         message = build_message(
             message_id=job.message_id,
-            from_email=settings.from_email,
-            from_name=settings.from_name,
+            from_email=from_email,
+            from_name=(job.from_name or settings.from_name) if job.from_email else settings.from_name,
             to_email=job.to_email,
             to_name=" ".join(filter(None, [job.first_name, job.last_name])) or None,
-            rendered=rendered,
+            rendered=RenderedEmail(subject=rendered.subject, html=markup, text=text),
+            idempotency_header=self._idempotency_header,
+            list_unsubscribe=(
+                links.unsubscribe_url,
+                links.unsubscribe_mailto(settings.unsubscribe_mailto or settings.from_email),
+            ),
         )
+        international = not (from_email + job.to_email).isascii()
+        return from_email, message.as_bytes(policy=email.policy.SMTPUTF8 if international else email.policy.SMTP)
+
+    async def _send(
+        self, job: SendJob, connection: SmtpConnection, sender: str, data: bytes
+    ) -> tuple[str, str, timedelta | None]:
+        settings = self._settings
         try:
             with metrics.SMTP_SECONDS.time():
-                reply = await self._transport.send(message)
+                reply = await self._smtp.send(connection, sender, job.to_email, data)
         except SendError as error:
             if error.permanent or job.attempts >= settings.max_attempts:
                 suffix = "" if error.permanent else f" (after {job.attempts} attempts)"
