@@ -276,3 +276,10 @@ class DispatcherSettings(BusSettings, frozen=True, kw_only=True):
     track_clicks: bool = True
     # On SIGTERM: stop fetching, let sends in flight finish for this long, release the rest.
     shutdown_grace_s: PositiveFloat = 20.0
+
+
+class DeadLetterSettings(DatabaseSettings, frozen=True, kw_only=True):
+    """``healingwork dlq``: inspects and re-drives dead letters through the outbox (no Kafka connection)."""
+
+    topic_email_dispatch: NonBlank = "email.dispatch"
+    topic_email_events: NonBlank = "email.events"

@@ -33,6 +33,8 @@ async def observe_outbox_backlog(pool: psycopg_pool.AsyncConnectionPool[Connecti
     except UNAVAILABLE_ERRORS:
         return
     OUTBOX_OLDEST_AGE.set(float(row["age"]) if row else 0.0)  # type: ignore[arg-type]
+
+
 SMTP_CONNECTS = Counter("healingwork_smtp_connects_total", "SMTP connections opened")
 SMTP_THROTTLED = Counter("healingwork_smtp_throttled_total", "SMTP replies 421/451/454 that paused the pool")
 SEND_RATE_WAIT_SECONDS = Counter(

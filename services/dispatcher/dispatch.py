@@ -19,15 +19,16 @@ import logging
 import uuid
 from collections.abc import Iterable
 from dataclasses import dataclass
-from datetime import timedelta
+from datetime import datetime, timedelta
 
 import psycopg_pool
 
-from proto.messages import EmailDeadLettered, EmailEvent
+from proto.messages import EmailDeadLettered
 from services.common import metrics
 from services.common.clock import utcnow
 from services.common.config import DispatcherSettings
 from services.common.db import UNAVAILABLE_ERRORS, Connection, transaction
+from services.common.events import MessageRef, record_event
 from services.common.outbox import enqueue_message
 from services.common.retry import backoff_delay, retry_async
 from services.dispatcher.links import MessageLinks, add_open_pixel, add_unsubscribe_footer, track_clicks
@@ -53,6 +54,7 @@ class SendJob:
     revision: int
     step_position: int
     attempts: int
+    claimed_at: datetime
     to_email: str
     first_name: str | None
     last_name: str | None
@@ -83,6 +85,7 @@ async def claim_messages(conn: Connection, message_ids: Iterable[uuid.UUID]) -> 
              AND r.sequence_id = m.sequence_id AND r.revision = m.revision
              AND st.sequence_id = m.sequence_id AND st.revision = m.revision AND st.position = m.step_position
            RETURNING m.id, m.enrollment_id, m.lead_id, m.sequence_id, m.revision, m.step_position, m.attempts,
+                     m.sending_at,
                      l.email, l.first_name, l.last_name, l.source, s.name AS sequence_name,
                      st.name AS step_name, st.subject, st.html, st.text,
                      r.spec -> 'from' ->> 'email' AS from_email, r.spec -> 'from' ->> 'name' AS from_name,
@@ -100,6 +103,7 @@ async def claim_messages(conn: Connection, message_ids: Iterable[uuid.UUID]) -> 
             revision=row["revision"],  # type: ignore[arg-type]
             step_position=row["step_position"],  # type: ignore[arg-type]
             attempts=row["attempts"],  # type: ignore[arg-type]
+            claimed_at=row["sending_at"],  # type: ignore[arg-type]
             to_email=row["email"],  # type: ignore[arg-type]
             first_name=row["first_name"],  # type: ignore[arg-type]
             last_name=row["last_name"],  # type: ignore[arg-type]
@@ -141,36 +145,20 @@ async def record_outcome(
     )
     if not result.rowcount:
         return False
-    await record_message_event(
-        conn, job, EVENT_OF_STATUS[status], detail, events_topic, f"{job.message_id}/{status}/{job.attempts}"
+    await record_event(
+        conn,
+        message_ref(job),
+        EVENT_OF_STATUS[status],
+        topic=events_topic,
+        detail=detail,
+        # Unique per claim, so a replayed message's attempts are events of their own.
+        dedupe_key=f"{job.message_id}/{status}/{job.claimed_at.timestamp()}",
     )
     return True
 
 
-async def record_message_event(
-    conn: Connection, job: SendJob, event: str, detail: str, events_topic: str, dedupe_key: str
-) -> None:
-    """Insert the event with its message, lead, Sequence, revision and step, and queue it on email.events."""
-    await conn.execute(
-        """INSERT INTO events (message_id, lead_id, sequence_id, revision, step_position, type, detail, dedupe_key)
-           VALUES (%s, %s, %s, %s, %s, %s, %s, %s)
-           ON CONFLICT (dedupe_key) DO NOTHING""",
-        (job.message_id, job.lead_id, job.sequence_id, job.revision, job.step_position, event, detail[:2000],
-         dedupe_key),
-    )
-    message = EmailEvent(
-        id=uuid.uuid5(job.message_id, dedupe_key),
-        occurred_at=utcnow(),
-        message_id=job.message_id,
-        event=event,
-        detail=detail[:500],
-        lead_id=job.lead_id,
-        sequence_id=job.sequence_id,
-        revision=job.revision,
-        step=job.step_name,
-        step_position=job.step_position,
-    )
-    await enqueue_message(conn, events_topic, str(job.message_id), message)
+def message_ref(job: SendJob) -> MessageRef:
+    return MessageRef(job.message_id, job.lead_id, job.sequence_id, job.revision, job.step_position, job.step_name)
 
 
 async def release_message(conn: Connection, job: SendJob) -> None:
@@ -187,7 +175,7 @@ async def release_message(conn: Connection, job: SendJob) -> None:
 async def dead_letter(conn: Connection, job: SendJob, reason: str, dlq_topic: str) -> None:
     """Announce on the dead-letter topic that the message will not be delivered."""
     letter = EmailDeadLettered(
-        id=uuid.uuid5(job.message_id, f"dead/{job.attempts}"),
+        id=uuid.uuid5(job.message_id, f"dead/{job.claimed_at.timestamp()}"),
         occurred_at=utcnow(),
         message_id=job.message_id,
         enrollment_id=job.enrollment_id,

@@ -72,5 +72,9 @@ def add_unsubscribe_footer(text: str, markup: str | None, links: MessageLinks) -
         text = f"{text.rstrip()}\n\n--\nUnsubscribe: {url}\n"
     if markup is not None and html.escape(url) not in markup and url not in markup:
         footer = f'<p style="font-size:12px;color:#666"><a href="{html.escape(url)}">Unsubscribe</a></p>'
-        markup = _BODY_END.sub(lambda m: footer + m.group(0), markup, count=1) if _BODY_END.search(markup) else markup + footer
+        markup = (
+            _BODY_END.sub(lambda m: footer + m.group(0), markup, count=1)
+            if _BODY_END.search(markup)
+            else markup + footer
+        )
     return text, markup

@@ -142,7 +142,8 @@ class SmtpPool:
         connection = await self._idle.get()
         try:
             loop = asyncio.get_running_loop()
-            while (wait := self._resume_at - loop.time()) > 0:
+            # Re-checked after each sleep: another throttled reply may have extended the pause.
+            while (wait := self._resume_at - loop.time()) > 0:  # noqa: ASYNC110
                 await asyncio.sleep(wait)
         except BaseException:
             self._idle.put_nowait(connection)

@@ -21,7 +21,10 @@ from services.common.db import transaction
 from services.common.runtime import Runtime, service_runtime
 from services.intake.leads import accept_lead
 from services.intake.problems import EXCEPTION_HANDLERS, ProblemError
+from services.intake.sns import Fetcher, SnsVerifier, fetch_https
+from services.intake.tracking import TRACKING_ROUTES
 from services.intake.validation import parse_lead
+from services.intake.webhooks import email_events_webhook
 
 log = logging.getLogger(__name__)
 
@@ -83,18 +86,22 @@ async def prometheus_metrics() -> Response[bytes]:
     return Response(generate_latest(), media_type=CONTENT_TYPE_LATEST)
 
 
-def create_app(settings: IntakeSettings) -> Litestar:
-    """The intake application. Its lifespan opens the pool and, when enabled, runs the outbox relay."""
+def create_app(settings: IntakeSettings, *, sns_fetch: Fetcher = fetch_https) -> Litestar:
+    """The intake application. Its lifespan opens the pool and, when enabled, runs the outbox relay.
+    ``sns_fetch`` fetches SNS signing certificates (injected by tests, which cannot reach AWS)."""
 
     @asynccontextmanager
     async def lifespan(app: Litestar) -> AsyncIterator[None]:
         # uvicorn owns the signals of the intake process; it ends the lifespan on SIGTERM.
         async with service_runtime(settings, handle_signals=False) as runtime:
             app.state.runtime, app.state.settings = runtime, settings
+            app.state.sns_verifier = SnsVerifier(
+                [a.strip() for a in settings.sns_topic_arns.split(",") if a.strip()], sns_fetch
+            )
             yield
 
     return Litestar(
-        route_handlers=[submit_lead, healthz, readyz, prometheus_metrics],
+        route_handlers=[submit_lead, healthz, readyz, prometheus_metrics, *TRACKING_ROUTES, email_events_webhook],
         lifespan=[lifespan],
         exception_handlers=EXCEPTION_HANDLERS,
         request_max_body_size=settings.max_body_bytes,

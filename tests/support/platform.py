@@ -45,6 +45,7 @@ def topics_for(prefix: str) -> dict[str, Any]:
         "topic_email_dispatch": f"{prefix}email.dispatch",
         "topic_email_events": f"{prefix}email.events",
         "topic_email_dlq": f"{prefix}email.dispatch.dlq",
+        "topic_leads_suppressed": f"{prefix}leads.suppressed",
     }
 
 
@@ -86,10 +87,12 @@ async def fetch_all(database_url: str, query: str, *params: object) -> list[dict
 
 
 @contextlib.asynccontextmanager
-async def serve_intake(settings: IntakeSettings) -> AsyncIterator[str]:
+async def serve_intake(settings: IntakeSettings, **app_options: Any) -> AsyncIterator[str]:
     """The intake app served by uvicorn on a free port; yields its base URL."""
     port = free_port()
-    config = uvicorn.Config(create_app(settings), host="127.0.0.1", port=port, log_config=None, lifespan="on")
+    config = uvicorn.Config(
+        create_app(settings, **app_options), host="127.0.0.1", port=port, log_config=None, lifespan="on"
+    )
     server = uvicorn.Server(config)
     task = asyncio.create_task(server.serve())
     while not server.started:

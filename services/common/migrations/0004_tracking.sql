@@ -29,3 +29,17 @@ CREATE TABLE send_rate_buckets (
 
 -- Dead letters are listed newest first by ``healingwork dlq list``.
 CREATE INDEX messages_dead_idx ON messages (updated_at) WHERE status = 'dead';
+
+-- Suppressions and leads.suppressed carry only the address hash; finding the leads of a hash (to
+-- cancel their enrollments) needs it on leads too. A trigger keeps it, so no writer of leads can forget.
+ALTER TABLE leads ADD COLUMN email_hash text;
+CREATE FUNCTION leads_set_email_hash() RETURNS trigger LANGUAGE plpgsql AS $$
+BEGIN
+    NEW.email_hash := encode(sha256(convert_to(NEW.email_normalized, 'UTF8')), 'hex');
+    RETURN NEW;
+END $$;
+CREATE TRIGGER leads_email_hash BEFORE INSERT OR UPDATE OF email_normalized ON leads
+    FOR EACH ROW EXECUTE FUNCTION leads_set_email_hash();
+UPDATE leads SET email_hash = encode(sha256(convert_to(email_normalized, 'UTF8')), 'hex');
+ALTER TABLE leads ALTER COLUMN email_hash SET NOT NULL;
+CREATE INDEX leads_email_hash_idx ON leads (email_hash);
