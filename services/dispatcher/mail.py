@@ -33,7 +33,7 @@ def build_message(
     message = EmailMessage()
     message["Message-ID"] = f"<{message_id}@{domain}>"
     message["Date"] = format_datetime(utcnow())
-    message["From"] = Address(display_name=_one_line(from_name), addr_spec=from_email)
+    message["From"] = Address(display_name=from_name, addr_spec=from_email)
     message["To"] = Address(display_name=_one_line(to_name or ""), addr_spec=to_email)
     message["Subject"] = _one_line(rendered.subject)
     if idempotency_header:

@@ -6,7 +6,13 @@ from pathlib import Path
 
 import msgspec
 
-from services.common.config import DatabaseSettings, DispatcherSettings, IntakeSettings, SchedulerSettings
+from services.common.config import (
+    DatabaseSettings,
+    DeadLetterSettings,
+    DispatcherSettings,
+    IntakeSettings,
+    SchedulerSettings,
+)
 
 DOC = Path(__file__).resolve().parents[2] / "docs" / "configuration.md"
 
@@ -15,7 +21,7 @@ def test_every_environment_variable_is_documented() -> None:
     text = DOC.read_text()
     names = {
         field.name.upper()
-        for kind in (DatabaseSettings, IntakeSettings, SchedulerSettings, DispatcherSettings)
+        for kind in (DatabaseSettings, IntakeSettings, SchedulerSettings, DispatcherSettings, DeadLetterSettings)
         for field in msgspec.structs.fields(kind)
     }
     missing = sorted(name for name in names if f"`{name}`" not in text)

@@ -162,3 +162,34 @@ def test_subject_with_line_breaks_cannot_inject_a_header() -> None:
 def test_from_name_with_line_breaks_is_refused() -> None:
     with pytest.raises(ValueError, match="CR or LF"):
         build(from_name="Team\r\nBcc: eve@example.com")
+
+
+# --- List-Unsubscribe (RFC 2369, RFC 8058) --------------------------------------------------------
+
+
+def test_list_unsubscribe_carries_the_https_url_and_the_mailto_and_announces_one_click() -> None:
+    message = build_message(
+        message_id=MESSAGE_ID,
+        from_email="hello@mail.example.com",
+        from_name="Team",
+        to_email="ada@example.org",
+        to_name=None,
+        rendered=RenderedEmail(subject="Hi", html=None, text="Hi\n"),
+        list_unsubscribe=(
+            "https://go.example.com/u/abc.def",
+            "mailto:hello@mail.example.com?subject=unsubscribe%20abc",
+        ),
+    )
+
+    parsed = reparsed(message)
+    assert parsed["List-Unsubscribe"] == (
+        "<https://go.example.com/u/abc.def>, <mailto:hello@mail.example.com?subject=unsubscribe%20abc>"
+    )
+    assert parsed["List-Unsubscribe-Post"] == "List-Unsubscribe=One-Click"
+
+
+def test_no_list_unsubscribe_headers_unless_asked_for() -> None:
+    parsed = reparsed(build())
+
+    assert parsed["List-Unsubscribe"] is None
+    assert parsed["List-Unsubscribe-Post"] is None
