@@ -13,6 +13,7 @@ from typing import Any
 
 from litestar import HttpMethod, Request, Response, get, post, route
 from litestar.datastructures import State
+from litestar.params import FromPath
 
 from services.common.config import IntakeSettings
 from services.common.db import transaction
@@ -43,7 +44,7 @@ def _context(state: State) -> tuple[Runtime, IntakeSettings]:
 
 
 @route("/t/o/{token:str}", http_method=[HttpMethod.GET, HttpMethod.HEAD], include_in_schema=False)
-async def track_open(token: str, request: Request[Any, Any, State], state: State) -> Response[bytes]:
+async def track_open(token: FromPath[str], request: Request[Any, Any, State], state: State) -> Response[bytes]:
     message_id, _ = _verified(state, token, Purpose.OPEN)
     runtime, settings = _context(state)
     automated = is_automated(request.headers.get("user-agent"), request.method)
@@ -55,7 +56,7 @@ async def track_open(token: str, request: Request[Any, Any, State], state: State
 
 
 @route("/t/c/{token:str}", http_method=[HttpMethod.GET, HttpMethod.HEAD], include_in_schema=False)
-async def track_click(token: str, request: Request[Any, Any, State], state: State) -> Response[bytes]:
+async def track_click(token: FromPath[str], request: Request[Any, Any, State], state: State) -> Response[bytes]:
     message_id, url = _verified(state, token, Purpose.CLICK)
     if not url or not url.lower().startswith(("http://", "https://")):
         raise ProblemError(404, "This link is not valid.")
@@ -80,7 +81,7 @@ def _page(title: str, body: str, status: int = 200) -> Response[str]:
 
 
 @get("/u/{token:str}", include_in_schema=False)
-async def unsubscribe_page(token: str, state: State) -> Response[str]:
+async def unsubscribe_page(token: FromPath[str], state: State) -> Response[str]:
     """A confirmation page. It changes nothing: link scanners fetch every GET, so only the POST unsubscribes."""
     _verified(state, token, Purpose.UNSUBSCRIBE)
     return _page(
@@ -97,7 +98,7 @@ async def unsubscribe_page(token: str, state: State) -> Response[str]:
     summary="One-click unsubscribe (RFC 8058)",
     description="No login, idempotent: the address is suppressed and every active enrollment of it is cancelled.",
 )
-async def unsubscribe_one_click(token: str, state: State) -> Response[str]:
+async def unsubscribe_one_click(token: FromPath[str], state: State) -> Response[str]:
     message_id, _ = _verified(state, token, Purpose.UNSUBSCRIBE)
     runtime, settings = _context(state)
     async with transaction(runtime.pool) as conn:
