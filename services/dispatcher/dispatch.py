@@ -2,13 +2,15 @@
 the outcome. Idempotent on the message id: a redelivered command for a message that is sent, sending,
 dead or not yet due for retry sends nothing.
 
-Messages of one Kafka batch are claimed in one statement, then sent concurrently over the SMTP pool;
-each outcome is committed as soon as its transaction ends, which keeps the duplicate window short.
+The messages of one Kafka batch are read in one statement and sent concurrently over the SMTP pool;
+each is claimed only when a connection and a rate permit are in hand, and each outcome is committed
+as soon as its SMTP transaction ends, which keeps the duplicate window as short as SMTP allows.
 
 The one honest gap: a crash after the provider accepted the message and before ``sent`` is committed
 leaves it in ``sending``; the reconcile job finds it by age, so the duplicate window is visible and
 counted, never silent. A message claimed but not yet handed to SMTP when the dispatcher stops is
-*released* (back to ``retrying``, due now, the attempt uncounted), so a shutdown never strands it.
+*released* (back to ``retrying``, due now, the attempt uncounted), so a shutdown never strands it;
+messages not yet claimed are simply left ``queued``.
 """
 
 from __future__ import annotations
@@ -18,7 +20,7 @@ import email.policy
 import logging
 import uuid
 from collections.abc import Iterable
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from datetime import datetime, timedelta
 
 import psycopg_pool
@@ -54,7 +56,6 @@ class SendJob:
     revision: int
     step_position: int
     attempts: int
-    claimed_at: datetime
     to_email: str
     first_name: str | None
     last_name: str | None
@@ -67,31 +68,28 @@ class SendJob:
     from_email: str | None
     from_name: str | None
     suppressed: bool
+    claimed_at: datetime | None = None  # set by claim_message
 
 
-async def claim_messages(conn: Connection, message_ids: Iterable[uuid.UUID]) -> list[SendJob]:
-    """Move every message that may be sent now to ``sending`` and count the attempt; the others
-    (sent, sending, dead, skipped, or a retry not yet due) are left alone and not returned."""
+async def load_jobs(conn: Connection, message_ids: Iterable[uuid.UUID]) -> list[SendJob]:
+    """Read what is needed to send each message that may be sent now (queued, or a retry that is due);
+    others (sent, sending, dead, skipped, a retry not yet due) are not returned. Changes nothing: each
+    message is claimed by :func:`claim_message` only when an SMTP connection is ready for it."""
     cursor = await conn.execute(
-        """UPDATE messages m
-           SET status = 'sending', attempts = m.attempts + 1, next_attempt_at = NULL,
-               sending_at = now(), updated_at = now()
-           FROM leads l, sequences s, sequence_steps st, sequence_revisions r
+        """SELECT m.id, m.enrollment_id, m.lead_id, m.sequence_id, m.revision, m.step_position, m.attempts,
+                  l.email, l.first_name, l.last_name, l.source, s.name AS sequence_name,
+                  st.name AS step_name, st.subject, st.html, st.text,
+                  r.spec -> 'from' ->> 'email' AS from_email, r.spec -> 'from' ->> 'name' AS from_name,
+                  EXISTS (SELECT 1 FROM suppressions x WHERE x.email_hash = l.email_hash) AS suppressed
+           FROM messages m
+           JOIN leads l ON l.id = m.lead_id
+           JOIN sequences s ON s.id = m.sequence_id
+           JOIN sequence_revisions r ON r.sequence_id = m.sequence_id AND r.revision = m.revision
+           JOIN sequence_steps st
+             ON st.sequence_id = m.sequence_id AND st.revision = m.revision AND st.position = m.step_position
            WHERE m.id = ANY(%s)
              AND m.status IN ('queued', 'retrying')
-             AND (m.next_attempt_at IS NULL OR m.next_attempt_at <= now())
-             AND l.id = m.lead_id
-             AND s.id = m.sequence_id
-             AND r.sequence_id = m.sequence_id AND r.revision = m.revision
-             AND st.sequence_id = m.sequence_id AND st.revision = m.revision AND st.position = m.step_position
-           RETURNING m.id, m.enrollment_id, m.lead_id, m.sequence_id, m.revision, m.step_position, m.attempts,
-                     m.sending_at,
-                     l.email, l.first_name, l.last_name, l.source, s.name AS sequence_name,
-                     st.name AS step_name, st.subject, st.html, st.text,
-                     r.spec -> 'from' ->> 'email' AS from_email, r.spec -> 'from' ->> 'name' AS from_name,
-                     EXISTS (SELECT 1 FROM suppressions x
-                             WHERE x.email_hash = encode(sha256(convert_to(l.email_normalized, 'UTF8')), 'hex'))
-                         AS suppressed""",
+             AND (m.next_attempt_at IS NULL OR m.next_attempt_at <= now())""",
         (list(message_ids),),
     )
     return [
@@ -103,7 +101,6 @@ async def claim_messages(conn: Connection, message_ids: Iterable[uuid.UUID]) -> 
             revision=row["revision"],  # type: ignore[arg-type]
             step_position=row["step_position"],  # type: ignore[arg-type]
             attempts=row["attempts"],  # type: ignore[arg-type]
-            claimed_at=row["sending_at"],  # type: ignore[arg-type]
             to_email=row["email"],  # type: ignore[arg-type]
             first_name=row["first_name"],  # type: ignore[arg-type]
             last_name=row["last_name"],  # type: ignore[arg-type]
@@ -119,6 +116,28 @@ async def claim_messages(conn: Connection, message_ids: Iterable[uuid.UUID]) -> 
         )
         for row in await cursor.fetchall()
     ]
+
+
+async def claim_message(conn: Connection, job: SendJob) -> SendJob | None:
+    """Move the message to ``sending`` and count the attempt, if it may still be sent now (another
+    replica may have claimed it meanwhile); returns the claimed job, or None."""
+    cursor = await conn.execute(
+        """UPDATE messages
+           SET status = 'sending', attempts = attempts + 1, next_attempt_at = NULL,
+               sending_at = now(), updated_at = now()
+           WHERE id = %s AND status IN ('queued', 'retrying') AND (next_attempt_at IS NULL OR next_attempt_at <= now())
+           RETURNING attempts, sending_at""",
+        (job.message_id,),
+    )
+    row = await cursor.fetchone()
+    if row is None:
+        return None
+    return replace(job, attempts=row["attempts"], claimed_at=row["sending_at"])  # type: ignore[arg-type]
+
+
+def claim_key(job: SendJob) -> str:
+    """Unique per claim (attempt), so events and dead letters of a replayed message are their own."""
+    return f"{job.message_id}/{job.claimed_at.timestamp() if job.claimed_at else 0}"
 
 
 async def record_outcome(
@@ -151,8 +170,7 @@ async def record_outcome(
         EVENT_OF_STATUS[status],
         topic=events_topic,
         detail=detail,
-        # Unique per claim, so a replayed message's attempts are events of their own.
-        dedupe_key=f"{job.message_id}/{status}/{job.claimed_at.timestamp()}",
+        dedupe_key=f"{claim_key(job)}/{status}",
     )
     return True
 
@@ -175,7 +193,7 @@ async def release_message(conn: Connection, job: SendJob) -> None:
 async def dead_letter(conn: Connection, job: SendJob, reason: str, dlq_topic: str) -> None:
     """Announce on the dead-letter topic that the message will not be delivered."""
     letter = EmailDeadLettered(
-        id=uuid.uuid5(job.message_id, f"dead/{job.claimed_at.timestamp()}"),
+        id=uuid.uuid5(job.message_id, f"{claim_key(job)}/dead"),
         occurred_at=utcnow(),
         message_id=job.message_id,
         enrollment_id=job.enrollment_id,
@@ -207,44 +225,68 @@ class Dispatcher:
         return (await self.dispatch_batch([message_id])).get(message_id)
 
     async def dispatch_batch(self, message_ids: list[uuid.UUID]) -> dict[uuid.UUID, str]:
-        """Claim the messages that may be sent now and send them concurrently (bounded by the SMTP
-        pool); returns the final status of each claimed message. Cancelling it releases every claimed
-        message that was not yet handed to SMTP."""
+        """Send the messages that may be sent now, concurrently (bounded by the SMTP pool and the
+        shared rate); returns the final status of each message this call claimed.
+
+        Each message is claimed (``sending`` committed) only once an SMTP connection and a rate permit
+        are in hand, so at most DISPATCH_CONCURRENCY messages per replica are ever inside the duplicate
+        window. Cancelling the call leaves unclaimed messages untouched and releases a claimed one that
+        was not yet handed to SMTP.
+        """
         if not message_ids:
             return {}
         async with transaction(self._pool) as conn:
-            jobs = await claim_messages(conn, dict.fromkeys(message_ids))
+            jobs = await load_jobs(conn, dict.fromkeys(message_ids))
         results = await asyncio.gather(*(self._process(job) for job in jobs), return_exceptions=True)
         outcome: dict[uuid.UUID, str] = {}
         for job, result in zip(jobs, results, strict=True):
             if isinstance(result, BaseException):
                 raise result
-            outcome[job.message_id] = result
+            if result is not None:
+                outcome[job.message_id] = result
         return outcome
 
-    async def _process(self, job: SendJob) -> str:
-        handed_to_smtp = False
+    async def _process(self, job: SendJob) -> str | None:
+        if job.suppressed:
+            return await self._finish_unsent(job, "skipped", "recipient is suppressed")
         try:
-            if job.suppressed:
-                status, detail, retry_in = "skipped", "recipient is suppressed", None
-            else:
-                try:
-                    sender, data = self._build(job)
-                except RenderError as error:
-                    status, detail, retry_in = "dead", str(error), None
-                else:
-                    await self._rate.acquire()
-                    connection = await self._smtp.acquire()
-                    try:
-                        handed_to_smtp = True
-                        status, detail, retry_in = await self._send(job, connection, sender, data)
-                    finally:
-                        self._smtp.release(connection)
+            sender, data = self._build(job)
+        except RenderError as error:
+            return await self._finish_unsent(job, "dead", str(error))
+        await self._rate.acquire()
+        connection = await self._smtp.acquire()
+        try:
+            claimed = await self._claim(job)
+            if claimed is None:
+                return None
+            # Cancelled inside the SMTP transaction, the provider may have the email: the message stays
+            # ``sending`` (the recorded window) for the reconcile job, never silently resent.
+            status, detail, retry_in = await self._send(claimed, connection, sender, data)
+        finally:
+            self._smtp.release(connection)
+        await self._record(claimed, status, detail, retry_in)
+        return status
+
+    async def _claim(self, job: SendJob) -> SendJob | None:
+        async def claim() -> SendJob | None:
+            async with transaction(self._pool) as conn:
+                return await claim_message(conn, job)
+
+        task = asyncio.ensure_future(claim())
+        try:
+            return await asyncio.shield(task)
         except asyncio.CancelledError:
-            if not handed_to_smtp:
-                await asyncio.shield(self._release(job))
+            # The claim may have committed: if so, release it (it never reached SMTP), then go on stopping.
+            claimed = await task
+            if claimed is not None:
+                await self._release(claimed)
             raise
-        await self._record(job, status, detail, retry_in)
+
+    async def _finish_unsent(self, job: SendJob, status: str, detail: str) -> str | None:
+        claimed = await self._claim(job)
+        if claimed is None:
+            return None
+        await self._record(claimed, status, detail, None)
         return status
 
     async def _release(self, job: SendJob) -> None:

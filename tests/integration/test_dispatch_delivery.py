@@ -4,7 +4,9 @@ delivered exactly once, batches, the shared rate, release on cancellation."""
 from __future__ import annotations
 
 import asyncio
+import json
 import uuid
+from argparse import Namespace
 from collections.abc import AsyncIterator, Callable
 from email.message import EmailMessage
 from typing import Any
@@ -13,12 +15,13 @@ import psycopg_pool
 import pytest
 
 from services.common import metrics
-from services.common.config import DatabaseSettings, DispatcherSettings
+from services.common.config import DatabaseSettings, DeadLetterSettings, DispatcherSettings
 from services.common.db import Connection, open_pool, transaction
 from services.common.sequences import apply_sequence, parse_sequence_document
 from services.common.tokens import Purpose, verify_token
 from services.dev.mailsink import MailSink
-from services.dispatcher.dispatch import Dispatcher
+from services.dispatcher.dead_letters_cli import run_dlq_command
+from services.dispatcher.dispatch import Dispatcher, claim_message, load_jobs, release_message
 from services.dispatcher.rate import lease_send_tokens
 from services.dispatcher.smtp import SmtpPool, SmtpTarget
 from services.scheduler.enrollment import emit_due_steps, enroll_lead
@@ -231,7 +234,7 @@ async def test_a_throttling_server_pauses_the_pool_and_the_messages_retry(
     assert len(mail_sink.messages()) == 3
 
 
-async def test_cancelling_a_batch_releases_the_messages_not_yet_handed_to_smtp(
+async def test_cancelling_a_batch_leaves_the_messages_not_yet_handed_to_smtp_sendable(
     make_dispatcher: MakeDispatcher, pool: Pool, mail_sink: MailSink
 ) -> None:
     # One message per second: the first goes out, the others wait for the shared rate.
@@ -249,10 +252,11 @@ async def test_cancelling_a_batch_releases_the_messages_not_yet_handed_to_smtp(
     with pytest.raises(asyncio.CancelledError):
         await batch
 
+    # Waiting for the rate, they were never claimed: no attempt counted, nothing in the duplicate window.
     statuses = [await status_of(pool, i) for i in ids]
-    assert sorted(str(s["status"]) for s in statuses) == ["retrying", "retrying", "sent"]
-    assert all(s["attempts"] == 0 for s in statuses if s["status"] == "retrying")
-    # Released messages are due at once: the next delivery of their commands sends them.
+    assert sorted(str(s["status"]) for s in statuses) == ["queued", "queued", "sent"]
+    assert all(s["attempts"] == 0 for s in statuses if s["status"] == "queued")
+    # The next delivery of their commands sends them.
     assert sorted((await make_dispatcher().dispatch_batch(ids)).values()) == ["sent", "sent"]
     assert len(mail_sink.messages()) == 3
 
@@ -269,3 +273,80 @@ async def test_the_shared_send_rate_grants_one_second_of_burst_across_replicas(p
 
     assert sorted(grants) == [0, 0, 0, 1, 1]
     assert await lease() == 0
+
+
+# --- dead letters ----------------------------------------------------------------------------------
+
+
+async def test_a_permanent_failure_is_dead_lettered_once_and_replayable(
+    make_dispatcher: MakeDispatcher, pool: Pool, mail_sink: MailSink, topic_prefix: str
+) -> None:
+    dispatcher = make_dispatcher()
+    message_id = await queue_message(pool, "nobody@example.com")
+    mail_sink.reject_recipients = {"nobody@example.com": (550, "5.1.1 No such user")}
+
+    assert await dispatcher.dispatch(message_id) == "dead"
+    assert await dispatcher.dispatch(message_id) is None  # a redelivered command
+
+    dlq_topic = f"{topic_prefix}email.dispatch.dlq"
+    dead_letters = await fetch_all(pool.conninfo, "SELECT key FROM outbox WHERE topic = %s", dlq_topic)
+    assert dead_letters == [{"key": str(message_id)}]
+    settings = DeadLetterSettings(database_url=pool.conninfo, topic_email_dispatch=f"{topic_prefix}email.dispatch")
+    listed = await run_dlq_command(settings, Namespace(sequence_command="list", limit=10, json=True))
+    [letter] = [json.loads(line) for line in listed.splitlines()]
+    assert (letter["message_id"], letter["attempts"]) == (str(message_id), 1)
+    assert "550 5.1.1 No such user" in letter["reason"]
+
+    mail_sink.reject_recipients = {}
+    replayed = await run_dlq_command(settings, Namespace(sequence_command="replay", ids=[str(message_id)], all=False))
+
+    assert replayed == "replayed 1 message(s)\n"
+    assert await status_of(pool, message_id) == {"status": "queued", "attempts": 0}
+    commands = await fetch_all(pool.conninfo, "SELECT key FROM outbox WHERE topic = %s", settings.topic_email_dispatch)
+    assert len(commands) == 1
+    assert await dispatcher.dispatch(message_id) == "sent"
+    assert len(mail_sink.messages()) == 1
+    assert await run_dlq_command(settings, Namespace(sequence_command="list", limit=10, json=False)) == (
+        "no dead letters\n"
+    )
+
+
+async def test_replaying_a_message_that_is_not_dead_changes_nothing(pool: Pool, topic_prefix: str) -> None:
+    message_id = await queue_message(pool)
+    settings = DeadLetterSettings(database_url=pool.conninfo)
+
+    with pytest.raises(ValueError, match=f"not dead letters.*{message_id}"):
+        await run_dlq_command(settings, Namespace(sequence_command="replay", ids=[str(message_id)], all=False))
+    with pytest.raises(ValueError, match="not a message id"):
+        await run_dlq_command(settings, Namespace(sequence_command="replay", ids=["nope"], all=False))
+
+    assert await status_of(pool, message_id) == {"status": "queued", "attempts": 0}
+
+
+async def test_replay_all_requeues_every_dead_message(
+    make_dispatcher: MakeDispatcher, pool: Pool, mail_sink: MailSink
+) -> None:
+    dispatcher = make_dispatcher()
+    ids = [await queue_message(pool, f"lead{i}@example.com") for i in range(3)]
+    mail_sink.fail_with = (554, "5.7.1 Rejected")
+    await dispatcher.dispatch_batch(ids)
+    settings = DeadLetterSettings(database_url=pool.conninfo)
+
+    replayed = await run_dlq_command(settings, Namespace(sequence_command="replay", ids=None, all=True))
+
+    assert replayed == "replayed 3 message(s)\n"
+    assert [await status_of(pool, i) for i in ids] == [{"status": "queued", "attempts": 0}] * 3
+
+
+async def test_a_claimed_message_released_before_smtp_is_due_again_without_a_counted_attempt(pool: Pool) -> None:
+    message_id = await queue_message(pool)
+    async with transaction(pool) as conn:
+        [job] = await load_jobs(conn, [message_id])
+        claimed = await claim_message(conn, job)
+        assert claimed is not None
+        assert await claim_message(conn, job) is None  # claimed once only
+        await release_message(conn, claimed)
+
+    assert await status_of(pool, message_id) == {"status": "retrying", "attempts": 0}
+    async with transaction(pool) as conn:
+        assert [j.message_id for j in await load_jobs(conn, [message_id])] == [message_id]
