@@ -40,7 +40,6 @@ SMTP_THROTTLED = Counter("healingwork_smtp_throttled_total", "SMTP replies 421/4
 SEND_RATE_WAIT_SECONDS = Counter(
     "healingwork_send_rate_wait_seconds_total", "Time dispatchers waited for the shared send rate"
 )
-RELEASED = Counter("healingwork_messages_released_total", "Claimed messages released unsent at shutdown")
 TRACKING = Counter("healingwork_tracking_total", "Tracking requests by kind and outcome", ["kind", "outcome"])
 WEBHOOK_EVENTS = Counter("healingwork_webhook_events_total", "Provider events received", ["adapter", "outcome"])
 SUPPRESSIONS = Counter("healingwork_suppressions_total", "Addresses suppressed", ["reason"])

@@ -8,9 +8,9 @@ as soon as its SMTP transaction ends, which keeps the duplicate window as short 
 
 The one honest gap: a crash after the provider accepted the message and before ``sent`` is committed
 leaves it in ``sending``; the reconcile job finds it by age, so the duplicate window is visible and
-counted, never silent. A message claimed but not yet handed to SMTP when the dispatcher stops is
-*released* (back to ``retrying``, due now, the attempt uncounted), so a shutdown never strands it;
-messages not yet claimed are simply left ``queued``.
+counted, never silent. Stopping never widens it: from its claim to its recorded outcome a message is
+one unit that cancellation waits for (bounded by the SMTP timeouts), and messages still waiting for a
+connection or a rate permit are not claimed yet, so they stay ``queued`` for the next owner.
 """
 
 from __future__ import annotations
@@ -19,9 +19,10 @@ import asyncio
 import email.policy
 import logging
 import uuid
-from collections.abc import Iterable
+from collections.abc import Coroutine, Iterable
 from dataclasses import dataclass, replace
 from datetime import datetime, timedelta
+from typing import Any, TypeVar
 
 import psycopg_pool
 
@@ -40,6 +41,8 @@ from services.dispatcher.render import RenderedEmail, RenderError, render_step
 from services.dispatcher.smtp import SendError, SmtpConnection, SmtpPool
 
 log = logging.getLogger(__name__)
+
+T = TypeVar("T")
 
 # The event announced for each final status of an attempt.
 EVENT_OF_STATUS = {"sent": "sent", "retrying": "failed", "dead": "dead", "skipped": "skipped"}
@@ -179,17 +182,6 @@ def message_ref(job: SendJob) -> MessageRef:
     return MessageRef(job.message_id, job.lead_id, job.sequence_id, job.revision, job.step_position, job.step_name)
 
 
-async def release_message(conn: Connection, job: SendJob) -> None:
-    """Give back a message claimed but never handed to SMTP: due again now, the attempt uncounted."""
-    await conn.execute(
-        """UPDATE messages
-           SET status = 'retrying', attempts = greatest(attempts - 1, 0), next_attempt_at = now(),
-               sending_at = NULL, updated_at = now()
-           WHERE id = %s AND status = 'sending'""",
-        (job.message_id,),
-    )
-
-
 async def dead_letter(conn: Connection, job: SendJob, reason: str, dlq_topic: str) -> None:
     """Announce on the dead-letter topic that the message will not be delivered."""
     letter = EmailDeadLettered(
@@ -230,8 +222,8 @@ class Dispatcher:
 
         Each message is claimed (``sending`` committed) only once an SMTP connection and a rate permit
         are in hand, so at most DISPATCH_CONCURRENCY messages per replica are ever inside the duplicate
-        window. Cancelling the call leaves unclaimed messages untouched and releases a claimed one that
-        was not yet handed to SMTP.
+        window. Cancelling the call leaves unclaimed messages untouched and lets every claimed one finish
+        (send and record) before the cancellation completes.
         """
         if not message_ids:
             return {}
@@ -248,51 +240,37 @@ class Dispatcher:
 
     async def _process(self, job: SendJob) -> str | None:
         if job.suppressed:
-            return await self._finish_unsent(job, "skipped", "recipient is suppressed")
+            return await _complete_even_if_cancelled(self._finish_unsent(job, "skipped", "recipient is suppressed"))
         try:
             sender, data = self._build(job)
         except RenderError as error:
-            return await self._finish_unsent(job, "dead", str(error))
+            return await _complete_even_if_cancelled(self._finish_unsent(job, "dead", str(error)))
+        # Waiting for a permit or a connection is cancellable: nothing is claimed yet.
         await self._rate.acquire()
         connection = await self._smtp.acquire()
         try:
-            claimed = await self._claim(job)
-            if claimed is None:
-                return None
-            # Cancelled inside the SMTP transaction, the provider may have the email: the message stays
-            # ``sending`` (the recorded window) for the reconcile job, never silently resent.
-            status, detail, retry_in = await self._send(claimed, connection, sender, data)
+            return await _complete_even_if_cancelled(self._claim_send_record(job, connection, sender, data))
         finally:
             self._smtp.release(connection)
+
+    async def _claim_send_record(
+        self, job: SendJob, connection: SmtpConnection, sender: str, data: bytes
+    ) -> str | None:
+        async with transaction(self._pool) as conn:
+            claimed = await claim_message(conn, job)
+        if claimed is None:
+            return None
+        status, detail, retry_in = await self._send(claimed, connection, sender, data)
         await self._record(claimed, status, detail, retry_in)
         return status
 
-    async def _claim(self, job: SendJob) -> SendJob | None:
-        async def claim() -> SendJob | None:
-            async with transaction(self._pool) as conn:
-                return await claim_message(conn, job)
-
-        task = asyncio.ensure_future(claim())
-        try:
-            return await asyncio.shield(task)
-        except asyncio.CancelledError:
-            # The claim may have committed: if so, release it (it never reached SMTP), then go on stopping.
-            claimed = await task
-            if claimed is not None:
-                await self._release(claimed)
-            raise
-
     async def _finish_unsent(self, job: SendJob, status: str, detail: str) -> str | None:
-        claimed = await self._claim(job)
+        async with transaction(self._pool) as conn:
+            claimed = await claim_message(conn, job)
         if claimed is None:
             return None
         await self._record(claimed, status, detail, None)
         return status
-
-    async def _release(self, job: SendJob) -> None:
-        async with transaction(self._pool) as conn:
-            await release_message(conn, job)
-        metrics.RELEASED.inc()
 
     async def _record(self, job: SendJob, status: str, detail: str, retry_in: timedelta | None) -> None:
         settings = self._settings
@@ -306,10 +284,8 @@ class Dispatcher:
                     await dead_letter(conn, job, detail, settings.topic_email_dlq)
 
         # The email may already be with the provider: try hard to record it, because until then the
-        # message sits in the duplicate window. Shielded: a shutdown must not interrupt this commit.
-        await asyncio.shield(
-            retry_async(record, retry_on=UNAVAILABLE_ERRORS, attempts=8, max_delay_s=5.0, what="record outcome")
-        )
+        # message sits in the duplicate window.
+        await retry_async(record, retry_on=UNAVAILABLE_ERRORS, attempts=8, max_delay_s=5.0, what="record outcome")
         metrics.EMAILS.labels(status).inc()
 
     def _build(self, job: SendJob) -> tuple[str, bytes]:
@@ -362,3 +338,15 @@ class Dispatcher:
             delay = backoff_delay(job.attempts, settings.retry_base_delay_s, settings.retry_max_delay_s)
             return "retrying", error.reason, timedelta(seconds=max(delay, 1.0))
         return "sent", reply, None
+
+
+async def _complete_even_if_cancelled(operation: Coroutine[Any, Any, T]) -> T:
+    """Run ``operation`` to its end even if the caller is cancelled meanwhile; then re-raise the
+    cancellation. Used from a message's claim to its recorded outcome, so a shutdown never leaves a
+    message in ``sending`` that did not have to be."""
+    task = asyncio.ensure_future(operation)
+    try:
+        return await asyncio.shield(task)
+    except asyncio.CancelledError:
+        await task
+        raise
