@@ -16,7 +16,6 @@ connection or a rate permit are not claimed yet, so they stay ``queued`` for the
 from __future__ import annotations
 
 import asyncio
-import email.policy
 import logging
 import uuid
 from collections.abc import Coroutine, Iterable
@@ -308,7 +307,7 @@ class Dispatcher:
         if markup is not None and settings.track_opens:
             markup = add_open_pixel(markup, links)
         from_email = job.from_email or settings.from_email
-        message = build_message(
+        data = build_message(
             message_id=job.message_id,
             from_email=from_email,
             from_name=(job.from_name or settings.from_name) if job.from_email else settings.from_name,
@@ -321,8 +320,7 @@ class Dispatcher:
                 links.unsubscribe_mailto(settings.unsubscribe_mailto or settings.from_email),
             ),
         )
-        international = not (from_email + job.to_email).isascii()
-        return from_email, message.as_bytes(policy=email.policy.SMTPUTF8 if international else email.policy.SMTP)
+        return from_email, data
 
     async def _send(
         self, job: SendJob, connection: SmtpConnection, sender: str, data: bytes
