@@ -10,7 +10,7 @@ from dataclasses import dataclass
 from proto.messages import EmailEvent
 from services.common.clock import utcnow
 from services.common.db import Connection
-from services.common.outbox import enqueue_message
+from services.common.outbox import enqueue_messages
 
 
 @dataclass(frozen=True)
@@ -61,37 +61,65 @@ async def record_event(
     dedupe_key: str | None = None,
 ) -> bool:
     """Record ``event`` for the message; with a ``dedupe_key`` a repeat is ignored. Returns whether it was new."""
-    inserted = await conn.execute(
+    return bool(await record_events(conn, [NewEvent(ref, event, detail, automated, dedupe_key)], topic=topic))
+
+
+@dataclass(frozen=True)
+class NewEvent:
+    ref: MessageRef
+    event: str
+    detail: str = ""
+    automated: bool = False
+    dedupe_key: str | None = None
+
+
+async def record_events(conn: Connection, events: list[NewEvent], *, topic: str) -> int:
+    """Record several events in two statements (the dispatcher's hot path); returns how many were new."""
+    if not events:
+        return 0
+    cursor = await conn.execute(
         """INSERT INTO events
                (message_id, lead_id, sequence_id, revision, step_position, type, detail, automated, dedupe_key)
-           VALUES (%s, %s, %s, %s, %s, %s, %s, %s, %s)
-           ON CONFLICT (dedupe_key) DO NOTHING""",
+           SELECT * FROM unnest(%s::uuid[], %s::uuid[], %s::uuid[], %s::int[], %s::int[], %s::text[], %s::text[],
+                                %s::bool[], %s::text[])
+           ON CONFLICT (dedupe_key) DO NOTHING
+           RETURNING dedupe_key""",
         (
-            ref.message_id,
-            ref.lead_id,
-            ref.sequence_id,
-            ref.revision,
-            ref.step_position,
-            event,
-            detail[:2000],
-            automated,
-            dedupe_key,
+            [e.ref.message_id for e in events],
+            [e.ref.lead_id for e in events],
+            [e.ref.sequence_id for e in events],
+            [e.ref.revision for e in events],
+            [e.ref.step_position for e in events],
+            [e.event for e in events],
+            [e.detail[:2000] for e in events],
+            [e.automated for e in events],
+            [e.dedupe_key for e in events],
         ),
     )
-    if not inserted.rowcount:
-        return False
-    message = EmailEvent(
-        id=uuid.uuid5(ref.message_id, dedupe_key) if dedupe_key else uuid.uuid4(),
-        occurred_at=utcnow(),
-        message_id=ref.message_id,
-        event=event,
-        detail=detail[:500],
-        lead_id=ref.lead_id,
-        sequence_id=ref.sequence_id,
-        revision=ref.revision,
-        step=ref.step,
-        step_position=ref.step_position,
-        automated=automated,
+    inserted = {row["dedupe_key"] for row in await cursor.fetchall()}
+    new = [e for e in events if e.dedupe_key is None or e.dedupe_key in inserted]
+    now = utcnow()
+    await enqueue_messages(
+        conn,
+        [
+            (
+                topic,
+                str(e.ref.message_id),
+                EmailEvent(
+                    id=uuid.uuid5(e.ref.message_id, e.dedupe_key) if e.dedupe_key else uuid.uuid4(),
+                    occurred_at=now,
+                    message_id=e.ref.message_id,
+                    event=e.event,
+                    detail=e.detail[:500],
+                    lead_id=e.ref.lead_id,
+                    sequence_id=e.ref.sequence_id,
+                    revision=e.ref.revision,
+                    step=e.ref.step,
+                    step_position=e.ref.step_position,
+                    automated=e.automated,
+                ),
+            )
+            for e in new
+        ],
     )
-    await enqueue_message(conn, topic, str(ref.message_id), message)
-    return True
+    return len(new)

@@ -29,9 +29,16 @@ NOTIFY_CHANNEL = "healingwork_outbox"
 
 async def enqueue_message(conn: Connection, topic: str, key: str, message: Message) -> None:
     """Add ``message`` to the outbox inside the caller's transaction, and wake the relays on commit."""
+    await enqueue_messages(conn, [(topic, key, message)])
+
+
+async def enqueue_messages(conn: Connection, messages: Sequence[tuple[str, str, Message]]) -> None:
+    """Add (topic, key, message) rows to the outbox in one statement, inside the caller's transaction."""
+    if not messages:
+        return
     await conn.execute(
-        "INSERT INTO outbox (topic, key, payload) VALUES (%s, %s, %s)",
-        (topic, key, encode_message(message)),
+        "INSERT INTO outbox (topic, key, payload) SELECT * FROM unnest(%s::text[], %s::text[], %s::bytea[])",
+        ([t for t, _, _ in messages], [k for _, k, _ in messages], [encode_message(m) for _, _, m in messages]),
     )
     # A wake-up only: delivered on commit, lost on rollback; the relay polls as a backstop.
     await conn.execute("SELECT pg_notify(%s, '')", (NOTIFY_CHANNEL,))

@@ -18,7 +18,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import uuid
-from collections.abc import Coroutine, Iterable
+from collections.abc import Coroutine, Iterable, Sequence
 from dataclasses import dataclass, replace
 from datetime import datetime, timedelta
 from typing import Any, TypeVar
@@ -30,9 +30,10 @@ from services.common import metrics
 from services.common.clock import utcnow
 from services.common.config import DispatcherSettings
 from services.common.db import UNAVAILABLE_ERRORS, Connection, transaction
-from services.common.events import MessageRef, record_event
-from services.common.outbox import enqueue_message
+from services.common.events import MessageRef, NewEvent, record_events
+from services.common.outbox import enqueue_messages
 from services.common.retry import backoff_delay, retry_async
+from services.dispatcher.coalesce import Coalescer
 from services.dispatcher.links import MessageLinks, add_open_pixel, add_unsubscribe_footer, track_clicks
 from services.dispatcher.mail import build_message
 from services.dispatcher.rate import SharedRateLimiter
@@ -123,18 +124,27 @@ async def load_jobs(conn: Connection, message_ids: Iterable[uuid.UUID]) -> list[
 async def claim_message(conn: Connection, job: SendJob) -> SendJob | None:
     """Move the message to ``sending`` and count the attempt, if it may still be sent now (another
     replica may have claimed it meanwhile); returns the claimed job, or None."""
+    return (await claim_messages(conn, [job]))[0]
+
+
+async def claim_messages(conn: Connection, jobs: Sequence[SendJob]) -> list[SendJob | None]:
+    """:func:`claim_message` for several messages in one statement; one result per job, in order."""
     cursor = await conn.execute(
         """UPDATE messages
            SET status = 'sending', attempts = attempts + 1, next_attempt_at = NULL,
                sending_at = now(), updated_at = now()
-           WHERE id = %s AND status IN ('queued', 'retrying') AND (next_attempt_at IS NULL OR next_attempt_at <= now())
-           RETURNING attempts, sending_at""",
-        (job.message_id,),
+           WHERE id = ANY(%s) AND status IN ('queued', 'retrying')
+             AND (next_attempt_at IS NULL OR next_attempt_at <= now())
+           RETURNING id, attempts, sending_at""",
+        ([job.message_id for job in jobs],),
     )
-    row = await cursor.fetchone()
-    if row is None:
-        return None
-    return replace(job, attempts=row["attempts"], claimed_at=row["sending_at"])  # type: ignore[arg-type]
+    claimed = {row["id"]: row for row in await cursor.fetchall()}
+    return [
+        replace(job, attempts=row["attempts"], claimed_at=row["sending_at"])  # type: ignore[arg-type]
+        if (row := claimed.pop(job.message_id, None)) is not None
+        else None
+        for job in jobs
+    ]
 
 
 def claim_key(job: SendJob) -> str:
@@ -142,47 +152,59 @@ def claim_key(job: SendJob) -> str:
     return f"{job.message_id}/{job.claimed_at.timestamp() if job.claimed_at else 0}"
 
 
-async def record_outcome(
-    conn: Connection,
-    job: SendJob,
-    *,
-    status: str,
-    detail: str,
-    events_topic: str,
-    retry_in: timedelta | None = None,
-) -> bool:
-    """Write the result of an attempt (only if the message is still ``sending``) and announce it;
-    returns whether it was written."""
-    result = await conn.execute(
-        """UPDATE messages
-           SET status = %(status)s,
-               sent_at = CASE WHEN %(status)s = 'sent' THEN now() END,
-               next_attempt_at = CASE WHEN %(status)s = 'retrying' THEN now() + %(retry_in)s END,
-               smtp_response = CASE WHEN %(status)s = 'sent' THEN %(detail)s ELSE smtp_response END,
-               last_error = CASE WHEN %(status)s = 'sent' THEN last_error ELSE %(detail)s END,
+@dataclass(frozen=True)
+class Outcome:
+    """The result of one attempt, to be recorded."""
+
+    job: SendJob
+    status: str
+    detail: str
+    retry_in: timedelta | None = None
+
+
+async def record_outcomes(conn: Connection, outcomes: Sequence[Outcome], *, events_topic: str, dlq_topic: str) -> int:
+    """Write the result of each attempt (only where the message is still ``sending``), announce it on
+    email.events, and dead-letter the dead ones, in a handful of statements; returns how many were written."""
+    cursor = await conn.execute(
+        """UPDATE messages m
+           SET status = v.status,
+               sent_at = CASE WHEN v.status = 'sent' THEN now() END,
+               next_attempt_at = CASE WHEN v.status = 'retrying' THEN now() + v.retry_in END,
+               smtp_response = CASE WHEN v.status = 'sent' THEN v.detail ELSE m.smtp_response END,
+               last_error = CASE WHEN v.status = 'sent' THEN m.last_error ELSE v.detail END,
                updated_at = now()
-           WHERE id = %(id)s AND status = 'sending'""",
-        {"status": status, "detail": detail[:2000], "retry_in": retry_in, "id": job.message_id},
+           FROM unnest(%s::uuid[], %s::text[], %s::text[], %s::interval[]) AS v(id, status, detail, retry_in)
+           WHERE m.id = v.id AND m.status = 'sending'
+           RETURNING m.id""",
+        (
+            [o.job.message_id for o in outcomes],
+            [o.status for o in outcomes],
+            [o.detail[:2000] for o in outcomes],
+            [o.retry_in for o in outcomes],
+        ),
     )
-    if not result.rowcount:
-        return False
-    await record_event(
+    written_ids = {row["id"] for row in await cursor.fetchall()}
+    written = [o for o in outcomes if o.job.message_id in written_ids]
+    await record_events(
         conn,
-        message_ref(job),
-        EVENT_OF_STATUS[status],
+        [
+            NewEvent(
+                message_ref(o.job), EVENT_OF_STATUS[o.status], o.detail, dedupe_key=f"{claim_key(o.job)}/{o.status}"
+            )
+            for o in written
+        ],
         topic=events_topic,
-        detail=detail,
-        dedupe_key=f"{claim_key(job)}/{status}",
     )
-    return True
+    await enqueue_messages(conn, [dead_letter(o.job, o.detail, dlq_topic) for o in written if o.status == "dead"])
+    return len(written)
 
 
 def message_ref(job: SendJob) -> MessageRef:
     return MessageRef(job.message_id, job.lead_id, job.sequence_id, job.revision, job.step_position, job.step_name)
 
 
-async def dead_letter(conn: Connection, job: SendJob, reason: str, dlq_topic: str) -> None:
-    """Announce on the dead-letter topic that the message will not be delivered."""
+def dead_letter(job: SendJob, reason: str, dlq_topic: str) -> tuple[str, str, EmailDeadLettered]:
+    """The outbox row announcing on the dead-letter topic that the message will not be delivered."""
     letter = EmailDeadLettered(
         id=uuid.uuid5(job.message_id, f"{claim_key(job)}/dead"),
         occurred_at=utcnow(),
@@ -191,7 +213,7 @@ async def dead_letter(conn: Connection, job: SendJob, reason: str, dlq_topic: st
         attempts=job.attempts,
         reason=reason[:2000],
     )
-    await enqueue_message(conn, dlq_topic, str(job.message_id), letter)
+    return dlq_topic, str(job.message_id), letter
 
 
 class Dispatcher:
@@ -210,6 +232,28 @@ class Dispatcher:
         self._rate = rate or SharedRateLimiter(pool, settings.smtp_rate_name, settings.smtp_rate_per_s)
         header = settings.smtp_idempotency_header
         self._idempotency_header = None if header.lower() == "none" else header
+        self._claims: Coalescer[SendJob, SendJob | None] = Coalescer(self._claim_group)
+        self._records: Coalescer[Outcome, int] = Coalescer(self._record_group)
+
+    async def _claim_group(self, jobs: Sequence[SendJob]) -> list[SendJob | None]:
+        async with transaction(self._pool) as conn:
+            return await claim_messages(conn, jobs)
+
+    async def _record_group(self, outcomes: Sequence[Outcome]) -> list[int]:
+        settings = self._settings
+
+        async def record() -> None:
+            async with transaction(self._pool) as conn:
+                await record_outcomes(
+                    conn, outcomes, events_topic=settings.topic_email_events, dlq_topic=settings.topic_email_dlq
+                )
+
+        # The emails may already be with the provider: try hard to record them, because until then
+        # they sit in the duplicate window.
+        await retry_async(record, retry_on=UNAVAILABLE_ERRORS, attempts=8, max_delay_s=5.0, what="record outcomes")
+        for outcome in outcomes:
+            metrics.EMAILS.labels(outcome.status).inc()
+        return [1] * len(outcomes)
 
     async def dispatch(self, message_id: uuid.UUID) -> str | None:
         """Send one message if it may be sent now; returns the status it ended in, or None if skipped."""
@@ -255,37 +299,19 @@ class Dispatcher:
     async def _claim_send_record(
         self, job: SendJob, connection: SmtpConnection, sender: str, data: bytes
     ) -> str | None:
-        async with transaction(self._pool) as conn:
-            claimed = await claim_message(conn, job)
+        claimed = await self._claims.submit(job)
         if claimed is None:
             return None
         status, detail, retry_in = await self._send(claimed, connection, sender, data)
-        await self._record(claimed, status, detail, retry_in)
+        await self._records.submit(Outcome(claimed, status, detail, retry_in))
         return status
 
     async def _finish_unsent(self, job: SendJob, status: str, detail: str) -> str | None:
-        async with transaction(self._pool) as conn:
-            claimed = await claim_message(conn, job)
+        claimed = await self._claims.submit(job)
         if claimed is None:
             return None
-        await self._record(claimed, status, detail, None)
+        await self._records.submit(Outcome(claimed, status, detail))
         return status
-
-    async def _record(self, job: SendJob, status: str, detail: str, retry_in: timedelta | None) -> None:
-        settings = self._settings
-
-        async def record() -> None:
-            async with transaction(self._pool) as conn:
-                written = await record_outcome(
-                    conn, job, status=status, detail=detail, events_topic=settings.topic_email_events, retry_in=retry_in
-                )
-                if written and status == "dead":
-                    await dead_letter(conn, job, detail, settings.topic_email_dlq)
-
-        # The email may already be with the provider: try hard to record it, because until then the
-        # message sits in the duplicate window.
-        await retry_async(record, retry_on=UNAVAILABLE_ERRORS, attempts=8, max_delay_s=5.0, what="record outcome")
-        metrics.EMAILS.labels(status).inc()
 
     def _build(self, job: SendJob) -> tuple[str, bytes]:
         settings = self._settings
