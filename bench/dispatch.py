@@ -164,6 +164,13 @@ def dispatcher_env(
     return env
 
 
+def dispatcher_command(port: int) -> list[str]:
+    if os.environ.get("BENCH_PROFILE"):
+        profile = Path(tempfile.gettempdir()) / f"prof-{port}.out"
+        return [sys.executable, "-m", "cProfile", "-o", str(profile), "-m", "services", "dispatcher"]
+    return [sys.executable, "-m", "services", "dispatcher"]
+
+
 def ready(health_port: int) -> bool:
     try:
         with urllib.request.urlopen(f"http://127.0.0.1:{health_port}/readyz", timeout=1) as response:
@@ -184,9 +191,7 @@ async def end_to_end(database_url: str, bootstrap: str, sink_port: int, args: ar
     ports = [find_free_port() for _ in range(args.dispatchers)]
     processes = [
         subprocess.Popen(  # noqa: ASYNC220 - started once, before the clock runs
-            [sys.executable, "-m", "cProfile", "-o", f"/tmp/prof-{port}.out", "-m", "services", "dispatcher"]
-            if os.environ.get("BENCH_PROFILE")
-            else [sys.executable, "-m", "services", "dispatcher"],
+            dispatcher_command(port),
             env=dispatcher_env(database_url, bootstrap, sink_port, port, args),
             cwd=ROOT,
         )
