@@ -216,6 +216,8 @@ class BusSettings(DatabaseSettings, frozen=True, kw_only=True):
     topic_email_events: NonBlank = "email.events"
     topic_email_dlq: NonBlank = "email.dispatch.dlq"
     topic_leads_suppressed: NonBlank = "leads.suppressed"
+    # Prepended to consumer group ids, so two installations (or test runs) can share one Kafka cluster.
+    kafka_group_prefix: str = ""
     outbox_batch_size: PositiveInt = 200
     outbox_poll_interval_s: PositiveFloat = 0.5
     relay_enabled: bool = True

@@ -4,6 +4,7 @@ skip any step already queued."""
 
 from __future__ import annotations
 
+import asyncio
 from urllib.parse import urlsplit
 
 import httpx
@@ -58,7 +59,8 @@ async def test_one_click_unsubscribe_stops_the_next_step(
         httpx.AsyncClient(base_url=base_url, timeout=30) as client,
     ):
         leaver = (await client.post("/v1/leads", json=lead("leaver@example.com"))).json()["id"]
-        [first] = await mail_sink.wait_for_messages_async(1)
+        async with asyncio.timeout(60):
+            [first] = await mail_sink.wait_for_messages_async(1)
         stayer = (await client.post("/v1/leads", json=lead("stayer@example.com"))).json()["id"]
         https_url = first["List-Unsubscribe"].split(",")[0].strip().strip("<>")
 
