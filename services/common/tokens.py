@@ -70,6 +70,9 @@ def verify_token(token: str, purpose: Purpose, secrets: list[str]) -> Token:
         payload, mac = _unb64(encoded_payload), _unb64(encoded_mac)
     except (binascii.Error, ValueError) as error:
         raise InvalidToken from error
+    # Base64 has spare bits in its last character: a token is valid in its one canonical spelling only.
+    if _b64(payload) != encoded_payload or _b64(mac) != encoded_mac:
+        raise InvalidToken
     if not any(hmac.compare_digest(mac, _mac(secret, payload)) for secret in secrets if secret):
         raise InvalidToken
     if len(payload) < 18 or payload[0] != _VERSION or payload[1:2] != purpose.value.encode():

@@ -92,3 +92,15 @@ def test_urls_are_bound_into_click_tokens_only() -> None:
         sign_token(SECRET, Purpose.OPEN, MESSAGE, "https://example.com/")
     with pytest.raises(ValueError, match="click"):
         sign_token(SECRET, Purpose.CLICK, MESSAGE)
+
+
+def test_a_non_canonical_spelling_of_a_valid_token_is_refused() -> None:
+    token = sign_token(SECRET, Purpose.UNSUBSCRIBE, MESSAGE)
+    payload, _, mac = token.partition(".")
+    # 32 bytes of MAC are 43 base64 characters; the last one carries 2 spare bits.
+    alphabet = "ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789-_"
+    index = alphabet.index(mac[-1])
+    same_bits = alphabet[index ^ 1]
+
+    with pytest.raises(InvalidToken):
+        verify_token(f"{payload}.{mac[:-1]}{same_bits}", Purpose.UNSUBSCRIBE, [SECRET])
