@@ -37,6 +37,10 @@ class SnsRejected(Exception):
     """An SNS message that must not be trusted (bad signature, foreign topic, unexpected URL)."""
 
 
+class SnsUnavailable(Exception):
+    """SNS could not be reached to fetch a certificate or confirm a subscription (answer 503: SNS retries)."""
+
+
 async def fetch_https(url: str) -> bytes:
     """The default fetcher: GET with a timeout, in a worker thread."""
 
@@ -103,7 +107,10 @@ class SnsVerifier:
         url = str(message.get("SubscribeURL", ""))
         if not is_sns_url(url):
             raise SnsRejected("SubscribeURL is not an SNS URL")
-        await self._fetch(url)
+        try:
+            await self._fetch(url)
+        except OSError as error:
+            raise SnsUnavailable(str(error)) from error
 
     async def _key(self, url: str) -> rsa.RSAPublicKey:
         if url not in self._certs:
@@ -116,10 +123,6 @@ class SnsVerifier:
                 raise SnsRejected("signing certificate has no RSA key")
             self._certs[url] = key
         return self._certs[url]
-
-
-class SnsUnavailable(Exception):
-    """The signing certificate could not be fetched (answer 503: SNS retries)."""
 
 
 def _b64decode(text: str) -> bytes:

@@ -135,7 +135,7 @@ async def _sns(request: Request[Any, Any, State], state: State, body: bytes) -> 
     except SnsRejected as error:
         raise ProblemError(401, f"The SNS message is not trusted: {error}.") from error
     except SnsUnavailable as error:
-        raise ProblemError(503, "The SNS signing certificate is unreachable.", {"Retry-After": "30"}) from error
+        raise ProblemError(503, "Amazon SNS is unreachable; retry later.", {"Retry-After": "30"}) from error
     if message.get("Type") != "Notification":
         return Response(WebhookReceipt(accepted=0), status_code=200)
     events = ses_events(str(message.get("Message", "")), str(message.get("MessageId", "")))

@@ -276,3 +276,26 @@ async def test_an_untrusted_sns_message_gets_401_and_changes_nothing(
     assert response.status_code == 401
     assert await suppressions(settings) == []
     assert "https://evil.example/sns.amazonaws.com.pem" not in aws.fetched
+
+
+async def test_an_unreachable_sns_gets_503_with_retry_after(
+    migrated_database_url: str, kafka_bootstrap_servers: str, topic_prefix: str
+) -> None:
+    async def unreachable(url: str) -> bytes:
+        raise OSError("network is unreachable")
+
+    settings = make_settings(
+        IntakeSettings, migrated_database_url, kafka_bootstrap_servers, topic_prefix, sns_topic_arns=TOPIC_ARN
+    )
+    body = sns_message("Notification", ses_bounce("grace@example.com", None))
+    async with (
+        serve_intake(settings, sns_fetch=unreachable) as base_url,
+        httpx.AsyncClient(base_url=base_url, timeout=30) as client,
+    ):
+        response = await client.post(
+            "/v1/webhooks/email-events", json=body, headers={"x-amz-sns-message-type": "Notification"}
+        )
+
+    assert response.status_code == 503
+    assert response.headers["retry-after"] == "30"
+    assert await suppressions(settings) == []
