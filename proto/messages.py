@@ -47,11 +47,22 @@ class EmailDispatch(Message, frozen=True, kw_only=True, tag="email.dispatch"):
 
 
 class EmailEvent(Message, frozen=True, kw_only=True, tag="email.event"):
-    """Something happened to a sent message (sent, failed, dead, opened, ...). Key: message id."""
+    """Something happened to a message (sent, failed, dead, skipped, opened, clicked, unsubscribed,
+    bounced, complained). Key: message id.
+
+    Carries the lead, the Sequence, its revision and the step, so a consumer needs no lookup to
+    attribute it; ``automated`` marks opens and clicks by mail-privacy proxies and link scanners.
+    """
 
     message_id: uuid.UUID
     event: str
     detail: str = ""
+    lead_id: uuid.UUID | None = None
+    sequence_id: uuid.UUID | None = None
+    revision: int | None = None
+    step: str | None = None
+    step_position: int | None = None
+    automated: bool = False
 
 
 class EmailDeadLettered(Message, frozen=True, kw_only=True, tag="email.dead_lettered"):
@@ -63,4 +74,15 @@ class EmailDeadLettered(Message, frozen=True, kw_only=True, tag="email.dead_lett
     reason: str
 
 
-AnyMessage = LeadAccepted | EmailDispatch | EmailEvent | EmailDeadLettered
+class LeadSuppressed(Message, frozen=True, kw_only=True, tag="lead.suppressed"):
+    """An address must never be mailed again (unsubscribed, bounced, complained). Key: email hash.
+
+    Carries the SHA-256 of the normalized address (``services.common.identity.email_hash``), never the
+    address; the scheduler cancels every active enrollment of it.
+    """
+
+    email_hash: str
+    reason: str
+
+
+AnyMessage = LeadAccepted | EmailDispatch | EmailEvent | EmailDeadLettered | LeadSuppressed

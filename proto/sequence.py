@@ -81,10 +81,13 @@ class SendWindow(_Camel, frozen=True, kw_only=True):
 
 
 class FromAddress(_Camel, frozen=True, kw_only=True):
-    """The sender of this Sequence's emails, instead of the platform's ``FROM_EMAIL``/``FROM_NAME``."""
+    """The sender of this Sequence's emails, instead of the platform's ``FROM_EMAIL``/``FROM_NAME``.
 
-    email: Annotated[str, msgspec.Meta(min_length=3, max_length=254, pattern=r"^[^@\s]+@[^@\s]+\Z")]
-    name: Annotated[str, msgspec.Meta(min_length=1, max_length=100)] | None = None
+    Neither part can carry a line break or a second address into the From header.
+    """
+
+    email: Annotated[str, msgspec.Meta(min_length=3, max_length=254, pattern=r"^[^\s@<>,;:\"]+@[^\s@<>,;:\"]+\Z")]
+    name: Annotated[str, msgspec.Meta(min_length=1, max_length=100, pattern=r"^[^\r\n]*\Z")] | None = None
 
 
 class SequenceSpec(_Camel, frozen=True, kw_only=True):

@@ -16,6 +16,7 @@ from services.common.config import (
     ClientsSettings,
     ConfigError,
     DatabaseSettings,
+    DeadLetterSettings,
     DispatcherSettings,
     IntakeSettings,
     OperatorSettings,
@@ -159,6 +160,17 @@ def _clients(args: argparse.Namespace) -> None:
         raise CommandError(str(error)) from error
 
 
+def _dlq(args: argparse.Namespace) -> None:
+    from services.dispatcher.dead_letters_cli import run_dlq_command
+
+    settings = load_settings(DeadLetterSettings)
+    configure_logging("dlq", settings.log_level)
+    try:
+        print(asyncio.run(run_dlq_command(settings, args)), end="")
+    except ValueError as error:
+        raise CommandError(str(error)) from error
+
+
 def _dev(args: argparse.Namespace) -> None:
     from services.dev.stack import run_dev
 
@@ -219,6 +231,18 @@ def build_parser() -> argparse.ArgumentParser:
     revoke = client_commands.add_parser("revoke", help="Revoke a client's key and signing secret at once")
     revoke.add_argument("name")
     revoke.set_defaults(run=_clients)
+
+    dlq = commands.add_parser("dlq", help="Inspect and re-drive dead letters (messages that will not be delivered)")
+    dlq_commands = dlq.add_subparsers(dest="sequence_command", required=True, metavar="<action>")
+    dlq_list = dlq_commands.add_parser("list", help="List dead messages, most recent first")
+    dlq_list.add_argument("--limit", type=int, default=50, help="at most this many (default 50)")
+    dlq_list.add_argument("--json", action="store_true", help="one JSON object per line")
+    dlq_list.set_defaults(run=_dlq)
+    replay = dlq_commands.add_parser("replay", help="Queue dead messages again with fresh attempts")
+    chosen = replay.add_mutually_exclusive_group(required=True)
+    chosen.add_argument("--id", action="append", dest="ids", metavar="MESSAGE_ID", help="a message id (repeatable)")
+    chosen.add_argument("--all", action="store_true", help="every dead message")
+    replay.set_defaults(run=_dlq)
 
     dev = add("dev", _dev, "Run the whole platform on this machine (embedded PostgreSQL, broker and SMTP sink)")
     dev.add_argument("--port", type=int, default=8000, help="intake port (default 8000)")

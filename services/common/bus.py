@@ -41,6 +41,7 @@ def all_topics(settings: BusSettings) -> list[str]:
         settings.topic_email_dispatch,
         settings.topic_email_events,
         settings.topic_email_dlq,
+        settings.topic_leads_suppressed,
     ]
 
 
@@ -107,7 +108,7 @@ def make_consumer(settings: BusSettings, topic: str, group_id: str, **overrides:
     """A consumer that never auto-commits: offsets are committed by :func:`run_consumer` after the effect."""
     options: dict[str, Any] = {
         "bootstrap_servers": settings.kafka_bootstrap_servers,
-        "group_id": group_id,
+        "group_id": settings.kafka_group_prefix + group_id,
         "enable_auto_commit": False,
         "auto_offset_reset": "earliest",
         "request_timeout_ms": int(settings.kafka_request_timeout_s * 1000) + 30000,

@@ -131,6 +131,23 @@ def check_origins(value: str) -> str | None:
     return None
 
 
+def check_optional_hmac_secret(value: str) -> str | None:
+    return check_hmac_secret(value) if value else None
+
+
+def check_optional_email(value: str) -> str | None:
+    return check_email(value) if value else None
+
+
+_HEADER_NAME = re.compile(r"[!-9;-~]{1,76}")  # RFC 5322 field name: printable ASCII except colon
+
+
+def check_header_name(value: str) -> str | None:
+    if value.lower() == "none" or _HEADER_NAME.fullmatch(value):
+        return None
+    return "must be an email header name such as X-Idempotency-Key (or none)"
+
+
 HmacSecret: TypeAlias = Annotated[str, msgspec.Meta(extra={"check": check_hmac_secret})]
 EmailAddress: TypeAlias = Annotated[str, msgspec.Meta(extra={"check": check_email})]
 HttpUrl: TypeAlias = Annotated[str, msgspec.Meta(extra={"check": check_http_url})]
@@ -138,6 +155,9 @@ PostgresUrl: TypeAlias = Annotated[str, msgspec.Meta(extra={"check": check_postg
 SmtpUrl: TypeAlias = Annotated[str, msgspec.Meta(extra={"check": check_smtp_url})]
 BootstrapServers: TypeAlias = Annotated[str, msgspec.Meta(extra={"check": check_bootstrap_servers})]
 NonBlank: TypeAlias = Annotated[str, msgspec.Meta(extra={"check": check_not_blank})]
+OptionalHmacSecret: TypeAlias = Annotated[str, msgspec.Meta(extra={"check": check_optional_hmac_secret})]
+OptionalEmailAddress: TypeAlias = Annotated[str, msgspec.Meta(extra={"check": check_optional_email})]
+HeaderName: TypeAlias = Annotated[str, msgspec.Meta(extra={"check": check_header_name})]
 PositiveInt = Annotated[int, msgspec.Meta(ge=1)]
 PositiveFloat = Annotated[float, msgspec.Meta(gt=0)]
 
@@ -213,6 +233,9 @@ class BusSettings(DatabaseSettings, frozen=True, kw_only=True):
     topic_email_dispatch: NonBlank = "email.dispatch"
     topic_email_events: NonBlank = "email.events"
     topic_email_dlq: NonBlank = "email.dispatch.dlq"
+    topic_leads_suppressed: NonBlank = "leads.suppressed"
+    # Prepended to consumer group ids, so two installations (or test runs) can share one Kafka cluster.
+    kafka_group_prefix: str = ""
     outbox_batch_size: PositiveInt = 200
     outbox_poll_interval_s: PositiveFloat = 0.5
     relay_enabled: bool = True
@@ -229,6 +252,13 @@ class IntakeSettings(BusSettings, frozen=True, kw_only=True):
     port: Annotated[int, msgspec.Meta(ge=1, le=65535)] = 8000
     duplicate_window_hours: PositiveFloat = 24.0
     max_body_bytes: PositiveInt = 65536
+    # Tracking links keep working while the key rotates: tokens signed with the previous secret verify.
+    hmac_secret_previous: OptionalHmacSecret = ""
+    # POST /v1/webhooks/email-events (generic format) verifies this; unset: the generic adapter is off.
+    webhook_secret: OptionalHmacSecret = ""
+    webhook_tolerance_s: PositiveFloat = 300.0
+    # SES via SNS: the topic ARNs whose notifications are accepted; empty: the SNS adapter is off.
+    sns_topic_arns: str = ""
     # Authentication: "required" everywhere but `healingwork dev`, which sets "disabled".
     auth_mode: Literal["required", "disabled"] = "required"
     signature_tolerance_s: PositiveFloat = 300.0
@@ -270,6 +300,29 @@ class DispatcherSettings(BusSettings, frozen=True, kw_only=True):
     max_attempts: PositiveInt = 8
     retry_base_delay_s: PositiveFloat = 60.0
     retry_max_delay_s: PositiveFloat = 6 * 3600.0
+    # Records fetched per batch, and SMTP transactions in flight at once (= pooled connections).
+    dispatch_batch_size: PositiveInt = 200
+    dispatch_concurrency: PositiveInt = 8
+    # Messages per second for this transport across all replicas (0: unlimited); see docs/configuration.md.
+    smtp_rate_per_s: Annotated[float, msgspec.Meta(ge=0)] = 0.0
+    smtp_rate_name: NonBlank = "default"
+    # How long the whole pool pauses after 421/451/454 (doubling while the server keeps answering so).
+    smtp_throttle_pause_s: PositiveFloat = 5.0
+    # Header carrying the message id for providers that deduplicate on one; "none" leaves it out.
+    smtp_idempotency_header: HeaderName = "X-Idempotency-Key"
+    # List-Unsubscribe mailto address; empty: FROM_EMAIL (subject "unsubscribe <token>").
+    unsubscribe_mailto: OptionalEmailAddress = ""
+    track_opens: bool = True
+    track_clicks: bool = True
+    # On SIGTERM: stop fetching, let sends in flight finish for this long, release the rest.
+    shutdown_grace_s: PositiveFloat = 20.0
+
+
+class DeadLetterSettings(DatabaseSettings, frozen=True, kw_only=True):
+    """``healingwork dlq``: inspects and re-drives dead letters through the outbox (no Kafka connection)."""
+
+    topic_email_dispatch: NonBlank = "email.dispatch"
+    topic_email_events: NonBlank = "email.events"
 
 
 def check_optional_http_url(value: str | None) -> str | None:

@@ -38,3 +38,13 @@ async def observe_outbox_backlog(pool: psycopg_pool.AsyncConnectionPool[Connecti
         return
     OUTBOX_OLDEST_AGE.set(float(row["age"]) if row else 0.0)  # type: ignore[arg-type]
     OUTBOX_BACKLOG.set(int(row["backlog"]) if row else 0)  # type: ignore[call-overload]
+
+
+SMTP_CONNECTS = Counter("healingwork_smtp_connects_total", "SMTP connections opened")
+SMTP_THROTTLED = Counter("healingwork_smtp_throttled_total", "SMTP replies 421/451/454 that paused the pool")
+SEND_RATE_WAIT_SECONDS = Counter(
+    "healingwork_send_rate_wait_seconds_total", "Time dispatchers waited for the shared send rate"
+)
+TRACKING = Counter("healingwork_tracking_total", "Tracking requests by kind and outcome", ["kind", "outcome"])
+WEBHOOK_EVENTS = Counter("healingwork_webhook_events_total", "Provider events received", ["adapter", "outcome"])
+SUPPRESSIONS = Counter("healingwork_suppressions_total", "Addresses suppressed", ["reason"])

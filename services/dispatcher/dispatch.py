@@ -1,30 +1,51 @@
-"""The life of one message: claim it (``sending`` is committed before the SMTP call), send it,
-record the outcome. Idempotent on the message id: a redelivered command for a message that is sent,
-sending, dead or not yet due for retry sends nothing.
+"""The life of a message: claim it (``sending`` is committed before the SMTP call), send it, record
+the outcome. Idempotent on the message id: a redelivered command for a message that is sent, sending,
+dead or not yet due for retry sends nothing.
+
+The messages of one Kafka batch are read in one statement and sent concurrently over the SMTP pool;
+each is claimed only when a connection and a rate permit are in hand, and each outcome is committed
+as soon as its SMTP transaction ends, which keeps the duplicate window as short as SMTP allows.
 
 The one honest gap: a crash after the provider accepted the message and before ``sent`` is committed
 leaves it in ``sending``; the reconcile job finds it by age, so the duplicate window is visible and
-counted, never silent.
+counted, never silent. Stopping never widens it: from its claim to its recorded outcome a message is
+one unit that cancellation waits for (bounded by the SMTP timeouts), and messages still waiting for a
+connection or a rate permit are not claimed yet, so they stay ``queued`` for the next owner.
 """
 
 from __future__ import annotations
 
+import asyncio
+import logging
 import uuid
-from dataclasses import dataclass
-from datetime import timedelta
+from collections.abc import Coroutine, Iterable, Sequence
+from dataclasses import dataclass, replace
+from datetime import datetime, timedelta
+from typing import Any, TypeVar
 
 import psycopg_pool
 
-from proto.messages import EmailDeadLettered, EmailEvent
+from proto.messages import EmailDeadLettered
 from services.common import metrics
 from services.common.clock import utcnow
 from services.common.config import DispatcherSettings
 from services.common.db import UNAVAILABLE_ERRORS, Connection, transaction
-from services.common.outbox import enqueue_message
+from services.common.events import MessageRef, NewEvent, record_events
+from services.common.outbox import enqueue_messages
 from services.common.retry import backoff_delay, retry_async
+from services.dispatcher.coalesce import Coalescer
+from services.dispatcher.links import MessageLinks, add_open_pixel, add_unsubscribe_footer, track_clicks
 from services.dispatcher.mail import build_message
-from services.dispatcher.render import RenderError, render_step
-from services.dispatcher.smtp import SendError, SmtpTransport
+from services.dispatcher.rate import SharedRateLimiter
+from services.dispatcher.render import RenderedEmail, RenderError, render_step
+from services.dispatcher.smtp import SendError, SmtpConnection, SmtpPool
+
+log = logging.getLogger(__name__)
+
+T = TypeVar("T")
+
+# The event announced for each final status of an attempt.
+EVENT_OF_STATUS = {"sent": "sent", "retrying": "failed", "dead": "dead", "skipped": "skipped"}
 
 
 @dataclass(frozen=True)
@@ -34,6 +55,9 @@ class SendJob:
     message_id: uuid.UUID
     enrollment_id: uuid.UUID
     lead_id: uuid.UUID
+    sequence_id: uuid.UUID
+    revision: int
+    step_position: int
     attempts: int
     to_email: str
     first_name: str | None
@@ -44,105 +68,152 @@ class SendJob:
     subject: str
     html: str | None
     text: str | None
+    from_email: str | None
+    from_name: str | None
     suppressed: bool
-    # The Sequence's `from` override, stored with its revision; None means the platform's sender.
-    from_email: str | None = None
-    from_name: str | None = None
+    claimed_at: datetime | None = None  # set by claim_message
 
 
-async def claim_message(conn: Connection, message_id: uuid.UUID) -> SendJob | None:
-    """Move the message to ``sending`` and count the attempt, if it may be sent now; else None."""
+async def load_jobs(conn: Connection, message_ids: Iterable[uuid.UUID]) -> list[SendJob]:
+    """Read what is needed to send each message that may be sent now (queued, or a retry that is due);
+    others (sent, sending, dead, skipped, a retry not yet due) are not returned. Changes nothing: each
+    message is claimed by :func:`claim_message` only when an SMTP connection is ready for it."""
+    cursor = await conn.execute(
+        """SELECT m.id, m.enrollment_id, m.lead_id, m.sequence_id, m.revision, m.step_position, m.attempts,
+                  l.email, l.first_name, l.last_name, l.source, s.name AS sequence_name,
+                  st.name AS step_name, st.subject, st.html, st.text,
+                  r.spec -> 'from' ->> 'email' AS from_email, r.spec -> 'from' ->> 'name' AS from_name,
+                  EXISTS (SELECT 1 FROM suppressions x WHERE x.email_hash = l.email_hash) AS suppressed
+           FROM messages m
+           JOIN leads l ON l.id = m.lead_id
+           JOIN sequences s ON s.id = m.sequence_id
+           JOIN sequence_revisions r ON r.sequence_id = m.sequence_id AND r.revision = m.revision
+           JOIN sequence_steps st
+             ON st.sequence_id = m.sequence_id AND st.revision = m.revision AND st.position = m.step_position
+           WHERE m.id = ANY(%s)
+             AND m.status IN ('queued', 'retrying')
+             AND (m.next_attempt_at IS NULL OR m.next_attempt_at <= now())""",
+        (list(message_ids),),
+    )
+    return [
+        SendJob(
+            message_id=row["id"],  # type: ignore[arg-type]
+            enrollment_id=row["enrollment_id"],  # type: ignore[arg-type]
+            lead_id=row["lead_id"],  # type: ignore[arg-type]
+            sequence_id=row["sequence_id"],  # type: ignore[arg-type]
+            revision=row["revision"],  # type: ignore[arg-type]
+            step_position=row["step_position"],  # type: ignore[arg-type]
+            attempts=row["attempts"],  # type: ignore[arg-type]
+            to_email=row["email"],  # type: ignore[arg-type]
+            first_name=row["first_name"],  # type: ignore[arg-type]
+            last_name=row["last_name"],  # type: ignore[arg-type]
+            source=row["source"],  # type: ignore[arg-type]
+            sequence_name=row["sequence_name"],  # type: ignore[arg-type]
+            step_name=row["step_name"],  # type: ignore[arg-type]
+            subject=row["subject"],  # type: ignore[arg-type]
+            html=row["html"],  # type: ignore[arg-type]
+            text=row["text"],  # type: ignore[arg-type]
+            from_email=row["from_email"],  # type: ignore[arg-type]
+            from_name=row["from_name"],  # type: ignore[arg-type]
+            suppressed=row["suppressed"],  # type: ignore[arg-type]
+        )
+        for row in await cursor.fetchall()
+    ]
+
+
+async def claim_message(conn: Connection, job: SendJob) -> SendJob | None:
+    """Move the message to ``sending`` and count the attempt, if it may still be sent now (another
+    replica may have claimed it meanwhile); returns the claimed job, or None."""
+    return (await claim_messages(conn, [job]))[0]
+
+
+async def claim_messages(conn: Connection, jobs: Sequence[SendJob]) -> list[SendJob | None]:
+    """:func:`claim_message` for several messages in one statement; one result per job, in order."""
+    cursor = await conn.execute(
+        """UPDATE messages
+           SET status = 'sending', attempts = attempts + 1, next_attempt_at = NULL,
+               sending_at = now(), updated_at = now()
+           WHERE id = ANY(%s) AND status IN ('queued', 'retrying')
+             AND (next_attempt_at IS NULL OR next_attempt_at <= now())
+           RETURNING id, attempts, sending_at""",
+        ([job.message_id for job in jobs],),
+    )
+    claimed = {row["id"]: row for row in await cursor.fetchall()}
+    return [
+        replace(job, attempts=row["attempts"], claimed_at=row["sending_at"])  # type: ignore[arg-type]
+        if (row := claimed.pop(job.message_id, None)) is not None
+        else None
+        for job in jobs
+    ]
+
+
+def claim_key(job: SendJob) -> str:
+    """Unique per claim (attempt), so events and dead letters of a replayed message are their own."""
+    return f"{job.message_id}/{job.claimed_at.timestamp() if job.claimed_at else 0}"
+
+
+@dataclass(frozen=True)
+class Outcome:
+    """The result of one attempt, to be recorded."""
+
+    job: SendJob
+    status: str
+    detail: str
+    retry_in: timedelta | None = None
+
+
+async def record_outcomes(conn: Connection, outcomes: Sequence[Outcome], *, events_topic: str, dlq_topic: str) -> int:
+    """Write the result of each attempt (only where the message is still ``sending``), announce it on
+    email.events, and dead-letter the dead ones, in a handful of statements; returns how many were written."""
     cursor = await conn.execute(
         """UPDATE messages m
-           SET status = 'sending', attempts = m.attempts + 1, next_attempt_at = NULL,
-               sending_at = now(), updated_at = now()
-           FROM leads l, sequences s, sequence_steps st, sequence_revisions r
-           WHERE m.id = %s
-             AND m.status IN ('queued', 'retrying')
-             AND (m.next_attempt_at IS NULL OR m.next_attempt_at <= now())
-             AND l.id = m.lead_id
-             AND s.id = m.sequence_id
-             AND st.sequence_id = m.sequence_id AND st.revision = m.revision AND st.position = m.step_position
-             AND r.sequence_id = m.sequence_id AND r.revision = m.revision
-           RETURNING m.id, m.enrollment_id, m.lead_id, m.attempts, l.email, l.first_name, l.last_name,
-                     l.source, s.name AS sequence_name, st.name AS step_name, st.subject, st.html, st.text,
-                     r.from_email, r.from_name,
-                     EXISTS (SELECT 1 FROM suppressions x
-                             WHERE x.email_hash = encode(sha256(convert_to(l.email_normalized, 'UTF8')), 'hex'))
-                         AS suppressed""",
-        (message_id,),
-    )
-    row = await cursor.fetchone()
-    if row is None:
-        return None
-    return SendJob(
-        message_id=row["id"],  # type: ignore[arg-type]
-        enrollment_id=row["enrollment_id"],  # type: ignore[arg-type]
-        lead_id=row["lead_id"],  # type: ignore[arg-type]
-        attempts=row["attempts"],  # type: ignore[arg-type]
-        to_email=row["email"],  # type: ignore[arg-type]
-        first_name=row["first_name"],  # type: ignore[arg-type]
-        last_name=row["last_name"],  # type: ignore[arg-type]
-        source=row["source"],  # type: ignore[arg-type]
-        sequence_name=row["sequence_name"],  # type: ignore[arg-type]
-        step_name=row["step_name"],  # type: ignore[arg-type]
-        subject=row["subject"],  # type: ignore[arg-type]
-        html=row["html"],  # type: ignore[arg-type]
-        text=row["text"],  # type: ignore[arg-type]
-        suppressed=row["suppressed"],  # type: ignore[arg-type]
-        from_email=row["from_email"],  # type: ignore[arg-type]
-        from_name=row["from_name"],  # type: ignore[arg-type]
-    )
-
-
-async def record_outcome(
-    conn: Connection,
-    job: SendJob,
-    *,
-    status: str,
-    detail: str,
-    events_topic: str,
-    retry_in: timedelta | None = None,
-) -> None:
-    """Write the result of an attempt (only if the message is still ``sending``) and announce it."""
-    result = await conn.execute(
-        """UPDATE messages
-           SET status = %(status)s,
-               sent_at = CASE WHEN %(status)s = 'sent' THEN now() END,
-               next_attempt_at = CASE WHEN %(status)s = 'retrying' THEN now() + %(retry_in)s END,
-               smtp_response = CASE WHEN %(status)s = 'sent' THEN %(detail)s ELSE smtp_response END,
-               last_error = CASE WHEN %(status)s = 'sent' THEN last_error ELSE %(detail)s END,
+           SET status = v.status,
+               sent_at = CASE WHEN v.status = 'sent' THEN now() END,
+               next_attempt_at = CASE WHEN v.status = 'retrying' THEN now() + v.retry_in END,
+               smtp_response = CASE WHEN v.status = 'sent' THEN v.detail ELSE m.smtp_response END,
+               last_error = CASE WHEN v.status = 'sent' THEN m.last_error ELSE v.detail END,
                updated_at = now()
-           WHERE id = %(id)s AND status = 'sending'""",
-        {"status": status, "detail": detail[:2000], "retry_in": retry_in, "id": job.message_id},
+           FROM unnest(%s::uuid[], %s::text[], %s::text[], %s::interval[]) AS v(id, status, detail, retry_in)
+           WHERE m.id = v.id AND m.status = 'sending'
+           RETURNING m.id""",
+        (
+            [o.job.message_id for o in outcomes],
+            [o.status for o in outcomes],
+            [o.detail[:2000] for o in outcomes],
+            [o.retry_in for o in outcomes],
+        ),
     )
-    if not result.rowcount:
-        return
-    await conn.execute(
-        "INSERT INTO events (message_id, lead_id, type, detail) VALUES (%s, %s, %s, %s)",
-        (job.message_id, job.lead_id, status, detail[:2000]),
+    written_ids = {row["id"] for row in await cursor.fetchall()}
+    written = [o for o in outcomes if o.job.message_id in written_ids]
+    await record_events(
+        conn,
+        [
+            NewEvent(
+                message_ref(o.job), EVENT_OF_STATUS[o.status], o.detail, dedupe_key=f"{claim_key(o.job)}/{o.status}"
+            )
+            for o in written
+        ],
+        topic=events_topic,
     )
-    event = EmailEvent(
-        id=uuid.uuid5(job.message_id, f"{status}/{job.attempts}"),
-        occurred_at=utcnow(),
-        message_id=job.message_id,
-        event=status,
-        detail=detail[:500],
-    )
-    await enqueue_message(conn, events_topic, str(job.message_id), event)
+    await enqueue_messages(conn, [dead_letter(o.job, o.detail, dlq_topic) for o in written if o.status == "dead"])
+    return len(written)
 
 
-async def dead_letter(conn: Connection, job: SendJob, reason: str, dlq_topic: str) -> None:
-    """Announce on the dead-letter topic that the message will not be delivered."""
+def message_ref(job: SendJob) -> MessageRef:
+    return MessageRef(job.message_id, job.lead_id, job.sequence_id, job.revision, job.step_position, job.step_name)
+
+
+def dead_letter(job: SendJob, reason: str, dlq_topic: str) -> tuple[str, str, EmailDeadLettered]:
+    """The outbox row announcing on the dead-letter topic that the message will not be delivered."""
     letter = EmailDeadLettered(
-        id=uuid.uuid5(job.message_id, "dead"),
+        id=uuid.uuid5(job.message_id, f"{claim_key(job)}/dead"),
         occurred_at=utcnow(),
         message_id=job.message_id,
         enrollment_id=job.enrollment_id,
         attempts=job.attempts,
         reason=reason[:2000],
     )
-    await enqueue_message(conn, dlq_topic, str(job.message_id), letter)
+    return dlq_topic, str(job.message_id), letter
 
 
 class Dispatcher:
@@ -152,45 +223,99 @@ class Dispatcher:
         self,
         settings: DispatcherSettings,
         pool: psycopg_pool.AsyncConnectionPool[Connection],
-        transport: SmtpTransport,
+        smtp: SmtpPool,
+        rate: SharedRateLimiter | None = None,
     ) -> None:
         self._settings = settings
         self._pool = pool
-        self._transport = transport
+        self._smtp = smtp
+        self._rate = rate or SharedRateLimiter(pool, settings.smtp_rate_name, settings.smtp_rate_per_s)
+        header = settings.smtp_idempotency_header
+        self._idempotency_header = None if header.lower() == "none" else header
+        self._claims: Coalescer[SendJob, SendJob | None] = Coalescer(self._claim_group)
+        self._records: Coalescer[Outcome, int] = Coalescer(self._record_group)
 
-    async def dispatch(self, message_id: uuid.UUID) -> str | None:
-        """Send the message if it may be sent now; returns the status it ended in, or None if skipped."""
-        settings = self._settings
+    async def _claim_group(self, jobs: Sequence[SendJob]) -> list[SendJob | None]:
         async with transaction(self._pool) as conn:
-            job = await claim_message(conn, message_id)
-        if job is None:
-            return None
-        if job.suppressed:
-            status, detail, retry_in = "skipped", "recipient is suppressed", None
-        else:
-            status, detail, retry_in = await self._send(job)
+            return await claim_messages(conn, jobs)
+
+    async def _record_group(self, outcomes: Sequence[Outcome]) -> list[int]:
+        settings = self._settings
 
         async def record() -> None:
             async with transaction(self._pool) as conn:
-                await record_outcome(
-                    conn,
-                    job,
-                    status=status,
-                    detail=detail,
-                    events_topic=settings.topic_email_events,
-                    retry_in=retry_in,
+                await record_outcomes(
+                    conn, outcomes, events_topic=settings.topic_email_events, dlq_topic=settings.topic_email_dlq
                 )
-                if status == "dead":
-                    await dead_letter(conn, job, detail, settings.topic_email_dlq)
 
-        # The email may already be with the provider: try hard to record it, because until then the
-        # message sits in the duplicate window.
-        await retry_async(record, retry_on=UNAVAILABLE_ERRORS, attempts=8, max_delay_s=5.0, what="record outcome")
-        metrics.EMAILS.labels(status).inc()
+        # The emails may already be with the provider: try hard to record them, because until then
+        # they sit in the duplicate window.
+        await retry_async(record, retry_on=UNAVAILABLE_ERRORS, attempts=8, max_delay_s=5.0, what="record outcomes")
+        for outcome in outcomes:
+            metrics.EMAILS.labels(outcome.status).inc()
+        return [1] * len(outcomes)
+
+    async def dispatch(self, message_id: uuid.UUID) -> str | None:
+        """Send one message if it may be sent now; returns the status it ended in, or None if skipped."""
+        return (await self.dispatch_batch([message_id])).get(message_id)
+
+    async def dispatch_batch(self, message_ids: list[uuid.UUID]) -> dict[uuid.UUID, str]:
+        """Send the messages that may be sent now, concurrently (bounded by the SMTP pool and the
+        shared rate); returns the final status of each message this call claimed.
+
+        Each message is claimed (``sending`` committed) only once an SMTP connection and a rate permit
+        are in hand, so at most DISPATCH_CONCURRENCY messages per replica are ever inside the duplicate
+        window. Cancelling the call leaves unclaimed messages untouched and lets every claimed one finish
+        (send and record) before the cancellation completes.
+        """
+        if not message_ids:
+            return {}
+        async with transaction(self._pool) as conn:
+            jobs = await load_jobs(conn, dict.fromkeys(message_ids))
+        results = await asyncio.gather(*(self._process(job) for job in jobs), return_exceptions=True)
+        outcome: dict[uuid.UUID, str] = {}
+        for job, result in zip(jobs, results, strict=True):
+            if isinstance(result, BaseException):
+                raise result
+            if result is not None:
+                outcome[job.message_id] = result
+        return outcome
+
+    async def _process(self, job: SendJob) -> str | None:
+        if job.suppressed:
+            return await _complete_even_if_cancelled(self._finish_unsent(job, "skipped", "recipient is suppressed"))
+        try:
+            sender, data = self._build(job)
+        except RenderError as error:
+            return await _complete_even_if_cancelled(self._finish_unsent(job, "dead", str(error)))
+        # Waiting for a permit or a connection is cancellable: nothing is claimed yet.
+        await self._rate.acquire()
+        connection = await self._smtp.acquire()
+        try:
+            return await _complete_even_if_cancelled(self._claim_send_record(job, connection, sender, data))
+        finally:
+            self._smtp.release(connection)
+
+    async def _claim_send_record(
+        self, job: SendJob, connection: SmtpConnection, sender: str, data: bytes
+    ) -> str | None:
+        claimed = await self._claims.submit(job)
+        if claimed is None:
+            return None
+        status, detail, retry_in = await self._send(claimed, connection, sender, data)
+        await self._records.submit(Outcome(claimed, status, detail, retry_in))
         return status
 
-    async def _send(self, job: SendJob) -> tuple[str, str, timedelta | None]:
+    async def _finish_unsent(self, job: SendJob, status: str, detail: str) -> str | None:
+        claimed = await self._claims.submit(job)
+        if claimed is None:
+            return None
+        await self._records.submit(Outcome(claimed, status, detail))
+        return status
+
+    def _build(self, job: SendJob) -> tuple[str, bytes]:
         settings = self._settings
+        links = MessageLinks(settings.public_base_url, settings.hmac_secret, job.message_id)
         context = {
             "lead": {
                 "email": job.to_email,
@@ -199,22 +324,37 @@ class Dispatcher:
                 "source": job.source,
             },
             "sequence": {"name": job.sequence_name, "step": job.step_name},
+            "unsubscribe_url": links.unsubscribe_url,
         }
-        try:
-            rendered = render_step(job.subject, job.html, job.text, context)
-        except RenderError as error:
-            return "dead", str(error), None
-        message = build_message(
+        rendered = render_step(job.subject, job.html, job.text, context)
+        text, markup = add_unsubscribe_footer(rendered.text, rendered.html, links)
+        if markup is not None and settings.track_clicks:
+            markup = track_clicks(markup, links)
+        if markup is not None and settings.track_opens:
+            markup = add_open_pixel(markup, links)
+        from_email = job.from_email or settings.from_email
+        data = build_message(
             message_id=job.message_id,
-            from_email=job.from_email or settings.from_email,
-            from_name=job.from_name or settings.from_name,
+            from_email=from_email,
+            from_name=(job.from_name or settings.from_name) if job.from_email else settings.from_name,
             to_email=job.to_email,
             to_name=" ".join(filter(None, [job.first_name, job.last_name])) or None,
-            rendered=rendered,
+            rendered=RenderedEmail(subject=rendered.subject, html=markup, text=text),
+            idempotency_header=self._idempotency_header,
+            list_unsubscribe=(
+                links.unsubscribe_url,
+                links.unsubscribe_mailto(settings.unsubscribe_mailto or settings.from_email),
+            ),
         )
+        return from_email, data
+
+    async def _send(
+        self, job: SendJob, connection: SmtpConnection, sender: str, data: bytes
+    ) -> tuple[str, str, timedelta | None]:
+        settings = self._settings
         try:
             with metrics.SMTP_SECONDS.time():
-                reply = await self._transport.send(message)
+                reply = await self._smtp.send(connection, sender, job.to_email, data)
         except SendError as error:
             if error.permanent or job.attempts >= settings.max_attempts:
                 suffix = "" if error.permanent else f" (after {job.attempts} attempts)"
@@ -222,3 +362,15 @@ class Dispatcher:
             delay = backoff_delay(job.attempts, settings.retry_base_delay_s, settings.retry_max_delay_s)
             return "retrying", error.reason, timedelta(seconds=max(delay, 1.0))
         return "sent", reply, None
+
+
+async def _complete_even_if_cancelled(operation: Coroutine[Any, Any, T]) -> T:
+    """Run ``operation`` to its end even if the caller is cancelled meanwhile; then re-raise the
+    cancellation. Used from a message's claim to its recorded outcome, so a shutdown never leaves a
+    message in ``sending`` that did not have to be."""
+    task = asyncio.ensure_future(operation)
+    try:
+        return await asyncio.shield(task)
+    except asyncio.CancelledError:
+        await task
+        raise

@@ -6,18 +6,30 @@ typed can reach another header.
 
 from __future__ import annotations
 
+import functools
 import html
 import re
 from dataclasses import dataclass
 from html.parser import HTMLParser
 from typing import Any
 
-from jinja2 import StrictUndefined, TemplateError
+from jinja2 import StrictUndefined, Template, TemplateError
 from jinja2.sandbox import ImmutableSandboxedEnvironment
 
 _html_env = ImmutableSandboxedEnvironment(autoescape=True, undefined=StrictUndefined)
 _text_env = ImmutableSandboxedEnvironment(autoescape=False, undefined=StrictUndefined)
 _LINE_BREAKS = re.compile(r"[\r\n\u2028\u2029\x85]+")
+
+
+# Compiling a template costs far more than rendering it; steps are few and immutable, so cache them.
+@functools.lru_cache(maxsize=512)
+def _html_template(source: str) -> Template:
+    return _html_env.from_string(source)
+
+
+@functools.lru_cache(maxsize=512)
+def _text_template(source: str) -> Template:
+    return _text_env.from_string(source)
 
 
 class RenderError(Exception):
@@ -36,10 +48,10 @@ def render_step(
 ) -> RenderedEmail:
     """Render a step; the text part is always present (from ``text`` or derived from the HTML)."""
     try:
-        rendered_subject = _LINE_BREAKS.sub(" ", _text_env.from_string(subject).render(context)).strip()
-        rendered_html = _html_env.from_string(html_template).render(context) if html_template else None
+        rendered_subject = _LINE_BREAKS.sub(" ", _text_template(subject).render(context)).strip()
+        rendered_html = _html_template(html_template).render(context) if html_template else None
         rendered_text = (
-            _text_env.from_string(text_template).render(context) if text_template else html_to_text(rendered_html or "")
+            _text_template(text_template).render(context) if text_template else html_to_text(rendered_html or "")
         )
     except TemplateError as error:
         raise RenderError(f"template error: {error}") from error

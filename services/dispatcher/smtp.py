@@ -1,19 +1,29 @@
-"""SMTP transport (aiosmtplib) with timeouts and failure classification.
+"""SMTP transport (aiosmtplib): a pool of persistent connections, timeouts and failure classification.
 
 A failure is *transient* (4xx replies, timeouts, refused or dropped connections: retry later) or
-*permanent* (5xx replies: retrying cannot help).
+*permanent* (5xx replies: retrying cannot help). When the server says it is overloaded or throttling
+(421, 451, 454) the whole pool pauses before the next transaction, doubling the pause while the server
+keeps saying so, instead of hammering it with the rest of the batch.
 """
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
+import logging
 from dataclasses import dataclass
-from email.message import EmailMessage
 from urllib.parse import parse_qs, unquote, urlsplit
 
 import aiosmtplib
 
+from services.common import metrics
+
+log = logging.getLogger(__name__)
+
 STARTTLS_MODES = ("auto", "required", "never")
+# Replies that mean "slow down": the pool pauses rather than retrying at full speed.
+THROTTLE_CODES = frozenset({421, 451, 454})
+MAX_THROTTLE_PAUSE_S = 300.0
 
 
 class SendError(Exception):
@@ -54,38 +64,111 @@ class SmtpTarget:
         )
 
 
-class SmtpTransport:
-    """Sends one message per call over a fresh connection, every step bounded by ``timeout_s``."""
+def classify(error: BaseException) -> SendError:
+    """The one mapping from what aiosmtplib raises to a transient or permanent :class:`SendError`."""
+    if isinstance(error, aiosmtplib.SMTPRecipientsRefused):
+        codes = [refusal.code for refusal in error.recipients]
+        reason = "; ".join(f"{r.code} {r.message}" for r in error.recipients)
+        return SendError(f"recipient refused: {reason}", permanent=all(c >= 500 for c in codes), code=max(codes))
+    if isinstance(error, aiosmtplib.SMTPResponseException) and error.code > 0:
+        return SendError(f"{error.code} {error.message}", permanent=error.code >= 500, code=error.code)
+    return SendError(f"connection failed: {error!r}", permanent=False)
+
+
+class SmtpConnection:
+    """One persistent SMTP session, (re)connected on demand."""
 
     def __init__(self, target: SmtpTarget, timeout_s: float) -> None:
         self._target = target
         self._timeout_s = timeout_s
+        self._client: aiosmtplib.SMTP | None = None
 
-    async def send(self, message: EmailMessage) -> str:
-        """Send ``message``; returns the server's final reply, or raises :class:`SendError`."""
-        target = self._target
+    async def send(self, sender: str, recipient: str, data: bytes) -> str:
+        """One SMTP transaction; returns the server's final reply or raises :class:`SendError`."""
         try:
-            _, reply = await asyncio.wait_for(
-                aiosmtplib.send(
-                    message,
-                    hostname=target.hostname,
-                    port=target.port,
-                    username=target.username,
-                    password=target.password,
-                    use_tls=target.implicit_tls,
-                    start_tls=False if target.implicit_tls else target.starttls,
-                    timeout=self._timeout_s,
-                ),
-                # aiosmtplib bounds each command; this bounds the whole transaction.
-                timeout=self._timeout_s * 3,
-            )
-        except aiosmtplib.SMTPRecipientsRefused as error:
-            codes = [refusal.code for refusal in error.recipients]
-            permanent = all(code >= 500 for code in codes)
-            reason = "; ".join(f"{r.code} {r.message}" for r in error.recipients)
-            raise SendError(f"recipient refused: {reason}", permanent=permanent, code=max(codes)) from error
-        except aiosmtplib.SMTPResponseException as error:
-            raise SendError(f"{error.code} {error.message}", permanent=error.code >= 500, code=error.code) from error
+            # aiosmtplib bounds each command; this bounds the whole transaction including the connect.
+            async with asyncio.timeout(self._timeout_s * 3):
+                client = await self._connected()
+                options = None if (sender + recipient).isascii() else ["SMTPUTF8"]
+                _, reply = await client.sendmail(sender, [recipient], data, mail_options=options)
         except (aiosmtplib.SMTPException, OSError, TimeoutError) as error:
-            raise SendError(f"connection failed: {error!r}", permanent=False) from error
+            failure = classify(error)
+            if failure.code is None or failure.code == 421:
+                await self.close()  # the session is gone or going; the next send reconnects
+            raise failure from error
         return reply
+
+    async def _connected(self) -> aiosmtplib.SMTP:
+        if self._client is not None and self._client.is_connected:
+            return self._client
+        target = self._target
+        client = aiosmtplib.SMTP(
+            hostname=target.hostname,
+            port=target.port,
+            username=target.username,
+            password=target.password,
+            use_tls=target.implicit_tls,
+            start_tls=False if target.implicit_tls else target.starttls,
+            timeout=self._timeout_s,
+        )
+        await client.connect()  # also STARTTLS and AUTH, as configured
+        self._client = client
+        metrics.SMTP_CONNECTS.inc()
+        return client
+
+    async def close(self) -> None:
+        client, self._client = self._client, None
+        if client is not None and client.is_connected:
+            with contextlib.suppress(aiosmtplib.SMTPException, OSError, TimeoutError):
+                async with asyncio.timeout(self._timeout_s):
+                    await client.quit()
+            client.close()
+
+
+class SmtpPool:
+    """``size`` persistent connections shared by the dispatcher's concurrent sends."""
+
+    def __init__(self, target: SmtpTarget, timeout_s: float, *, size: int, throttle_pause_s: float = 5.0) -> None:
+        self._all = [SmtpConnection(target, timeout_s) for _ in range(size)]
+        self._idle: asyncio.Queue[SmtpConnection] = asyncio.Queue()
+        for connection in self._all:
+            self._idle.put_nowait(connection)
+        self._throttle_pause_s = throttle_pause_s
+        self._pause = 0.0
+        self._resume_at = 0.0
+
+    async def acquire(self) -> SmtpConnection:
+        """A connection for one transaction; waits while every connection is busy or the pool is paused."""
+        connection = await self._idle.get()
+        try:
+            loop = asyncio.get_running_loop()
+            # Re-checked after each sleep: another throttled reply may have extended the pause.
+            while (wait := self._resume_at - loop.time()) > 0:  # noqa: ASYNC110
+                await asyncio.sleep(wait)
+        except BaseException:
+            self._idle.put_nowait(connection)
+            raise
+        return connection
+
+    def release(self, connection: SmtpConnection) -> None:
+        self._idle.put_nowait(connection)
+
+    async def send(self, connection: SmtpConnection, sender: str, recipient: str, data: bytes) -> str:
+        """Send over an acquired connection, pausing the pool when the server throttles."""
+        try:
+            reply = await connection.send(sender, recipient, data)
+        except SendError as error:
+            if error.code in THROTTLE_CODES:
+                self._throttled(error)
+            raise
+        self._pause = 0.0
+        return reply
+
+    def _throttled(self, error: SendError) -> None:
+        self._pause = min(MAX_THROTTLE_PAUSE_S, self._pause * 2 if self._pause else self._throttle_pause_s)
+        self._resume_at = asyncio.get_running_loop().time() + self._pause
+        metrics.SMTP_THROTTLED.inc()
+        log.warning("SMTP server throttles; pausing sends", extra={"pause_s": self._pause, "reply": error.reason})
+
+    async def close(self) -> None:
+        await asyncio.gather(*(connection.close() for connection in self._all))

@@ -20,12 +20,13 @@ from litestar.openapi.spec import OpenAPIMediaType, Operation, RequestBody
 from litestar.params import FromPath, HeaderParameter, QueryParameter
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
-from proto.http import FieldError, LeadReceipt, LeadSubmission, LeadView, Problem
+from proto.http import FieldError, LeadReceipt, LeadSubmission, LeadView
 from services.common import metrics
 from services.common.config import IntakeSettings
 from services.common.db import transaction
 from services.common.runtime import Runtime, service_runtime
 from services.intake.auth import (
+    NO_RATE_LIMIT,
     client_ip,
     form_origins,
     is_public_form_submission,
@@ -40,9 +41,12 @@ from services.intake.idempotency import IdempotencyKey, IdempotencyKeyReused, va
 from services.intake.leads import LeadJob, Submitter, lead_committer
 from services.intake.lookup import fetch_lead
 from services.intake.observability import request_context_middleware, request_id_of
-from services.intake.problems import EXCEPTION_HANDLERS, PROBLEM_JSON, ProblemError
+from services.intake.problems import EXCEPTION_HANDLERS, ProblemError, problem_responses
+from services.intake.sns import Fetcher, SnsVerifier, fetch_https
 from services.intake.stats import get_stats
+from services.intake.tracking import TRACKING_ROUTES
 from services.intake.validation import InvalidLead, clean_text, normalize_email, parse_lead
+from services.intake.webhooks import email_events_webhook
 
 log = logging.getLogger(__name__)
 
@@ -53,13 +57,6 @@ HEALTH_PATHS = ["/healthz", "/readyz", "/metrics", "/schema"]
 def _runtime(state: State) -> Runtime:
     runtime: Runtime = state.runtime
     return runtime
-
-
-def _problems(*statuses: int) -> dict[int, ResponseSpec]:
-    return {
-        status: ResponseSpec(Problem, description="RFC 9457 problem details", media_type=PROBLEM_JSON)
-        for status in statuses
-    }
 
 
 def _inlined_schema(kind: type) -> dict[str, Any]:
@@ -111,7 +108,7 @@ class _LeadBodyOperation(Operation):
     operation_class=_LeadBodyOperation,
     responses={
         200: ResponseSpec(LeadReceipt, description="A duplicate within the window: the existing lead's id"),
-        **_problems(400, 401, 403, 413, 415, 422, 429, 503),
+        **problem_responses(400, 401, 403, 413, 415, 422, 429, 503),
     },
 )
 async def submit_lead_handler(
@@ -168,7 +165,7 @@ async def submit_lead_handler(
     summary="Read a lead",
     description="The stored lead with its consent record, enrollments and messages. Needs leads:read.",
     guards=[requires_scope("leads:read")],
-    responses=_problems(400, 401, 403, 404, 429, 503),
+    responses=problem_responses(400, 401, 403, 404, 429, 503),
 )
 async def read_lead(lead_id: FromPath[uuid.UUID], state: State) -> LeadView:
     async with _runtime(state).pool.connection() as conn:
@@ -188,7 +185,7 @@ async def read_lead(lead_id: FromPath[uuid.UUID], state: State) -> LeadView:
     ),
     guards=[requires_scope("admin")],
     # 404 only for a path that is not a lead id at all; an unknown id is 204.
-    responses=_problems(400, 401, 403, 404, 429, 503),
+    responses=problem_responses(400, 401, 403, 404, 429, 503),
 )
 async def erase_lead_by_id(lead_id: FromPath[uuid.UUID], state: State) -> None:
     async with transaction(_runtime(state).pool) as conn:
@@ -204,7 +201,7 @@ async def erase_lead_by_id(lead_id: FromPath[uuid.UUID], state: State) -> None:
         "suppresses it, even if no lead exists. Idempotent. Needs admin."
     ),
     guards=[requires_scope("admin")],
-    responses=_problems(400, 401, 403, 422, 429, 503),
+    responses=problem_responses(400, 401, 403, 422, 429, 503),
 )
 async def erase_lead_by_email(
     state: State, email: Annotated[str, QueryParameter(name="email", max_length=320)]
@@ -221,7 +218,7 @@ async def erase_lead_by_email(
 @get(
     "/readyz",
     summary="Readiness: PostgreSQL answers and the outbox relay runs",
-    responses=_problems(503),
+    responses=problem_responses(503),
 )
 async def readyz(state: State) -> Response[dict[str, str]]:
     runtime = _runtime(state)
@@ -240,11 +237,6 @@ async def healthz() -> dict[str, str]:
 @get("/metrics", summary="Prometheus metrics", include_in_schema=False)
 async def prometheus_metrics() -> Response[bytes]:
     return Response(generate_latest(), media_type=CONTENT_TYPE_LATEST)
-
-
-# A route opts out of rate limiting with ``opt={NO_RATE_LIMIT: True}`` (e.g. tracking pixels, which
-# many people behind one NAT load at once).
-NO_RATE_LIMIT = "no_rate_limit"
 
 
 def rate_limits(settings: IntakeSettings) -> list[RateLimitConfig]:
@@ -272,8 +264,9 @@ def rate_limits(settings: IntakeSettings) -> list[RateLimitConfig]:
     ]
 
 
-def create_app(settings: IntakeSettings) -> Litestar:
-    """The intake application. Its lifespan opens the pool and, when enabled, runs the outbox relay."""
+def create_app(settings: IntakeSettings, *, sns_fetch: Fetcher = fetch_https) -> Litestar:
+    """The intake application. Its lifespan opens the pool and, when enabled, runs the outbox relay.
+    ``sns_fetch`` fetches SNS signing certificates (injected by tests, which cannot reach AWS)."""
 
     @asynccontextmanager
     async def lifespan(app: Litestar) -> AsyncIterator[None]:
@@ -287,6 +280,9 @@ def create_app(settings: IntakeSettings) -> Litestar:
                 idempotency_ttl=timedelta(hours=settings.idempotency_ttl_hours),
                 max_batch_size=settings.lead_batch_max_size,
                 max_concurrent_batches=settings.lead_batch_concurrency,
+            )
+            app.state.sns_verifier = SnsVerifier(
+                [a.strip() for a in settings.sns_topic_arns.split(",") if a.strip()], sns_fetch
             )
             yield
 
@@ -312,6 +308,8 @@ def create_app(settings: IntakeSettings) -> Litestar:
             readyz,
             prometheus_metrics,
             get_stats,
+            *TRACKING_ROUTES,
+            email_events_webhook,
         ],
         lifespan=[lifespan],
         state=State({"settings": settings}),

@@ -35,6 +35,10 @@ from services.common.runtime import Runtime
 from services.intake.clients import SCOPES, find_client_by_id, find_client_by_key, record_signature, signing_secret
 from services.intake.problems import ProblemError
 
+# A route opts out of rate limiting with ``opt={NO_RATE_LIMIT: True}``: tracking pixels and links
+# (many people behind one NAT load them at once) and signed provider webhooks.
+NO_RATE_LIMIT = "no_rate_limit"
+
 PRINCIPAL_KEY = "healingwork.principal"
 Network = ipaddress.IPv4Network | ipaddress.IPv6Network
 SIGNATURE_PATTERN = re.compile(r"t=([0-9]{1,12}),v1=([0-9a-f]{64})")

@@ -11,6 +11,7 @@ from typing import Any
 import msgspec
 from litestar import Request, Response
 from litestar.exceptions import HTTPException
+from litestar.openapi import ResponseSpec
 
 from proto.http import FieldError, Problem
 from services.common.db import UNAVAILABLE_ERRORS
@@ -44,6 +45,14 @@ class ProblemError(Exception):
         self.status = status
         self.detail = detail
         self.headers = headers or {}
+
+
+def problem_responses(*statuses: int) -> dict[int, ResponseSpec]:
+    """OpenAPI declarations of the problem documents a route may answer with."""
+    return {
+        status: ResponseSpec(Problem, description="RFC 9457 problem details", media_type=PROBLEM_JSON)
+        for status in statuses
+    }
 
 
 def problem_response(

@@ -19,6 +19,7 @@ from services.common.health import serve_health
 from services.common.runtime import Runtime, service_runtime, supervise, worker_ready
 from services.scheduler.due import emit_due_steps
 from services.scheduler.enrollment import enroll_lead
+from services.scheduler.suppressions import consume_suppressions
 
 log = logging.getLogger(__name__)
 
@@ -46,6 +47,7 @@ async def serve_scheduler(settings: SchedulerSettings, runtime: Runtime) -> None
     tasks = [
         asyncio.create_task(run_consumer(consumer, on_message, stop=runtime.stop, name="scheduler")),
         asyncio.create_task(_tick(settings, runtime, due)),
+        asyncio.create_task(consume_suppressions(settings, runtime)),
     ]
     if settings.health_port:
         ready = partial(worker_ready, runtime, consumer)

@@ -263,3 +263,25 @@ def test_config_changes_roll_the_pods() -> None:
         ]
 
     assert set(checksums()).isdisjoint(checksums("config.logLevel=DEBUG"))
+
+
+def test_key_rotation_and_webhook_secrets_reach_intake_only_when_given() -> None:
+    previous, webhook = "p" * 20 + "0123456789abcdef", "w" * 20 + "0123456789abcdef"
+    with_them = render(MINIMAL, sets=(f"secrets.hmacSecretPrevious={previous}", f"secrets.webhookSecret={webhook}"))
+    [secret] = [m for m in of_kind(with_them, "Secret") if m["metadata"]["name"] == "healingwork"]
+    assert secret["stringData"]["HMAC_SECRET_PREVIOUS"] == previous
+    assert secret["stringData"]["WEBHOOK_SECRET"] == webhook
+    intake = next(m for m in of_kind(with_them, "Deployment") if m["metadata"]["name"] == "healingwork-intake")
+    [container] = intake["spec"]["template"]["spec"]["containers"]
+    optional = {
+        env["name"]: env["valueFrom"]["secretKeyRef"]
+        for env in container["env"]
+        if env.get("valueFrom", {}).get("secretKeyRef", {}).get("optional")
+    }
+    assert optional == {
+        "HMAC_SECRET_PREVIOUS": {"name": "healingwork", "key": "HMAC_SECRET_PREVIOUS", "optional": True},
+        "WEBHOOK_SECRET": {"name": "healingwork", "key": "WEBHOOK_SECRET", "optional": True},
+    }
+
+    [without] = [m for m in of_kind(render(MINIMAL), "Secret") if m["metadata"]["name"] == "healingwork"]
+    assert set(without["stringData"]) == {"DATABASE_URL", "HMAC_SECRET", "SMTP_URL"}

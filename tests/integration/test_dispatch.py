@@ -14,7 +14,7 @@ from services.common.identity import email_hash
 from services.common.sequences import apply_sequence, parse_sequence_document
 from services.dev.mailsink import MailSink
 from services.dispatcher.dispatch import Dispatcher
-from services.dispatcher.smtp import SmtpTarget, SmtpTransport
+from services.dispatcher.smtp import SmtpPool, SmtpTarget
 from services.scheduler.due import emit_due_steps
 from services.scheduler.enrollment import enroll_lead
 from tests.support.platform import FROM_EMAIL, apply_examples, fetch_all, make_settings, smtp_url_of
@@ -40,8 +40,9 @@ async def setup(
         retry_base_delay_s=30.0,
     )
     pool = await open_pool(settings)
-    transport = SmtpTransport(SmtpTarget.from_url(settings.smtp_url), settings.smtp_timeout_s)
-    yield Dispatcher(settings, pool, transport), pool, settings
+    smtp = SmtpPool(SmtpTarget.from_url(settings.smtp_url), settings.smtp_timeout_s, size=2, throttle_pause_s=0.01)
+    yield Dispatcher(settings, pool, smtp), pool, settings
+    await smtp.close()
     await pool.close()
 
 
@@ -83,8 +84,13 @@ async def test_message_is_sent_with_headers_and_recorded_sent(
     assert email["Message-ID"] == f"<{message_id}@example.com>"
     assert email.get_body(("plain",)) is not None
     assert (await _message_row(pool, message_id))["status"] == "sent"
-    events = await fetch_all(pool.conninfo, "SELECT type FROM events WHERE message_id = %s", message_id)
-    assert events == [{"type": "sent"}]
+    events = await fetch_all(
+        pool.conninfo,
+        "SELECT type, lead_id IS NOT NULL AS lead, sequence_id IS NOT NULL AS seq, revision, step_position"
+        " FROM events WHERE message_id = %s",
+        message_id,
+    )
+    assert events == [{"type": "sent", "lead": True, "seq": True, "revision": 1, "step_position": 0}]
 
 
 async def test_a_sequence_with_its_own_sender_sends_from_it(

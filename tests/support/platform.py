@@ -45,6 +45,8 @@ def topics_for(prefix: str) -> dict[str, Any]:
         "topic_email_dispatch": f"{prefix}email.dispatch",
         "topic_email_events": f"{prefix}email.events",
         "topic_email_dlq": f"{prefix}email.dispatch.dlq",
+        "topic_leads_suppressed": f"{prefix}leads.suppressed",
+        "kafka_group_prefix": prefix,
     }
 
 
@@ -86,12 +88,17 @@ async def fetch_all(database_url: str, query: str, *params: object) -> list[dict
 
 
 @contextlib.asynccontextmanager
-async def serve_intake(settings: IntakeSettings) -> AsyncIterator[str]:
+async def serve_intake(settings: IntakeSettings, **app_options: Any) -> AsyncIterator[str]:
     """The intake app served by uvicorn on a free port; yields its base URL."""
     port = free_port()
     # As `healingwork intake` runs it: the client IP is resolved by intake (TRUSTED_PROXIES), not uvicorn.
     config = uvicorn.Config(
-        create_app(settings), host="127.0.0.1", port=port, log_config=None, lifespan="on", proxy_headers=False
+        create_app(settings, **app_options),
+        host="127.0.0.1",
+        port=port,
+        log_config=None,
+        lifespan="on",
+        proxy_headers=False,
     )
     server = uvicorn.Server(config)
     task = asyncio.create_task(server.serve())

@@ -111,3 +111,27 @@ def test_unknown_command_is_a_usage_error() -> None:
     assert result.returncode == 2
     assert "Traceback" not in result.stderr
     assert "usage: healingwork" in result.stderr
+
+
+def test_dlq_replay_needs_ids_or_all() -> None:
+    result = healingwork("dlq", "replay", env=clean_env(DATABASE_URL="postgresql://nobody@127.0.0.1:1/x"))
+
+    assert result.returncode == 2
+    assert "one of the arguments --id --all is required" in result.stderr
+
+
+@pytest.mark.parametrize(
+    ("args", "message"),
+    [
+        (["list"], "healingwork dlq list: cannot reach PostgreSQL"),
+        (["replay", "--id", "not-a-uuid"], "healingwork dlq replay: --id 'not-a-uuid' is not a message id (a UUID)"),
+    ],
+)
+def test_dlq_failures_are_one_line_and_exit_1(args: list[str], message: str) -> None:
+    result = healingwork("dlq", *args, env=clean_env(DATABASE_URL="postgresql://nobody@127.0.0.1:1/x"))
+
+    assert result.returncode == 1
+    assert "Traceback" not in result.stderr
+    lines = result.stderr.strip().splitlines()
+    assert len(lines) == 1
+    assert lines[0].startswith(message)

@@ -8,6 +8,7 @@ import msgspec
 
 from services.common.config import (
     DatabaseSettings,
+    DeadLetterSettings,
     DispatcherSettings,
     IntakeSettings,
     JobSettings,
@@ -27,6 +28,7 @@ def test_every_environment_variable_is_documented() -> None:
             IntakeSettings,
             SchedulerSettings,
             DispatcherSettings,
+            DeadLetterSettings,
             JobSettings,
             OperatorSettings,
         )

@@ -7,6 +7,7 @@ import email.policy
 import uuid
 from email.message import EmailMessage
 from email.utils import parsedate_to_datetime
+from typing import Any
 
 import pytest
 
@@ -16,7 +17,7 @@ from services.dispatcher.render import RenderedEmail
 MESSAGE_ID = uuid.UUID("0b9f5c1e-8a4d-4e0f-9c55-3a7e0d6b2f10")
 
 
-def build(
+def build_raw(
     *,
     to_name: str | None = "Ada Lovelace",
     subject: str = "Welcome",
@@ -24,7 +25,7 @@ def build(
     text: str = "Hi Ada\n",
     idempotency_header: str | None = None,
     from_name: str = "The healingwork team",
-) -> EmailMessage:
+) -> bytes:
     return build_message(
         message_id=MESSAGE_ID,
         from_email="hello@mail.example.com",
@@ -36,16 +37,25 @@ def build(
     )
 
 
-def reparsed(message: EmailMessage) -> EmailMessage:
-    parsed = email.message_from_bytes(bytes(message), policy=email.policy.default)
+def parse(raw: bytes) -> EmailMessage:
+    assert b"\n" not in raw.replace(b"\r\n", b""), "every line ends with CRLF"
+    parsed = email.message_from_bytes(raw.replace(b"\r\n", b"\n"), policy=email.policy.default)
     assert isinstance(parsed, EmailMessage)
     return parsed
 
 
-def header_lines(message: EmailMessage) -> list[str]:
-    raw = bytes(message).replace(b"\r\n", b"\n")
-    head = raw.split(b"\n\n", 1)[0].decode()
-    return head.split("\n")
+def build(**options: Any) -> EmailMessage:
+    """The built bytes, parsed the way a receiving mail client would."""
+    return parse(build_raw(**options))
+
+
+def reparsed(message: EmailMessage) -> EmailMessage:
+    return message
+
+
+def header_lines(raw: bytes) -> list[str]:
+    head = raw.split(b"\r\n\r\n", 1)[0].decode()
+    return head.split("\r\n")
 
 
 # --- headers --------------------------------------------------------------------------------------
@@ -99,7 +109,7 @@ def test_idempotency_header_carries_the_message_id_when_asked_for() -> None:
 
 
 def test_no_idempotency_header_by_default() -> None:
-    assert not any(line.startswith("X-") for line in header_lines(build()))
+    assert not any(line.startswith("X-") for line in header_lines(build_raw()))
 
 
 # --- body parts -----------------------------------------------------------------------------------
@@ -137,10 +147,10 @@ def test_preferred_body_for_plain_readers_is_the_text_part() -> None:
     ["Ada\r\nBcc: eve@example.com", "Ada\nBcc: eve@example.com", "Ada\rBcc: eve@example.com", "Ada\r\n\r\nbody"],
 )
 def test_to_name_with_line_breaks_cannot_inject_a_header(to_name: str) -> None:
-    message = build(to_name=to_name)
+    raw = build_raw(to_name=to_name)
 
-    assert not any(line.lower().startswith("bcc:") for line in header_lines(message))
-    parsed = reparsed(message)
+    assert not any(line.lower().startswith("bcc:") for line in header_lines(raw))
+    parsed = parse(raw)
     assert parsed["Bcc"] is None
     assert [a.addr_spec for a in parsed["To"].addresses] == ["ada@example.org"]
 
@@ -153,12 +163,61 @@ def test_to_name_that_looks_like_another_address_stays_a_display_name() -> None:
 
 
 def test_subject_with_line_breaks_cannot_inject_a_header() -> None:
-    message = build(subject="Hello\r\nBcc: eve@example.com")
+    raw = build_raw(subject="Hello\r\nBcc: eve@example.com")
 
-    assert not any(line.lower().startswith("bcc:") for line in header_lines(message))
-    assert reparsed(message)["Subject"] == "Hello Bcc: eve@example.com"
+    assert not any(line.lower().startswith("bcc:") for line in header_lines(raw))
+    assert parse(raw)["Subject"] == "Hello Bcc: eve@example.com"
 
 
 def test_from_name_with_line_breaks_is_refused() -> None:
     with pytest.raises(ValueError, match="CR or LF"):
         build(from_name="Team\r\nBcc: eve@example.com")
+
+
+# --- List-Unsubscribe (RFC 2369, RFC 8058) --------------------------------------------------------
+
+
+def test_list_unsubscribe_carries_the_https_url_and_the_mailto_and_announces_one_click() -> None:
+    raw = build_message(
+        message_id=MESSAGE_ID,
+        from_email="hello@mail.example.com",
+        from_name="Team",
+        to_email="ada@example.org",
+        to_name=None,
+        rendered=RenderedEmail(subject="Hi", html=None, text="Hi\n"),
+        list_unsubscribe=(
+            "https://go.example.com/u/abc.def",
+            "mailto:hello@mail.example.com?subject=unsubscribe%20abc",
+        ),
+    )
+
+    parsed = parse(raw)
+    assert parsed["List-Unsubscribe"] == (
+        "<https://go.example.com/u/abc.def>, <mailto:hello@mail.example.com?subject=unsubscribe%20abc>"
+    )
+    assert parsed["List-Unsubscribe-Post"] == "List-Unsubscribe=One-Click"
+
+
+def test_no_list_unsubscribe_headers_unless_asked_for() -> None:
+    parsed = reparsed(build())
+
+    assert parsed["List-Unsubscribe"] is None
+    assert parsed["List-Unsubscribe-Post"] is None
+
+
+def test_non_ascii_bodies_and_long_lines_survive_transfer_encoding() -> None:
+    text = "Grüße 😀\n" + "x" * 2000 + "\n"
+    message = build(html="<p>Zoë</p>", text=text)
+
+    [plain, html_part] = list(message.iter_parts())
+    assert plain.get_content() == text
+    assert html_part.get_content() == "<p>Zoë</p>\n"
+
+
+def test_a_long_ascii_subject_is_folded_and_unfolds_to_itself() -> None:
+    subject = "A few ideas to start with, " * 6
+
+    raw = build_raw(subject=subject)
+
+    assert all(len(line) <= 998 for line in header_lines(raw))
+    assert parse(raw)["Subject"] == " ".join(subject.split())

@@ -1,0 +1,67 @@
+"""Opens, clicks and unsubscribes from signed links: plain functions over a connection.
+
+Opens and clicks by mail-privacy proxies and link scanners are recorded but flagged ``automated``, so
+stats can leave them out: Apple Mail Privacy Protection, Gmail's and Yahoo's image proxies fetch every
+pixel, and security gateways (Microsoft Safe Links, Mimecast, Proofpoint, Barracuda, ...) follow every
+link, often with HEAD. The list is a heuristic by nature; it is kept here, in one place.
+"""
+
+from __future__ import annotations
+
+import re
+import uuid
+
+from services.common import metrics
+from services.common.db import Connection
+from services.common.events import find_message, record_event
+from services.common.suppressions import suppress_address
+
+_AUTOMATED_AGENTS = re.compile(
+    r"GoogleImageProxy|ggpht\.com|YahooMailProxy|Yahoo! Slurp|Outlook-iOS-Android-Proxy|"
+    r"Barracuda|Mimecast|Proofpoint|Symantec|MessageLabs|Trend ?Micro|Sophos|Forcepoint|FireEye|"
+    r"SafeLinks|Safe Links|Microsoft Office Protocol Discovery|BingPreview|bingbot|Googlebot|"
+    r"HeadlessChrome|PhantomJS|python-requests|python-httpx|aiohttp|curl/|Wget|Go-http-client|Java/|okhttp|"
+    r"facebookexternalhit|Slackbot|Twitterbot|LinkedInBot|Discordbot|WhatsApp|TelegramBot|SkypeUriPreview",
+    re.IGNORECASE,
+)
+# Apple Mail Privacy Protection fetches through its proxy with this bare user agent.
+_APPLE_MPP_AGENT = "Mozilla/5.0"
+
+
+def is_automated(user_agent: str | None, method: str) -> bool:
+    """Whether a tracking request looks like a privacy proxy or link scanner rather than a person."""
+    if method.upper() == "HEAD" or not user_agent or not user_agent.strip():
+        return True
+    agent = user_agent.strip()
+    return agent == _APPLE_MPP_AGENT or _AUTOMATED_AGENTS.search(agent) is not None
+
+
+async def record_engagement(
+    conn: Connection, message_id: uuid.UUID, event: str, *, automated: bool, detail: str, topic: str
+) -> bool:
+    """Record an ``opened`` or ``clicked`` event; returns False when the message no longer exists."""
+    found = await find_message(conn, message_id)
+    if found is None:
+        metrics.TRACKING.labels(event, "unknown_message").inc()
+        return False
+    ref, _ = found
+    await record_event(conn, ref, event, topic=topic, detail=detail, automated=automated)
+    metrics.TRACKING.labels(event, "automated" if automated else "recorded").inc()
+    return True
+
+
+async def unsubscribe(conn: Connection, message_id: uuid.UUID, *, events_topic: str, suppressed_topic: str) -> bool:
+    """Suppress the message's recipient and record ``unsubscribed`` (once); idempotent.
+
+    Returns False when the message no longer exists (its lead was erased: nothing left to mail).
+    """
+    found = await find_message(conn, message_id)
+    if found is None:
+        return False
+    ref, email_hash = found
+    await suppress_address(
+        conn, email_hash, reason="unsubscribed", detail=f"link in message {message_id}", topic=suppressed_topic
+    )
+    await record_event(conn, ref, "unsubscribed", topic=events_topic, dedupe_key=f"{message_id}/unsubscribed")
+    metrics.TRACKING.labels("unsubscribed", "recorded").inc()
+    return True

@@ -1,0 +1,127 @@
+"""Tracking and unsubscribe routes (no authentication: the signed token is the authority).
+
+Thin handlers: verify the token for its purpose, call one function of ``services.intake.engagement``
+in a transaction, answer. A token that does not verify (tampered, truncated, another purpose, an
+unknown key) changes nothing and gets 404.
+"""
+
+from __future__ import annotations
+
+import html
+import uuid
+from typing import Any
+
+from litestar import HttpMethod, Request, Response, get, post, route
+from litestar.datastructures import State
+from litestar.params import FromPath
+
+from services.common.config import IntakeSettings
+from services.common.db import transaction
+from services.common.runtime import Runtime
+from services.common.tokens import InvalidToken, Purpose, verify_token
+from services.intake.auth import NO_RATE_LIMIT
+from services.intake.engagement import is_automated, record_engagement, unsubscribe
+from services.intake.problems import ProblemError, problem_responses
+
+# A transparent 1x1 GIF.
+PIXEL = (
+    b"GIF89a\x01\x00\x01\x00\x80\x00\x00\x00\x00\x00\xff\xff\xff!\xf9\x04\x01\x00\x00\x00\x00"
+    b",\x00\x00\x00\x00\x01\x00\x01\x00\x00\x02\x02D\x01\x00;"
+)
+NO_STORE = {"Cache-Control": "no-store, private", "Referrer-Policy": "no-referrer"}
+
+
+def _verified(state: State, token: str, purpose: Purpose) -> tuple[uuid.UUID, str | None]:
+    settings: IntakeSettings = state.settings
+    try:
+        verified = verify_token(token, purpose, [settings.hmac_secret, settings.hmac_secret_previous])
+    except InvalidToken:
+        raise ProblemError(404, "This link is not valid.") from None
+    return verified.message_id, verified.url
+
+
+def _context(state: State) -> tuple[Runtime, IntakeSettings]:
+    return state.runtime, state.settings
+
+
+@route(
+    "/t/o/{token:str}",
+    http_method=[HttpMethod.GET, HttpMethod.HEAD],
+    include_in_schema=False,
+    opt={NO_RATE_LIMIT: True},
+)
+async def track_open(token: FromPath[str], request: Request[Any, Any, State], state: State) -> Response[bytes]:
+    message_id, _ = _verified(state, token, Purpose.OPEN)
+    runtime, settings = _context(state)
+    automated = is_automated(request.headers.get("user-agent"), request.method)
+    async with transaction(runtime.pool) as conn:
+        await record_engagement(
+            conn, message_id, "opened", automated=automated, detail="", topic=settings.topic_email_events
+        )
+    return Response(PIXEL, media_type="image/gif", headers=NO_STORE)
+
+
+@route(
+    "/t/c/{token:str}",
+    http_method=[HttpMethod.GET, HttpMethod.HEAD],
+    include_in_schema=False,
+    opt={NO_RATE_LIMIT: True},
+)
+async def track_click(token: FromPath[str], request: Request[Any, Any, State], state: State) -> Response[bytes]:
+    message_id, url = _verified(state, token, Purpose.CLICK)
+    if not url or not url.lower().startswith(("http://", "https://")):
+        raise ProblemError(404, "This link is not valid.")
+    runtime, settings = _context(state)
+    automated = is_automated(request.headers.get("user-agent"), request.method)
+    async with transaction(runtime.pool) as conn:
+        await record_engagement(
+            conn, message_id, "clicked", automated=automated, detail=url, topic=settings.topic_email_events
+        )
+    # The only place a click may go is the URL bound into the signed token: no open redirect.
+    return Response(b"", status_code=302, headers={**NO_STORE, "Location": url})
+
+
+def _page(title: str, body: str, status: int = 200) -> Response[str]:
+    document = (
+        '<!doctype html><html lang="en"><head><meta charset="utf-8">'
+        '<meta name="viewport" content="width=device-width,initial-scale=1">'
+        f'<meta name="robots" content="noindex"><title>{html.escape(title)}</title></head>'
+        f'<body style="font-family:sans-serif;max-width:32em;margin:3em auto">{body}</body></html>'
+    )
+    return Response(document, status_code=status, media_type="text/html", headers=NO_STORE)
+
+
+@get("/u/{token:str}", include_in_schema=False, opt={NO_RATE_LIMIT: True})
+async def unsubscribe_page(token: FromPath[str], state: State) -> Response[str]:
+    """A confirmation page. It changes nothing: link scanners fetch every GET, so only the POST unsubscribes."""
+    _verified(state, token, Purpose.UNSUBSCRIBE)
+    return _page(
+        "Unsubscribe",
+        "<h1>Unsubscribe</h1><p>Stop receiving these emails?</p>"
+        '<form method="post"><input type="hidden" name="List-Unsubscribe" value="One-Click">'
+        '<button type="submit">Unsubscribe</button></form>',
+    )
+
+
+@post(
+    "/u/{token:str}",
+    opt={NO_RATE_LIMIT: True},
+    status_code=200,
+    responses=problem_responses(404, 503),
+    summary="One-click unsubscribe (RFC 8058)",
+    description="No login, idempotent: the address is suppressed and every active enrollment of it is cancelled.",
+)
+async def unsubscribe_one_click(token: FromPath[str], state: State) -> Response[str]:
+    message_id, _ = _verified(state, token, Purpose.UNSUBSCRIBE)
+    runtime, settings = _context(state)
+    async with transaction(runtime.pool) as conn:
+        await unsubscribe(
+            conn,
+            message_id,
+            events_topic=settings.topic_email_events,
+            suppressed_topic=settings.topic_leads_suppressed,
+        )
+    return _page("Unsubscribed", "<h1>You are unsubscribed</h1><p>You will not receive these emails again.</p>")
+
+
+TRACKING_ROUTES = [track_open, track_click, unsubscribe_page, unsubscribe_one_click]
