@@ -156,7 +156,8 @@ def test_the_operator_can_be_left_out() -> None:
 
 
 def documented_schedules() -> dict[str, str]:
-    rows = re.findall(r"^\| `([a-z-]+)` \| `([^`]+)` \|", JOBS_DOC.read_text(), flags=re.MULTILINE)
+    # The first table of "The jobs": | `name` | `schedule` | ... (a schedule has spaces, a value key not).
+    rows = re.findall(r"^\| `([a-z-]+)` \| `([^`]* [^`]*)` \|", JOBS_DOC.read_text(), flags=re.MULTILINE)
     return dict(rows)
 
 
@@ -401,3 +402,21 @@ def test_values_schema_rejects_bad_packaging_values(assignment: str, message: st
     error = render_error("--values", MINIMAL, "--set", assignment)
     assert "values don't meet the specifications of the schema" in error, error
     assert message in error, error
+
+
+def test_the_cronjob_table_of_docs_jobs_md_matches_the_chart_defaults() -> None:
+    defaults = yaml.safe_load((CHART / "values.yaml").read_text())["jobs"]
+    rows = re.findall(r"^\| `([a-z-]+)` \| `jobs\.(\w+)` \| (.+) \|$", JOBS_DOC.read_text(), flags=re.MULTILINE)
+    assert [name for name, _, _ in rows] == list(JOBS)
+    for name, key, rest in rows:
+        assert JOBS[name] == key
+        values = defaults[key]
+        expected = [
+            f"`{values['schedule']}`",
+            str(values["backoffLimit"]),
+            str(values["activeDeadlineSeconds"]),
+            str(values["startingDeadlineSeconds"]),
+            f"{values['successfulJobsHistoryLimit']} / {values['failedJobsHistoryLimit']}",
+            f"{values['staleAfterSeconds']} s",
+        ]
+        assert [cell.strip() for cell in rest.split("|")] == expected, name
