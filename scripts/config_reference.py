@@ -131,10 +131,7 @@ def chart_reference() -> str:
     for path, node, description in chart_leaves(schema):
         default = lookup(values, path)
         shown = "" if default is None else json.dumps(default, separators=(", ", ": "))
-        if len(shown) > 60:
-            shown = "see values.yaml"
-        else:
-            shown = f"`{shown}`" if shown else ""
+        shown = "see values.yaml" if len(shown) > 60 else f"`{shown}`" if shown else ""
         meaning = description.replace("|", "\\|")
         lines.append(f"| `{path}` | {schema_type(node)} | {shown} | {meaning} |")
     return "\n".join(lines)

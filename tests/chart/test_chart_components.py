@@ -120,7 +120,11 @@ def test_by_default_the_operator_may_act_in_the_release_namespace_only() -> None
     assert role["metadata"]["namespace"] == "mail"
     assert role["rules"] == source_rules()
     [binding] = of_kind(manifests, "RoleBinding")
-    assert binding["roleRef"] == {"apiGroup": "rbac.authorization.k8s.io", "kind": "Role", "name": "healingwork-operator"}
+    assert binding["roleRef"] == {
+        "apiGroup": "rbac.authorization.k8s.io",
+        "kind": "Role",
+        "name": "healingwork-operator",
+    }
     assert binding["subjects"] == [{"kind": "ServiceAccount", "name": "healingwork-operator", "namespace": "mail"}]
     assert of_kind(manifests, "ClusterRole") == []
 
@@ -133,7 +137,10 @@ def test_each_watched_namespace_gets_the_same_least_privilege_role() -> None:
     bindings = of_kind(manifests, "RoleBinding")
     assert sorted(b["metadata"]["namespace"] for b in bindings) == ["marketing", "sales"]
     assert all(b["subjects"][0]["namespace"] == "mail" for b in bindings)
-    assert container_env(named(manifests, "Deployment", "healingwork-operator"))["OPERATOR_NAMESPACES"] == "marketing,sales"
+    assert (
+        container_env(named(manifests, "Deployment", "healingwork-operator"))["OPERATOR_NAMESPACES"]
+        == "marketing,sales"
+    )
 
 
 def test_a_cluster_wide_operator_gets_the_same_rules_as_a_cluster_role() -> None:
@@ -229,7 +236,10 @@ def test_an_hpa_owns_the_replica_count_of_intake_and_dispatcher() -> None:
     for name, hpa in hpas.items():
         assert hpa["spec"]["scaleTargetRef"] == {"apiVersion": "apps/v1", "kind": "Deployment", "name": name}
         assert "replicas" not in named(manifests, "Deployment", name)["spec"]
-    assert (hpas["healingwork-intake"]["spec"]["minReplicas"], hpas["healingwork-intake"]["spec"]["maxReplicas"]) == (3, 12)
+    assert (hpas["healingwork-intake"]["spec"]["minReplicas"], hpas["healingwork-intake"]["spec"]["maxReplicas"]) == (
+        3,
+        12,
+    )
     # The consumer-lag metric of the production values rides along with CPU.
     kinds = [m["type"] for m in hpas["healingwork-dispatcher"]["spec"]["metrics"]]
     assert kinds == ["Resource", "External"]
@@ -270,7 +280,9 @@ def test_network_policies_admit_only_the_configured_peers() -> None:
     peers = http["from"]
     assert {"namespaceSelector": {"matchLabels": {"kubernetes.io/metadata.name": "ingress-nginx"}}} in peers
     # The helm test Pod still reaches /readyz.
-    assert any(p.get("podSelector", {}).get("matchLabels", {}).get("app.kubernetes.io/component") == "test" for p in peers)
+    assert any(
+        p.get("podSelector", {}).get("matchLabels", {}).get("app.kubernetes.io/component") == "test" for p in peers
+    )
     assert metrics["from"] == [{"namespaceSelector": {"matchLabels": {"kubernetes.io/metadata.name": "monitoring"}}}]
     workers = named(manifests, "NetworkPolicy", "healingwork-workers")
     assert workers["spec"]["podSelector"]["matchExpressions"] == [
@@ -299,7 +311,9 @@ def test_the_service_monitor_scrapes_every_service_that_serves_metrics() -> None
         [port] = service["spec"]["ports"]
         assert port["name"] in ports
         # The Service selects the pods of its component, whose container has the named port.
-        deployment = named(manifests, "Deployment", f"healingwork-{service['metadata']['labels']['app.kubernetes.io/component']}")
+        deployment = named(
+            manifests, "Deployment", f"healingwork-{service['metadata']['labels']['app.kubernetes.io/component']}"
+        )
         assert service["spec"]["selector"].items() <= deployment["spec"]["template"]["metadata"]["labels"].items()
         [container] = deployment["spec"]["template"]["spec"]["containers"]
         assert port["targetPort"] in {p["name"] for p in container["ports"]}
@@ -353,7 +367,11 @@ def test_the_grafana_dashboard_charts_metrics_the_code_exports() -> None:
     expressions = [t["expr"] for panel in dashboard["panels"] for t in panel["targets"]]
     used = set().union(*(healingwork_metrics_in(e) for e in expressions))
     assert used <= exported_metric_names()
-    assert {"healingwork_http_requests_total", "healingwork_emails_total", "healingwork_outbox_oldest_unpublished_age_seconds"} <= used
+    assert {
+        "healingwork_http_requests_total",
+        "healingwork_emails_total",
+        "healingwork_outbox_oldest_unpublished_age_seconds",
+    } <= used
 
 
 def test_monitoring_is_off_unless_enabled() -> None:

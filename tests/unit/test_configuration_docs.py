@@ -42,7 +42,8 @@ def test_every_environment_variable_is_documented() -> None:
 def _config_reference() -> ModuleType:
     path = Path(__file__).resolve().parents[2] / "scripts" / "config_reference.py"
     spec = importlib.util.spec_from_file_location("config_reference", path)
-    assert spec is not None and spec.loader is not None
+    assert spec is not None
+    assert spec.loader is not None
     module = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(module)
     return module
