@@ -263,12 +263,16 @@ def test_no_ingress_or_network_policy_unless_asked() -> None:
     assert of_kind(manifests, "Ingress") == of_kind(manifests, "NetworkPolicy") == []
 
 
-def test_the_ingress_routes_its_hosts_to_the_intake_service() -> None:
+def test_the_ingress_routes_only_the_public_paths_of_its_hosts_to_the_intake() -> None:
     ingress = named(render(PRODUCTION), "Ingress", "healingwork-intake")
     [rule] = ingress["spec"]["rules"]
     assert rule["host"] == "mail.example.com"
-    [path] = rule["http"]["paths"]
-    assert path["backend"] == {"service": {"name": "healingwork-intake", "port": {"name": "http"}}}
+    paths = rule["http"]["paths"]
+    # The API and webhooks, tracking, unsubscribe, the schema; never /metrics or the probes.
+    assert [p["path"] for p in paths] == ["/v1", "/t", "/u", "/schema"]
+    for path in paths:
+        assert path["pathType"] == "Prefix"
+        assert path["backend"] == {"service": {"name": "healingwork-intake", "port": {"name": "http"}}}
     assert ingress["spec"]["tls"] == [{"secretName": "mail-example-com-tls", "hosts": ["mail.example.com"]}]
     assert ingress["spec"]["ingressClassName"] == "nginx"
 
@@ -414,6 +418,8 @@ def test_notes_tell_how_to_reach_and_test_the_release() -> None:
         ("scheduler.autoscaling.enabled=true", "additional properties 'autoscaling' not allowed"),
         ("metrics.prometheusRule.smtpFailureRatio=2", "at '/metrics/prometheusRule/smtpFailureRatio'"),
         ("ingress.hosts[0]=https://mail.example.com", "at '/ingress/hosts/0'"),
+        ("ingress.paths[0]=/metrics", "at '/ingress/paths/0'"),
+        ("ingress.paths[0]=/", "at '/ingress/paths/0'"),
     ],
 )
 def test_values_schema_rejects_bad_packaging_values(assignment: str, message: str) -> None:
