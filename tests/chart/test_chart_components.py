@@ -296,7 +296,9 @@ def test_network_policies_admit_only_the_configured_peers() -> None:
     assert scrape["ports"] == [{"port": "health", "protocol": "TCP"}]
     egress = named(manifests, "NetworkPolicy", "healingwork-egress")
     assert egress["spec"]["egress"][0]["ports"] == [{"port": 53, "protocol": "UDP"}, {"port": 53, "protocol": "TCP"}]
-    assert len(egress["spec"]["egress"]) == 5
+    # DNS, the intake (for helm test), and the four rules of the values.
+    assert egress["spec"]["egress"][1]["to"][0]["podSelector"]["matchLabels"]["app.kubernetes.io/component"] == "intake"
+    assert len(egress["spec"]["egress"]) == 6
 
 
 # --- monitoring ---------------------------------------------------------------------------------------
