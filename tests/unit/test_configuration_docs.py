@@ -49,10 +49,10 @@ def _config_reference() -> ModuleType:
     return module
 
 
-def test_the_generated_references_match_the_settings_code_and_the_chart_schema() -> None:
+def test_the_generated_reference_matches_the_settings_code_and_the_chart_schema() -> None:
     reference = _config_reference()
-    assert reference.generated(DOC.read_text()) == DOC.read_text(), (
-        "docs/configuration.md is stale: run `uv run python scripts/config_reference.py`"
+    assert reference.DOC.read_text() == reference.generated(), (
+        "docs/configuration-reference.md is stale: run `uv run python scripts/config_reference.py`"
     )
 
 
