@@ -1,5 +1,5 @@
 # syntax=docker/dockerfile:1.7
-# One image for every process: `healingwork <intake|scheduler|dispatcher|migrate|sequences apply|job>`.
+# One image for every process: `healingwork <intake|scheduler|dispatcher|operator|migrate|job|sequences|clients>`.
 # Built for a read-only root filesystem: nothing is written outside /tmp at run time (mount an emptyDir
 # there), bytecode is compiled at build time, and the process runs as the numeric user 10001.
 

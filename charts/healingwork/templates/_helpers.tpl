@@ -137,7 +137,8 @@ in one round (the services validate the same settings again at start-up, in more
 {{/*
 A Deployment of one long-running command. Parameters: root (the chart context), component (its name and
 the `healingwork` sub-command), values (its block of values), secretKeys (the secret settings it reads),
-ports, env and probes (YAML fragments).
+ports, env, probes, lifecycle and strategy (YAML fragments), serviceAccountName (only for a process that
+calls the Kubernetes API).
 */}}
 {{- define "healingwork.deployment" -}}
 {{- $root := .root -}}
@@ -150,8 +151,15 @@ metadata:
     {{- include "healingwork.labels" $root | nindent 4 }}
     app.kubernetes.io/component: {{ .component }}
 spec:
+  {{- /* Under an HPA the Deployment leaves the replica count alone, so an upgrade never resets it. */}}
+  {{- if not (and $values.autoscaling $values.autoscaling.enabled) }}
   replicas: {{ $values.replicas }}
+  {{- end }}
   revisionHistoryLimit: 5
+  {{- with .strategy }}
+  strategy:
+    {{- . | nindent 4 }}
+  {{- end }}
   selector:
     matchLabels:
       {{- include "healingwork.selectorLabels" $root | nindent 6 }}
@@ -175,9 +183,15 @@ spec:
       imagePullSecrets:
         {{- toYaml . | nindent 8 }}
       {{- end }}
-      # The services never call the Kubernetes API, and Service links would inject variables such as
-      # KAFKA_PORT that nothing here reads.
+      {{- if .serviceAccountName }}
+      # The operator watches and patches Sequences: it needs its ServiceAccount's token.
+      serviceAccountName: {{ .serviceAccountName }}
+      automountServiceAccountToken: true
+      {{- else }}
+      # The services never call the Kubernetes API.
       automountServiceAccountToken: false
+      {{- end }}
+      # Service links would inject variables such as KAFKA_PORT that nothing here reads.
       enableServiceLinks: false
       securityContext:
         {{- toYaml $root.Values.podSecurityContext | nindent 8 }}
@@ -253,4 +267,17 @@ readinessProbe:
   periodSeconds: 5
   timeoutSeconds: 3
   failureThreshold: 3
+{{- end }}
+
+{{/* The operator's ServiceAccount (and Role) name. */}}
+{{- define "healingwork.operatorServiceAccount" -}}
+{{- include "healingwork.fullname" . }}-operator
+{{- end }}
+
+{{/* OPERATOR_NAMESPACES: empty (every namespace) when cluster-wide, else the watched namespaces, the
+release namespace by default. */}}
+{{- define "healingwork.operatorNamespaces" -}}
+{{- if not .Values.operator.clusterWide }}
+{{- join "," (default (list .Release.Namespace) .Values.operator.watchNamespaces) }}
+{{- end }}
 {{- end }}
