@@ -213,7 +213,8 @@ class Platform:
             # The reconcile job's thresholds, seconds instead of the production 15 minutes.
             "UNENROLLED_LEAD_AFTER_S": str(self.args.reconcile_after),
             "STUCK_QUEUED_AFTER_S": str(self.args.reconcile_after),
-            "STUCK_SENDING_AFTER_S": str(self.args.reconcile_after * 2),
+            # Longer: a live dispatcher may hold a message in `sending` while PostgreSQL restarts.
+            "STUCK_SENDING_AFTER_S": str(self.args.resend_sending_after),
             "RESEND_STUCK_SENDING": "true",
         }
         for name in SERVICES:
@@ -569,6 +570,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--step-delay", type=int, default=3.0, help="delay of steps two and three in seconds")
     parser.add_argument("--job-interval", type=float, default=3.0, help="seconds between retry-failed runs")
     parser.add_argument("--reconcile-after", type=float, default=5.0, help="retry-failed age thresholds in seconds")
+    parser.add_argument(
+        "--resend-sending-after", type=float, default=30.0, help="retry-failed requeues `sending` after this (s)"
+    )
     parser.add_argument("--drain-timeout", type=float, default=180.0, help="seconds to wait for the drain")
     parser.add_argument(
         "--scripted", action="store_true", help="one fault of each kind (killing each service once) before random ones"
