@@ -69,7 +69,6 @@ from services.common.migrate import apply_migrations
 from services.common.sequences import apply_sequence_files
 from services.dev.embedded import EmbeddedBroker, EmbeddedPostgres, find_free_port
 from services.dev.jobs import DevJobs
-from services.dev.mailsink import MailSink
 
 SOURCE = "chaos"
 SEQUENCE_YAML = """\
@@ -164,6 +163,54 @@ class Run:
     rejected_emails: set[str] = field(default_factory=set)
 
 
+class SinkProcess:
+    """The SMTP sink (bench/chaos_sink.py) in its own process: the same fault hooks, over its stdin."""
+
+    def __init__(self, mail_dir: Path, rejected_file: Path) -> None:
+        self.mail_dir = mail_dir
+        self.host = "127.0.0.1"
+        self.port = find_free_port()
+        self._rejected_file = rejected_file
+        self._process: subprocess.Popen[str] | None = None
+
+    def start(self, rejected: set[str]) -> None:
+        self._rejected_file.write_text(json.dumps(sorted(rejected)))
+        self._process = subprocess.Popen(
+            [sys.executable, "-m", "bench.chaos_sink", str(self.mail_dir), str(self.port), str(self._rejected_file)],
+            stdin=subprocess.PIPE,
+            stdout=subprocess.PIPE,
+            text=True,
+            preexec_fn=_preexec,
+        )
+        assert self._process.stdout is not None
+        if self._process.stdout.readline().strip() != "ready":
+            raise RuntimeError("the SMTP sink did not start")
+
+    def _command(self, line: str) -> None:
+        assert self._process is not None and self._process.stdin is not None and self._process.stdout is not None
+        self._process.stdin.write(line + "\n")
+        self._process.stdin.flush()
+        self._process.stdout.readline()
+
+    def fail_with(self, code: int, text: str) -> None:
+        self._command(f"fail {code} {text}")
+
+    def accept(self) -> None:
+        self._command("ok")
+
+    def message_paths(self) -> list[Path]:
+        return sorted(self.mail_dir.glob("*.eml")) if self.mail_dir.exists() else []
+
+    def stop(self) -> None:
+        if self._process is not None and self._process.poll() is None:
+            assert self._process.stdin is not None
+            self._process.stdin.close()
+            try:
+                self._process.wait(timeout=10)
+            except subprocess.TimeoutExpired:
+                self._process.kill()
+
+
 class Platform:
     """PostgreSQL, broker, sink and the service processes, with the fault handles."""
 
@@ -174,7 +221,8 @@ class Platform:
         self.logs.mkdir(parents=True, exist_ok=True)
         self.postgres = EmbeddedPostgres(work / "postgres")
         self.broker = EmbeddedBroker(log_path=self.logs / "broker.log")
-        self.sink = MailSink(work / "mail")
+        self.sink = SinkProcess(work / "mail", work / "rejected.json")
+        self.rejected: set[str] = set()
         self.services: list[ServiceProcess] = []
         self.jobs: DevJobs | None = None
         self.database_url = ""
@@ -188,7 +236,7 @@ class Platform:
         sequence.write_text(SEQUENCE_YAML % {"delay2": delay, "delay3": delay})
         asyncio.run(apply_sequence_files(DatabaseSettings(database_url=self.database_url), [sequence]))
         self.broker.start()
-        self.sink.start()
+        self.sink.start(self.rejected)
         shared = {
             **os.environ,
             "DATABASE_URL": self.database_url,
@@ -331,9 +379,9 @@ async def inject_faults(platform: Platform, run: Run, rng: random.Random, until:
             detail = "fast shutdown + start"
         else:  # smtp-4xx
             seconds = rng.uniform(1.0, 8.0)
-            platform.sink.fail_with = (451, "4.3.0 chaos: try again later")
+            platform.sink.fail_with(451, "4.3.0 chaos: try again later")
             await asyncio.sleep(seconds)
-            platform.sink.fail_with = None
+            platform.sink.accept()
             detail = f"{seconds:.1f}s"
         run.faults.append({"at": round(time.monotonic(), 3), "kind": kind.partition(":")[0], "detail": detail})
         run.last_fault_end = time.monotonic()
@@ -407,7 +455,7 @@ def drained(database_url: str) -> dict[str, int] | None:
     )
 
 
-def received_messages(sink: MailSink) -> tuple[Counter[uuid.UUID], dict[uuid.UUID, float]]:
+def received_messages(sink: SinkProcess) -> tuple[Counter[uuid.UUID], dict[uuid.UUID, float]]:
     """Copies received per message id, and the first receive time of each (epoch seconds)."""
     parser = email.parser.BytesHeaderParser(policy=email.policy.default)
     copies: Counter[uuid.UUID] = Counter()
@@ -500,12 +548,21 @@ def audit(platform: Platform, run: Run, calm_emails: set[str], clock_offset: flo
     }
 
 
-async def main_async(args: argparse.Namespace, platform: Platform) -> dict[str, Any]:
-    rng = random.Random(args.seed)
+def first_steps_done(database_url: str) -> int:
+    """How many first steps have an outcome (sent or dead): the calm phase is over when all have."""
+    with psycopg.connect(database_url, connect_timeout=5) as conn:
+        row = conn.execute(
+            "SELECT count(*) FROM messages WHERE step_position = 0 AND status IN ('sent', 'dead')"
+        ).fetchone()
+    assert row is not None
+    return int(row[0])
+
+
+async def main_async(
+    args: argparse.Namespace, platform: Platform, rng: random.Random, emails: list[str]
+) -> dict[str, Any]:
     run = Run()
-    emails = [f"lead{i}-{uuid.UUID(int=rng.getrandbits(128)).hex[:8]}@example.com" for i in range(args.leads)]
-    run.rejected_emails = set(rng.sample(emails, min(args.rejected, len(emails))))
-    platform.sink.reject_recipients = {address: (550, "5.1.1 chaos: no such user") for address in run.rejected_emails}
+    run.rejected_emails = platform.rejected
     calm_count = min(len(emails), round(args.calm_rate * args.calm_seconds))
     calm, rest = emails[:calm_count], emails[calm_count:]
     # Receive times are wall clock (the sink's file names); submit times monotonic.
@@ -522,6 +579,13 @@ async def main_async(args: argparse.Namespace, platform: Platform) -> dict[str, 
     try:
         say(f"calm phase: {len(calm)} leads at {args.calm_rate}/s, no faults")
         calm_rate = await submit_leads(platform, run, calm, args.calm_rate, time.monotonic() + 120)
+        # Faults start once the calm leads have their first email: their latency is the fault-free one.
+        settle_deadline = time.monotonic() + 120
+        while await asyncio.to_thread(first_steps_done, platform.database_url) < len(run.accepted):
+            if time.monotonic() > settle_deadline:
+                say("calm leads still without a first email after 120 s; starting the faults anyway")
+                break
+            await asyncio.sleep(0.2)
         started = time.monotonic()
         until = started + args.duration
         say(f"fault phase: {len(rest)} leads over {args.duration}s while faults are injected")
@@ -586,9 +650,12 @@ def main(argv: list[str] | None = None) -> None:
     work = Path(tempfile.mkdtemp(prefix="healingwork-chaos-"))
     say(f"work directory {work}")
     platform = Platform(work, args)
+    rng = random.Random(args.seed)
+    emails = [f"lead{i}-{uuid.UUID(int=rng.getrandbits(128)).hex[:8]}@example.com" for i in range(args.leads)]
+    platform.rejected = set(rng.sample(emails, min(args.rejected, len(emails))))
     try:
         platform.start()
-        result = asyncio.run(main_async(args, platform))
+        result = asyncio.run(main_async(args, platform, rng, emails))
     finally:
         platform.stop()
         if not args.keep:
