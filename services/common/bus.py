@@ -104,6 +104,10 @@ class KafkaPublisher:
             raise PublishError(repr(error)) from error
 
 
+# How long one offset commit may take before the consumer gives up on it and goes on consuming.
+COMMIT_TIMEOUT_S = 10.0
+
+
 def make_consumer(settings: BusSettings, topic: str, group_id: str, **overrides: Any) -> AIOKafkaConsumer:
     """A consumer that never auto-commits: offsets are committed by :func:`run_consumer` after the effect."""
     options: dict[str, Any] = {
@@ -127,6 +131,7 @@ async def run_consumer(
     *,
     stop: asyncio.Event,
     name: str,
+    commit_timeout_s: float = COMMIT_TIMEOUT_S,
 ) -> None:
     """Consume until ``stop`` is set. Offsets are committed only after the handler returned, that is
     after its effects were committed in PostgreSQL. A record that cannot be decoded is logged and
@@ -173,9 +178,12 @@ async def run_consumer(
                     processed[partition] = record.offset + 1
             if processed:
                 try:
-                    await consumer.commit(processed)
-                except KafkaError as error:
+                    # aiokafka retries a retriable commit error forever: after a broker lost its topics
+                    # (UnknownTopicOrPartition) that stalled the consumer for good. Bounded here.
+                    await asyncio.wait_for(consumer.commit(processed), timeout=commit_timeout_s)
+                except (KafkaError, TimeoutError) as error:
                     # The effects are committed; a redelivery after a rebalance is a no-op.
+                    metrics.CONSUMER_FAILURES.labels(name, "commit").inc()
                     log.warning("offset commit failed", extra={"consumer": name, "error": repr(error)})
             if any_failed:
                 await asyncio.sleep(backoff_delay(min(outages, 6), 0.5, 10.0))
