@@ -187,7 +187,9 @@ class SinkProcess:
             raise RuntimeError("the SMTP sink did not start")
 
     def _command(self, line: str) -> None:
-        assert self._process is not None and self._process.stdin is not None and self._process.stdout is not None
+        assert self._process is not None
+        assert self._process.stdin is not None
+        assert self._process.stdout is not None
         self._process.stdin.write(line + "\n")
         self._process.stdin.flush()
         self._process.stdout.readline()
