@@ -104,6 +104,10 @@ class KafkaPublisher:
             raise PublishError(repr(error)) from error
 
 
+# How long one offset commit may take before the consumer gives up on it and goes on consuming.
+COMMIT_TIMEOUT_S = 10.0
+
+
 def make_consumer(settings: BusSettings, topic: str, group_id: str, **overrides: Any) -> AIOKafkaConsumer:
     """A consumer that never auto-commits: offsets are committed by :func:`run_consumer` after the effect."""
     options: dict[str, Any] = {
@@ -127,6 +131,7 @@ async def run_consumer(
     *,
     stop: asyncio.Event,
     name: str,
+    commit_timeout_s: float = COMMIT_TIMEOUT_S,
 ) -> None:
     """Consume until ``stop`` is set. Offsets are committed only after the handler returned, that is
     after its effects were committed in PostgreSQL. A record that cannot be decoded is logged and
@@ -172,17 +177,35 @@ async def run_consumer(
                         break
                     processed[partition] = record.offset + 1
             if processed:
-                try:
-                    await consumer.commit(processed)
-                except KafkaError as error:
-                    # The effects are committed; a redelivery after a rebalance is a no-op.
-                    log.warning("offset commit failed", extra={"consumer": name, "error": repr(error)})
+                await commit_offsets(consumer, processed, name=name, timeout_s=commit_timeout_s)
             if any_failed:
                 await asyncio.sleep(backoff_delay(min(outages, 6), 0.5, 10.0))
             else:
                 outages = 0
     finally:
         await consumer.stop()
+
+
+async def commit_offsets(
+    consumer: AIOKafkaConsumer, offsets: dict[TopicPartition, int], *, name: str, timeout_s: float = COMMIT_TIMEOUT_S
+) -> bool:
+    """Commit ``offsets`` (the effects of the records are already committed in PostgreSQL); returns
+    whether it worked. A failure is logged and counted, never raised: a redelivery is a no-op.
+
+    aiokafka retries a retriable commit error forever; after a broker lost its topics and groups
+    (UnknownTopicOrPartition) that stalled scheduler and dispatcher for good. So the commit is bounded,
+    and a failed one makes the consumer join its group again with fresh metadata."""
+    try:
+        await asyncio.wait_for(consumer.commit(offsets), timeout=timeout_s)
+    except (KafkaError, TimeoutError) as error:
+        metrics.CONSUMER_FAILURES.labels(name, "commit").inc()
+        log.warning("offset commit failed; joining the group again", extra={"consumer": name, "error": repr(error)})
+        topics = consumer.subscription()
+        if topics:
+            consumer.unsubscribe()
+            consumer.subscribe(topics=list(topics))
+        return False
+    return True
 
 
 async def _handle_record(handler: Handler, value: bytes | None, name: str) -> None:

@@ -351,6 +351,8 @@ class JobSettings(DatabaseSettings, frozen=True, kw_only=True):
     retry_batch_size: PositiveInt = 500
     stuck_queued_after_s: PositiveFloat = 900.0
     stuck_sending_after_s: PositiveFloat = 900.0
+    # Queue messages stuck in `sending` again instead of only counting them (a possible duplicate).
+    resend_stuck_sending: bool = False
     unenrolled_lead_after_s: PositiveFloat = 900.0
     # aggregate-stats
     stats_window_days: PositiveInt = 2

@@ -25,7 +25,7 @@ from aiokafka.errors import KafkaError
 from proto.codec import decode_message
 from proto.messages import EmailDispatch
 from services.common import metrics
-from services.common.bus import MAX_HANDLER_FAILURES, make_consumer
+from services.common.bus import MAX_HANDLER_FAILURES, commit_offsets, make_consumer
 from services.common.config import DispatcherSettings
 from services.common.db import UNAVAILABLE_ERRORS
 from services.common.health import serve_health
@@ -137,8 +137,4 @@ async def consume_dispatch_commands(
 
 
 async def _commit(consumer: AIOKafkaConsumer, offsets: dict[TopicPartition, int]) -> None:
-    try:
-        await consumer.commit(offsets)
-    except KafkaError as error:
-        # The effects are committed; a redelivery after a rebalance is a no-op.
-        log.warning("offset commit failed", extra={"consumer": NAME, "error": repr(error)})
+    await commit_offsets(consumer, offsets, name=NAME)

@@ -3,7 +3,9 @@
 A failure is *transient* (4xx replies, timeouts, refused or dropped connections: retry later) or
 *permanent* (5xx replies: retrying cannot help). When the server says it is overloaded or throttling
 (421, 451, 454) the whole pool pauses before the next transaction, doubling the pause while the server
-keeps saying so, instead of hammering it with the rest of the batch.
+keeps saying so, instead of hammering it with the rest of the batch. Replies to sends that were already
+in flight when the pool paused belong to the same burst and do not double it again (with eight
+connections, one burst used to multiply the pause by 128).
 """
 
 from __future__ import annotations
@@ -136,6 +138,7 @@ class SmtpPool:
         self._throttle_pause_s = throttle_pause_s
         self._pause = 0.0
         self._resume_at = 0.0
+        self._paused_at = float("-inf")
 
     async def acquire(self) -> SmtpConnection:
         """A connection for one transaction; waits while every connection is busy or the pool is paused."""
@@ -155,19 +158,29 @@ class SmtpPool:
 
     async def send(self, connection: SmtpConnection, sender: str, recipient: str, data: bytes) -> str:
         """Send over an acquired connection, pausing the pool when the server throttles."""
+        started = asyncio.get_running_loop().time()
         try:
             reply = await connection.send(sender, recipient, data)
         except SendError as error:
             if error.code in THROTTLE_CODES:
-                self._throttled(error)
+                self._throttled(error, started)
             raise
         self._pause = 0.0
         return reply
 
-    def _throttled(self, error: SendError) -> None:
-        self._pause = min(MAX_THROTTLE_PAUSE_S, self._pause * 2 if self._pause else self._throttle_pause_s)
-        self._resume_at = asyncio.get_running_loop().time() + self._pause
+    @property
+    def pause_s(self) -> float:
+        """The current throttle pause (0 when the server last accepted a message)."""
+        return self._pause
+
+    def _throttled(self, error: SendError, started: float) -> None:
         metrics.SMTP_THROTTLED.inc()
+        if started <= self._paused_at:
+            return  # in flight when an earlier reply paused the pool: the same burst, already paid for
+        now = asyncio.get_running_loop().time()
+        self._pause = min(MAX_THROTTLE_PAUSE_S, self._pause * 2 if self._pause else self._throttle_pause_s)
+        self._paused_at = now
+        self._resume_at = now + self._pause
         log.warning("SMTP server throttles; pausing sends", extra={"pause_s": self._pause, "reply": error.reason})
 
     async def close(self) -> None:

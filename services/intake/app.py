@@ -122,7 +122,8 @@ async def submit_lead_handler(
     body = await request.body()
     try:
         raw = msgspec.json.decode(body)
-    except msgspec.DecodeError as error:
+    # Invalid UTF-8 is not a DecodeError, and deep nesting exhausts the decoder's recursion limit.
+    except (msgspec.DecodeError, UnicodeDecodeError, RecursionError) as error:
         raise ProblemError(400, f"The body is not valid JSON: {error}") from error
     principal = principal_of(request)
     ip = client_ip(request, trusted_networks(settings))

@@ -137,7 +137,7 @@ def ses_events(notification: str, sns_message_id: str) -> list[ProviderEvent]:
     """
     try:
         body = msgspec.json.decode(notification)
-    except msgspec.DecodeError:
+    except (msgspec.DecodeError, UnicodeDecodeError, RecursionError):
         return []
     if not isinstance(body, dict):
         return []

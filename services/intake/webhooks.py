@@ -89,7 +89,8 @@ def parse_generic(body: bytes) -> list[ProviderEvent]:
         path, _, reason = str(error).rpartition(" - at `")
         pointer = reason.rstrip("`").removeprefix("$").replace("[", "/").replace("]", "").replace(".", "/") or "/"
         raise InvalidWebhookBody(FieldError(field=pointer, reason=path or str(error))) from error
-    except msgspec.DecodeError as error:
+    # Invalid UTF-8 is not a DecodeError, and deep nesting exhausts the decoder's recursion limit.
+    except (msgspec.DecodeError, UnicodeDecodeError, RecursionError) as error:
         raise ProblemError(400, f"The body is not valid JSON: {error}") from error
     return [
         ProviderEvent(
@@ -124,7 +125,8 @@ async def _sns(request: Request[Any, Any, State], state: State, body: bytes) -> 
         raise ProblemError(404, "The SES/SNS adapter is not configured (SNS_TOPIC_ARNS).")
     try:
         message = msgspec.json.decode(body)
-    except msgspec.DecodeError as error:
+    # Invalid UTF-8 is not a DecodeError, and deep nesting exhausts the decoder's recursion limit.
+    except (msgspec.DecodeError, UnicodeDecodeError, RecursionError) as error:
         raise ProblemError(400, f"The body is not valid JSON: {error}") from error
     if not isinstance(message, dict):
         raise ProblemError(400, "The body must be an SNS message (a JSON object).")

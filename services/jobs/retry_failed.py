@@ -11,8 +11,10 @@ controller comparing desired and actual state:
 * a lead accepted but never handled by the scheduler (``enrolled_at IS NULL``) after
   ``UNENROLLED_LEAD_AFTER_S`` gets its ``lead.accepted`` again (enrolling is idempotent).
 
-So a broker that lost every message heals. Messages in ``sending`` for too long are *not* sent again:
-the provider may have accepted them (the SMTP duplicate window); they are counted and logged.
+So a broker that lost every message heals. Messages in ``sending`` for too long are *not* sent again
+by default: the provider may have accepted them (the SMTP duplicate window); they are counted and
+logged. With ``RESEND_STUCK_SENDING=true`` (for providers that honour the idempotency header the
+dispatcher sends, or where a rare duplicate is better than a lost email) they are queued again instead.
 
 Every step claims at most a batch of rows with ``FOR UPDATE SKIP LOCKED`` in one short transaction,
 served by a partial index (the queries are module constants so a test can EXPLAIN them).
@@ -187,6 +189,51 @@ async def republish_unenrolled_leads(conn: Connection, *, older_than: timedelta,
     return len(rows)
 
 
+# Served by messages_sending_idx (sending_at) WHERE status = 'sending'.
+STUCK_SENDING_ROWS = """SELECT id, enrollment_id, lead_id, attempts FROM messages
+    WHERE status = 'sending' AND sending_at < now() - %(age)s
+    ORDER BY sending_at
+    LIMIT %(limit)s
+    FOR UPDATE SKIP LOCKED"""
+
+
+async def requeue_stuck_sending(conn: Connection, *, older_than: timedelta, limit: int, dispatch_topic: str) -> int:
+    """Queue again up to ``limit`` messages ``sending`` for longer than ``older_than`` (their dispatcher
+    died between the claim and the recorded outcome), with a new ``email.dispatch`` command. The email
+    may already be with the provider: this trades a possible duplicate (inside the recorded window,
+    carrying the same Message-ID and idempotency header) for never losing it."""
+    cursor = await conn.execute(STUCK_SENDING_ROWS, {"age": older_than, "limit": limit})
+    rows = await cursor.fetchall()
+    if not rows:
+        return 0
+    await conn.execute(
+        """UPDATE messages SET status = 'queued', updated_at = now(),
+               last_error = left(coalesce(last_error || ' ', '') || '(requeued after a stuck send)', 2000)
+           WHERE id = ANY(%s)""",
+        ([row["id"] for row in rows],),
+    )
+    now = utcnow()
+    await enqueue_messages(
+        conn,
+        [
+            (
+                dispatch_topic,
+                str(row["enrollment_id"]),
+                EmailDispatch(
+                    id=uuid.uuid5(row["id"], f"resend/{row['attempts']}"),  # type: ignore[arg-type]
+                    occurred_at=now,
+                    message_id=row["id"],  # type: ignore[arg-type]
+                    enrollment_id=row["enrollment_id"],  # type: ignore[arg-type]
+                    lead_id=row["lead_id"],  # type: ignore[arg-type]
+                    attempt=int(row["attempts"]) + 1,  # type: ignore[call-overload]
+                ),
+            )
+            for row in rows
+        ],
+    )
+    return len(rows)
+
+
 async def count_stuck_sending(conn: Connection, *, older_than: timedelta) -> tuple[int, float]:
     """How many messages have been ``sending`` for longer than ``older_than``, and the oldest's age (s)."""
     cursor = await conn.execute(STUCK_SENDING, {"age": older_than})
@@ -230,7 +277,16 @@ async def retry_failed(ctx: JobContext, *, batch_size: int | None = None) -> dic
             topic=settings.topic_leads_accepted,
         )
 
+    async def sending(conn: Connection) -> int:
+        return await requeue_stuck_sending(
+            conn,
+            older_than=timedelta(seconds=settings.stuck_sending_after_s),
+            limit=size,
+            dispatch_topic=settings.topic_email_dispatch,
+        )
+
     batches = await in_batches(ctx.pool, requeue, size)
+    resent_sending = sum(await in_batches(ctx.pool, sending, size)) if settings.resend_stuck_sending else 0
     republished_messages = sum(await in_batches(ctx.pool, queued, size))
     republished_leads = sum(await in_batches(ctx.pool, leads, size))
     async with ctx.pool.connection() as conn:
@@ -251,4 +307,5 @@ async def retry_failed(ctx: JobContext, *, batch_size: int | None = None) -> dic
         "republished_messages": republished_messages,
         "republished_leads": republished_leads,
         "stuck_sending": stuck,
+        "resent_sending": resent_sending,
     }

@@ -7,6 +7,7 @@ import logging
 import uuid
 from collections.abc import AsyncIterator
 
+import msgspec
 import pytest
 
 from proto.messages import EmailDeadLettered, EmailDispatch, EmailEvent, LeadAccepted
@@ -112,6 +113,28 @@ async def test_message_stuck_in_sending_is_counted_and_logged_never_resent(
     assert await fetch_all(pool.conninfo, "SELECT id FROM outbox") == []
     [warning] = [r for r in caplog.records if r.levelno == logging.WARNING and "sending" in r.getMessage()]
     assert warning.stuck_sending == 1  # type: ignore[attr-defined]
+
+
+async def test_with_resend_stuck_sending_a_message_stuck_in_sending_is_queued_again_once(
+    settings: JobSettings, pool: Pool
+) -> None:
+    resend = msgspec.structs.replace(settings, resend_stuck_sending=True)
+    stuck = await queued_message(pool)
+    recent = await queued_message(pool)
+    await _set(pool, stuck, "status = 'sending', attempts = 1, sending_at = now() - interval '1 hour'")
+    await _set(pool, recent, "status = 'sending', attempts = 1, sending_at = now()")
+    async with transaction(pool) as conn:
+        await conn.execute("DELETE FROM outbox")
+
+    first = await _run(resend)
+    second = await _run(resend)
+
+    assert (first["resent_sending"], second["resent_sending"]) == (1, 0)
+    assert await _status(pool, stuck) == {"status": "queued", "attempts": 1}
+    assert await _status(pool, recent) == {"status": "sending", "attempts": 1}  # may still be in flight
+    [command] = await outbox_messages(pool.conninfo, settings.topic_email_dispatch)
+    assert isinstance(command, EmailDispatch)
+    assert (command.message_id, command.attempt) == (stuck, 2)
 
 
 async def test_lead_never_handled_by_the_scheduler_is_republished(settings: JobSettings, pool: Pool) -> None:
