@@ -10,9 +10,10 @@ What is counted, per (day, sequence, revision, step):
 * ``leads_accepted`` and ``enrolled`` (on the step-0 row only): leads accepted that day that are
   enrolled in the Sequence revision, and enrollments created that day;
 * ``sent``, ``dead``, ``unsubscribes``, ``bounces``, ``complaints``: messages with such an event that day;
-  ``failed``: temporary failures that day (each ``retrying`` event);
+  ``failed``: temporary failures that day (each ``failed`` event);
 * ``unique_opens`` / ``unique_clicks``: messages whose *first* open / click happened that day, so a sum
-  over days counts each message once; opens fetched by privacy proxies (``events.proxy``) are left out.
+  over days counts each message once; opens and clicks flagged ``automated`` (privacy proxies, link
+  scanners) are left out.
 
 Events without a message (none are written today) cannot be attributed to a step and are not counted.
 """
@@ -41,7 +42,7 @@ COUNTERS = (
 
 ROLLUP_DAY = """
 WITH ev AS (
-    SELECT m.sequence_id, m.revision, m.step_position, e.type, e.message_id, e.proxy
+    SELECT m.sequence_id, m.revision, m.step_position, e.type, e.message_id, e.automated
     FROM events e
     JOIN messages m ON m.id = e.message_id
     WHERE e.occurred_at >= %(start)s AND e.occurred_at < %(end)s
@@ -49,17 +50,18 @@ WITH ev AS (
 message_counts AS (
     SELECT sequence_id, revision, step_position,
         count(DISTINCT message_id) FILTER (WHERE type = 'sent') AS sent,
-        count(*) FILTER (WHERE type = 'retrying') AS failed,
+        count(*) FILTER (WHERE type = 'failed') AS failed,
         count(DISTINCT message_id) FILTER (WHERE type = 'dead') AS dead,
         count(DISTINCT message_id) FILTER (
-            WHERE type = 'opened' AND NOT proxy AND NOT EXISTS (
+            WHERE type = 'opened' AND NOT automated AND NOT EXISTS (
                 SELECT 1 FROM events p
-                WHERE p.message_id = ev.message_id AND p.type = 'opened' AND NOT p.proxy
+                WHERE p.message_id = ev.message_id AND p.type = 'opened' AND NOT p.automated
                   AND p.occurred_at < %(start)s)) AS unique_opens,
         count(DISTINCT message_id) FILTER (
-            WHERE type = 'clicked' AND NOT EXISTS (
+            WHERE type = 'clicked' AND NOT automated AND NOT EXISTS (
                 SELECT 1 FROM events p
-                WHERE p.message_id = ev.message_id AND p.type = 'clicked' AND p.occurred_at < %(start)s)
+                WHERE p.message_id = ev.message_id AND p.type = 'clicked' AND NOT p.automated
+                  AND p.occurred_at < %(start)s)
         ) AS unique_clicks,
         count(DISTINCT message_id) FILTER (WHERE type = 'unsubscribed') AS unsubscribes,
         count(DISTINCT message_id) FILTER (WHERE type = 'bounced') AS bounces,

@@ -26,10 +26,11 @@ import logging
 import uuid
 from datetime import timedelta
 
-from proto.messages import EmailDeadLettered, EmailDispatch, EmailEvent, LeadAccepted, Message
+from proto.messages import EmailDeadLettered, EmailDispatch, LeadAccepted, Message
 from services.common.clock import utcnow
 from services.common.config import JobSettings
 from services.common.db import Connection
+from services.common.events import NewEvent, find_message, record_events
 from services.common.outbox import enqueue_messages
 from services.jobs.runner import JobContext, in_batches
 
@@ -87,11 +88,6 @@ async def requeue_due_retries(
                WHERE id = ANY(%s)""",
             ([row["id"] for row in spent],),
         )
-        await conn.execute(
-            """INSERT INTO events (message_id, lead_id, type, detail)
-               SELECT id, lead_id, 'dead', 'attempt cap reached' FROM messages WHERE id = ANY(%s)""",
-            ([row["id"] for row in spent],),
-        )
     now = utcnow()
     outgoing: list[tuple[str, str, Message]] = []
     for row in again:
@@ -105,18 +101,14 @@ async def requeue_due_retries(
             attempt=int(row["attempts"]) + 1,  # type: ignore[call-overload]
         )
         outgoing.append((dispatch_topic, str(row["enrollment_id"]), command))
+    deaths: list[NewEvent] = []
     for row in spent:
         message = row["id"]  # type: ignore[assignment]
         attempts = int(row["attempts"])  # type: ignore[call-overload]
         reason = f"attempt cap of {max_attempts} reached; last error: {row['last_error'] or 'unknown'}"
-        # The same ids the dispatcher uses for a message's death, so consumers see one death per message.
-        event = EmailEvent(
-            id=uuid.uuid5(message, f"dead/{attempts}"),
-            occurred_at=now,
-            message_id=message,
-            event="dead",
-            detail=reason[:500],
-        )
+        found = await find_message(conn, message)
+        if found is not None:  # the one way events are recorded: the row and email.events, with the step
+            deaths.append(NewEvent(found[0], "dead", reason, dedupe_key=f"{message}/dead/{attempts}"))
         letter = EmailDeadLettered(
             id=uuid.uuid5(message, "dead"),
             occurred_at=now,
@@ -125,7 +117,8 @@ async def requeue_due_retries(
             attempts=attempts,
             reason=reason[:2000],
         )
-        outgoing += [(events_topic, str(message), event), (dlq_topic, str(message), letter)]
+        outgoing.append((dlq_topic, str(message), letter))
+    await record_events(conn, deaths, topic=events_topic)
     await enqueue_messages(conn, outgoing)
     return len(again), len(spent)
 

@@ -66,12 +66,12 @@ class Facts:
             )
         return message_id
 
-    async def event(self, message_id: uuid.UUID, kind: str, when: datetime, *, proxy: bool = False) -> None:
+    async def event(self, message_id: uuid.UUID, kind: str, when: datetime, *, automated: bool = False) -> None:
         async with transaction(self.pool) as conn:
             await conn.execute(
-                """INSERT INTO events (message_id, lead_id, type, occurred_at, proxy)
+                """INSERT INTO events (message_id, lead_id, type, occurred_at, automated)
                    SELECT id, lead_id, %s, %s, %s FROM messages WHERE id = %s""",
-                (kind, when, proxy, message_id),
+                (kind, when, automated, message_id),
             )
 
 
@@ -98,17 +98,17 @@ async def facts(pool: Pool) -> dict[str, uuid.UUID]:
     ma, mb, mc, md = [await f.message(lead) for lead in (a, b, c, d)]
     ma2 = await f.message(a, step=1)
     await f.event(ma, "sent", at(DAY1, "10:01"))
-    await f.event(ma, "opened", at(DAY1, "11:00"), proxy=True)
+    await f.event(ma, "opened", at(DAY1, "11:00"), automated=True)
     await f.event(ma, "opened", at(DAY1, "12:00"))
     await f.event(ma, "opened", at(DAY2, "09:00"))  # not its first open: counted on day 1 only
     await f.event(ma, "clicked", at(DAY2, "09:01"))
     await f.event(ma, "clicked", at(DAY2, "09:05"))
-    await f.event(mb, "retrying", at(DAY1, "10:01"))
-    await f.event(mb, "retrying", at(DAY1, "11:00"))
+    await f.event(mb, "failed", at(DAY1, "10:01"))
+    await f.event(mb, "failed", at(DAY1, "11:00"))
     await f.event(mb, "sent", at(DAY1, "12:00"))
-    await f.event(mb, "opened", at(DAY1, "12:01"), proxy=True)  # a privacy proxy, not a reader
+    await f.event(mb, "opened", at(DAY1, "12:01"), automated=True)  # a privacy proxy, not a reader
     await f.event(mb, "bounced", at(DAY1, "12:05"))
-    await f.event(mc, "retrying", at(DAY1, "10:01"))
+    await f.event(mc, "failed", at(DAY1, "10:01"))
     await f.event(mc, "dead", at(DAY1, "13:00"))
     await f.event(md, "sent", at(DAY2, "00:02"))
     await f.event(md, "opened", at(DAY2, "08:00"))

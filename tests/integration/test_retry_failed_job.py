@@ -81,9 +81,14 @@ async def test_retry_past_the_attempt_cap_is_dead_and_dead_lettered(settings: Jo
     assert "451 try later" in letter.reason
     [event] = await outbox_messages(pool.conninfo, settings.topic_email_events)
     assert isinstance(event, EmailEvent)
-    assert event.event == "dead"
-    events = await fetch_all(pool.conninfo, "SELECT type FROM events WHERE message_id = %s", spent)
-    assert events == [{"type": "dead"}]
+    assert (event.event, event.step_position, event.revision) == ("dead", 0, 1)
+    # Recorded like every other event: with its step, so the daily rollup counts it per step.
+    events = await fetch_all(
+        pool.conninfo,
+        "SELECT type, sequence_id IS NOT NULL AS seq, revision, step_position FROM events WHERE message_id = %s",
+        spent,
+    )
+    assert events == [{"type": "dead", "seq": True, "revision": 1, "step_position": 0}]
 
 
 async def test_message_queued_too_long_is_republished_once_per_period(settings: JobSettings, pool: Pool) -> None:

@@ -12,7 +12,7 @@ ALTER TABLE events
     ADD COLUMN dedupe_key    text UNIQUE;
 ALTER TABLE events DROP CONSTRAINT events_type_check;
 ALTER TABLE events ADD CONSTRAINT events_type_check CHECK (type IN (
-    'sent', 'failed', 'retrying', 'dead', 'skipped', 'replayed',
+    'sent', 'failed', 'dead', 'skipped', 'replayed',
     'opened', 'clicked', 'unsubscribed', 'bounced', 'complained'));
 CREATE INDEX events_lead_idx ON events (lead_id);
 

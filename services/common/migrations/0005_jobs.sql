@@ -16,11 +16,6 @@ CREATE INDEX IF NOT EXISTS leads_unenrolled_idx ON leads (created_at) WHERE enro
 CREATE INDEX IF NOT EXISTS messages_queued_idx ON messages (updated_at) WHERE status = 'queued';
 CREATE INDEX IF NOT EXISTS messages_sending_idx ON messages (sending_at) WHERE status = 'sending';
 
--- Opens fetched by privacy proxies (Apple Mail Privacy Protection, Gmail's image proxy) say nothing
--- about a reader: they are kept but left out of unique opens. Issue 5 (tracking) may add the same
--- column; IF NOT EXISTS keeps both migrations applicable in either order.
-ALTER TABLE events ADD COLUMN IF NOT EXISTS proxy boolean NOT NULL DEFAULT false;
-
 -- aggregate-stats reads enrollments by day; purge deletes expired duplicate-window entries by age.
 CREATE INDEX IF NOT EXISTS enrollments_created_at_idx ON enrollments (created_at);
 CREATE INDEX IF NOT EXISTS lead_identities_accepted_at_idx ON lead_identities (accepted_at);
