@@ -64,6 +64,24 @@ UNENROLLED_LEADS = """SELECT id, source, tags FROM leads
     FOR UPDATE SKIP LOCKED"""
 
 
+def dispatch_command(
+    topic: str, row: dict[str, object], *, command_id: uuid.UUID | None = None
+) -> tuple[str, str, Message]:
+    """The outbox row that sends a message row (``id``, ``enrollment_id``, ``lead_id``, ``attempts``)
+    again: its ``email.dispatch`` command, keyed by enrollment like the scheduler's. The command id is
+    the message id unless a caller needs a distinct one."""
+    message: uuid.UUID = row["id"]  # type: ignore[assignment]
+    command = EmailDispatch(
+        id=command_id or message,
+        occurred_at=utcnow(),
+        message_id=message,
+        enrollment_id=row["enrollment_id"],  # type: ignore[arg-type]
+        lead_id=row["lead_id"],  # type: ignore[arg-type]
+        attempt=int(row["attempts"]) + 1,  # type: ignore[call-overload]
+    )
+    return topic, str(command.enrollment_id), command
+
+
 async def requeue_due_retries(
     conn: Connection, *, limit: int, max_attempts: int, dispatch_topic: str, events_topic: str, dlq_topic: str
 ) -> tuple[int, int]:
@@ -89,21 +107,10 @@ async def requeue_due_retries(
             ([row["id"] for row in spent],),
         )
     now = utcnow()
-    outgoing: list[tuple[str, str, Message]] = []
-    for row in again:
-        message: uuid.UUID = row["id"]  # type: ignore[assignment]
-        command = EmailDispatch(
-            id=message,
-            occurred_at=now,
-            message_id=message,
-            enrollment_id=row["enrollment_id"],  # type: ignore[arg-type]
-            lead_id=row["lead_id"],  # type: ignore[arg-type]
-            attempt=int(row["attempts"]) + 1,  # type: ignore[call-overload]
-        )
-        outgoing.append((dispatch_topic, str(row["enrollment_id"]), command))
+    outgoing = [dispatch_command(dispatch_topic, row) for row in again]
     deaths: list[NewEvent] = []
     for row in spent:
-        message = row["id"]  # type: ignore[assignment]
+        message: uuid.UUID = row["id"]  # type: ignore[assignment]
         attempts = int(row["attempts"])  # type: ignore[call-overload]
         reason = f"attempt cap of {max_attempts} reached; last error: {row['last_error'] or 'unknown'}"
         found = await find_message(conn, message)
@@ -131,25 +138,7 @@ async def republish_stuck_queued(conn: Connection, *, older_than: timedelta, lim
     if not rows:
         return 0
     await conn.execute("UPDATE messages SET updated_at = now() WHERE id = ANY(%s)", ([row["id"] for row in rows],))
-    now = utcnow()
-    await enqueue_messages(
-        conn,
-        [
-            (
-                dispatch_topic,
-                str(row["enrollment_id"]),
-                EmailDispatch(
-                    id=row["id"],  # type: ignore[arg-type]
-                    occurred_at=now,
-                    message_id=row["id"],  # type: ignore[arg-type]
-                    enrollment_id=row["enrollment_id"],  # type: ignore[arg-type]
-                    lead_id=row["lead_id"],  # type: ignore[arg-type]
-                    attempt=int(row["attempts"]) + 1,  # type: ignore[call-overload]
-                ),
-            )
-            for row in rows
-        ],
-    )
+    await enqueue_messages(conn, [dispatch_command(dispatch_topic, row) for row in rows])
     return len(rows)
 
 
@@ -205,22 +194,11 @@ async def requeue_stuck_sending(conn: Connection, *, older_than: timedelta, limi
            WHERE id = ANY(%s)""",
         ([row["id"] for row in rows],),
     )
-    now = utcnow()
     await enqueue_messages(
         conn,
         [
-            (
-                dispatch_topic,
-                str(row["enrollment_id"]),
-                EmailDispatch(
-                    id=uuid.uuid5(row["id"], f"resend/{row['attempts']}"),  # type: ignore[arg-type]
-                    occurred_at=now,
-                    message_id=row["id"],  # type: ignore[arg-type]
-                    enrollment_id=row["enrollment_id"],  # type: ignore[arg-type]
-                    lead_id=row["lead_id"],  # type: ignore[arg-type]
-                    attempt=int(row["attempts"]) + 1,  # type: ignore[call-overload]
-                ),
-            )
+            # A distinct command id: the original command for this attempt was already consumed.
+            dispatch_command(dispatch_topic, row, command_id=uuid.uuid5(row["id"], f"resend/{row['attempts']}"))  # type: ignore[arg-type]
             for row in rows
         ],
     )

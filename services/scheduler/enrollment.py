@@ -68,8 +68,7 @@ async def enroll_lead(conn: Connection, lead_id: uuid.UUID, *, now: datetime | N
            JOIN sequences s ON s.id = r.sequence_id AND s.current_revision = r.revision AND s.deleted_at IS NULL
            JOIN sequence_steps st ON st.sequence_id = s.id AND st.revision = r.revision AND st.position = 0
            WHERE l.id = %s
-             AND NOT EXISTS (SELECT 1 FROM suppressions x
-                             WHERE x.email_hash = encode(sha256(convert_to(l.email_normalized, 'UTF8')), 'hex'))""",
+             AND NOT EXISTS (SELECT 1 FROM suppressions x WHERE x.email_hash = l.email_hash)""",
         (lead_id,),
     )
     created = []
