@@ -232,28 +232,48 @@ class Dispatcher:
         self._rate = rate or SharedRateLimiter(pool, settings.smtp_rate_name, settings.smtp_rate_per_s)
         header = settings.smtp_idempotency_header
         self._idempotency_header = None if header.lower() == "none" else header
-        self._claims: Coalescer[SendJob, SendJob | None] = Coalescer(self._claim_group)
-        self._records: Coalescer[Outcome, int] = Coalescer(self._record_group)
+        # Claims (SendJob) and outcomes (Outcome) share one group commit: under load the outcome of a
+        # connection's last send and the claim of its next one go to PostgreSQL in one transaction.
+        self._ledger: Coalescer[SendJob | Outcome, SendJob | None] = Coalescer(
+            self._write_group, on_idle=self._release_connection
+        )
+        self._conn: Connection | None = None  # held by the ledger while it has work
 
-    async def _claim_group(self, jobs: Sequence[SendJob]) -> list[SendJob | None]:
-        async with transaction(self._pool) as conn:
-            return await claim_messages(conn, jobs)
-
-    async def _record_group(self, outcomes: Sequence[Outcome]) -> list[int]:
+    async def _write_group(self, items: Sequence[SendJob | Outcome]) -> list[SendJob | None]:
+        """Record the outcomes, then claim the jobs, in one transaction; one result per item (the
+        claimed job or None for a claim, None for an outcome)."""
         settings = self._settings
+        outcomes = [item for item in items if isinstance(item, Outcome)]
+        jobs = [item for item in items if isinstance(item, SendJob)]
 
-        async def record() -> None:
-            async with transaction(self._pool) as conn:
-                await record_outcomes(
-                    conn, outcomes, events_topic=settings.topic_email_events, dlq_topic=settings.topic_email_dlq
-                )
+        async def write() -> list[SendJob | None]:
+            conn = self._conn or await self._pool.getconn()
+            self._conn = conn
+            try:
+                async with conn.transaction():
+                    if outcomes:
+                        await record_outcomes(
+                            conn, outcomes, events_topic=settings.topic_email_events, dlq_topic=settings.topic_email_dlq
+                        )
+                    return await claim_messages(conn, jobs) if jobs else []
+            except BaseException:
+                self._conn = None
+                await self._pool.putconn(conn)  # the pool discards it if it is broken
+                raise
 
-        # The emails may already be with the provider: try hard to record them, because until then
-        # they sit in the duplicate window.
-        await retry_async(record, retry_on=UNAVAILABLE_ERRORS, attempts=8, max_delay_s=5.0, what="record outcomes")
+        # The emails of the outcomes may already be with the provider: try hard to record them, because
+        # until then they sit in the duplicate window.
+        claimed = iter(
+            await retry_async(write, retry_on=UNAVAILABLE_ERRORS, attempts=8, max_delay_s=5.0, what="record outcomes")
+        )
         for outcome in outcomes:
             metrics.EMAILS.labels(outcome.status).inc()
-        return [1] * len(outcomes)
+        return [next(claimed) if isinstance(item, SendJob) else None for item in items]
+
+    async def _release_connection(self) -> None:
+        conn, self._conn = self._conn, None
+        if conn is not None:
+            await self._pool.putconn(conn)
 
     async def dispatch(self, message_id: uuid.UUID) -> str | None:
         """Send one message if it may be sent now; returns the status it ended in, or None if skipped."""
@@ -288,29 +308,32 @@ class Dispatcher:
             sender, data = self._build(job)
         except RenderError as error:
             return await _complete_even_if_cancelled(self._finish_unsent(job, "dead", str(error)))
-        # Waiting for a permit or a connection is cancellable: nothing is claimed yet.
+        # Waiting for a permit or a connection is cancellable: nothing is claimed yet. From here on the
+        # task owns the connection and releases it.
         await self._rate.acquire()
         connection = await self._smtp.acquire()
-        try:
-            return await _complete_even_if_cancelled(self._claim_send_record(job, connection, sender, data))
-        finally:
-            self._smtp.release(connection)
+        return await _complete_even_if_cancelled(self._claim_send_record(job, connection, sender, data))
 
     async def _claim_send_record(
         self, job: SendJob, connection: SmtpConnection, sender: str, data: bytes
     ) -> str | None:
-        claimed = await self._claims.submit(job)
-        if claimed is None:
-            return None
-        status, detail, retry_in = await self._send(claimed, connection, sender, data)
-        await self._records.submit(Outcome(claimed, status, detail, retry_in))
+        try:
+            claimed = await self._ledger.submit(job)
+            if claimed is None:
+                return None
+            status, detail, retry_in = await self._send(claimed, connection, sender, data)
+        finally:
+            # Free for the next message while this outcome is recorded: so at most about twice
+            # DISPATCH_CONCURRENCY messages per replica are in `sending` at once.
+            self._smtp.release(connection)
+        await self._ledger.submit(Outcome(claimed, status, detail, retry_in))
         return status
 
     async def _finish_unsent(self, job: SendJob, status: str, detail: str) -> str | None:
-        claimed = await self._claims.submit(job)
+        claimed = await self._ledger.submit(job)
         if claimed is None:
             return None
-        await self._records.submit(Outcome(claimed, status, detail))
+        await self._ledger.submit(Outcome(claimed, status, detail))
         return status
 
     def _build(self, job: SendJob) -> tuple[str, bytes]:

@@ -7,6 +7,7 @@ import html
 import re
 import uuid
 from dataclasses import dataclass
+from functools import cached_property
 from urllib.parse import quote
 
 from services.common.tokens import MAX_CLICK_URL_BYTES, Purpose, sign_token
@@ -26,9 +27,13 @@ class MessageLinks:
     def _url(self, prefix: str, purpose: Purpose, url: str | None = None) -> str:
         return f"{self.base_url.rstrip('/')}/{prefix}/{sign_token(self.secret, purpose, self.message_id, url)}"
 
-    @property
+    @cached_property
+    def _unsubscribe_token(self) -> str:
+        return sign_token(self.secret, Purpose.UNSUBSCRIBE, self.message_id)
+
+    @cached_property
     def unsubscribe_url(self) -> str:
-        return self._url("u", Purpose.UNSUBSCRIBE)
+        return f"{self.base_url.rstrip('/')}/u/{self._unsubscribe_token}"
 
     @property
     def open_url(self) -> str:
@@ -38,8 +43,7 @@ class MessageLinks:
         return self._url("t/c", Purpose.CLICK, target)
 
     def unsubscribe_mailto(self, address: str) -> str:
-        token = sign_token(self.secret, Purpose.UNSUBSCRIBE, self.message_id)
-        return f"mailto:{address}?subject={quote('unsubscribe ' + token)}"
+        return f"mailto:{address}?subject={quote('unsubscribe ' + self._unsubscribe_token)}"
 
 
 def track_clicks(markup: str, links: MessageLinks) -> str:
