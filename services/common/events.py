@@ -5,12 +5,16 @@ transaction (so the event is published only if the change it describes commits).
 from __future__ import annotations
 
 import uuid
+from collections.abc import Sequence
 from dataclasses import dataclass
 
+from psycopg import sql
+
+from proto.codec import encode_message
 from proto.messages import EmailEvent
 from services.common.clock import utcnow
 from services.common.db import Connection
-from services.common.outbox import enqueue_messages
+from services.common.outbox import WAKE_RELAYS
 
 
 @dataclass(frozen=True)
@@ -73,38 +77,54 @@ class NewEvent:
     dedupe_key: str | None = None
 
 
-async def record_events(conn: Connection, events: list[NewEvent], *, topic: str) -> int:
-    """Record several events in two statements (the dispatcher's hot path); returns how many were new."""
-    if not events:
-        return 0
-    cursor = await conn.execute(
-        """INSERT INTO events
-               (message_id, lead_id, sequence_id, revision, step_position, type, detail, automated, dedupe_key)
-           SELECT * FROM unnest(%s::uuid[], %s::uuid[], %s::uuid[], %s::int[], %s::int[], %s::text[], %s::text[],
-                                %s::bool[], %s::text[])
-           ON CONFLICT (dedupe_key) DO NOTHING
-           RETURNING dedupe_key""",
-        (
-            [e.ref.message_id for e in events],
-            [e.ref.lead_id for e in events],
-            [e.ref.sequence_id for e in events],
-            [e.ref.revision for e in events],
-            [e.ref.step_position for e in events],
-            [e.event for e in events],
-            [e.detail[:2000] for e in events],
-            [e.automated for e in events],
-            [e.dedupe_key for e in events],
-        ),
-    )
-    inserted = {row["dedupe_key"] for row in await cursor.fetchall()}
-    new = [e for e in events if e.dedupe_key is None or e.dedupe_key in inserted]
+# The CTEs that record the events passed as the ``%(ev_*)s`` parameters of :func:`event_parameters`
+# and queue each new one on the outbox, for one statement (``{where}`` may narrow the events, e.g. to
+# messages another CTE of the same statement updated). ``ev_queued`` returns one row per queued event.
+EVENT_CTES = sql.SQL("""
+    ev AS (
+        SELECT * FROM unnest(%(ev_message_id)s::uuid[], %(ev_lead_id)s::uuid[], %(ev_sequence_id)s::uuid[],
+                             %(ev_revision)s::int[], %(ev_step_position)s::int[], %(ev_type)s::text[],
+                             %(ev_detail)s::text[], %(ev_automated)s::bool[], %(ev_dedupe_key)s::text[],
+                             %(ev_payload)s::bytea[]) WITH ORDINALITY
+            AS ev(message_id, lead_id, sequence_id, revision, step_position, type, detail, automated, dedupe_key,
+                  payload, n)
+        {where}),
+    ev_inserted AS (
+        INSERT INTO events
+            (message_id, lead_id, sequence_id, revision, step_position, type, detail, automated, dedupe_key)
+        SELECT message_id, lead_id, sequence_id, revision, step_position, type, detail, automated, dedupe_key
+        FROM ev
+        ON CONFLICT (dedupe_key) DO NOTHING
+        RETURNING dedupe_key),
+    ev_queued AS (
+        INSERT INTO outbox (topic, key, payload)
+        SELECT %(ev_topic)s, ev.message_id::text, ev.payload FROM ev
+        WHERE ev.dedupe_key IS NULL OR ev.dedupe_key IN (SELECT dedupe_key FROM ev_inserted)
+        ORDER BY ev.n
+        RETURNING id)""")
+_RECORD = (
+    sql.SQL("WITH {ctes} SELECT count(*) AS new, {wake} FROM ev_queued")
+    .format(ctes=EVENT_CTES.format(where=sql.SQL("")), wake=WAKE_RELAYS)
+    .as_string()
+)
+
+
+def event_parameters(events: Sequence[NewEvent], *, topic: str) -> dict[str, object]:
+    """The parameters of :data:`EVENT_CTES` (the ``email.event`` of each is encoded up front; only
+    those of new events reach the outbox)."""
     now = utcnow()
-    await enqueue_messages(
-        conn,
-        [
-            (
-                topic,
-                str(e.ref.message_id),
+    return {
+        "ev_message_id": [e.ref.message_id for e in events],
+        "ev_lead_id": [e.ref.lead_id for e in events],
+        "ev_sequence_id": [e.ref.sequence_id for e in events],
+        "ev_revision": [e.ref.revision for e in events],
+        "ev_step_position": [e.ref.step_position for e in events],
+        "ev_type": [e.event for e in events],
+        "ev_detail": [e.detail[:2000] for e in events],
+        "ev_automated": [e.automated for e in events],
+        "ev_dedupe_key": [e.dedupe_key for e in events],
+        "ev_payload": [
+            encode_message(
                 EmailEvent(
                     id=uuid.uuid5(e.ref.message_id, e.dedupe_key) if e.dedupe_key else uuid.uuid4(),
                     occurred_at=now,
@@ -117,9 +137,22 @@ async def record_events(conn: Connection, events: list[NewEvent], *, topic: str)
                     step=e.ref.step,
                     step_position=e.ref.step_position,
                     automated=e.automated,
-                ),
+                )
             )
-            for e in new
+            for e in events
         ],
+        "ev_topic": topic,
+    }
+
+
+async def record_events(conn: Connection, events: Sequence[NewEvent], *, topic: str) -> int:
+    """Record several events and queue them on the outbox, in one statement; returns how many were new
+    (a repeated ``dedupe_key`` is ignored)."""
+    if not events:
+        return 0
+    cursor = await conn.execute(
+        _RECORD,
+        event_parameters(events, topic=topic),
     )
-    return len(new)
+    row = await cursor.fetchone()
+    return int(row["new"]) if row else 0  # type: ignore[call-overload]

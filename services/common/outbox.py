@@ -15,6 +15,7 @@ from dataclasses import dataclass
 from typing import Protocol
 
 import psycopg_pool
+from psycopg import sql
 
 from proto.codec import encode_message
 from proto.messages import Message
@@ -36,22 +37,36 @@ async def enqueue_message(conn: Connection, topic: str, key: str, message: Messa
     await enqueue_messages(conn, [(topic, key, message)])
 
 
+# Wakes the relays when the transaction commits (a wake-up only: lost on rollback; the relay also
+# polls). For statements that write outbox rows themselves (see services.common.events).
+WAKE_RELAYS = sql.SQL("pg_notify({}, '')").format(sql.Literal(NOTIFY_CHANNEL))
+
+_ENQUEUE = (
+    sql.SQL(
+        """WITH queued AS (
+           INSERT INTO outbox (topic, key, payload)
+           SELECT m.topic, m.key, m.payload
+           FROM unnest(%s::text[], %s::text[], %s::bytea[]) WITH ORDINALITY AS m(topic, key, payload, n)
+           ORDER BY m.n)
+       SELECT {wake}"""
+    )
+    .format(wake=WAKE_RELAYS)
+    .as_string()
+)
+
+
 async def enqueue_messages(conn: Connection, messages: Sequence[tuple[str, str, Message]]) -> None:
-    """:func:`enqueue_message` for a batch of ``(topic, key, message)``: one statement, one wake-up."""
+    """:func:`enqueue_message` for a batch of ``(topic, key, message)``: one statement with its wake-up."""
     if not messages:
         return
     await conn.execute(
-        """INSERT INTO outbox (topic, key, payload)
-           SELECT m.topic, m.key, m.payload
-           FROM unnest(%s::text[], %s::text[], %s::bytea[]) AS m(topic, key, payload)""",
+        _ENQUEUE,
         (
             [topic for topic, _, _ in messages],
             [key for _, key, _ in messages],
             [encode_message(message) for _, _, message in messages],
         ),
     )
-    # A wake-up only: delivered on commit, lost on rollback; the relay polls as a backstop.
-    await conn.execute("SELECT pg_notify(%s, '')", (NOTIFY_CHANNEL,))
 
 
 class PublishError(Exception):

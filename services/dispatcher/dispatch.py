@@ -16,6 +16,7 @@ connection or a rate permit are not claimed yet, so they stay ``queued`` for the
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import uuid
 from collections.abc import Coroutine, Iterable, Sequence
@@ -23,15 +24,18 @@ from dataclasses import dataclass, replace
 from datetime import datetime, timedelta
 from typing import Any, TypeVar
 
+import psycopg
 import psycopg_pool
+from psycopg import sql
 
+from proto.codec import encode_message
 from proto.messages import EmailDeadLettered
 from services.common import metrics
 from services.common.clock import utcnow
 from services.common.config import DispatcherSettings
 from services.common.db import UNAVAILABLE_ERRORS, Connection, transaction
-from services.common.events import MessageRef, NewEvent, record_events
-from services.common.outbox import enqueue_messages
+from services.common.events import EVENT_CTES, MessageRef, NewEvent, event_parameters
+from services.common.outbox import WAKE_RELAYS
 from services.common.retry import backoff_delay, retry_async
 from services.dispatcher.coalesce import Coalescer
 from services.dispatcher.links import MessageLinks, add_open_pixel, add_unsubscribe_footer, track_clicks
@@ -121,30 +125,102 @@ async def load_jobs(conn: Connection, message_ids: Iterable[uuid.UUID]) -> list[
     ]
 
 
-async def claim_message(conn: Connection, job: SendJob) -> SendJob | None:
-    """Move the message to ``sending`` and count the attempt, if it may still be sent now (another
-    replica may have claimed it meanwhile); returns the claimed job, or None."""
-    return (await claim_messages(conn, [job]))[0]
-
-
-async def claim_messages(conn: Connection, jobs: Sequence[SendJob]) -> list[SendJob | None]:
-    """:func:`claim_message` for several messages in one statement; one result per job, in order."""
-    cursor = await conn.execute(
-        """UPDATE messages
-           SET status = 'sending', attempts = attempts + 1, next_attempt_at = NULL,
-               sending_at = now(), updated_at = now()
-           WHERE id = ANY(%s) AND status IN ('queued', 'retrying')
-             AND (next_attempt_at IS NULL OR next_attempt_at <= now())
-           RETURNING id, attempts, sending_at""",
-        ([job.message_id for job in jobs],),
+# One statement for a group of the dispatcher's writes, so a group costs one round trip: record each
+# outcome (only where the message is still ``sending``), its event and, for a dead one, its dead letter;
+# then claim the jobs (``sending`` committed, attempt counted) that may still be sent now. Records and
+# claims touch disjoint rows: a message is either ``sending`` or claimable, never both.
+_WRITE_GROUP = (
+    sql.SQL(
+        """WITH o AS (
+               SELECT * FROM unnest(%(o_id)s::uuid[], %(o_status)s::text[], %(o_detail)s::text[],
+                                    %(o_retry_in)s::interval[], %(o_dead_letter)s::bytea[])
+                   AS o(id, status, detail, retry_in, dead_letter)),
+           recorded AS (
+               UPDATE messages m
+               SET status = o.status,
+                   sent_at = CASE WHEN o.status = 'sent' THEN now() END,
+                   next_attempt_at = CASE WHEN o.status = 'retrying' THEN now() + o.retry_in END,
+                   smtp_response = CASE WHEN o.status = 'sent' THEN o.detail ELSE m.smtp_response END,
+                   last_error = CASE WHEN o.status = 'sent' THEN m.last_error ELSE o.detail END,
+                   updated_at = now()
+               FROM o
+               WHERE m.id = o.id AND m.status = 'sending'
+               RETURNING m.id),
+           {event_ctes},
+           dead_lettered AS (
+               INSERT INTO outbox (topic, key, payload)
+               SELECT %(dlq_topic)s, o.id::text, o.dead_letter FROM o JOIN recorded USING (id)
+               WHERE o.dead_letter IS NOT NULL
+               RETURNING id),
+           claimed AS (
+               UPDATE messages
+               SET status = 'sending', attempts = attempts + 1, next_attempt_at = NULL,
+                   sending_at = now(), updated_at = now()
+               WHERE id = ANY(%(claim_ids)s) AND status IN ('queued', 'retrying')
+                 AND (next_attempt_at IS NULL OR next_attempt_at <= now())
+               RETURNING id, attempts, sending_at),
+           woken AS (
+               SELECT {wake} WHERE EXISTS (SELECT FROM ev_queued) OR EXISTS (SELECT FROM dead_lettered))
+           SELECT c.id, c.attempts, c.sending_at,
+                  (SELECT count(*) FROM recorded) AS recorded, (SELECT count(*) FROM woken) AS woken
+           FROM (VALUES (1)) AS one LEFT JOIN claimed c ON true"""
     )
-    claimed = {row["id"]: row for row in await cursor.fetchall()}
-    return [
+    .format(
+        event_ctes=EVENT_CTES.format(where=sql.SQL("WHERE ev.message_id IN (SELECT id FROM recorded)")),
+        wake=WAKE_RELAYS,
+    )
+    .as_string()
+)
+
+
+async def write_group(
+    conn: Connection, outcomes: Sequence[Outcome], jobs: Sequence[SendJob], *, events_topic: str, dlq_topic: str
+) -> tuple[list[SendJob | None], int]:
+    """Record ``outcomes`` (their ``events`` and dead letters included) and claim ``jobs``, in one
+    statement; returns one result per job (the claimed job, or None if it may not be sent now) and how
+    many outcomes were written."""
+    cursor = await conn.execute(
+        _WRITE_GROUP,
+        {
+            "o_id": [o.job.message_id for o in outcomes],
+            "o_status": [o.status for o in outcomes],
+            "o_detail": [o.detail[:2000] for o in outcomes],
+            "o_retry_in": [o.retry_in for o in outcomes],
+            "o_dead_letter": [
+                encode_message(dead_letter(o.job, o.detail)) if o.status == "dead" else None for o in outcomes
+            ],
+            "dlq_topic": dlq_topic,
+            "claim_ids": [job.message_id for job in jobs],
+            **event_parameters(
+                [
+                    NewEvent(
+                        message_ref(o.job),
+                        EVENT_OF_STATUS[o.status],
+                        o.detail,
+                        dedupe_key=f"{claim_key(o.job)}/{o.status}",
+                    )
+                    for o in outcomes
+                ],
+                topic=events_topic,
+            ),
+        },
+    )
+    rows = await cursor.fetchall()
+    claimed = {row["id"]: row for row in rows if row["id"] is not None}
+    results = [
         replace(job, attempts=row["attempts"], claimed_at=row["sending_at"])  # type: ignore[arg-type]
         if (row := claimed.pop(job.message_id, None)) is not None
         else None
         for job in jobs
     ]
+    return results, int(rows[0]["recorded"])  # type: ignore[call-overload]
+
+
+async def claim_message(conn: Connection, job: SendJob) -> SendJob | None:
+    """Move the message to ``sending`` and count the attempt, if it may still be sent now (another
+    replica may have claimed it meanwhile); returns the claimed job, or None."""
+    claimed, _ = await write_group(conn, [], [job], events_topic="", dlq_topic="")
+    return claimed[0]
 
 
 def claim_key(job: SendJob) -> str:
@@ -162,50 +238,13 @@ class Outcome:
     retry_in: timedelta | None = None
 
 
-async def record_outcomes(conn: Connection, outcomes: Sequence[Outcome], *, events_topic: str, dlq_topic: str) -> int:
-    """Write the result of each attempt (only where the message is still ``sending``), announce it on
-    email.events, and dead-letter the dead ones, in a handful of statements; returns how many were written."""
-    cursor = await conn.execute(
-        """UPDATE messages m
-           SET status = v.status,
-               sent_at = CASE WHEN v.status = 'sent' THEN now() END,
-               next_attempt_at = CASE WHEN v.status = 'retrying' THEN now() + v.retry_in END,
-               smtp_response = CASE WHEN v.status = 'sent' THEN v.detail ELSE m.smtp_response END,
-               last_error = CASE WHEN v.status = 'sent' THEN m.last_error ELSE v.detail END,
-               updated_at = now()
-           FROM unnest(%s::uuid[], %s::text[], %s::text[], %s::interval[]) AS v(id, status, detail, retry_in)
-           WHERE m.id = v.id AND m.status = 'sending'
-           RETURNING m.id""",
-        (
-            [o.job.message_id for o in outcomes],
-            [o.status for o in outcomes],
-            [o.detail[:2000] for o in outcomes],
-            [o.retry_in for o in outcomes],
-        ),
-    )
-    written_ids = {row["id"] for row in await cursor.fetchall()}
-    written = [o for o in outcomes if o.job.message_id in written_ids]
-    await record_events(
-        conn,
-        [
-            NewEvent(
-                message_ref(o.job), EVENT_OF_STATUS[o.status], o.detail, dedupe_key=f"{claim_key(o.job)}/{o.status}"
-            )
-            for o in written
-        ],
-        topic=events_topic,
-    )
-    await enqueue_messages(conn, [dead_letter(o.job, o.detail, dlq_topic) for o in written if o.status == "dead"])
-    return len(written)
-
-
 def message_ref(job: SendJob) -> MessageRef:
     return MessageRef(job.message_id, job.lead_id, job.sequence_id, job.revision, job.step_position, job.step_name)
 
 
-def dead_letter(job: SendJob, reason: str, dlq_topic: str) -> tuple[str, str, EmailDeadLettered]:
-    """The outbox row announcing on the dead-letter topic that the message will not be delivered."""
-    letter = EmailDeadLettered(
+def dead_letter(job: SendJob, reason: str) -> EmailDeadLettered:
+    """The dead letter announcing on the dead-letter topic that the message will not be delivered."""
+    return EmailDeadLettered(
         id=uuid.uuid5(job.message_id, f"{claim_key(job)}/dead"),
         occurred_at=utcnow(),
         message_id=job.message_id,
@@ -213,7 +252,6 @@ def dead_letter(job: SendJob, reason: str, dlq_topic: str) -> tuple[str, str, Em
         attempts=job.attempts,
         reason=reason[:2000],
     )
-    return dlq_topic, str(job.message_id), letter
 
 
 class Dispatcher:
@@ -247,19 +285,16 @@ class Dispatcher:
         jobs = [item for item in items if isinstance(item, SendJob)]
 
         async def write() -> list[SendJob | None]:
-            conn = self._conn or await self._pool.getconn()
-            self._conn = conn
+            conn = self._conn or await self._checkout()
             try:
-                async with conn.transaction():
-                    if outcomes:
-                        await record_outcomes(
-                            conn, outcomes, events_topic=settings.topic_email_events, dlq_topic=settings.topic_email_dlq
-                        )
-                    return await claim_messages(conn, jobs) if jobs else []
+                # One statement in autocommit mode: atomic, and one round trip.
+                claimed, _ = await write_group(
+                    conn, outcomes, jobs, events_topic=settings.topic_email_events, dlq_topic=settings.topic_email_dlq
+                )
             except BaseException:
-                self._conn = None
-                await self._pool.putconn(conn)  # the pool discards it if it is broken
+                await self._release_connection()  # the pool discards it if it is broken
                 raise
+            return claimed
 
         # The emails of the outcomes may already be with the provider: try hard to record them, because
         # until then they sit in the duplicate window.
@@ -270,9 +305,17 @@ class Dispatcher:
             metrics.EMAILS.labels(outcome.status).inc()
         return [next(claimed) if isinstance(item, SendJob) else None for item in items]
 
+    async def _checkout(self) -> Connection:
+        conn = await self._pool.getconn()
+        await conn.set_autocommit(True)
+        self._conn = conn
+        return conn
+
     async def _release_connection(self) -> None:
         conn, self._conn = self._conn, None
         if conn is not None:
+            with contextlib.suppress(psycopg.Error):  # a broken connection: the pool discards it
+                await conn.set_autocommit(False)
             await self._pool.putconn(conn)
 
     async def dispatch(self, message_id: uuid.UUID) -> str | None:
