@@ -167,7 +167,7 @@ def dispatcher_env(
 def dispatcher_command(port: int) -> list[str]:
     if os.environ.get("BENCH_PROFILE"):
         profile = Path(tempfile.gettempdir()) / f"prof-{port}.out"
-        return [sys.executable, "-m", "cProfile", "-o", str(profile), "-m", "services", "dispatcher"]
+        return [sys.executable, "/tmp/cpuprof.py"] if os.environ.get("X_CPU") else [sys.executable, "-m", "cProfile", "-o", str(profile), "-m", "services", "dispatcher"]
     return [sys.executable, "-m", "services", "dispatcher"]
 
 
@@ -241,7 +241,10 @@ async def main() -> None:
         postgres = EmbeddedPostgres(Path(tmp) / "pg")
         broker = EmbeddedBroker()
         sink_port = find_free_port()
-        sink = subprocess.Popen([sys.executable, "-m", "bench.smtp_sink", str(sink_port)], cwd=ROOT)  # noqa: ASYNC220
+        if os.environ.get("X_PFSINK"):
+            sink = subprocess.Popen(["/tmp/pf/x/usr/sbin/smtp-sink", "-u", "nobody", "-m", "512", f"127.0.0.1:{sink_port}", "512"], env={"LD_LIBRARY_PATH": "/tmp/pf/x/usr/lib/postfix"})
+        else:
+            sink = subprocess.Popen([sys.executable, "-m", "bench.smtp_sink", str(sink_port)], cwd=ROOT)  # noqa: ASYNC220
         postgres.start()
         broker.start()
         try:
@@ -277,4 +280,8 @@ async def main() -> None:
 
 
 if __name__ == "__main__":
-    asyncio.run(main())
+    if os.environ.get("X_UVLOOP"):
+        import uvloop
+        uvloop.run(main())
+    else:
+        asyncio.run(main())

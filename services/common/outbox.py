@@ -100,25 +100,27 @@ async def publish_pending_outbox(
     the transaction rolls back and the rows stay unpublished for the next pass.
     """
     async with transaction(pool) as conn:
+        # Marked published and read in one statement; if publishing fails, the rollback unmarks them.
         cursor = await conn.execute(
-            """SELECT id, topic, key, payload FROM outbox
-               WHERE published_at IS NULL
-               ORDER BY id
-               LIMIT %s
-               FOR UPDATE SKIP LOCKED""",
+            """UPDATE outbox SET published_at = now(), attempts = attempts + 1
+               WHERE id IN (SELECT id FROM outbox
+                            WHERE published_at IS NULL
+                            ORDER BY id
+                            LIMIT %s
+                            FOR UPDATE SKIP LOCKED)
+               RETURNING id, topic, key, payload""",
             (batch_size,),
         )
-        rows = [
-            OutboxRow(int(r["id"]), str(r["topic"]), str(r["key"]), bytes(r["payload"]))  # type: ignore[call-overload]
-            for r in await cursor.fetchall()
-        ]
+        rows = sorted(
+            (
+                OutboxRow(int(r["id"]), str(r["topic"]), str(r["key"]), bytes(r["payload"]))  # type: ignore[call-overload]
+                for r in await cursor.fetchall()
+            ),
+            key=lambda row: row.id,
+        )
         if not rows:
             return 0
         await publisher.publish_batch(rows)
-        await conn.execute(
-            "UPDATE outbox SET published_at = now(), attempts = attempts + 1 WHERE id = ANY(%s)",
-            ([row.id for row in rows],),
-        )
     metrics.OUTBOX_PUBLISHED.inc(len(rows))
     return len(rows)
 
