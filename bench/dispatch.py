@@ -34,6 +34,7 @@ import aiosmtplib
 import psycopg
 from aiokafka import AIOKafkaProducer
 
+from bench.postfix_sink import ensure_smtp_sink, start_smtp_sink
 from proto.codec import encode_message
 from proto.messages import EmailDispatch
 from services.common.clock import utcnow
@@ -167,7 +168,7 @@ def dispatcher_env(
 def dispatcher_command(port: int) -> list[str]:
     if os.environ.get("BENCH_PROFILE"):
         profile = Path(tempfile.gettempdir()) / f"prof-{port}.out"
-        return [sys.executable, "/tmp/cpuprof.py"] if os.environ.get("X_CPU") else [sys.executable, "-m", "cProfile", "-o", str(profile), "-m", "services", "dispatcher"]
+        return [sys.executable, "-m", "cProfile", "-o", str(profile), "-m", "services", "dispatcher"]
     return [sys.executable, "-m", "services", "dispatcher"]
 
 
@@ -235,16 +236,23 @@ async def main() -> None:
     parser.add_argument("--partitions", type=int, default=6)
     parser.add_argument("--ceiling-seconds", type=float, default=5.0)
     parser.add_argument("--timeout", type=float, default=600.0)
+    parser.add_argument(
+        "--python-sink", action="store_true", help="use bench.smtp_sink even when Postfix's smtp-sink is available"
+    )
     args = parser.parse_args()
 
     with tempfile.TemporaryDirectory(prefix="bench-dispatch-") as tmp:
         postgres = EmbeddedPostgres(Path(tmp) / "pg")
         broker = EmbeddedBroker()
         sink_port = find_free_port()
-        if os.environ.get("X_PFSINK"):
-            sink = subprocess.Popen(["/tmp/pf/x/usr/sbin/smtp-sink", "-u", "nobody", "-m", "512", f"127.0.0.1:{sink_port}", "512"], env={"LD_LIBRARY_PATH": "/tmp/pf/x/usr/lib/postfix"})
-        else:
-            sink = subprocess.Popen([sys.executable, "-m", "bench.smtp_sink", str(sink_port)], cwd=ROOT)  # noqa: ASYNC220
+        binary = None if args.python_sink else ensure_smtp_sink()
+        sink_name = "postfix smtp-sink" if binary else "bench.smtp_sink (python)"
+        log(f"SMTP sink: {sink_name}")
+        sink = (
+            start_smtp_sink(binary, sink_port)
+            if binary
+            else subprocess.Popen([sys.executable, "-m", "bench.smtp_sink", str(sink_port)], cwd=ROOT)  # noqa: ASYNC220
+        )
         postgres.start()
         broker.start()
         try:
@@ -275,13 +283,10 @@ async def main() -> None:
         "dispatchers": args.dispatchers,
         "connections_per_dispatcher": args.concurrency,
         "cpus": os.cpu_count(),
+        "sink": sink_name,
     }
     print(json.dumps(result))
 
 
 if __name__ == "__main__":
-    if os.environ.get("X_UVLOOP"):
-        import uvloop
-        uvloop.run(main())
-    else:
-        asyncio.run(main())
+    asyncio.run(main())
