@@ -119,6 +119,7 @@ def make_consumer(settings: BusSettings, topic: str, group_id: str, **overrides:
         "session_timeout_ms": int(settings.kafka_session_timeout_s * 1000),
         "heartbeat_interval_ms": max(100, int(settings.kafka_session_timeout_s * 1000 / 4)),
         "max_poll_records": 100,
+        "fetch_max_wait_ms": max(1, int(settings.kafka_fetch_max_wait_s * 1000)),
         "client_id": f"healingwork-{group_id}",
     }
     options.update(overrides)

@@ -227,6 +227,9 @@ class BusSettings(DatabaseSettings, frozen=True, kw_only=True):
     kafka_request_timeout_s: PositiveFloat = 10.0
     # How long a dead group member keeps its partitions; also how long a consumer group takes to form.
     kafka_session_timeout_s: PositiveFloat = 10.0
+    # The longest a fetch waits at the broker for new records. Not every broker answers a waiting fetch
+    # as soon as records arrive (Tansu does not), so this bounds the latency each hop may add.
+    kafka_fetch_max_wait_s: Annotated[float, msgspec.Meta(gt=0, le=10)] = 0.1
     kafka_partitions: PositiveInt = 6
     kafka_replication_factor: PositiveInt = 1
     topic_leads_accepted: NonBlank = "leads.accepted"

@@ -430,3 +430,14 @@ def test_malformed_bootstrap_servers_are_rejected(servers: str) -> None:
 @pytest.mark.parametrize("servers", ["kafka:9092", "kafka-0.kafka.svc:9092,kafka-1.kafka.svc:9092", "[::1]:9092"])
 def test_well_formed_bootstrap_servers_are_accepted(servers: str) -> None:
     assert check_bootstrap_servers(servers) is None
+
+
+async def test_kafka_fetch_max_wait_reaches_every_consumer_and_rejects_zero() -> None:
+    from services.common.bus import make_consumer
+
+    settings = load_settings(SchedulerSettings, intake_env(KAFKA_FETCH_MAX_WAIT_S="0.05"))
+    consumer = make_consumer(settings, settings.topic_leads_accepted, "test")  # aiokafka wants a running loop
+    # aiokafka keeps the option only as a private attribute; this pins that the setting is passed on.
+    assert consumer._fetch_max_wait_ms == 50
+    with pytest.raises(ConfigError, match="KAFKA_FETCH_MAX_WAIT_S"):
+        load_settings(SchedulerSettings, intake_env(KAFKA_FETCH_MAX_WAIT_S="0"))
