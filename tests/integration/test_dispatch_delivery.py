@@ -21,7 +21,7 @@ from services.common.sequences import apply_sequence, parse_sequence_document
 from services.common.tokens import Purpose, verify_token
 from services.dev.mailsink import MailSink
 from services.dispatcher.dead_letters_cli import run_dlq_command
-from services.dispatcher.dispatch import Dispatcher, claim_message, load_jobs
+from services.dispatcher.dispatch import Dispatcher, Outcome, claim_message, load_jobs, write_group
 from services.dispatcher.rate import lease_send_tokens
 from services.dispatcher.smtp import SmtpPool, SmtpTarget
 from services.scheduler.due import emit_due_steps
@@ -349,3 +349,44 @@ async def test_a_message_is_claimed_once_even_when_two_replicas_loaded_it(pool: 
         assert claimed is not None
         assert claimed.attempts == 1
         assert await claim_message(conn, same_job) is None
+
+
+async def test_one_group_records_outcomes_and_claims_but_writes_nothing_for_a_message_no_longer_sending(
+    pool: Pool,
+) -> None:
+    sent_id, reclaimed_id, dead_id, next_id = [
+        await queue_message(pool, email=f"lead{i}@example.com") for i in range(4)
+    ]
+    async with transaction(pool) as conn:
+        jobs = await load_jobs(conn, [sent_id, reclaimed_id, dead_id])
+        claimed, _ = await write_group(conn, [], jobs, events_topic="email.events", dlq_topic="email.dispatch.dlq")
+        # The reconcile job took one back meanwhile (a message stuck in `sending` re-queued by hand).
+        await conn.execute("UPDATE messages SET status = 'queued' WHERE id = %s", (reclaimed_id,))
+    by_id = {job.message_id: job for job in claimed if job is not None}
+    outcomes = [
+        Outcome(by_id[sent_id], "sent", "250 ok"),
+        Outcome(by_id[reclaimed_id], "sent", "250 ok"),
+        Outcome(by_id[dead_id], "dead", "550 no such user"),
+    ]
+    async with transaction(pool) as conn:
+        [next_job] = await load_jobs(conn, [next_id])
+        claimed_next, recorded = await write_group(
+            conn, outcomes, [next_job], events_topic="email.events", dlq_topic="email.dispatch.dlq"
+        )
+
+    assert recorded == 2
+    assert claimed_next[0] is not None and claimed_next[0].attempts == 1
+    assert [await status_of(pool, i) for i in (sent_id, reclaimed_id, dead_id, next_id)] == [
+        {"status": "sent", "attempts": 1},
+        {"status": "queued", "attempts": 1},
+        {"status": "dead", "attempts": 1},
+        {"status": "sending", "attempts": 1},
+    ]
+    events = await fetch_all(pool.conninfo, "SELECT message_id, type FROM events ORDER BY id")
+    assert events == [{"message_id": sent_id, "type": "sent"}, {"message_id": dead_id, "type": "dead"}]
+    outbox = await fetch_all(
+        pool.conninfo, "SELECT topic, key FROM outbox WHERE topic IN ('email.events', 'email.dispatch.dlq') ORDER BY id"
+    )
+    assert sorted((row["topic"], row["key"]) for row in outbox) == sorted(
+        [("email.events", str(sent_id)), ("email.events", str(dead_id)), ("email.dispatch.dlq", str(dead_id))]
+    )

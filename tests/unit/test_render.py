@@ -156,6 +156,24 @@ def test_html_to_text_separates_blocks_and_collapses_blank_lines() -> None:
     assert text.endswith("\n")
 
 
+def test_html_to_text_skips_comments_doctypes_and_unterminated_comments() -> None:
+    text = html_to_text("<!DOCTYPE html><html><body><!-- secret --><p>Shown</p><p>tail <!-- never closed</body>")
+
+    assert text == "Shown\n\ntail\n"
+
+
+def test_html_to_text_unescapes_entities_once_and_keeps_a_bare_less_than() -> None:
+    text = html_to_text("<p>Tom &amp; Jerry &lt;3 &copy; &#169;</p><p>a < b and c > d</p>")
+
+    assert text == "Tom & Jerry <3 \u00a9 \u00a9\n\na < b and c > d\n"
+
+
+def test_html_to_text_reads_unquoted_and_single_quoted_hrefs_and_ignores_markup_inside_attributes() -> None:
+    text = html_to_text("<a href=https://u.example/x>u</a> <a href='https://s.example/?q=1'>s</a> <img alt='<p>'>end")
+
+    assert text == "u (https://u.example/x) s (https://s.example/?q=1) end\n"
+
+
 # --- sandbox --------------------------------------------------------------------------------------
 
 
