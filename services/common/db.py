@@ -25,6 +25,16 @@ UNAVAILABLE_ERRORS: tuple[type[BaseException], ...] = (
 )
 
 
+# The PostgreSQL backend pids of this process's pooled connections. The outbox relay wakes only for
+# NOTIFYs sent by these (its own process's commits): with every relay woken by every commit, a platform
+# of six processes ran six relay passes per commit, most of them finding nothing.
+LOCAL_BACKEND_PIDS: set[int] = set()
+
+
+async def _note_backend(conn: Connection) -> None:
+    LOCAL_BACKEND_PIDS.add(conn.info.backend_pid)  # pids are reused: a stale one costs a spurious pass
+
+
 def connection_kwargs(settings: DatabaseSettings) -> dict[str, object]:
     """Connection parameters applied to every connection the project opens."""
     return {
@@ -45,6 +55,7 @@ async def open_pool(settings: DatabaseSettings, *, wait: bool = True) -> psycopg
         timeout=settings.db_connect_timeout_s,
         reconnect_timeout=60,
         check=psycopg_pool.AsyncConnectionPool.check_connection,
+        configure=_note_backend,
         open=False,
     )
     await pool.open(wait=wait, timeout=settings.db_connect_timeout_s * 2)

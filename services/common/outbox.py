@@ -21,7 +21,7 @@ from proto.codec import encode_message
 from proto.messages import Message
 from services.common import metrics
 from services.common.config import DatabaseSettings
-from services.common.db import UNAVAILABLE_ERRORS, Connection, connect, transaction
+from services.common.db import LOCAL_BACKEND_PIDS, UNAVAILABLE_ERRORS, Connection, connect, transaction
 
 log = logging.getLogger(__name__)
 
@@ -176,8 +176,10 @@ async def _listen_for_wakeups(settings: DatabaseSettings, wakeup: asyncio.Event,
             conn = await connect(settings)
             async with conn:
                 await conn.execute(f"LISTEN {NOTIFY_CHANNEL}")
-                async for _ in conn.notifies():
-                    wakeup.set()
+                async for notify in conn.notifies():
+                    # Another process's rows are its own relay's job (or the next poll's, if it has none).
+                    if notify.pid in LOCAL_BACKEND_PIDS:
+                        wakeup.set()
         except UNAVAILABLE_ERRORS as error:
             log.info("outbox listener reconnecting", extra={"error": repr(error)})
             await _sleep_or_stop(stop, 2.0)

@@ -30,6 +30,14 @@ class DevJobs:
         self._running: dict[str, subprocess.Popen[bytes]] = {}
         self.runs: dict[str, list[int]] = {name: [] for name in self._schedule}
 
+    def reschedule(self, schedule: dict[str, float]) -> None:
+        """Run the jobs on ``schedule`` from now on: each is next due within its new interval."""
+        now = time.monotonic()
+        self._schedule = schedule
+        for name, interval in schedule.items():
+            self._due[name] = min(self._due.get(name, now), now + interval)
+            self.runs.setdefault(name, [])
+
     def tick(self) -> None:
         """Reap finished runs (recording their exit status) and start the jobs that are due."""
         now = time.monotonic()
