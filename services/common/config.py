@@ -305,7 +305,7 @@ class DispatcherSettings(BusSettings, frozen=True, kw_only=True):
     retry_max_delay_s: PositiveFloat = 6 * 3600.0
     # Records fetched per batch, and SMTP transactions in flight at once (= pooled connections).
     dispatch_batch_size: PositiveInt = 200
-    dispatch_concurrency: PositiveInt = 8
+    dispatch_concurrency: PositiveInt = 16
     # Messages per second for this transport across all replicas (0: unlimited); see docs/configuration.md.
     smtp_rate_per_s: Annotated[float, msgspec.Meta(ge=0)] = 0.0
     smtp_rate_name: NonBlank = "default"

@@ -366,8 +366,9 @@ class Dispatcher:
                 return None
             status, detail, retry_in = await self._send(claimed, connection, sender, data)
         finally:
-            # Free for the next message while this outcome is recorded: so at most about twice
-            # DISPATCH_CONCURRENCY messages per replica are in `sending` at once.
+            # Free for the next message while this outcome is recorded. The window stays bounded by
+            # DISPATCH_CONCURRENCY per replica: the connection's next claim is in this outcome's group or
+            # a later one, and a group records before it claims, in one statement.
             self._smtp.release(connection)
         await self._ledger.submit(Outcome(claimed, status, detail, retry_in))
         return status
