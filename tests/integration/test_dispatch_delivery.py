@@ -375,7 +375,8 @@ async def test_one_group_records_outcomes_and_claims_but_writes_nothing_for_a_me
         )
 
     assert recorded == 2
-    assert claimed_next[0] is not None and claimed_next[0].attempts == 1
+    assert claimed_next[0] is not None
+    assert claimed_next[0].attempts == 1
     assert [await status_of(pool, i) for i in (sent_id, reclaimed_id, dead_id, next_id)] == [
         {"status": "sent", "attempts": 1},
         {"status": "queued", "attempts": 1},
