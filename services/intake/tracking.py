@@ -47,8 +47,14 @@ def _context(state: State) -> tuple[Runtime, IntakeSettings]:
 @route(
     "/t/o/{token:str}",
     http_method=[HttpMethod.GET, HttpMethod.HEAD],
-    include_in_schema=False,
     opt={NO_RATE_LIMIT: True},
+    media_type="image/gif",
+    responses=problem_responses(404, 503),
+    summary="Open-tracking pixel",
+    description=(
+        "A 1x1 GIF. Records the open of the message the signed token names; opens from mail-privacy "
+        "proxies and link scanners are recorded as automated."
+    ),
 )
 async def track_open(token: FromPath[str], request: Request[Any, Any, State], state: State) -> Response[bytes]:
     message_id, _ = _verified(state, token, Purpose.OPEN)
@@ -64,8 +70,12 @@ async def track_open(token: FromPath[str], request: Request[Any, Any, State], st
 @route(
     "/t/c/{token:str}",
     http_method=[HttpMethod.GET, HttpMethod.HEAD],
-    include_in_schema=False,
     opt={NO_RATE_LIMIT: True},
+    status_code=302,
+    media_type="text/plain",
+    responses=problem_responses(404, 503),
+    summary="Click-tracking redirect",
+    description="Records the click and redirects to the URL bound into the signed token, and nowhere else.",
 )
 async def track_click(token: FromPath[str], request: Request[Any, Any, State], state: State) -> Response[bytes]:
     message_id, url = _verified(state, token, Purpose.CLICK)
@@ -78,7 +88,7 @@ async def track_click(token: FromPath[str], request: Request[Any, Any, State], s
             conn, message_id, "clicked", automated=automated, detail=url, topic=settings.topic_email_events
         )
     # The only place a click may go is the URL bound into the signed token: no open redirect.
-    return Response(b"", status_code=302, headers={**NO_STORE, "Location": url})
+    return Response(b"", status_code=302, media_type="text/plain", headers={**NO_STORE, "Location": url})
 
 
 def _page(title: str, body: str, status: int = 200) -> Response[str]:
@@ -91,7 +101,14 @@ def _page(title: str, body: str, status: int = 200) -> Response[str]:
     return Response(document, status_code=status, media_type="text/html", headers=NO_STORE)
 
 
-@get("/u/{token:str}", include_in_schema=False, opt={NO_RATE_LIMIT: True})
+@get(
+    "/u/{token:str}",
+    opt={NO_RATE_LIMIT: True},
+    media_type="text/html",
+    responses=problem_responses(404, 503),
+    summary="Unsubscribe confirmation page",
+    description="Changes nothing (link scanners fetch every GET); its form posts the one-click unsubscribe.",
+)
 async def unsubscribe_page(token: FromPath[str], state: State) -> Response[str]:
     """A confirmation page. It changes nothing: link scanners fetch every GET, so only the POST unsubscribes."""
     _verified(state, token, Purpose.UNSUBSCRIBE)

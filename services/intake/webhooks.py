@@ -24,6 +24,7 @@ from typing import Annotated, Any, Literal
 import msgspec
 from litestar import Request, Response, post
 from litestar.datastructures import State
+from litestar.params import HeaderParameter
 
 from proto.http import FieldError, Problem
 from services.common.config import IntakeSettings
@@ -157,17 +158,30 @@ async def _sns(request: Request[Any, Any, State], state: State, body: bytes) -> 
         "notifications via SNS (signature verified). Permanent bounces and complaints suppress the address."
     ),
 )
-async def email_events_webhook(request: Request[Any, Any, State], state: State) -> Response[Any]:
+async def email_events_webhook(
+    request: Request[Any, Any, State],
+    state: State,
+    # Declared (not only read) so the API documents them; the body is read raw, as it was signed.
+    webhook_timestamp: Annotated[
+        str | None, HeaderParameter(name="Webhook-Timestamp", description="Unix seconds (generic format)")
+    ] = None,
+    webhook_signature: Annotated[
+        str | None, HeaderParameter(name="Webhook-Signature", description="v1=<hex HMAC-SHA256> (generic format)")
+    ] = None,
+    sns_message_type: Annotated[
+        str | None, HeaderParameter(name="x-amz-sns-message-type", description="Set by Amazon SNS")
+    ] = None,
+) -> Response[Any]:
     body = await request.body()
-    if request.headers.get("x-amz-sns-message-type"):
+    if sns_message_type:
         return await _sns(request, state, body)
     settings: IntakeSettings = state.settings
     if not settings.webhook_secret:
         raise ProblemError(404, "The generic webhook is not configured (WEBHOOK_SECRET).")
     verify_generic_request(
         settings.webhook_secret,
-        request.headers.get("webhook-timestamp"),
-        request.headers.get("webhook-signature"),
+        webhook_timestamp,
+        webhook_signature,
         body,
         tolerance_s=settings.webhook_tolerance_s,
         now=time.time(),
