@@ -161,6 +161,8 @@ _WRITE_GROUP = (
                RETURNING id, attempts, sending_at),
            woken AS (
                SELECT {wake} WHERE EXISTS (SELECT FROM ev_queued) OR EXISTS (SELECT FROM dead_lettered))
+           -- `woken` is selected only so that it runs: a CTE that modifies nothing runs only if read.
+           -- One row even when nothing is claimed, so `recorded` always comes back.
            SELECT c.id, c.attempts, c.sending_at,
                   (SELECT count(*) FROM recorded) AS recorded, (SELECT count(*) FROM woken) AS woken
            FROM (VALUES (1)) AS one LEFT JOIN claimed c ON true"""

@@ -160,16 +160,21 @@ async def consume_dispatch_commands(
 async def _rewind(
     consumer: AIOKafkaConsumer, failed: _Batch, in_flight: deque[_Batch], error: BaseException, failures: int
 ) -> None:
-    """After ``failed`` failed: let the later batches end, then fetch again from ``failed``'s records."""
+    """After ``failed`` failed: let the later batches end, then fetch again from ``failed``'s records
+    and theirs (a later batch may hold partitions the failed one did not; none of it is committed)."""
     if isinstance(error, UNAVAILABLE_ERRORS):
         metrics.CONSUMER_FAILURES.labels(NAME, "database").inc()
         log.warning("database unavailable; will retry the batch", extra={"error": repr(error)})
     else:
         log.error("batch failed; will retry it", exc_info=error)
-    later = [batch.work for batch in in_flight]
+    later = list(in_flight)
     in_flight.clear()
-    await asyncio.gather(*later, return_exceptions=True)  # their offsets stay uncommitted
-    for tp, offset in failed.first.items():
+    await asyncio.gather(*(batch.work for batch in later), return_exceptions=True)
+    rewind_to: dict[TopicPartition, int] = {}
+    for batch in (failed, *later):  # in fetch order: the first offset seen per partition is the lowest
+        for tp, offset in batch.first.items():
+            rewind_to.setdefault(tp, offset)
+    for tp, offset in rewind_to.items():
         consumer.seek(tp, offset)
     await asyncio.sleep(backoff_delay(min(failures, 6), 0.5, 10.0))
 
