@@ -14,8 +14,8 @@ from services.common.bus import KafkaPublisher, ensure_topics
 from services.common.clock import utcnow
 from services.common.config import BusSettings
 from services.common.db import connect, open_pool, transaction
-from services.common.outbox import enqueue_message, publish_pending_outbox
-from tests.support.platform import fetch_all, make_settings
+from services.common.outbox import NOTIFY_CHANNEL, enqueue_message, publish_pending_outbox, run_outbox_relay
+from tests.support.platform import fetch_all, make_settings, wait_until
 
 pytestmark = pytest.mark.integration
 
@@ -142,3 +142,46 @@ async def test_relay_marks_rows_published_only_after_the_broker_acknowledged(
     assert {m.id for m in await _consume(settings, 5)} == {m.id for m in messages}
     pending = await fetch_all(settings.database_url, "SELECT count(*) AS n FROM outbox WHERE published_at IS NULL")
     assert pending == [{"n": 0}]
+
+
+async def test_relay_wakes_for_its_own_process_commits_and_leaves_others_to_polling(
+    settings: BusSettings, publisher: KafkaPublisher
+) -> None:
+    """With a one-minute poll only a NOTIFY can wake the relay quickly: its own pool's commit does; a
+    commit from another process (here a connection outside the pool, as a job's would be) does not."""
+    pool = await open_pool(settings)
+    stop = asyncio.Event()
+    relay = asyncio.create_task(
+        run_outbox_relay(settings, pool, publisher, batch_size=100, poll_interval_s=60.0, stop=stop)
+    )
+    foreign = await connect(settings)
+
+    async def listening() -> bool:
+        rows = await fetch_all(
+            settings.database_url,
+            "SELECT 1 FROM pg_stat_activity WHERE query = %s AND datname = current_database()",
+            f"LISTEN {NOTIFY_CHANNEL}",
+        )
+        return bool(rows)
+
+    async def published(key: str) -> bool:
+        rows = await fetch_all(
+            settings.database_url, "SELECT published_at IS NOT NULL AS sent FROM outbox WHERE key = %s", key
+        )
+        return bool(rows) and bool(rows[0]["sent"])
+
+    try:
+        await wait_until(listening, timeout=10, what="the relay listening")
+        await enqueue_message(foreign, settings.topic_leads_accepted, "foreign", _message())  # autocommit
+        await asyncio.sleep(1.0)  # a woken relay publishes within milliseconds; nothing to await instead
+        assert not await published("foreign")
+
+        async with transaction(pool) as conn:
+            await enqueue_message(conn, settings.topic_leads_accepted, "own", _message())
+        await wait_until(lambda: published("own"), timeout=10, what="the own row published on NOTIFY")
+        assert await published("foreign")  # a pass publishes every pending row, whoever wrote it
+    finally:
+        stop.set()
+        await relay
+        await foreign.close()
+        await pool.close()
