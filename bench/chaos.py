@@ -7,7 +7,7 @@ random faults, then an audit of what the SMTP sink received against what Postgre
 Processes: two replicas each of intake (HTTP + outbox relay), scheduler and dispatcher, started with
 ``python -m services <name>`` exactly as in a container, and the batch jobs (``healingwork job ...``) on a
 short schedule, all against an embedded PostgreSQL, an embedded Tansu broker (memory storage) and an
-in-process SMTP sink (:class:`~services.dev.mailsink.MailSink`).
+in-process SMTP sink (:class:`~devstack.mailsink.MailSink`).
 
 Phases: a calm phase at ``--calm-rate`` leads/s (the first-email latency baseline, no faults; the jobs
 run at a CronJob's cadence, once a minute), then the remaining leads spread over ``--duration`` seconds
@@ -65,11 +65,11 @@ from typing import Any
 import aiohttp
 import psycopg
 
+from devstack.embedded import EmbeddedBroker, EmbeddedPostgres, find_free_port
+from devstack.jobs import DevJobs
 from services.common.config import DatabaseSettings
 from services.common.migrate import apply_migrations
 from services.common.sequences import apply_sequence_files
-from services.dev.embedded import EmbeddedBroker, EmbeddedPostgres, find_free_port
-from services.dev.jobs import DevJobs
 
 SOURCE = "chaos"
 SEQUENCE_YAML = """\

@@ -8,7 +8,7 @@ import json
 import sys
 from pathlib import Path
 
-from services.dev.mailsink import MailSink
+from devstack.mailsink import MailSink
 
 
 def main() -> None:

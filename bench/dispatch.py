@@ -35,6 +35,7 @@ import psycopg
 from aiokafka import AIOKafkaProducer
 
 from bench.postfix_sink import ensure_smtp_sink, start_smtp_sink
+from devstack.embedded import EmbeddedBroker, EmbeddedPostgres, find_free_port
 from proto.codec import encode_message
 from proto.messages import EmailDispatch
 from services.common.clock import utcnow
@@ -42,7 +43,6 @@ from services.common.config import DatabaseSettings
 from services.common.db import connect
 from services.common.migrate import apply_migrations
 from services.common.sequences import apply_sequence, parse_sequence_document
-from services.dev.embedded import EmbeddedBroker, EmbeddedPostgres, find_free_port
 
 ROOT = Path(__file__).resolve().parents[1]
 SECRET = uuid.uuid4().hex + uuid.uuid4().hex

@@ -34,8 +34,8 @@ from pathlib import Path
 import aiohttp
 import psycopg
 
+from devstack.embedded import EmbeddedBroker, EmbeddedPostgres, find_free_port
 from services.common.migrate import apply_migrations
-from services.dev.embedded import EmbeddedBroker, EmbeddedPostgres, find_free_port
 from tests.support.intake import create_api_client
 
 ROOT = Path(__file__).resolve().parents[1]

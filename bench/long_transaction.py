@@ -32,9 +32,9 @@ from pathlib import Path
 import psycopg
 
 from bench.scheduler import add_enrollments, drain, drop_database, fresh_database, prepare
+from devstack.embedded import EmbeddedPostgres
 from services.common.config import JobSettings
 from services.common.migrate import apply_migrations
-from services.dev.embedded import EmbeddedPostgres
 from services.jobs.aggregate_stats import aggregate_stats
 from services.jobs.purge import purge
 from services.jobs.retry_failed import retry_failed

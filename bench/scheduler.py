@@ -26,11 +26,11 @@ from pathlib import Path
 import psycopg
 from psycopg import sql
 
+from devstack.embedded import EmbeddedPostgres
 from services.common.config import DatabaseSettings
 from services.common.db import connect
 from services.common.migrate import apply_migrations
 from services.common.sequences import apply_sequence, parse_sequence_document
-from services.dev.embedded import EmbeddedPostgres
 from services.scheduler.due import CLAIM_DUE, emit_due_steps
 
 NOW = datetime(2026, 1, 14, 10, 0, tzinfo=UTC)

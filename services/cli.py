@@ -172,7 +172,17 @@ def _dlq(args: argparse.Namespace) -> None:
 
 
 def _dev(args: argparse.Namespace) -> None:
-    from services.dev.stack import run_dev
+    # The development stack (embedded PostgreSQL, broker, SMTP sink) lives in the top-level `devstack`
+    # package of a source checkout; the image and the wheel ship only what runs in production.
+    try:
+        from devstack.stack import run_dev
+    except ImportError as error:
+        if error.name != "devstack" and not (error.name or "").startswith("devstack."):
+            raise
+        raise CommandError(
+            "the development stack is not installed here (it ships with a source checkout, not the image):"
+            " run `make dev` in a clone of the repository"
+        ) from error
 
     run_dev(port=args.port, mail_dir=Path(args.mail_dir), data_dir=Path(args.data_dir), fresh=args.fresh)
 

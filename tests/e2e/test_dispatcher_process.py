@@ -17,9 +17,9 @@ from pathlib import Path
 import psycopg
 import pytest
 
+from devstack.mailsink import MailSink
 from services.common.config import DatabaseSettings
 from services.common.db import open_pool, transaction
-from services.dev.mailsink import MailSink
 from services.scheduler.due import emit_due_steps
 from services.scheduler.enrollment import enroll_lead
 from tests.support.platform import FROM_EMAIL, apply_examples, smtp_url_of, topics_for, wait_until

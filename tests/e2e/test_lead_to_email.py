@@ -6,8 +6,8 @@ from __future__ import annotations
 import httpx
 import pytest
 
+from devstack.mailsink import MailSink
 from services.common.config import DispatcherSettings, IntakeSettings, SchedulerSettings
-from services.dev.mailsink import MailSink
 from services.dispatcher.service import run_dispatcher
 from services.scheduler.service import run_scheduler
 from tests.support.intake import bearer, create_api_client

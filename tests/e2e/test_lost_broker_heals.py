@@ -7,9 +7,9 @@ import asyncio
 
 import pytest
 
+from devstack.embedded import EmbeddedBroker
+from devstack.mailsink import MailSink
 from services.common.config import DispatcherSettings, IntakeSettings, SchedulerSettings
-from services.dev.embedded import EmbeddedBroker
-from services.dev.mailsink import MailSink
 from services.dispatcher.service import run_dispatcher
 from services.jobs.retry_failed import retry_failed
 from services.jobs.runner import run_job

@@ -11,10 +11,10 @@ from pathlib import Path
 
 import pytest
 
+from devstack.embedded import EmbeddedBroker, EmbeddedPostgres
+from devstack.mailsink import MailSink
 from services.common.config import DispatcherSettings, SchedulerSettings
 from services.common.migrate import apply_migrations
-from services.dev.embedded import EmbeddedBroker, EmbeddedPostgres
-from services.dev.mailsink import MailSink
 from services.dispatcher.service import run_dispatcher
 from services.scheduler.service import run_scheduler
 from tests.support.intake import running_intake

@@ -9,10 +9,10 @@ from urllib.parse import urlsplit
 
 import pytest
 
+from devstack.mailsink import MailSink
 from services.common.config import DatabaseSettings, DispatcherSettings, IntakeSettings, SchedulerSettings
 from services.common.db import connect
 from services.common.sequences import apply_sequence, parse_sequence_document
-from services.dev.mailsink import MailSink
 from services.dispatcher.service import run_dispatcher
 from services.scheduler.service import run_scheduler
 from tests.support.intake import running_intake

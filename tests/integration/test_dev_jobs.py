@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 
-from services.dev.jobs import DevJobs
+from devstack.jobs import DevJobs
 
 pytestmark = pytest.mark.integration
 

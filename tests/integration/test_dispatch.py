@@ -8,11 +8,11 @@ from collections.abc import AsyncIterator
 import psycopg_pool
 import pytest
 
+from devstack.mailsink import MailSink
 from services.common.config import DispatcherSettings
 from services.common.db import Connection, open_pool, transaction
 from services.common.identity import email_hash
 from services.common.sequences import apply_sequence, parse_sequence_document
-from services.dev.mailsink import MailSink
 from services.dispatcher.dispatch import Dispatcher
 from services.dispatcher.smtp import SmtpPool, SmtpTarget
 from services.scheduler.due import emit_due_steps

@@ -14,12 +14,12 @@ from typing import Any
 import psycopg_pool
 import pytest
 
+from devstack.mailsink import MailSink
 from services.common import metrics
 from services.common.config import DatabaseSettings, DeadLetterSettings, DispatcherSettings
 from services.common.db import Connection, open_pool, transaction
 from services.common.sequences import apply_sequence, parse_sequence_document
 from services.common.tokens import Purpose, verify_token
-from services.dev.mailsink import MailSink
 from services.dispatcher.dead_letters_cli import run_dlq_command
 from services.dispatcher.dispatch import Dispatcher, Outcome, claim_message, load_jobs, write_group
 from services.dispatcher.rate import lease_send_tokens

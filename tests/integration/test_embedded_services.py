@@ -14,8 +14,8 @@ import pytest
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer
 from aiokafka.admin import AIOKafkaAdminClient, NewTopic
 
-from services.dev.embedded import EmbeddedBroker, EmbeddedPostgres, find_free_port
-from services.dev.mailsink import MailSink
+from devstack.embedded import EmbeddedBroker, EmbeddedPostgres, find_free_port
+from devstack.mailsink import MailSink
 from tests.support.services import unique_topic_prefix
 
 pytestmark = pytest.mark.integration

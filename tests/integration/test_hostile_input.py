@@ -19,9 +19,9 @@ from collections.abc import AsyncIterator
 
 import pytest
 
+from devstack.mailsink import MailSink
 from services.common.config import DispatcherSettings, SchedulerSettings
 from services.common.tokens import Purpose, sign_token
-from services.dev.mailsink import MailSink
 from services.dispatcher.service import run_dispatcher
 from services.scheduler.service import run_scheduler
 from tests.support.intake import Intake, running_intake

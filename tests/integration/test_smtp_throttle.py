@@ -9,7 +9,7 @@ import asyncio
 
 import pytest
 
-from services.dev.mailsink import MailSink
+from devstack.mailsink import MailSink
 from services.dispatcher.smtp import SendError, SmtpPool, SmtpTarget
 
 pytestmark = pytest.mark.integration

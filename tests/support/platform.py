@@ -14,6 +14,7 @@ from typing import Any, TypeVar
 import msgspec
 import uvicorn
 
+from devstack.mailsink import MailSink
 from services.common.config import (
     BusSettings,
     DatabaseSettings,
@@ -21,7 +22,6 @@ from services.common.config import (
 )
 from services.common.db import connect
 from services.common.sequences import apply_sequence_files
-from services.dev.mailsink import MailSink
 from services.intake.app import create_app
 
 EXAMPLES = Path(__file__).resolve().parents[2] / "k8s" / "examples"

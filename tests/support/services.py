@@ -5,9 +5,9 @@ Load with ``pytest_plugins = ["tests.support.services"]`` (or ``from tests.suppo
 Resolution order for the shared servers:
 
 * PostgreSQL (``postgres_url``): ``$DATABASE_URL`` → a ``postgres:16-alpine`` testcontainer if a Docker
-  engine answers → :class:`~services.dev.embedded.EmbeddedPostgres` in a session temp dir.
+  engine answers → :class:`~devstack.embedded.EmbeddedPostgres` in a session temp dir.
 * Broker (``kafka_bootstrap_servers``): ``$KAFKA_BOOTSTRAP_SERVERS`` → a Kafka testcontainer if Docker
-  answers → :class:`~services.dev.embedded.EmbeddedBroker`.
+  answers → :class:`~devstack.embedded.EmbeddedBroker`.
 
 ``embedded_broker`` is always a private embedded broker, for tests that pause/kill/restart it.
 """
@@ -28,8 +28,8 @@ import psycopg
 import pytest
 from psycopg import sql
 
-from services.dev.embedded import EmbeddedBroker, EmbeddedPostgres
-from services.dev.mailsink import MailSink
+from devstack.embedded import EmbeddedBroker, EmbeddedPostgres
+from devstack.mailsink import MailSink
 
 __all__ = [
     "database_url",

@@ -135,3 +135,30 @@ def test_dlq_failures_are_one_line_and_exit_1(args: list[str], message: str) -> 
     lines = result.stderr.strip().splitlines()
     assert len(lines) == 1
     assert lines[0].startswith(message)
+
+
+def test_dev_without_the_development_stack_is_one_clear_line() -> None:
+    """The image ships `services`, `operators` and `proto` only; `healingwork dev` there names the way out.
+
+    The image suite runs the real image; here the missing package is simulated by blocking its import.
+    """
+    code = "import sys; sys.modules['devstack'] = None; from services.cli import main; main(['dev'])"
+    result = subprocess.run(
+        [sys.executable, "-c", code], env=clean_env(), cwd=ROOT, capture_output=True, text=True, timeout=60, check=False
+    )
+    assert result.returncode != 0
+    assert result.stderr.strip().splitlines() == [
+        "healingwork dev: the development stack is not installed here (it ships with a source checkout,"
+        " not the image): run `make dev` in a clone of the repository"
+    ]
+
+
+def test_runtime_packages_do_not_import_the_development_stack() -> None:
+    """Nothing the image runs may need `devstack` (its dependencies are not installed there)."""
+    offenders = [
+        str(path.relative_to(ROOT))
+        for package in ("services", "operators", "proto")
+        for path in (ROOT / package).rglob("*.py")
+        if path.name != "cli.py" and "devstack" in path.read_text()
+    ]
+    assert offenders == []

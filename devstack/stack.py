@@ -22,9 +22,9 @@ from collections.abc import Iterator
 from contextlib import ExitStack, contextmanager
 from pathlib import Path
 
+from devstack.jobs import DevJobs
 from services.common.config import DatabaseSettings
 from services.common.migrate import apply_migrations
-from services.dev.jobs import DevJobs
 
 SERVICES = ("intake", "scheduler", "dispatcher")
 READY_TIMEOUT_S = 90.0
@@ -42,8 +42,8 @@ def _say(text: str) -> None:
 
 def _dev_dependencies() -> tuple[type, type, type]:
     try:
-        from services.dev.embedded import EmbeddedBroker, EmbeddedPostgres
-        from services.dev.mailsink import MailSink
+        from devstack.embedded import EmbeddedBroker, EmbeddedPostgres
+        from devstack.mailsink import MailSink
     except ImportError as error:
         raise DevError(
             f"healingwork dev needs the development dependencies ({error.name} is missing): run `uv sync` first"
@@ -164,7 +164,7 @@ def run_dev(*, port: int, mail_dir: Path, data_dir: Path, fresh: bool = False) -
             applied = apply_migrations(addresses["DATABASE_URL"])
             _say(f"schema ready ({'applied ' + ', '.join(map(str, applied)) if applied else 'up to date'})")
             _apply_examples(addresses["DATABASE_URL"])
-            from services.dev.embedded import find_free_port
+            from devstack.embedded import find_free_port
 
             health_ports = {"scheduler": find_free_port(), "dispatcher": find_free_port()}
             environments = _service_env(addresses, port, health_ports)
