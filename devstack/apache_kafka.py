@@ -383,7 +383,7 @@ def _broker_registered(port: int) -> bool:
     if len(response) < 12:
         return False
     correlation_id, _throttle_ms, broker_count = struct.unpack(">iii", response[:12])
-    return correlation_id == 7 and broker_count > 0
+    return bool(correlation_id == 7 and broker_count > 0)
 
 
 def _recv_exactly(sock: socket.socket, size: int) -> bytes:
@@ -394,4 +394,3 @@ def _recv_exactly(sock: socket.socket, size: int) -> bytes:
             raise OSError("connection closed")
         chunks.extend(chunk)
     return bytes(chunks)
-
