@@ -79,10 +79,10 @@ async def test_false_never_asks_for_a_producer_id(broker_bootstrap_servers: str,
 
 
 async def test_true_on_a_broker_without_idempotence_fails_at_start_naming_the_setting(
-    kafka_bootstrap_servers: str, topic_prefix: str
+    tansu_bootstrap_servers: str, topic_prefix: str
 ) -> None:
-    # kafka_bootstrap_servers is the session's Tansu broker, which refuses InitProducerId.
-    publisher = KafkaPublisher(_settings(kafka_bootstrap_servers, topic_prefix, "true"))
+    # Tansu lists InitProducerId among its APIs but answers it with UnknownError.
+    publisher = KafkaPublisher(_settings(tansu_bootstrap_servers, topic_prefix, "true"))
     with pytest.raises(IdempotenceUnavailable, match=r"KAFKA_IDEMPOTENT_PRODUCER=true .* UnknownError"):
         await publisher.start()
     await publisher.stop()

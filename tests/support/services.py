@@ -11,8 +11,8 @@ Resolution order for the shared servers:
 
 ``embedded_broker`` is always a private embedded broker, for tests that pause/kill/restart it.
 
-``broker_bootstrap_servers`` is parametrized over the two brokers the suites run against: ``tansu`` (the
-broker above) and ``kafka`` (Apache Kafka from ``.tools``, :class:`~devstack.apache_kafka.ApacheKafkaBroker`,
+``broker_bootstrap_servers`` is parametrized over the two brokers the suites run against: ``tansu`` (always
+the embedded Tansu broker, ``tansu_bootstrap_servers``, which the broker above is when nothing else is) and ``kafka`` (Apache Kafka from ``.tools``, :class:`~devstack.apache_kafka.ApacheKafkaBroker`,
 one per session, marked ``kafka``). Tests of the bus, the consumers and the relay take it to pass on both.
 The ``kafka`` variant is never skipped: without ``make tools`` it fails, saying so.
 """
@@ -47,6 +47,7 @@ __all__ = [
     "kafka_bootstrap_servers",
     "mail_sink",
     "postgres_url",
+    "tansu_bootstrap_servers",
     "unique_topic_prefix",
     "with_database",
 ]
@@ -133,7 +134,7 @@ def database_url(postgres_url: str) -> Iterator[str]:
 
 
 @pytest.fixture(scope="session")
-def kafka_bootstrap_servers() -> Iterator[str]:
+def kafka_bootstrap_servers(request: pytest.FixtureRequest) -> Iterator[str]:
     """``host:port`` of a Kafka-protocol broker shared by the session (use ``unique_topic_prefix()``)."""
     env_servers = os.environ.get("KAFKA_BOOTSTRAP_SERVERS")
     if env_servers:
@@ -148,6 +149,13 @@ def kafka_bootstrap_servers() -> Iterator[str]:
         with KafkaContainer() as container:
             yield str(container.get_bootstrap_server())
         return
+    servers: str = request.getfixturevalue("tansu_bootstrap_servers")
+    yield servers
+
+
+@pytest.fixture(scope="session")
+def tansu_bootstrap_servers() -> Iterator[str]:
+    """``host:port`` of an embedded Tansu broker shared by the session, whatever the environment says."""
     broker = EmbeddedBroker()
     broker.start()
     try:
@@ -188,7 +196,7 @@ def broker_bootstrap_servers(broker_kind: str, request: pytest.FixtureRequest) -
     if broker_kind == "kafka":
         broker: ApacheKafkaBroker = request.getfixturevalue("apache_kafka_broker")
         return broker.bootstrap_servers
-    servers: str = request.getfixturevalue("kafka_bootstrap_servers")
+    servers: str = request.getfixturevalue("tansu_bootstrap_servers")
     return servers
 
 
