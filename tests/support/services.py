@@ -11,10 +11,12 @@ Resolution order for the shared servers:
 
 ``embedded_broker`` is always a private embedded broker, for tests that pause/kill/restart it.
 
-``broker_bootstrap_servers`` is parametrized over the two brokers the suites run against: ``tansu`` (always
-the embedded Tansu broker, ``tansu_bootstrap_servers``, which the broker above is when nothing else is) and ``kafka`` (Apache Kafka from ``.tools``, :class:`~devstack.apache_kafka.ApacheKafkaBroker`,
-one per session, marked ``kafka``). Tests of the bus, the consumers and the relay take it to pass on both.
-The ``kafka`` variant is never skipped: without ``make tools`` it fails, saying so.
+``broker_bootstrap_servers`` is parametrized over the two brokers the suites run against: ``tansu``
+(always the embedded Tansu broker, ``tansu_bootstrap_servers``, which the broker above also is when
+nothing else is given) and ``kafka`` (Apache Kafka from ``.tools``,
+:class:`~devstack.apache_kafka.ApacheKafkaBroker`, one per session, marked ``kafka``). Tests of the bus,
+the consumers and the relay take it to pass on both. The ``kafka`` variant is never skipped: without
+``make tools`` it fails, saying so.
 """
 
 from __future__ import annotations
