@@ -4,6 +4,8 @@
 UV := ./scripts/uv
 PORT ?= 8000
 MAIL_DIR ?= .dev/mail
+# The broker of `make dev`: tansu (in memory, starts in a second) or kafka (Apache Kafka, installed by `make tools`).
+BROKER ?= tansu
 
 .PHONY: dev test sync tools lint typecheck pytest
 
@@ -13,8 +15,8 @@ sync:
 tools:
 	./scripts/ensure-tools.sh
 
-dev: sync
-	$(UV) run healingwork dev --port $(PORT) --mail-dir $(MAIL_DIR)
+dev: sync $(if $(filter kafka,$(BROKER)),tools)
+	$(UV) run healingwork dev --port $(PORT) --mail-dir $(MAIL_DIR) --broker $(BROKER)
 
 lint: sync
 	$(UV) run ruff check .

@@ -6,7 +6,8 @@ random faults, then an audit of what the SMTP sink received against what Postgre
 
 Processes: two replicas each of intake (HTTP + outbox relay), scheduler and dispatcher, started with
 ``python -m services <name>`` exactly as in a container, and the batch jobs (``healingwork job ...``) on a
-short schedule, all against an embedded PostgreSQL, an embedded Tansu broker (memory storage) and an
+short schedule, all against an embedded PostgreSQL, a broker (``--broker``: the embedded Tansu broker,
+memory storage, by default; ``kafka``: Apache Kafka from ``.tools``, :mod:`devstack.apache_kafka`) and an
 in-process SMTP sink (:class:`~devstack.mailsink.MailSink`).
 
 Phases: a calm phase at ``--calm-rate`` leads/s (the first-email latency baseline, no faults; the jobs
@@ -15,8 +16,8 @@ while faults are injected one after another (and retry-failed runs every ``--job
 
 * ``kill9:<service>#<replica>``: SIGKILL of one service process, started again at once (a pod restart);
 * ``broker-pause``: SIGSTOP of the broker for 1-30 s (``--max-pause``), then SIGCONT;
-* ``broker-restart``: the broker restarted; memory storage, so every topic, message and offset is lost
-  and the reconcile job (retry-failed) must heal it;
+* ``broker-restart``: the broker restarted; Tansu's memory storage loses every topic, message and offset
+  and the reconcile job (retry-failed) must heal it; Apache Kafka keeps its log (a clean restart);
 * ``postgres-restart``: once per run, PostgreSQL stopped (fast shutdown) and started on the same port;
 * ``smtp-4xx``: the sink answers 451 to every DATA for 1-8 s.
 
@@ -65,6 +66,7 @@ from typing import Any
 import aiohttp
 import psycopg
 
+from devstack.apache_kafka import ApacheKafkaBroker
 from devstack.embedded import EmbeddedBroker, EmbeddedPostgres, find_free_port
 from devstack.jobs import DevJobs
 from services.common.config import DatabaseSettings
@@ -225,7 +227,11 @@ class Platform:
         self.logs = work / "logs"
         self.logs.mkdir(parents=True, exist_ok=True)
         self.postgres = EmbeddedPostgres(work / "postgres")
-        self.broker = EmbeddedBroker(log_path=self.logs / "broker.log")
+        self.broker: EmbeddedBroker | ApacheKafkaBroker = (
+            ApacheKafkaBroker(log_path=self.logs / "broker.log", data_dir=work / "kafka")
+            if args.broker == "kafka"
+            else EmbeddedBroker(log_path=self.logs / "broker.log")
+        )
         self.sink = SinkProcess(work / "mail", work / "rejected.json")
         self.rejected: set[str] = set()
         self.services: list[ServiceProcess] = []
@@ -382,7 +388,7 @@ async def inject_faults(platform: Platform, run: Run, rng: random.Random, until:
             detail = f"{seconds:.1f}s"
         elif kind == "broker-restart":
             await asyncio.to_thread(platform.broker.restart)
-            detail = "all topics lost"
+            detail = "log kept" if isinstance(platform.broker, ApacheKafkaBroker) else "all topics lost"
         elif kind == "postgres-restart":
             postgres_done = True
             await asyncio.to_thread(platform.postgres.restart)
@@ -678,6 +684,7 @@ async def main_async(
     result["calm_leads_per_s"] = round(calm_rate, 1)
     result["service_restarts"] = sum(s.starts - 1 for s in platform.services)
     result["seed"] = args.seed
+    result["broker"] = args.broker
     return result
 
 
@@ -703,6 +710,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--drain-timeout", type=float, default=180.0, help="seconds to wait for the drain")
     parser.add_argument(
         "--scripted", action="store_true", help="one fault of each kind (killing each service once) before random ones"
+    )
+    parser.add_argument(
+        "--broker", choices=("tansu", "kafka"), default="tansu", help="Tansu (default) or Apache Kafka from .tools"
     )
     parser.add_argument("--keep", action="store_true", help="keep the work directory (logs, mail, database)")
     return parser.parse_args(argv)

@@ -21,10 +21,15 @@ import urllib.request
 from collections.abc import Iterator
 from contextlib import ExitStack, contextmanager
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from devstack.jobs import DevJobs
 from services.common.config import DatabaseSettings
 from services.common.migrate import apply_migrations
+
+if TYPE_CHECKING:
+    from devstack.apache_kafka import ApacheKafkaBroker
+    from devstack.embedded import EmbeddedBroker
 
 SERVICES = ("intake", "scheduler", "dispatcher")
 READY_TIMEOUT_S = 90.0
@@ -51,10 +56,34 @@ def _dev_dependencies() -> tuple[type, type, type]:
     return EmbeddedPostgres, EmbeddedBroker, MailSink
 
 
+def _start_broker(kind: str, data_dir: Path) -> EmbeddedBroker | ApacheKafkaBroker:
+    """Start the broker ``healingwork dev --broker`` names: Tansu (in memory) or Apache Kafka (from .tools).
+
+    Apache Kafka gets a fresh log directory each run (a temp dir), so both brokers start empty.
+    """
+    log_path = data_dir / "logs" / "broker.log"
+    if kind == "kafka":
+        from devstack.apache_kafka import KAFKA_VERSION, ApacheKafkaBroker, KafkaNotInstalled
+
+        kafka = ApacheKafkaBroker(log_path=log_path)
+        _say(f"starting Apache Kafka {KAFKA_VERSION} (KRaft, one broker + controller) ...")
+        try:
+            kafka.start()
+        except KafkaNotInstalled as error:
+            raise DevError(str(error)) from error
+        _say(f"Apache Kafka ready in {kafka.last_start_s:.1f}s")
+        return kafka
+    _, embedded_broker, _ = _dev_dependencies()
+    broker: EmbeddedBroker = embedded_broker(log_path=log_path)
+    _say("starting the Kafka-compatible broker (Tansu, in memory) ...")
+    broker.start()
+    return broker
+
+
 @contextmanager
-def _infrastructure(data_dir: Path, mail_dir: Path, fresh: bool) -> Iterator[dict[str, str]]:
+def _infrastructure(data_dir: Path, mail_dir: Path, fresh: bool, broker_kind: str) -> Iterator[dict[str, str]]:
     """Start (or take from the environment) PostgreSQL, the broker and the SMTP sink; yield their addresses."""
-    embedded_postgres, embedded_broker, mail_sink = _dev_dependencies()
+    embedded_postgres, _, mail_sink = _dev_dependencies()
     with ExitStack() as stack:
         database_url = os.environ.get("DATABASE_URL", "")
         if not database_url:
@@ -68,9 +97,7 @@ def _infrastructure(data_dir: Path, mail_dir: Path, fresh: bool) -> Iterator[dic
             database_url = postgres.create_database("healingwork", exist_ok=True)
         bootstrap = os.environ.get("KAFKA_BOOTSTRAP_SERVERS", "")
         if not bootstrap:
-            broker = embedded_broker(log_path=data_dir / "logs" / "broker.log")
-            _say("starting the Kafka-compatible broker (Tansu, in memory) ...")
-            broker.start()
+            broker = _start_broker(broker_kind, data_dir)
             stack.callback(broker.stop)
             bootstrap = broker.bootstrap_servers
         sink = mail_sink(mail_dir)
@@ -150,8 +177,11 @@ def _stop_processes(processes: dict[str, subprocess.Popen[bytes]]) -> None:
             process.wait()
 
 
-def run_dev(*, port: int, mail_dir: Path, data_dir: Path, fresh: bool = False) -> None:
-    """Run the platform until Ctrl-C (SIGINT) or SIGTERM; raises DevError when it cannot start."""
+def run_dev(*, port: int, mail_dir: Path, data_dir: Path, fresh: bool = False, broker: str = "tansu") -> None:
+    """Run the platform until Ctrl-C (SIGINT) or SIGTERM; raises DevError when it cannot start.
+
+    ``broker``: ``"tansu"`` (the default, starts in a second) or ``"kafka"`` (Apache Kafka from ``make tools``).
+    """
     stop = threading.Event()
     previous = {sig: signal.signal(sig, lambda *_: stop.set()) for sig in (signal.SIGINT, signal.SIGTERM)}
     logs = data_dir / "logs"
@@ -160,7 +190,7 @@ def run_dev(*, port: int, mail_dir: Path, data_dir: Path, fresh: bool = False) -
     processes: dict[str, subprocess.Popen[bytes]] = {}
     jobs = None
     try:
-        with _infrastructure(data_dir, mail_dir, fresh) as addresses:
+        with _infrastructure(data_dir, mail_dir, fresh, broker) as addresses:
             applied = apply_migrations(addresses["DATABASE_URL"])
             _say(f"schema ready ({'applied ' + ', '.join(map(str, applied)) if applied else 'up to date'})")
             _apply_examples(addresses["DATABASE_URL"])

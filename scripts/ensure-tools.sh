@@ -64,3 +64,6 @@ fi
 
 version="$("$bin/helm" version --short 2>&1)" || fail "$bin/helm does not run: $version"
 echo "helm $version ($bin/helm)"
+
+# Apache Kafka (jars from Maven Central) for the `kafka` test suite and `healingwork dev --broker kafka`.
+"$root/scripts/tools/kafka.sh"

@@ -184,7 +184,9 @@ def _dev(args: argparse.Namespace) -> None:
             " run `make dev` in a clone of the repository"
         ) from error
 
-    run_dev(port=args.port, mail_dir=Path(args.mail_dir), data_dir=Path(args.data_dir), fresh=args.fresh)
+    run_dev(
+        port=args.port, mail_dir=Path(args.mail_dir), data_dir=Path(args.data_dir), fresh=args.fresh, broker=args.broker
+    )
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -259,6 +261,12 @@ def build_parser() -> argparse.ArgumentParser:
     dev.add_argument("--mail-dir", default=".dev/mail", help="where received emails are written as .eml files")
     dev.add_argument("--data-dir", default=".dev", help="where the embedded PostgreSQL keeps its data")
     dev.add_argument("--fresh", action="store_true", help="start from an empty database")
+    dev.add_argument(
+        "--broker",
+        choices=("tansu", "kafka"),
+        default="tansu",
+        help="tansu (default: in memory, starts in a second) or kafka (Apache Kafka from `make tools`)",
+    )
     return parser
 
 

@@ -22,6 +22,7 @@ from proto.messages import AnyMessage
 from services.common import metrics
 from services.common.config import BusSettings
 from services.common.db import UNAVAILABLE_ERRORS
+from services.common.idempotence import probe_idempotent_producer
 from services.common.outbox import OutboxRow, PublishError
 from services.common.retry import backoff_delay, retry_async
 
@@ -69,24 +70,63 @@ async def ensure_topics(settings: BusSettings) -> None:
     await retry_async(create, retry_on=(KafkaError, OSError), attempts=10, max_delay_s=5.0, what="create topics")
 
 
+class IdempotenceUnavailable(Exception):
+    """``KAFKA_IDEMPOTENT_PRODUCER=true`` but the broker refuses the idempotent producer."""
+
+
 class KafkaPublisher:
-    """An aiokafka producer that publishes outbox rows and waits for every acknowledgement."""
+    """An aiokafka producer that publishes outbox rows and waits for every acknowledgement.
+
+    Idempotent (``enable_idempotence``: a batch resent after a lost acknowledgement is written once, in
+    order) where the broker supports it: ``KAFKA_IDEMPOTENT_PRODUCER=auto`` asks the broker at start
+    (:mod:`services.common.idempotence`), ``true`` insists, ``false`` never asks. Either way consumers
+    deduplicate on the message id; idempotence only spares them the duplicates a producer retry makes.
+    """
 
     def __init__(self, settings: BusSettings) -> None:
+        self._settings = settings
         self._timeout_s = settings.kafka_request_timeout_s
-        self._producer = AIOKafkaProducer(
-            bootstrap_servers=settings.kafka_bootstrap_servers,
+        self._producer: AIOKafkaProducer | None = None
+        # Whether the running producer is idempotent; None before start().
+        self.idempotent: bool | None = None
+
+    def _make_producer(self, idempotent: bool) -> AIOKafkaProducer:
+        return AIOKafkaProducer(
+            bootstrap_servers=self._settings.kafka_bootstrap_servers,
             acks="all",
-            # The broker here (and some managed ones) reject the idempotent producer; duplicates are
-            # harmless because every consumer deduplicates on the message id.
-            enable_idempotence=False,
-            request_timeout_ms=int(settings.kafka_request_timeout_s * 1000),
+            enable_idempotence=idempotent,
+            request_timeout_ms=int(self._timeout_s * 1000),
             linger_ms=5,
         )
 
+    async def _decide_idempotence(self) -> bool:
+        mode = self._settings.kafka_idempotent_producer
+        if mode == "false":
+            return False
+        probe = await probe_idempotent_producer(
+            self._settings.kafka_bootstrap_servers, request_timeout_s=self._timeout_s
+        )
+        if mode == "true" and not probe.supported:
+            raise IdempotenceUnavailable(
+                f"KAFKA_IDEMPOTENT_PRODUCER=true but {self._settings.kafka_bootstrap_servers} refuses the "
+                f"idempotent producer: {probe.reason}; set it to auto or false"
+            )
+        log.info("kafka producer %s: %s", "idempotent" if probe.supported else "not idempotent", probe.reason)
+        return probe.supported
+
     async def start(self) -> None:
+        async def start_once() -> None:
+            idempotent = await self._decide_idempotence()
+            producer = self._make_producer(idempotent)
+            try:
+                await producer.start()
+            except BaseException:
+                await producer.stop()
+                raise
+            self._producer, self.idempotent = producer, idempotent
+
         await retry_async(
-            self._producer.start,
+            start_once,
             retry_on=(KafkaError, OSError),
             attempts=10,
             max_delay_s=5.0,
@@ -94,11 +134,16 @@ class KafkaPublisher:
         )
 
     async def stop(self) -> None:
-        await self._producer.stop()
+        producer, self._producer = self._producer, None
+        if producer is not None:
+            await producer.stop()
 
     async def publish_batch(self, rows: Sequence[OutboxRow]) -> None:
+        producer = self._producer
+        if producer is None:
+            raise PublishError("the kafka producer is not started")
         try:
-            futures = [await self._producer.send(row.topic, value=row.payload, key=row.key.encode()) for row in rows]
+            futures = [await producer.send(row.topic, value=row.payload, key=row.key.encode()) for row in rows]
             await asyncio.wait_for(asyncio.gather(*futures), timeout=self._timeout_s * 2)
         except (KafkaError, TimeoutError) as error:
             raise PublishError(repr(error)) from error

@@ -232,6 +232,8 @@ class BusSettings(DatabaseSettings, frozen=True, kw_only=True):
     kafka_fetch_max_wait_s: Annotated[float, msgspec.Meta(gt=0, le=10)] = 0.1
     kafka_partitions: PositiveInt = 6
     kafka_replication_factor: PositiveInt = 1
+    # The outbox relay's producer: idempotent where the broker supports it (auto asks it at start).
+    kafka_idempotent_producer: Literal["auto", "true", "false"] = "auto"
     topic_leads_accepted: NonBlank = "leads.accepted"
     topic_email_dispatch: NonBlank = "email.dispatch"
     topic_email_events: NonBlank = "email.events"

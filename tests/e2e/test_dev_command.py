@@ -1,5 +1,6 @@
 """`healingwork dev` as a user runs it: a fresh data directory, a POST of a website lead, an .eml in
-the mail directory within 10 seconds, and Ctrl-C leaving no process behind."""
+the mail directory within 10 seconds, and Ctrl-C leaving no process behind; on Tansu (the default) and
+on Apache Kafka (`--broker kafka`)."""
 
 from __future__ import annotations
 
@@ -18,6 +19,7 @@ import psutil
 import pytest
 
 from tests.support.platform import free_port
+from tests.support.services import BROKERS
 
 pytestmark = pytest.mark.e2e
 
@@ -38,7 +40,8 @@ def _wait_for_line(process: subprocess.Popen[str], needle: str, timeout: float) 
     raise AssertionError(f"`healingwork dev` never printed {needle!r}; output:\n{''.join(seen)}")
 
 
-def test_dev_delivers_a_website_lead_as_eml_and_stops_cleanly(tmp_path: Path) -> None:
+@pytest.mark.parametrize("broker", BROKERS)
+def test_dev_delivers_a_website_lead_as_eml_and_stops_cleanly(tmp_path: Path, broker: str) -> None:
     port = free_port()
     mail_dir = tmp_path / "mail"
     env = {k: v for k, v in os.environ.items() if k not in ("DATABASE_URL", "KAFKA_BOOTSTRAP_SERVERS")}
@@ -54,6 +57,8 @@ def test_dev_delivers_a_website_lead_as_eml_and_stops_cleanly(tmp_path: Path) ->
             str(mail_dir),
             "--data-dir",
             str(tmp_path / "dev"),
+            "--broker",
+            broker,
         ],
         cwd=ROOT,
         env=env,

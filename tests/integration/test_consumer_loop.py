@@ -36,9 +36,9 @@ def _lead_message() -> LeadAccepted:
 
 
 async def test_outage_retries_the_record_and_undecodable_records_are_skipped(
-    kafka_bootstrap_servers: str, topic_prefix: str
+    broker_bootstrap_servers: str, topic_prefix: str
 ) -> None:
-    settings = make_settings(BusSettings, "postgresql://unused/x", kafka_bootstrap_servers, topic_prefix)
+    settings = make_settings(BusSettings, "postgresql://unused/x", broker_bootstrap_servers, topic_prefix)
     await ensure_topics(settings)
     messages = [_lead_message() for _ in range(3)]
     await _produce(settings, [encode_message(messages[0]), b"not json", *(encode_message(m) for m in messages[1:])])

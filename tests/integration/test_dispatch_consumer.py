@@ -76,12 +76,12 @@ async def _committed(settings: DispatcherSettings) -> int:
 
 @pytest.mark.parametrize("failures", [0, 3])
 async def test_every_command_is_handed_over_and_committed_even_when_batches_fail(
-    kafka_bootstrap_servers: str, topic_prefix: str, failures: int
+    broker_bootstrap_servers: str, topic_prefix: str, failures: int
 ) -> None:
     settings = make_settings(
         DispatcherSettings,
         "postgresql://unused/x",
-        kafka_bootstrap_servers,
+        broker_bootstrap_servers,
         topic_prefix,
         kafka_group_prefix=topic_prefix,
         dispatch_batch_size=7,  # many small batches, so two are often in flight

@@ -21,9 +21,9 @@ pytestmark = pytest.mark.integration
 
 
 @pytest.fixture
-async def settings(migrated_database_url: str, kafka_bootstrap_servers: str, topic_prefix: str) -> BusSettings:
+async def settings(migrated_database_url: str, broker_bootstrap_servers: str, topic_prefix: str) -> BusSettings:
     settings = make_settings(
-        BusSettings, migrated_database_url, kafka_bootstrap_servers, topic_prefix, db_pool_max_size=6
+        BusSettings, migrated_database_url, broker_bootstrap_servers, topic_prefix, db_pool_max_size=6
     )
     await ensure_topics(settings)
     return settings

@@ -10,6 +10,13 @@ Resolution order for the shared servers:
   answers → :class:`~devstack.embedded.EmbeddedBroker`.
 
 ``embedded_broker`` is always a private embedded broker, for tests that pause/kill/restart it.
+
+``broker_bootstrap_servers`` is parametrized over the two brokers the suites run against: ``tansu``
+(always the embedded Tansu broker, ``tansu_bootstrap_servers``, which the broker above also is when
+nothing else is given) and ``kafka`` (Apache Kafka from ``.tools``,
+:class:`~devstack.apache_kafka.ApacheKafkaBroker`, one per session, marked ``kafka``). Tests of the bus,
+the consumers and the relay take it to pass on both. The ``kafka`` variant is never skipped: without
+``make tools`` it fails, saying so.
 """
 
 from __future__ import annotations
@@ -28,16 +35,21 @@ import psycopg
 import pytest
 from psycopg import sql
 
+from devstack.apache_kafka import ApacheKafkaBroker, KafkaNotInstalled
 from devstack.embedded import EmbeddedBroker, EmbeddedPostgres
 from devstack.mailsink import MailSink
 
 __all__ = [
+    "BROKERS",
+    "apache_kafka_broker",
+    "broker_bootstrap_servers",
     "database_url",
     "docker_available",
     "embedded_broker",
     "kafka_bootstrap_servers",
     "mail_sink",
     "postgres_url",
+    "tansu_bootstrap_servers",
     "unique_topic_prefix",
     "with_database",
 ]
@@ -124,7 +136,7 @@ def database_url(postgres_url: str) -> Iterator[str]:
 
 
 @pytest.fixture(scope="session")
-def kafka_bootstrap_servers() -> Iterator[str]:
+def kafka_bootstrap_servers(request: pytest.FixtureRequest) -> Iterator[str]:
     """``host:port`` of a Kafka-protocol broker shared by the session (use ``unique_topic_prefix()``)."""
     env_servers = os.environ.get("KAFKA_BOOTSTRAP_SERVERS")
     if env_servers:
@@ -139,12 +151,55 @@ def kafka_bootstrap_servers() -> Iterator[str]:
         with KafkaContainer() as container:
             yield str(container.get_bootstrap_server())
         return
+    servers: str = request.getfixturevalue("tansu_bootstrap_servers")
+    yield servers
+
+
+@pytest.fixture(scope="session")
+def tansu_bootstrap_servers() -> Iterator[str]:
+    """``host:port`` of an embedded Tansu broker shared by the session, whatever the environment says."""
     broker = EmbeddedBroker()
     broker.start()
     try:
         yield broker.bootstrap_servers
     finally:
         broker.stop()
+
+
+# The brokers a test taking ``broker_bootstrap_servers`` runs against; `pytest -m kafka` selects the Apache Kafka ones.
+BROKERS = ("tansu", pytest.param("kafka", marks=pytest.mark.kafka))
+
+
+@pytest.fixture(scope="session")
+def apache_kafka_broker(tmp_path_factory: pytest.TempPathFactory) -> Iterator[ApacheKafkaBroker]:
+    """One Apache Kafka broker + controller for the whole session (tests share it with unique topic names)."""
+    data_dir = tmp_path_factory.mktemp("apache-kafka", numbered=True)
+    broker = ApacheKafkaBroker(data_dir=data_dir)
+    try:
+        broker.start()
+    except KafkaNotInstalled as error:
+        pytest.fail(f"{error} (the kafka suite needs it; it is never skipped)", pytrace=False)
+    try:
+        yield broker
+    finally:
+        broker.stop()
+
+
+@pytest.fixture(params=BROKERS)
+def broker_kind(request: pytest.FixtureRequest) -> str:
+    """``"tansu"`` or ``"kafka"``: which broker ``broker_bootstrap_servers`` is."""
+    kind: str = request.param
+    return kind
+
+
+@pytest.fixture
+def broker_bootstrap_servers(broker_kind: str, request: pytest.FixtureRequest) -> str:
+    """``host:port`` of the session's Tansu broker (``[tansu]``) or Apache Kafka broker (``[kafka]``)."""
+    if broker_kind == "kafka":
+        broker: ApacheKafkaBroker = request.getfixturevalue("apache_kafka_broker")
+        return broker.bootstrap_servers
+    servers: str = request.getfixturevalue("tansu_bootstrap_servers")
+    return servers
 
 
 @pytest.fixture(scope="session")
