@@ -26,7 +26,7 @@ import psycopg_pool
 from prometheus_client import CollectorRegistry, Gauge, pushadd_to_gateway
 
 from services.common.config import ConfigError, JobSettings
-from services.common.db import UNAVAILABLE_ERRORS, Connection, connect, open_pool, transaction
+from services.common.db import UNAVAILABLE_ERRORS, Connection, connect, open_pool, transaction, unreachable_message
 from services.common.retry import retry_async
 
 log = logging.getLogger(__name__)
@@ -109,8 +109,7 @@ async def run_job(name: str, settings: JobSettings, work: JobWork, *, run_id: st
 def describe_error(error: BaseException) -> str:
     """A one-line description of why a run failed."""
     if isinstance(error, UNAVAILABLE_ERRORS):
-        first = (str(error).strip().splitlines() or [type(error).__name__])[0]
-        return f"cannot reach PostgreSQL: {first}"
+        return unreachable_message(error)
     first = (str(error).strip().splitlines() or [""])[0]
     return f"{type(error).__name__}: {first}" if first else type(error).__name__
 
