@@ -15,6 +15,7 @@ from psycopg.rows import dict_row
 from services.common.config import DatabaseSettings
 
 Connection = psycopg.AsyncConnection[dict[str, object]]
+Pool = psycopg_pool.AsyncConnectionPool[Connection]
 
 # Errors that mean "the database is not reachable right now", as opposed to a bug or bad data.
 UNAVAILABLE_ERRORS: tuple[type[BaseException], ...] = (

@@ -25,7 +25,7 @@ from cryptography.x509.oid import NameOID
 from services.common.config import IntakeSettings
 from services.common.identity import email_hash
 from services.intake.sns import string_to_sign
-from services.intake.webhooks import generic_signature
+from services.common.signatures import timestamped_signature
 from tests.integration.test_tracking import events, sent_message
 from tests.support.platform import apply_examples, fetch_all, make_settings, serve_intake
 
@@ -124,7 +124,7 @@ def signed(body: bytes, *, secret: str = WEBHOOK_SECRET, at: float | None = None
     return {
         "Content-Type": "application/json",
         "Webhook-Timestamp": timestamp,
-        "Webhook-Signature": f"v1={generic_signature(secret, timestamp, body)}",
+        "Webhook-Signature": f"v1={timestamped_signature(secret, timestamp, body)}",
     }
 
 
