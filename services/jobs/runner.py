@@ -22,16 +22,21 @@ from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
 from dataclasses import dataclass, field
 from typing import Literal
 
-import psycopg_pool
 from prometheus_client import CollectorRegistry, Gauge, pushadd_to_gateway
 
 from services.common.config import ConfigError, JobSettings
-from services.common.db import UNAVAILABLE_ERRORS, Connection, connect, open_pool, transaction, unreachable_message
+from services.common.db import (
+    UNAVAILABLE_ERRORS,
+    Connection,
+    Pool,
+    connect,
+    open_pool,
+    transaction,
+    unreachable_message,
+)
 from services.common.retry import retry_async
 
 log = logging.getLogger(__name__)
-
-Pool = psycopg_pool.AsyncConnectionPool[Connection]
 
 
 @dataclass(frozen=True)
