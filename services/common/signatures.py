@@ -18,8 +18,10 @@ import hmac
 from collections.abc import Iterable
 from dataclasses import dataclass
 
+from services.common.errors import CallerError
 
-class SignatureRejected(Exception):
+
+class SignatureRejected(CallerError):
     """A signed request that does not verify; the message says why, for the caller."""
 
 

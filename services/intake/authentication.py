@@ -28,6 +28,7 @@ import psycopg_pool
 
 from services.common.config import IntakeSettings
 from services.common.db import Connection, transaction
+from services.common.errors import CallerError
 from services.common.signatures import SignatureTexts, verify_timestamped_signature
 from services.intake.clients import SCOPES, find_client_by_id, find_client_by_key, record_signature, signing_secret
 
@@ -71,38 +72,34 @@ class Credentials:
 # --- the failures a caller can cause -------------------------------------------------------------
 
 
-class AuthenticationFailed(Exception):
+class AuthenticationFailed(CallerError):
     """The request's credentials are missing or wrong (401); the message says which, for the caller."""
+
+    message = "Authentication failed."
 
 
 class MissingCredentials(AuthenticationFailed):
-    def __init__(self) -> None:
-        super().__init__("Authenticate with an API key (Authorization: Bearer hw_...) or a signed request.")
+    message = "Authenticate with an API key (Authorization: Bearer hw_...) or a signed request."
 
 
 class UnknownApiKey(AuthenticationFailed):
-    def __init__(self) -> None:
-        super().__init__("The API key is unknown or revoked.")
+    message = "The API key is unknown or revoked."
 
 
 class MalformedSignature(AuthenticationFailed):
-    def __init__(self) -> None:
-        super().__init__("X-Signature must read t=<unix seconds>,v1=<64 hex digits>.")
+    message = "X-Signature must read t=<unix seconds>,v1=<64 hex digits>."
 
 
 class MissingClientId(AuthenticationFailed):
-    def __init__(self) -> None:
-        super().__init__("A signed request needs X-Client-Id: the client's id.")
+    message = "A signed request needs X-Client-Id: the client's id."
 
 
 class UnknownClient(AuthenticationFailed):
-    def __init__(self) -> None:
-        super().__init__("The client is unknown or revoked.")
+    message = "The client is unknown or revoked."
 
 
 class ReplayedSignature(AuthenticationFailed):
-    def __init__(self) -> None:
-        super().__init__("This signature was used before: sign every request afresh.")
+    message = "This signature was used before: sign every request afresh."
 
 
 class MissingScope(Exception):

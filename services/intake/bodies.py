@@ -6,10 +6,12 @@ from typing import Any, TypeVar, overload
 
 import msgspec
 
+from services.common.errors import CallerError
+
 T = TypeVar("T")
 
 
-class MalformedBody(Exception):
+class MalformedBody(CallerError):
     """The body is not what the route reads at all (400); the message says why, for the caller."""
 
 

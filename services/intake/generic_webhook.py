@@ -16,6 +16,7 @@ from typing import Annotated, Literal
 import msgspec
 
 from proto.http import FieldError
+from services.common.errors import CallerError
 from services.common.signatures import SignatureTexts, verify_timestamped_signature
 from services.intake.bodies import decode_json
 from services.intake.provider_events import ProviderEvent
@@ -38,18 +39,16 @@ class GenericPayload(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_f
     events: Annotated[list[GenericEvent], msgspec.Meta(min_length=1, max_length=500)]
 
 
-class UnsignedWebhook(Exception):
-    """The webhook request carries no signature headers (401)."""
+class UnsignedWebhook(CallerError):
+    """The webhook request carries no usable signature headers (401)."""
 
-    def __init__(self) -> None:
-        super().__init__("Sign the request: Webhook-Timestamp and Webhook-Signature headers are required.")
+    message = "Sign the request: Webhook-Timestamp and Webhook-Signature headers are required."
 
 
-class MalformedWebhookTimestamp(Exception):
+class MalformedWebhookTimestamp(UnsignedWebhook):
     """Webhook-Timestamp is not a Unix time (401)."""
 
-    def __init__(self) -> None:
-        super().__init__("Webhook-Timestamp must be a Unix time in seconds.")
+    message = "Webhook-Timestamp must be a Unix time in seconds."
 
 
 class InvalidWebhookBody(Exception):

@@ -21,6 +21,7 @@ from litestar.openapi import ResponseSpec
 
 from proto.http import FieldError, Problem
 from services.common.db import UNAVAILABLE_ERRORS
+from services.common.errors import CallerError
 from services.common.signatures import SignatureRejected
 from services.common.tokens import InvalidToken
 from services.intake.authentication import AuthenticationFailed, MissingCredentials, MissingScope, UnknownApiKey
@@ -126,6 +127,8 @@ DOMAIN_PROBLEMS: dict[type[Exception], Mapped] = {
     InvalidWebhookBody: Mapped(422, title="Invalid webhook body", detail="The events are not valid; see errors."),
     SnsRejected: Mapped(401, detail=lambda error: f"The SNS message is not trusted: {error}."),
     SnsUnavailable: Mapped(503, detail="Amazon SNS is unreachable; retry later.", headers={"Retry-After": "30"}),
+    # A caller's failure without a row of its own is still the caller's: 400, never a 500.
+    CallerError: Mapped(400),
 }
 
 

@@ -13,6 +13,7 @@ from dataclasses import dataclass
 
 from services.common import metrics
 from services.common.db import Connection, Pool, transaction
+from services.common.errors import CallerError
 from services.common.events import find_message, record_event
 from services.common.identity import email_hash
 from services.common.suppressions import suppress_address
@@ -33,7 +34,7 @@ class ProviderEvent:
     message_id: uuid.UUID | None = None
 
 
-class AdapterNotConfigured(Exception):
+class AdapterNotConfigured(CallerError):
     """The webhook adapter the request is for is switched off in this deployment (404)."""
 
 

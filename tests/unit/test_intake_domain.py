@@ -9,6 +9,7 @@ import msgspec
 import pytest
 
 from proto.http import FieldError
+from services.common.errors import CallerError
 from services.common.signatures import SignatureExpired, SignatureMismatch
 from services.common.tokens import InvalidToken
 from services.intake.authentication import (
@@ -206,6 +207,16 @@ def test_each_domain_error_is_one_problem_document(error: Exception, status: int
     assert body["status"] == status
     assert body["detail"]
     assert {k.lower(): v for k, v in response.headers.items()} == headers
+
+
+def test_a_caller_error_without_a_row_of_its_own_is_a_400_never_a_500() -> None:
+    class NewFailure(CallerError):
+        message = "Something the caller did."
+
+    response = problem_for(NewFailure())
+
+    assert response.status_code == 400
+    assert msgspec.json.decode(response.content)["detail"] == "Something the caller did."
 
 
 def test_every_listed_domain_error_has_a_case_above() -> None:
