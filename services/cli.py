@@ -23,6 +23,7 @@ from services.common.config import (
     SchedulerSettings,
     load_settings,
 )
+from services.common.db import UNAVAILABLE_ERRORS, DatabaseUnreachable, unreachable_message
 from services.common.logs import configure_logging
 from services.jobs.commands import add_job_commands
 
@@ -70,16 +71,11 @@ def _dispatcher(args: argparse.Namespace) -> None:
 
 
 def _migrate(args: argparse.Namespace) -> None:
-    import psycopg
-
     from services.common.migrate import apply_migrations
 
     settings = load_settings(DatabaseSettings)
     configure_logging("migrate", settings.log_level)
-    try:
-        applied = apply_migrations(settings.database_url, connect_timeout_s=round(settings.db_connect_timeout_s))
-    except psycopg.OperationalError as error:
-        raise CommandError(f"cannot reach PostgreSQL: {str(error).strip().splitlines()[0]}") from error
+    applied = apply_migrations(settings.database_url, connect_timeout_s=round(settings.db_connect_timeout_s))
     print(f"migrations applied: {', '.join(map(str, applied))}" if applied else "schema is up to date")
 
 
@@ -99,8 +95,6 @@ def _sequence_paths(args: argparse.Namespace) -> list[Path]:
 
 
 def _sequences_apply(args: argparse.Namespace) -> None:
-    import psycopg
-
     from services.common.sequences import InvalidSequence, apply_sequence_files
 
     paths = _sequence_paths(args)
@@ -112,18 +106,17 @@ def _sequences_apply(args: argparse.Namespace) -> None:
             print(f"sequence {applied.namespace}/{applied.name}: {state}")
     except InvalidSequence as error:
         raise CommandError(str(error)) from error
-    except psycopg.OperationalError as error:
-        raise CommandError(f"cannot reach PostgreSQL: {str(error).strip().splitlines()[0]}") from error
 
 
 def _sequences_preview(args: argparse.Namespace) -> None:
-    from datetime import UTC, datetime
+    from datetime import datetime
 
+    from services.common.clock import utcnow
     from services.common.sequence_preview import parse_preview_lead, preview_sequence
     from services.common.sequences import InvalidSequence, load_manifests
 
     try:
-        start = datetime.fromisoformat(args.at) if args.at else datetime.now(UTC)
+        start = datetime.fromisoformat(args.at) if args.at else utcnow()
     except ValueError as error:
         raise CommandError(f"--at: {args.at!r} is not an ISO 8601 time such as 2026-03-27T08:00:00+01:00") from error
     if start.tzinfo is None:
@@ -283,8 +276,13 @@ def main(argv: Sequence[str] | None = None) -> None:
     except ConfigError as error:
         print(f"healingwork {name}: {error}", file=sys.stderr)
         sys.exit(EXIT_CONFIG)
-    except CommandError as error:
+    except (CommandError, DatabaseUnreachable) as error:
         print(f"healingwork {name}: {error}", file=sys.stderr)
+        sys.exit(EXIT_FAILURE)
+    except UNAVAILABLE_ERRORS as error:
+        # The one place an unreachable database becomes the command's one-line error (the migrations
+        # and anything else that connects without services.common.db.command_transaction).
+        print(f"healingwork {name}: {unreachable_message(error)}", file=sys.stderr)
         sys.exit(EXIT_FAILURE)
     except KeyboardInterrupt:
         sys.exit(130)

@@ -9,12 +9,12 @@ from __future__ import annotations
 
 from collections.abc import Mapping
 from dataclasses import dataclass
-from datetime import UTC, datetime
 from typing import Any, Literal
 
 import msgspec
 
 from proto.sequence import Condition, SequenceResource, SequenceStatus
+from services.common.clock import utcnow
 from services.common.db import Connection
 from services.common.sequence_templates import ConfigMapLookup
 from services.common.sequences import (
@@ -50,7 +50,7 @@ def _condition(
     """A condition whose lastTransitionTime moves only when its status changes."""
     before = {c.get("type"): c for c in previous.get("conditions") or [] if isinstance(c, Mapping)}.get(kind, {})
     changed = before.get("status") != status
-    when = datetime.now(UTC).strftime("%Y-%m-%dT%H:%M:%SZ") if changed else str(before.get("lastTransitionTime"))
+    when = utcnow().strftime("%Y-%m-%dT%H:%M:%SZ") if changed else str(before.get("lastTransitionTime"))
     return Condition(
         type=kind,
         status=status,

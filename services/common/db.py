@@ -15,6 +15,7 @@ from psycopg.rows import dict_row
 from services.common.config import DatabaseSettings
 
 Connection = psycopg.AsyncConnection[dict[str, object]]
+Pool = psycopg_pool.AsyncConnectionPool[Connection]
 
 # Errors that mean "the database is not reachable right now", as opposed to a bug or bad data.
 UNAVAILABLE_ERRORS: tuple[type[BaseException], ...] = (
@@ -67,6 +68,30 @@ async def transaction(pool: psycopg_pool.AsyncConnectionPool[Connection]) -> Asy
     """A connection inside one transaction: committed when the block ends, rolled back if it raises."""
     async with pool.connection() as conn, conn.transaction():
         yield conn
+
+
+class DatabaseUnreachable(Exception):
+    """PostgreSQL cannot be reached; the message is the one line a command prints."""
+
+
+def unreachable_message(error: BaseException) -> str:
+    """The one line that says PostgreSQL is unreachable, and the driver's first reason line."""
+    first = (str(error).strip().splitlines() or [type(error).__name__])[0]
+    return f"cannot reach PostgreSQL: {first}"
+
+
+@asynccontextmanager
+async def command_transaction(settings: DatabaseSettings) -> AsyncIterator[Connection]:
+    """The one way a CLI command works on the database: a connection of its own (no pool) inside one
+    transaction, committed when the block ends and rolled back if it raises (so a command that fails
+    half-way changes nothing). Raises :class:`DatabaseUnreachable` when PostgreSQL does not answer,
+    before or during the command; ``services.cli`` prints it as one line with exit status 1."""
+    try:
+        conn = await connect(settings)
+        async with conn, conn.transaction():
+            yield conn
+    except UNAVAILABLE_ERRORS as error:
+        raise DatabaseUnreachable(unreachable_message(error)) from error
 
 
 async def connect(settings: DatabaseSettings) -> Connection:

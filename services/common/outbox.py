@@ -22,6 +22,7 @@ from proto.messages import Message
 from services.common import metrics
 from services.common.config import DatabaseSettings
 from services.common.db import LOCAL_BACKEND_PIDS, UNAVAILABLE_ERRORS, Connection, connect, transaction
+from services.common.retry import backoff_delay
 
 log = logging.getLogger(__name__)
 
@@ -30,6 +31,8 @@ NOTIFY_CHANNEL = "healingwork_outbox"
 # backlog gauges (a query of its own).
 WAKEUP_COALESCE_S = 0.005
 BACKLOG_OBSERVE_INTERVAL_S = 5.0
+# A failed relay pass waits with jittered exponential backoff from the poll interval up to this.
+RELAY_MAX_BACKOFF_S = 10.0
 
 
 async def enqueue_message(conn: Connection, topic: str, key: str, message: Message) -> None:
@@ -155,7 +158,7 @@ async def run_outbox_relay(
                 failures += 1
                 metrics.OUTBOX_RELAY_FAILURES.inc()
                 log.warning("outbox relay pass failed", extra={"error": repr(error), "failures": failures})
-                await _sleep_or_stop(stop, min(poll_interval_s * 2**failures, 10.0))
+                await _sleep_or_stop(stop, backoff_delay(failures + 1, poll_interval_s, RELAY_MAX_BACKOFF_S))
                 continue
             if loop.time() - backlog_observed_at >= BACKLOG_OBSERVE_INTERVAL_S:
                 backlog_observed_at = loop.time()

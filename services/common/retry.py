@@ -1,4 +1,8 @@
-"""The one retry helper: bounded attempts, exponential backoff with full jitter."""
+"""The one retry helper: bounded attempts, exponential backoff with full jitter.
+
+:func:`retry_async` retries one call a bounded number of times; loops that retry until they are stopped
+(the outbox relay, the consumers) sleep :func:`backoff_delay` of their consecutive failures instead.
+"""
 
 from __future__ import annotations
 

@@ -18,7 +18,7 @@ import yaml
 
 from proto.sequence import KIND, SequenceResource
 from services.common.config import DatabaseSettings, check_email
-from services.common.db import Connection, connect
+from services.common.db import Connection, command_transaction
 from services.common.durations import parse_duration
 from services.common.send_window import LEAD, zone
 from services.common.sequence_templates import (
@@ -352,6 +352,5 @@ async def apply_sequence_files(settings: DatabaseSettings, paths: list[Path]) ->
     """Validate every Sequence in ``paths`` first, then apply them all in one transaction (all or nothing);
     ConfigMaps in the same files resolve ``templateRef``s."""
     manifests = load_manifests(paths)
-    conn = await connect(settings)
-    async with conn, conn.transaction():
+    async with command_transaction(settings) as conn:
         return [await apply_sequence(conn, resource, manifests.config_map) for resource in manifests.sequences]

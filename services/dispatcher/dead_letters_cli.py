@@ -6,10 +6,9 @@ import argparse
 import uuid
 
 import msgspec
-import psycopg
 
 from services.common.config import DeadLetterSettings
-from services.common.db import connect
+from services.common.db import command_transaction
 from services.dispatcher.dead_letters import list_dead_letters, replay_dead_letters
 
 
@@ -27,11 +26,7 @@ def parse_message_ids(values: list[str]) -> list[uuid.UUID]:
 async def run_dlq_command(settings: DeadLetterSettings, args: argparse.Namespace) -> str:
     """Run ``list`` or ``replay``; returns what to print. ValueError for anything the user can fix."""
     ids = parse_message_ids(args.ids) if getattr(args, "ids", None) else None
-    try:
-        conn = await connect(settings)
-    except psycopg.OperationalError as error:
-        raise ValueError(f"cannot reach PostgreSQL: {str(error).strip().splitlines()[0]}") from error
-    async with conn, conn.transaction():
+    async with command_transaction(settings) as conn:
         if args.sequence_command == "list":
             if args.limit < 1:
                 raise ValueError("--limit must be at least 1")

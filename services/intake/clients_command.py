@@ -5,14 +5,13 @@ from __future__ import annotations
 import argparse
 
 from services.common.config import ClientsSettings, DatabaseSettings
-from services.common.db import connect
+from services.common.db import command_transaction
 from services.intake.clients import InvalidClient, create_client, list_clients, revoke_client, signing_secret
 
 
 async def run_clients_command(settings: DatabaseSettings, args: argparse.Namespace) -> str:
     """Run one ``clients`` action; returns what to print. Raises ValueError with a message for the user."""
-    conn = await connect(settings)
-    async with conn:
+    async with command_transaction(settings) as conn:
         if args.client_command == "create":
             assert isinstance(settings, ClientsSettings)
             try:

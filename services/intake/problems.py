@@ -1,11 +1,17 @@
 """Errors as RFC 9457 problem details: the one mapping from failures to HTTP responses.
 
-No response ever carries a stack trace; a dependency outage is a 503 with Retry-After, never a 500.
+The intake's domain functions raise domain errors (one type per failure a caller can cause) and know
+nothing of HTTP; :data:`DOMAIN_PROBLEMS` is the table that turns each into its status, title, detail
+and headers. A handler raises :class:`ProblemError` only for what is about HTTP itself (a wrong
+Content-Type). No response ever carries a stack trace; a dependency outage is a 503 with Retry-After,
+never a 500.
 """
 
 from __future__ import annotations
 
 import logging
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
 from typing import Any
 
 import msgspec
@@ -15,6 +21,16 @@ from litestar.openapi import ResponseSpec
 
 from proto.http import FieldError, Problem
 from services.common.db import UNAVAILABLE_ERRORS
+from services.common.errors import CallerError
+from services.common.signatures import SignatureRejected
+from services.common.tokens import InvalidToken
+from services.intake.authentication import AuthenticationFailed, MissingCredentials, MissingScope, UnknownApiKey
+from services.intake.bodies import MalformedBody
+from services.intake.generic_webhook import InvalidWebhookBody, MalformedWebhookTimestamp, UnsignedWebhook
+from services.intake.idempotency import IdempotencyKeyReused
+from services.intake.provider_events import AdapterNotConfigured
+from services.intake.sns import SnsRejected, SnsUnavailable
+from services.intake.stats_query import InvalidQuery
 from services.intake.validation import InvalidLead
 
 log = logging.getLogger(__name__)
@@ -60,19 +76,76 @@ def problem_response(
     detail: str | None = None,
     errors: list[FieldError] | None = None,
     headers: dict[str, str] | None = None,
+    *,
+    title: str | None = None,
 ) -> Response[bytes]:
-    body = Problem(title=_TITLES.get(status, "Error"), status=status, detail=detail, errors=errors or [])
+    """A problem document; ``title`` defaults to the status's usual title."""
+    body = Problem(title=title or _TITLES.get(status, "Error"), status=status, detail=detail, errors=errors or [])
     return Response(
         content=msgspec.json.encode(body), status_code=status, media_type=PROBLEM_JSON, headers=headers or {}
     )
 
 
+@dataclass(frozen=True)
+class Mapped:
+    """How a domain error is answered. ``detail`` defaults to the error's message (written for the
+    caller); ``errors`` defaults to the error's ``errors`` attribute (the invalid fields), if any."""
+
+    status: int
+    title: str | None = None
+    detail: str | Callable[[Exception], str] | None = None
+    headers: Mapping[str, str] = field(default_factory=dict)
+    errors: list[FieldError] | None = None
+
+
+CHALLENGE = {"WWW-Authenticate": 'Bearer realm="healingwork"'}
+
+# The one table from domain errors to problem documents. A subclass not listed is answered as its
+# closest listed base class.
+DOMAIN_PROBLEMS: dict[type[Exception], Mapped] = {
+    # Who is calling (services.intake.authentication, services.common.signatures).
+    MissingCredentials: Mapped(401, headers=CHALLENGE),
+    UnknownApiKey: Mapped(401, headers=CHALLENGE),
+    AuthenticationFailed: Mapped(401),
+    SignatureRejected: Mapped(401),
+    MissingScope: Mapped(403),
+    # Signed links (services.common.tokens): nothing a forger could learn from.
+    InvalidToken: Mapped(404, detail="This link is not valid."),
+    # Bodies and fields.
+    MalformedBody: Mapped(400),
+    InvalidLead: Mapped(422, detail="One or more fields are invalid; see errors."),
+    IdempotencyKeyReused: Mapped(
+        422,
+        detail="One or more fields are invalid; see errors.",
+        errors=[FieldError(field="Idempotency-Key", reason="already used with a different request body")],
+    ),
+    InvalidQuery: Mapped(422, title="Invalid query", detail="One or more query parameters are invalid; see errors."),
+    # Provider webhooks (services.intake.generic_webhook, services.intake.sns).
+    AdapterNotConfigured: Mapped(404),
+    UnsignedWebhook: Mapped(401),
+    MalformedWebhookTimestamp: Mapped(401),
+    InvalidWebhookBody: Mapped(422, title="Invalid webhook body", detail="The events are not valid; see errors."),
+    SnsRejected: Mapped(401, detail=lambda error: f"The SNS message is not trusted: {error}."),
+    SnsUnavailable: Mapped(503, detail="Amazon SNS is unreachable; retry later.", headers={"Retry-After": "30"}),
+    # A caller's failure without a row of its own is still the caller's: 400, never a 500.
+    CallerError: Mapped(400),
+}
+
+
+def problem_for(error: Exception) -> Response[bytes]:
+    """The problem document answering the domain error ``error`` (see :data:`DOMAIN_PROBLEMS`)."""
+    mapped = next(DOMAIN_PROBLEMS[kind] for kind in type(error).__mro__ if kind in DOMAIN_PROBLEMS)
+    detail = mapped.detail(error) if callable(mapped.detail) else mapped.detail or str(error)
+    errors = mapped.errors if mapped.errors is not None else getattr(error, "errors", None)
+    return problem_response(mapped.status, detail, errors, dict(mapped.headers), title=mapped.title)
+
+
+def _on_domain_error(_: Request[Any, Any, Any], exc: Exception) -> Response[bytes]:
+    return problem_for(exc)
+
+
 def _on_problem(_: Request[Any, Any, Any], exc: ProblemError) -> Response[bytes]:
     return problem_response(exc.status, exc.detail, headers=exc.headers)
-
-
-def _on_invalid_lead(_: Request[Any, Any, Any], exc: InvalidLead) -> Response[bytes]:
-    return problem_response(422, "One or more fields are invalid; see errors.", errors=exc.errors)
 
 
 def _on_http_exception(_: Request[Any, Any, Any], exc: HTTPException) -> Response[bytes]:
@@ -98,7 +171,7 @@ def _on_unexpected(request: Request[Any, Any, Any], exc: Exception) -> Response[
 
 EXCEPTION_HANDLERS: dict[Any, Any] = {
     ProblemError: _on_problem,
-    InvalidLead: _on_invalid_lead,
+    **{kind: _on_domain_error for kind in DOMAIN_PROBLEMS},
     HTTPException: _on_http_exception,
     **{kind: _on_unavailable for kind in UNAVAILABLE_ERRORS},
     Exception: _on_unexpected,

@@ -12,7 +12,8 @@ import uuid
 from dataclasses import dataclass
 
 from services.common import metrics
-from services.common.db import Connection
+from services.common.db import Connection, Pool, transaction
+from services.common.errors import CallerError
 from services.common.events import find_message, record_event
 from services.common.identity import email_hash
 from services.common.suppressions import suppress_address
@@ -31,6 +32,10 @@ class ProviderEvent:
     permanent: bool
     detail: str = ""
     message_id: uuid.UUID | None = None
+
+
+class AdapterNotConfigured(CallerError):
+    """The webhook adapter the request is for is switched off in this deployment (404)."""
 
 
 def message_id_from_header(value: str | None) -> uuid.UUID | None:
@@ -61,3 +66,14 @@ async def apply_provider_event(
             conn, address_hash, reason=event.kind, detail=f"{adapter}: {event.detail}", topic=suppressed_topic
         )
     metrics.WEBHOOK_EVENTS.labels(adapter, event.kind if event.permanent else f"{event.kind}_transient").inc()
+
+
+async def apply_provider_events(
+    pool: Pool, events: list[ProviderEvent], *, adapter: str, events_topic: str, suppressed_topic: str
+) -> None:
+    """Apply every event of one webhook request in one transaction (all of them, or none)."""
+    async with transaction(pool) as conn:
+        for event in events:
+            await apply_provider_event(
+                conn, event, adapter=adapter, events_topic=events_topic, suppressed_topic=suppressed_topic
+            )

@@ -22,7 +22,8 @@ from cryptography.exceptions import InvalidSignature
 from cryptography.hazmat.primitives import hashes
 from cryptography.hazmat.primitives.asymmetric import padding, rsa
 
-from services.intake.provider_events import ProviderEvent, message_id_from_header
+from services.intake.bodies import MalformedBody, decode_json
+from services.intake.provider_events import AdapterNotConfigured, ProviderEvent, message_id_from_header
 
 # Fetches the bytes at an https URL (certificates, subscription confirmations).
 Fetcher = Callable[[str], Awaitable[bytes]]
@@ -162,3 +163,21 @@ def ses_events(notification: str, sns_message_id: str) -> list[ProviderEvent]:
             detail = str(complaint.get("complaintFeedbackType") or "complaint")
             events.append(ProviderEvent(f"{sns_message_id}/{address}", "complained", address, True, detail, message_id))
     return events
+
+
+async def receive_sns(verifier: SnsVerifier, body: bytes) -> list[ProviderEvent]:
+    """The bounces and complaints of an SNS request ``body``, verified; a subscription confirmation is
+    confirmed (and has none). Raises :class:`AdapterNotConfigured`, ``MalformedBody``,
+    :class:`SnsRejected` or :class:`SnsUnavailable`."""
+    if not verifier.enabled:
+        raise AdapterNotConfigured("The SES/SNS adapter is not configured (SNS_TOPIC_ARNS).")
+    message = decode_json(body)
+    if not isinstance(message, dict):
+        raise MalformedBody("The body must be an SNS message (a JSON object).")
+    await verifier.verify(message)
+    if message.get("Type") == "SubscriptionConfirmation":
+        await verifier.confirm_subscription(message)
+        return []
+    if message.get("Type") != "Notification":
+        return []
+    return ses_events(str(message.get("Message", "")), str(message.get("MessageId", "")))

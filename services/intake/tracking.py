@@ -12,16 +12,14 @@ import uuid
 from typing import Any
 
 from litestar import HttpMethod, Request, Response, get, post, route
-from litestar.datastructures import State
 from litestar.params import FromPath
 
-from services.common.config import IntakeSettings
 from services.common.db import transaction
-from services.common.runtime import Runtime
 from services.common.tokens import InvalidToken, Purpose, verify_token
 from services.intake.auth import NO_RATE_LIMIT
 from services.intake.engagement import is_automated, record_engagement, unsubscribe
-from services.intake.problems import ProblemError, problem_responses
+from services.intake.injection import Ctx
+from services.intake.problems import problem_responses
 
 # A transparent 1x1 GIF.
 PIXEL = (
@@ -31,17 +29,10 @@ PIXEL = (
 NO_STORE = {"Cache-Control": "no-store, private", "Referrer-Policy": "no-referrer"}
 
 
-def _verified(state: State, token: str, purpose: Purpose) -> tuple[uuid.UUID, str | None]:
-    settings: IntakeSettings = state.settings
-    try:
-        verified = verify_token(token, purpose, [settings.hmac_secret, settings.hmac_secret_previous])
-    except InvalidToken:
-        raise ProblemError(404, "This link is not valid.") from None
+def _verified(ctx: Ctx, token: str, purpose: Purpose) -> tuple[uuid.UUID, str | None]:
+    """The message (and click URL) of a token that verifies for ``purpose``; ``InvalidToken`` (404) else."""
+    verified = verify_token(token, purpose, [ctx.settings.hmac_secret, ctx.settings.hmac_secret_previous])
     return verified.message_id, verified.url
-
-
-def _context(state: State) -> tuple[Runtime, IntakeSettings]:
-    return state.runtime, state.settings
 
 
 @route(
@@ -56,13 +47,12 @@ def _context(state: State) -> tuple[Runtime, IntakeSettings]:
         "proxies and link scanners are recorded as automated."
     ),
 )
-async def track_open(token: FromPath[str], request: Request[Any, Any, State], state: State) -> Response[bytes]:
-    message_id, _ = _verified(state, token, Purpose.OPEN)
-    runtime, settings = _context(state)
+async def track_open(token: FromPath[str], request: Request[Any, Any, Any], ctx: Ctx) -> Response[bytes]:
+    message_id, _ = _verified(ctx, token, Purpose.OPEN)
     automated = is_automated(request.headers.get("user-agent"), request.method)
-    async with transaction(runtime.pool) as conn:
+    async with transaction(ctx.pool) as conn:
         await record_engagement(
-            conn, message_id, "opened", automated=automated, detail="", topic=settings.topic_email_events
+            conn, message_id, "opened", automated=automated, detail="", topic=ctx.settings.topic_email_events
         )
     return Response(PIXEL, media_type="image/gif", headers=NO_STORE)
 
@@ -77,15 +67,14 @@ async def track_open(token: FromPath[str], request: Request[Any, Any, State], st
     summary="Click-tracking redirect",
     description="Records the click and redirects to the URL bound into the signed token, and nowhere else.",
 )
-async def track_click(token: FromPath[str], request: Request[Any, Any, State], state: State) -> Response[bytes]:
-    message_id, url = _verified(state, token, Purpose.CLICK)
+async def track_click(token: FromPath[str], request: Request[Any, Any, Any], ctx: Ctx) -> Response[bytes]:
+    message_id, url = _verified(ctx, token, Purpose.CLICK)
     if not url or not url.lower().startswith(("http://", "https://")):
-        raise ProblemError(404, "This link is not valid.")
-    runtime, settings = _context(state)
+        raise InvalidToken  # the only redirects are to web pages
     automated = is_automated(request.headers.get("user-agent"), request.method)
-    async with transaction(runtime.pool) as conn:
+    async with transaction(ctx.pool) as conn:
         await record_engagement(
-            conn, message_id, "clicked", automated=automated, detail=url, topic=settings.topic_email_events
+            conn, message_id, "clicked", automated=automated, detail=url, topic=ctx.settings.topic_email_events
         )
     # The only place a click may go is the URL bound into the signed token: no open redirect.
     return Response(b"", status_code=302, media_type="text/plain", headers={**NO_STORE, "Location": url})
@@ -109,9 +98,9 @@ def _page(title: str, body: str, status: int = 200) -> Response[str]:
     summary="Unsubscribe confirmation page",
     description="Changes nothing (link scanners fetch every GET); its form posts the one-click unsubscribe.",
 )
-async def unsubscribe_page(token: FromPath[str], state: State) -> Response[str]:
+async def unsubscribe_page(token: FromPath[str], ctx: Ctx) -> Response[str]:
     """A confirmation page. It changes nothing: link scanners fetch every GET, so only the POST unsubscribes."""
-    _verified(state, token, Purpose.UNSUBSCRIBE)
+    _verified(ctx, token, Purpose.UNSUBSCRIBE)
     return _page(
         "Unsubscribe",
         "<h1>Unsubscribe</h1><p>Stop receiving these emails?</p>"
@@ -128,15 +117,14 @@ async def unsubscribe_page(token: FromPath[str], state: State) -> Response[str]:
     summary="One-click unsubscribe (RFC 8058)",
     description="No login, idempotent: the address is suppressed and every active enrollment of it is cancelled.",
 )
-async def unsubscribe_one_click(token: FromPath[str], state: State) -> Response[str]:
-    message_id, _ = _verified(state, token, Purpose.UNSUBSCRIBE)
-    runtime, settings = _context(state)
-    async with transaction(runtime.pool) as conn:
+async def unsubscribe_one_click(token: FromPath[str], ctx: Ctx) -> Response[str]:
+    message_id, _ = _verified(ctx, token, Purpose.UNSUBSCRIBE)
+    async with transaction(ctx.pool) as conn:
         await unsubscribe(
             conn,
             message_id,
-            events_topic=settings.topic_email_events,
-            suppressed_topic=settings.topic_leads_suppressed,
+            events_topic=ctx.settings.topic_email_events,
+            suppressed_topic=ctx.settings.topic_leads_suppressed,
         )
     return _page("Unsubscribed", "<h1>You are unsubscribed</h1><p>You will not receive these emails again.</p>")
 

@@ -22,16 +22,21 @@ from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
 from dataclasses import dataclass, field
 from typing import Literal
 
-import psycopg_pool
 from prometheus_client import CollectorRegistry, Gauge, pushadd_to_gateway
 
 from services.common.config import ConfigError, JobSettings
-from services.common.db import UNAVAILABLE_ERRORS, Connection, connect, open_pool, transaction
+from services.common.db import (
+    UNAVAILABLE_ERRORS,
+    Connection,
+    Pool,
+    connect,
+    open_pool,
+    transaction,
+    unreachable_message,
+)
 from services.common.retry import retry_async
 
 log = logging.getLogger(__name__)
-
-Pool = psycopg_pool.AsyncConnectionPool[Connection]
 
 
 @dataclass(frozen=True)
@@ -109,8 +114,7 @@ async def run_job(name: str, settings: JobSettings, work: JobWork, *, run_id: st
 def describe_error(error: BaseException) -> str:
     """A one-line description of why a run failed."""
     if isinstance(error, UNAVAILABLE_ERRORS):
-        first = (str(error).strip().splitlines() or [type(error).__name__])[0]
-        return f"cannot reach PostgreSQL: {first}"
+        return unreachable_message(error)
     first = (str(error).strip().splitlines() or [""])[0]
     return f"{type(error).__name__}: {first}" if first else type(error).__name__
 

@@ -14,10 +14,11 @@ from datetime import datetime, timedelta
 
 from proto.messages import EmailDispatch
 from services.common import metrics
+from services.common.clock import database_now
 from services.common.db import Connection
 from services.common.outbox import enqueue_messages
 from services.common.send_window import next_send_time
-from services.scheduler.enrollment import database_now, message_id, window_of
+from services.scheduler.enrollment import message_id, window_of
 
 
 @dataclass(frozen=True)

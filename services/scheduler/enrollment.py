@@ -15,6 +15,7 @@ import msgspec
 
 from proto.sequence import SendWindow
 from services.common import metrics
+from services.common.clock import database_now
 from services.common.db import Connection
 from services.common.send_window import Window, next_send_time
 
@@ -38,15 +39,6 @@ def window_of(send_window_json: str | None) -> Window | None:
     if send_window_json is None:
         return None
     return Window.of(msgspec.json.decode(send_window_json, type=SendWindow))
-
-
-async def database_now(conn: Connection) -> datetime:
-    """The transaction's time on the database server: one clock for every scheduler replica."""
-    cursor = await conn.execute("SELECT now() AS now")
-    row = await cursor.fetchone()
-    assert row is not None
-    now: datetime = row["now"]  # type: ignore[assignment]
-    return now
 
 
 async def enroll_lead(conn: Connection, lead_id: uuid.UUID, *, now: datetime | None = None) -> list[uuid.UUID]:

@@ -19,7 +19,7 @@ from services.common.health import serve_health
 from services.common.runtime import Runtime, service_runtime, supervise, worker_ready
 from services.scheduler.due import emit_due_steps
 from services.scheduler.enrollment import enroll_lead
-from services.scheduler.suppressions import consume_suppressions
+from services.scheduler.suppression_consumer import consume_suppressions
 
 log = logging.getLogger(__name__)
 

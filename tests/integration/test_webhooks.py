@@ -24,8 +24,8 @@ from cryptography.x509.oid import NameOID
 
 from services.common.config import IntakeSettings
 from services.common.identity import email_hash
+from services.common.signatures import timestamped_signature
 from services.intake.sns import string_to_sign
-from services.intake.webhooks import generic_signature
 from tests.integration.test_tracking import events, sent_message
 from tests.support.platform import apply_examples, fetch_all, make_settings, serve_intake
 
@@ -124,7 +124,7 @@ def signed(body: bytes, *, secret: str = WEBHOOK_SECRET, at: float | None = None
     return {
         "Content-Type": "application/json",
         "Webhook-Timestamp": timestamp,
-        "Webhook-Signature": f"v1={generic_signature(secret, timestamp, body)}",
+        "Webhook-Signature": f"v1={timestamped_signature(secret, timestamp, body)}",
     }
 
 
@@ -186,8 +186,9 @@ async def test_a_transient_bounce_is_recorded_without_suppressing(
         {"Webhook-Timestamp": "now", "Webhook-Signature": "v1=00"},
         "wrong-secret",
         "stale",
+        {"Webhook-Timestamp": "9" * 400, "Webhook-Signature": "v1=00"},
     ],
-    ids=["unsigned", "garbage", "wrong-secret", "stale-timestamp"],
+    ids=["unsigned", "garbage", "wrong-secret", "stale-timestamp", "timestamp-of-400-digits"],
 )
 async def test_an_unsigned_forged_or_replayed_request_gets_401_and_changes_nothing(
     intake: tuple[httpx.AsyncClient, IntakeSettings, FakeAws], headers: dict[str, str] | str

@@ -7,8 +7,6 @@ running intake's settings, base URL and an httpx client that authenticates with 
 from __future__ import annotations
 
 import contextlib
-import hashlib
-import hmac
 import time
 import uuid
 from collections.abc import AsyncIterator
@@ -19,6 +17,7 @@ import httpx
 
 from services.common.config import DatabaseSettings, IntakeSettings
 from services.common.db import connect
+from services.common.signatures import timestamped_signature
 from services.intake.clients import ApiClient, create_client, signing_secret
 from tests.support.platform import make_settings, serve_intake
 
@@ -39,8 +38,7 @@ def bearer(key: str) -> dict[str, str]:
 def sign(settings: IntakeSettings, client_id: uuid.UUID, body: bytes, at: float | None = None) -> dict[str, str]:
     """Headers of a request signed as client ``client_id`` at unix time ``at`` (default: now)."""
     timestamp = int(time.time() if at is None else at)
-    secret = signing_secret(settings.hmac_secret, client_id).encode()
-    digest = hmac.new(secret, f"{timestamp}.".encode() + body, hashlib.sha256).hexdigest()
+    digest = timestamped_signature(signing_secret(settings.hmac_secret, client_id), timestamp, body)
     return {
         "X-Client-Id": str(client_id),
         "X-Signature": f"t={timestamp},v1={digest}",

@@ -137,6 +137,25 @@ def test_dlq_failures_are_one_line_and_exit_1(args: list[str], message: str) -> 
     assert lines[0].startswith(message)
 
 
+@pytest.mark.parametrize(
+    "command",
+    [
+        ["clients", "list"],
+        ["clients", "revoke", "crm"],
+        ["sequences", "apply", "-f", str(ROOT / "k8s" / "examples")],
+    ],
+    ids=["clients-list", "clients-revoke", "sequences-apply"],
+)
+def test_every_database_command_reports_an_unreachable_database_in_one_line(command: list[str]) -> None:
+    result = healingwork(*command, env=clean_env(DATABASE_URL="postgresql://nobody@127.0.0.1:1/x"))
+
+    assert result.returncode == 1
+    assert "Traceback" not in result.stderr
+    lines = result.stderr.strip().splitlines()
+    assert len(lines) == 1
+    assert lines[0].startswith(f"healingwork {' '.join(command[:2])}: cannot reach PostgreSQL")
+
+
 def test_dev_without_the_development_stack_is_one_clear_line() -> None:
     """The image ships `services`, `operators` and `proto` only; `healingwork dev` there names the way out.
 

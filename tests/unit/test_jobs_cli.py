@@ -9,7 +9,7 @@ import pytest
 
 from services.cli import build_parser, main
 from services.common.config import BusSettings, ConfigError, JobSettings, load_settings
-from services.intake.stats import InvalidQuery, parse_range, parse_sequence
+from services.intake.stats_query import InvalidQuery, parse_range, parse_sequence
 from services.jobs.aggregate_stats import default_days
 from services.jobs.commands import stats_days
 

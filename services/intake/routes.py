@@ -1,0 +1,205 @@
+"""The intake's own HTTP routes: leads (submit, read, erase), health and metrics.
+
+Thin handlers: parse, call one function, map the result. They get what they work with as an
+:class:`~services.intake.context.IntakeContext` (``ctx``, injected); failures are domain errors that
+``services.intake.problems`` maps to problem documents. ``services.intake.app`` assembles these with
+the tracking, stats and webhook routes.
+"""
+
+from __future__ import annotations
+
+import logging
+import uuid
+from dataclasses import dataclass
+from typing import Annotated, Any
+
+import msgspec
+from litestar import Request, Response, delete, get, post
+from litestar.openapi import ResponseSpec
+from litestar.openapi.spec import OpenAPIMediaType, Operation, RequestBody
+from litestar.params import FromPath, HeaderParameter, QueryParameter
+from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
+
+from proto.http import FieldError, LeadReceipt, LeadSubmission, LeadView
+from services.common import metrics
+from services.common.db import transaction
+from services.intake.auth import client_ip, principal_of, requires_scope
+from services.intake.authentication import trusted_networks
+from services.intake.bodies import decode_json
+from services.intake.erasure import erase_address, erase_lead
+from services.intake.injection import Ctx
+from services.intake.lookup import fetch_lead
+from services.intake.observability import request_id_of
+from services.intake.problems import ProblemError, problem_responses
+from services.intake.submission import HONEYPOT, prepare_submission
+from services.intake.validation import InvalidLead, normalize_email
+
+log = logging.getLogger(__name__)
+
+
+def _inlined_schema(kind: type) -> dict[str, Any]:
+    """The JSON Schema of a msgspec type with every ``$ref`` replaced by its definition (no recursion)."""
+    schema = msgspec.json.schema(kind)
+    definitions = schema.pop("$defs", {})
+
+    def inline(node: Any) -> Any:
+        if isinstance(node, dict):
+            if "$ref" in node:
+                return inline(definitions[node["$ref"].rsplit("/", 1)[-1]])
+            return {key: inline(value) for key, value in node.items()}
+        if isinstance(node, list):
+            return [inline(item) for item in node]
+        return node
+
+    inlined: dict[str, Any] = inline(schema)
+    return inlined
+
+
+_LEAD_SCHEMA = _inlined_schema(LeadSubmission)
+
+
+@dataclass
+class _LeadBodyOperation(Operation):
+    """Documents the JSON body that ``submit_lead`` parses itself (to report every invalid field at once)."""
+
+    def __post_init__(self) -> None:
+        self.request_body = RequestBody(
+            # A plain JSON Schema dict: Litestar serializes it as given.
+            content={"application/json": OpenAPIMediaType(schema=_LEAD_SCHEMA)},  # type: ignore[arg-type]
+            required=True,
+        )
+
+
+@post(
+    "/v1/leads",
+    status_code=202,
+    summary="Submit a lead",
+    description=(
+        "Validates, sanitizes and stores a lead, then enrolls it into the matching Sequences. "
+        "202 for a new lead; 200 with duplicate=true when the same address was accepted within the "
+        "duplicate window (no second enrollment). An Idempotency-Key header makes retries safe: the same "
+        "key and body get the first answer, the same key with another body gets 422. Needs the "
+        "leads:write scope (API key, signed request, or a public form from an allowed origin). "
+        "Errors are RFC 9457 problem+json."
+    ),
+    guards=[requires_scope("leads:write")],
+    operation_class=_LeadBodyOperation,
+    responses={
+        200: ResponseSpec(LeadReceipt, description="A duplicate within the window: the existing lead's id"),
+        **problem_responses(400, 401, 403, 413, 415, 422, 429, 503),
+    },
+)
+async def submit_lead_handler(
+    request: Request[Any, Any, Any],
+    ctx: Ctx,
+    idempotency_key: Annotated[str | None, HeaderParameter(name="Idempotency-Key", max_length=255)] = None,
+) -> Response[LeadReceipt]:
+    if request.content_type[0] != "application/json":
+        raise ProblemError(415, "Send the lead as a JSON object with Content-Type: application/json.")
+    body = await request.body()
+    ip = client_ip(request, trusted_networks(ctx.settings))
+    job = prepare_submission(
+        decode_json(body),
+        body,
+        principal_of(request),
+        client_ip=ip,
+        user_agent=request.headers.get("user-agent"),
+        request_id=request_id_of(request.scope),
+        idempotency_key=idempotency_key,
+        honeypot_field=ctx.settings.form_honeypot_field,
+    )
+    if job == HONEYPOT:
+        # A bot filled the hidden field: answer as if accepted, store nothing.
+        metrics.LEADS.labels("honeypot").inc()
+        log.info("honeypot field filled; lead dropped", extra={"client_ip": ip})
+        return Response(LeadReceipt(id=uuid.uuid4(), duplicate=False), status_code=202)
+    receipt = await ctx.committer.submit(job, order=job.email_key)
+    metrics.LEADS.labels("duplicate" if receipt.duplicate else "accepted").inc()
+    return Response(receipt, status_code=200 if receipt.duplicate else 202)
+
+
+@get(
+    "/v1/leads/{lead_id:uuid}",
+    summary="Read a lead",
+    description="The stored lead with its consent record, enrollments and messages. Needs leads:read.",
+    guards=[requires_scope("leads:read")],
+    responses=problem_responses(400, 401, 403, 404, 429, 503),
+)
+async def read_lead(lead_id: FromPath[uuid.UUID], ctx: Ctx) -> LeadView:
+    async with ctx.pool.connection() as conn:
+        lead = await fetch_lead(conn, lead_id)
+    if lead is None:
+        raise ProblemError(404, "No such lead (it may have been erased).")
+    return lead
+
+
+@delete(
+    "/v1/leads/{lead_id:uuid}",
+    summary="Erase a lead (GDPR)",
+    description=(
+        "Erases every lead of this lead's address, cancels its enrollments and keeps only a hashed "
+        "suppression so the address is never mailed again. Idempotent: 204 also for an unknown id. "
+        "Needs admin."
+    ),
+    guards=[requires_scope("admin")],
+    # 404 only for a path that is not a lead id at all; an unknown id is 204.
+    responses=problem_responses(400, 401, 403, 404, 429, 503),
+)
+async def erase_lead_by_id(lead_id: FromPath[uuid.UUID], ctx: Ctx) -> None:
+    async with transaction(ctx.pool) as conn:
+        erased = await erase_lead(conn, lead_id)
+    metrics.LEADS_ERASED.inc(erased)
+
+
+@delete(
+    "/v1/leads",
+    summary="Erase an address (GDPR)",
+    description=(
+        "The same as DELETE /v1/leads/{id}, by email address: erases every lead of the address and "
+        "suppresses it, even if no lead exists. Idempotent. Needs admin."
+    ),
+    guards=[requires_scope("admin")],
+    responses=problem_responses(400, 401, 403, 422, 429, 503),
+)
+async def erase_lead_by_email(ctx: Ctx, email: Annotated[str, QueryParameter(name="email", max_length=320)]) -> None:
+    try:
+        _, email_key = normalize_email(email)
+    except ValueError as error:
+        raise InvalidLead([FieldError(field="email", reason=str(error))]) from None
+    async with transaction(ctx.pool) as conn:
+        erased = await erase_address(conn, email_key)
+    metrics.LEADS_ERASED.inc(erased)
+
+
+@get(
+    "/readyz",
+    summary="Readiness: PostgreSQL answers and the outbox relay runs",
+    responses=problem_responses(503),
+)
+async def readyz(ctx: Ctx) -> Response[dict[str, str]]:
+    async with ctx.pool.connection() as conn:
+        await conn.execute("SELECT 1")
+    if ctx.relay_failed():
+        raise ProblemError(503, "The outbox relay stopped.", {"Retry-After": "5"})
+    return Response({"status": "ok"})
+
+
+@get("/healthz", summary="Liveness: the process serves requests")
+async def healthz() -> dict[str, str]:
+    return {"status": "ok"}
+
+
+@get("/metrics", summary="Prometheus metrics", include_in_schema=False)
+async def prometheus_metrics() -> Response[bytes]:
+    return Response(generate_latest(), media_type=CONTENT_TYPE_LATEST)
+
+
+LEAD_ROUTES = [
+    submit_lead_handler,
+    read_lead,
+    erase_lead_by_id,
+    erase_lead_by_email,
+    healthz,
+    readyz,
+    prometheus_metrics,
+]

@@ -1,0 +1,35 @@
+"""The scheduler's ``leads.suppressed`` consumer (an entrypoint): decode, cancel in one transaction, commit.
+
+The domain — what a suppression does to enrollments — is :func:`services.scheduler.suppressions.
+cancel_enrollments_of`; this module only connects it to Kafka.
+"""
+
+from __future__ import annotations
+
+import logging
+
+from proto.messages import AnyMessage, LeadSuppressed
+from services.common.bus import make_consumer, run_consumer
+from services.common.config import SchedulerSettings
+from services.common.db import transaction
+from services.common.runtime import Runtime
+from services.scheduler.suppressions import cancel_enrollments_of
+
+log = logging.getLogger(__name__)
+
+SUPPRESSION_CONSUMER_GROUP = "healingwork-scheduler-suppressions"
+
+
+async def consume_suppressions(settings: SchedulerSettings, runtime: Runtime) -> None:
+    """Consume ``leads.suppressed`` until the runtime stops: each message cancels the address's enrollments."""
+
+    async def on_message(message: AnyMessage) -> None:
+        if not isinstance(message, LeadSuppressed):
+            return
+        async with transaction(runtime.pool) as conn:
+            cancelled = await cancel_enrollments_of(conn, message.email_hash)
+        if cancelled:
+            log.info("suppressed address: enrollments cancelled", extra={"cancelled": cancelled})
+
+    consumer = make_consumer(settings, settings.topic_leads_suppressed, SUPPRESSION_CONSUMER_GROUP)
+    await run_consumer(consumer, on_message, stop=runtime.stop, name="scheduler-suppressions")
