@@ -58,7 +58,7 @@ def tool(name: str) -> Path:
     path = TOOLS_BIN / name
     if not os.access(path, os.X_OK):
         pytest.fail(
-            f"{path.relative_to(ROOT)} is missing: run `make tools` (builds kube-apiserver and etcd, "
+            f"{os.path.relpath(path, ROOT)} is missing: run `make tools` (builds kube-apiserver and etcd, "
             "installs kubectl and helm) before the kubernetes tests",
             pytrace=False,
         )
