@@ -27,7 +27,7 @@ from psycopg.rows import dict_row
 
 from services.common.sequences import sequence_id
 from tests.kubernetes.conftest import HEALINGWORK, Release, container_env, helm_with_hook, scratch_database
-from tests.support.kubernetes import KubernetesCluster, free_port
+from tests.support.kubernetes import KubernetesCluster, die_with_parent, free_port
 
 pytestmark = pytest.mark.kubernetes
 
@@ -100,6 +100,7 @@ class OperatorProcess:
             stdin=subprocess.DEVNULL,
             stdout=self._log,
             stderr=subprocess.STDOUT,
+            preexec_fn=die_with_parent,
         )
         self._wait_healthy()
 

@@ -203,7 +203,7 @@ def write_kubeconfig(path: Path, server: str, ca: Path, user: dict[str, str], na
 # -- processes ----------------------------------------------------------------------------------------
 
 
-def _die_with_parent() -> None:
+def die_with_parent() -> None:
     """In the child: receive SIGKILL when the test process dies, so no server outlives a killed run."""
     with contextlib.suppress(OSError, AttributeError):
         import ctypes
@@ -226,7 +226,7 @@ class _Process:
             stdin=subprocess.DEVNULL,
             stdout=self._log,
             stderr=subprocess.STDOUT,
-            preexec_fn=_die_with_parent,
+            preexec_fn=die_with_parent,
         )
 
     def exited(self) -> int | None:
