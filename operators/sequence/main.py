@@ -34,11 +34,14 @@ async def run_operator(
     """
     registry = kopf.OperatorRegistry()
     register_handlers(registry, settings)
-    if connection is not None:
 
-        @kopf.on.login(registry=registry)
-        def login(**_: Any) -> kopf.ConnectionInfo:
+    # An own registry has none of the fallback logins of kopf's default one: without this handler the
+    # operator could not authenticate at all ("Ran out of valid credentials").
+    @kopf.on.login(registry=registry)
+    def login(**kwargs: Any) -> kopf.ConnectionInfo | None:
+        if connection is not None:
             return connection
+        return kopf.login_with_service_account(**kwargs) or kopf.login_with_kubeconfig(**kwargs)
 
     kopf_settings = kopf.OperatorSettings()
     configure_kopf(kopf_settings)

@@ -1,0 +1,149 @@
+"""The Sequence CRD in a real API server: the examples are accepted, broken Sequences are refused with
+the CRD's own messages (OpenAPI schema and CEL rules, evaluated by kube-apiserver), and ``kubectl get
+seq`` prints the CRD's columns."""
+
+from __future__ import annotations
+
+import copy
+import json
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from tests.support.kubernetes import KubernetesCluster
+
+pytestmark = pytest.mark.kubernetes
+
+EXAMPLES = Path(__file__).resolve().parents[2] / "k8s" / "examples"
+
+
+def sequence(name: str, **spec: Any) -> dict[str, Any]:
+    """A valid Sequence, with ``spec`` keys replaced."""
+    return {
+        "apiVersion": "healingwork.io/v1alpha1",
+        "kind": "Sequence",
+        "metadata": {"name": name},
+        "spec": {
+            "trigger": {"sources": ["website"]},
+            "steps": [{"name": "hello", "delay": "0s", "subject": "Hi", "text": "Hello"}],
+            **spec,
+        },
+    }
+
+
+def step(**fields: Any) -> dict[str, Any]:
+    return {"name": "hello", "subject": "Hi", **fields}
+
+
+# Each broken Sequence and the message of the CRD that refuses it.
+BROKEN: dict[str, tuple[dict[str, Any], str]] = {
+    "trigger-without-sources": (sequence("t", trigger={}), "a trigger needs sources, tags, or all: true"),
+    "trigger-all-and-sources": (
+        sequence("t", trigger={"all": True, "sources": ["website"]}),
+        "all: true matches every lead; leave sources and tags out",
+    ),
+    "duplicate-step-names": (
+        sequence("t", steps=[step(text="a"), step(text="b")]),
+        "step names must be unique",
+    ),
+    "step-without-body": (sequence("t", steps=[step()]), "a step needs html, text or templateRef"),
+    "html-inline-and-referenced": (
+        sequence("t", steps=[step(html="<p>x</p>", templateRef={"configMap": "c", "htmlKey": "k"})]),
+        "give the HTML body inline or as templateRef.htmlKey, not both",
+    ),
+    "text-inline-and-referenced": (
+        sequence("t", steps=[step(text="x", templateRef={"configMap": "c", "textKey": "k"})]),
+        "give the text body inline or as templateRef.textKey, not both",
+    ),
+    "template-ref-without-key": (
+        sequence("t", steps=[step(templateRef={"configMap": "c"})]),
+        "a templateRef needs htmlKey or textKey",
+    ),
+    "window-across-midnight": (
+        sequence("t", sendWindow={"start": "22:00", "end": "06:00"}),
+        "the window's start must be before its end",
+    ),
+    "fallback-timezone-lead": (
+        sequence("t", sendWindow={"fallbackTimezone": "lead"}),
+        "fallbackTimezone must be an IANA time zone, not lead",
+    ),
+    "bad-delay": (sequence("t", steps=[step(text="x", delay="2 days")]), "spec.steps[0].delay: Invalid value"),
+    "bad-revision-policy": (
+        sequence("t", revisionPolicy="Sometimes"),
+        'spec.revisionPolicy: Unsupported value: "Sometimes"',
+    ),
+    "missing-steps": ({**sequence("t"), "spec": {"trigger": {"all": True}}}, "spec.steps: Required value"),
+}
+
+
+def test_the_examples_are_accepted(kubernetes_cluster: KubernetesCluster, sequence_crd: str) -> None:
+    result = kubernetes_cluster.kubectl("apply", "-f", EXAMPLES)
+    created = sorted(line.split()[0] for line in result.stdout.splitlines())
+    assert created == [
+        "configmap/re-engagement-templates",
+        "sequence.healingwork.io/re-engagement",
+        "sequence.healingwork.io/webinar-follow-up",
+        "sequence.healingwork.io/welcome",
+    ]
+    # The defaults of the schema are applied by the API server.
+    welcome = kubernetes_cluster.get("sequence", "welcome", namespace="default")
+    assert welcome["spec"]["revisionPolicy"] == "Latest"
+    assert welcome["spec"]["requireConsent"] is True
+
+
+@pytest.mark.parametrize(("manifest", "message"), BROKEN.values(), ids=BROKEN.keys())
+def test_a_broken_sequence_is_refused_with_the_crds_message(
+    kubernetes_cluster: KubernetesCluster, sequence_crd: str, manifest: dict[str, Any], message: str
+) -> None:
+    namespace = "default"
+    result = kubernetes_cluster.apply(copy.deepcopy(manifest), namespace=namespace, check=False)
+    assert result.returncode != 0, f"the API server accepted a broken Sequence:\n{result.stdout}"
+    assert "is invalid" in result.stderr
+    assert message in result.stderr
+    missing = kubernetes_cluster.kubectl("get", "sequence", "t", "--namespace", namespace, check=False)
+    assert "NotFound" in missing.stderr
+
+
+def test_kubectl_get_seq_prints_the_crds_columns(kubernetes_cluster: KubernetesCluster, sequence_crd: str) -> None:
+    namespace = kubernetes_cluster.create_namespace("columns")
+    kubernetes_cluster.apply(sequence("columns", paused=True), namespace=namespace)
+    status = {
+        "status": {
+            "steps": 1,
+            "revision": 3,
+            "activeEnrollments": 5,
+            "completedEnrollments": 2,
+            "conditions": [
+                {
+                    "type": "Ready",
+                    "status": "True",
+                    "reason": "Paused",
+                    "message": "revision 3 is paused",
+                    "lastTransitionTime": "2026-01-01T00:00:00Z",
+                }
+            ],
+        }
+    }
+    kubernetes_cluster.kubectl(
+        "patch", "seq", "columns", "-n", namespace, "--subresource=status", "--type=merge", "-p", json.dumps(status)
+    )
+
+    plain = kubernetes_cluster.kubectl("get", "seq", "-n", namespace).stdout.splitlines()
+    assert plain[0].split() == ["NAME", "READY", "STEPS", "ACTIVE", "COMPLETED", "AGE"]
+    assert plain[1].split()[:5] == ["columns", "True", "1", "5", "2"]
+    wide = kubernetes_cluster.kubectl("get", "seq", "-n", namespace, "-o", "wide").stdout.splitlines()
+    assert wide[0].split() == [
+        "NAME",
+        "READY",
+        "STEPS",
+        "ACTIVE",
+        "COMPLETED",
+        "PAUSED",
+        "REVISION",
+        "REASON",
+        "MESSAGE",
+        "AGE",
+    ]
+    assert wide[1].split()[:8] == ["columns", "True", "1", "5", "2", "true", "3", "Paused"]
+    assert "revision 3 is paused" in wide[1]
