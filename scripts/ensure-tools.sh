@@ -67,3 +67,6 @@ echo "helm $version ($bin/helm)"
 
 # Apache Kafka (jars from Maven Central) for the `kafka` test suite and `healingwork dev --broker kafka`.
 "$root/scripts/tools/kafka.sh"
+
+# The base images the Dockerfile names, built locally (no registry is reachable here), and buildah.
+"$root/scripts/tools/base-images.sh"
