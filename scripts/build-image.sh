@@ -46,7 +46,14 @@ if [[ -f /etc/ssl/certs/ca-certificates.crt ]]; then
 fi
 
 previous="$(bah inspect --type image --format '{{.FromImageID}}' "$image" 2>/dev/null || true)"
-bah bud --isolation chroot --pull=never "${build_mounts[@]}" -t "$image" . >&2 || fail "buildah bud failed"
+containers_before="$(bah containers --quiet)"
+status=0
+bah bud --isolation chroot --pull=never "${build_mounts[@]}" -t "$image" . >&2 || status=$?
+# This buildah leaves the working containers of some stages behind (here: the uv stage and the last one);
+# with vfs each is a full copy of its image. Remove the ones this build created.
+comm -13 <(sort <<<"$containers_before") <(bah containers --quiet | sort) |
+    xargs --no-run-if-empty buildah --storage-driver vfs rm >/dev/null
+((status == 0)) || fail "buildah bud failed (exit $status)"
 current="$(bah inspect --type image --format '{{.FromImageID}}' "$image")"
 # A rebuild under the same tag leaves the previous image nameless; with vfs every image is a full copy.
 if [[ -n "$previous" && "$previous" != "$current" ]]; then
