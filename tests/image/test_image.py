@@ -13,10 +13,12 @@ import signal
 import subprocess
 import time
 from collections.abc import Iterator
+from pathlib import Path
 
 import httpx
 import pytest
 
+import tests.support.image as image_support
 from tests.support.image import (
     BuildahImage,
     DockerImage,
@@ -214,3 +216,13 @@ def wait_until_published(database_url: str, lead_id: str, deadline_s: float = 60
         time.sleep(0.3)
         rows = asyncio.run(fetch_all(database_url, query, lead_id))
     return rows
+
+
+def test_missing_base_image_fails_naming_make_tools(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    (tmp_path / "Dockerfile").write_text(
+        "ARG PYTHON_IMAGE=python:3.11-slim-bookworm\nFROM ghcr.io/astral-sh/uv:0.0.0-never-built AS uv\n"
+    )
+    monkeypatch.setattr(image_support, "ROOT", tmp_path)
+
+    with pytest.raises(ImageMissing, match=r"run `make tools`"):
+        check_buildah_prerequisites()
