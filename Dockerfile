@@ -18,9 +18,10 @@ ENV UV_COMPILE_BYTECODE=1 \
     UV_PROJECT_ENVIRONMENT=/app/.venv
 WORKDIR /src
 # Dependencies first, in their own layer: it is rebuilt only when the lock file changes.
+# The bind targets are absolute: Debian bookworm's buildah (1.28) rejects relative ones.
 RUN --mount=type=cache,target=/root/.cache/uv \
-    --mount=type=bind,source=uv.lock,target=uv.lock \
-    --mount=type=bind,source=pyproject.toml,target=pyproject.toml \
+    --mount=type=bind,source=uv.lock,target=/src/uv.lock \
+    --mount=type=bind,source=pyproject.toml,target=/src/pyproject.toml \
     uv sync --frozen --no-dev --no-editable --no-install-project --extra sentry
 COPY pyproject.toml uv.lock README.md ./
 COPY services ./services

