@@ -7,7 +7,7 @@ MAIL_DIR ?= .dev/mail
 # The broker of `make dev`: tansu (in memory, starts in a second) or kafka (Apache Kafka, installed by `make tools`).
 BROKER ?= tansu
 
-.PHONY: dev test sync tools lint typecheck pytest image
+.PHONY: dev test sync tools kafka lint typecheck pytest image
 
 sync:
 	$(UV) sync --frozen
@@ -15,11 +15,16 @@ sync:
 tools:
 	./scripts/ensure-tools.sh
 
+# Apache Kafka alone (the part of `make tools` that `make dev BROKER=kafka` needs; seconds, not the
+# quarter of an hour kube-apiserver takes to build).
+kafka:
+	./scripts/tools/kafka.sh
+
 # The Dockerfile built with Docker where an engine answers, else with buildah; the last line is the image name.
 image:
 	@./scripts/build-image.sh
 
-dev: sync $(if $(filter kafka,$(BROKER)),tools)
+dev: sync $(if $(filter kafka,$(BROKER)),kafka)
 	$(UV) run healingwork dev --port $(PORT) --mail-dir $(MAIL_DIR) --broker $(BROKER)
 
 lint: sync
