@@ -1,4 +1,4 @@
-"""render_step: sandboxed Jinja2 where lead fields are data, never template code."""
+"""render_step: sandboxed Jinja2 where lead fields are data, never template code, and the output is bounded."""
 
 from __future__ import annotations
 
@@ -7,7 +7,8 @@ from typing import Any
 
 import pytest
 
-from services.dispatcher.render import RenderedEmail, RenderError, html_to_text, render_step
+from services.common.html_text import html_to_text
+from services.common.templates import RenderedEmail, RenderError, render_step
 
 
 @dataclass(frozen=True)
