@@ -77,8 +77,8 @@ def lead_zone(lead: PreviewLead, window: Window | None) -> tuple[ZoneInfo, str]:
         return own, f"{own.key}, the lead's time zone"
     if window is not None:
         read_in = window.zone_for(None)
-        return read_in, f"{read_in.key}, the send window's zone (the lead has no time zone)"
-    return ZoneInfo("UTC"), "UTC (the lead has no time zone)"
+        return read_in, f"{read_in.key}, the send window's zone; the lead has none"
+    return ZoneInfo("UTC"), "UTC; the lead has no time zone"
 
 
 def preview_sequence(

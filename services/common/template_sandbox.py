@@ -218,8 +218,10 @@ class BoundedSandbox(ImmutableSandboxedEnvironment):
         return _checked(super().call_binop(context, operator, left, right))
 
     def call(self, context: Context, obj: Any, /, *args: Any, **kwargs: Any) -> Any:
-        subject = getattr(obj, "__self__", None)
-        name = getattr(obj, "__name__", "")
+        # The sandbox wraps str.format in a function of its own; the method is its __wrapped__.
+        method = getattr(obj, "__wrapped__", obj)
+        subject = getattr(method, "__self__", None)
+        name = getattr(method, "__name__", "")
         if isinstance(subject, str):
             if name in _STR_METHOD_ARGUMENTS:
                 _refuse_over(_estimate(name, subject, dict(zip(_STR_METHOD_ARGUMENTS[name], args, strict=False))), name)

@@ -92,19 +92,19 @@ def render_step(
     RenderError for any failure, naming the part."""
     rendered_subject = _LINE_BREAKS.sub(" ", _render("subject", _text_template, subject, context)).strip()
     if len(rendered_subject) > MAX_SUBJECT_CHARS:
-        raise RenderError(f"subject is {len(rendered_subject):,} characters, over the limit of {MAX_SUBJECT_CHARS}")
+        raise RenderError(f"the subject is {len(rendered_subject):,} characters, over the limit of {MAX_SUBJECT_CHARS}")
     rendered_html = _render("html", _html_template, html_template, context) if html_template else None
     if text_template:
         rendered_text = _render("text", _text_template, text_template, context)
     else:
-        rendered_text = check_body_size("text", html_to_text(rendered_html or ""))
+        rendered_text = html_to_text(rendered_html or "")  # never longer than the HTML
     return RenderedEmail(subject=rendered_subject, html=rendered_html, text=rendered_text)
 
 
 def check_body_size(part: str, body: str) -> str:
     """``body``, or a RenderError when it is over :data:`MAX_BODY_CHARS`."""
     if len(body) > MAX_BODY_CHARS:
-        raise RenderError(f"{part} is {len(body):,} characters, over the limit of {MAX_BODY_CHARS:,}")
+        raise RenderError(f"the {part} is {len(body):,} characters, over the limit of {MAX_BODY_CHARS:,}")
     return body
 
 
@@ -117,7 +117,7 @@ def _render(part: str, compile_template: Any, source: str, context: dict[str, An
         for chunk in compile_template(source).generate(context):
             size += len(chunk)
             if size > MAX_BODY_CHARS:
-                raise RenderError(f"{part} is over the limit of {MAX_BODY_CHARS:,} characters")
+                raise RenderError(f"the {part} is over the limit of {MAX_BODY_CHARS:,} characters")
             chunks.append(chunk)
         return "".join(chunks)
 
@@ -126,6 +126,6 @@ def _render(part: str, compile_template: Any, source: str, context: dict[str, An
     except RenderError:
         raise
     except TemplateError as error:
-        raise RenderError(f"template error in {part}: {error}") from error
+        raise RenderError(f"template error: {error} (in the {part})") from error
     except Exception as error:  # any exception an expression raises is the template's failure
-        raise RenderError(f"template error in {part}: {type(error).__name__}: {error}") from error
+        raise RenderError(f"template error: {type(error).__name__}: {error} (in the {part})") from error

@@ -2,13 +2,22 @@
 
 from __future__ import annotations
 
+import tracemalloc
 from dataclasses import dataclass
 from typing import Any
 
 import pytest
 
 from services.common.html_text import html_to_text
-from services.common.templates import RenderedEmail, RenderError, render_step
+from services.common.templates import (
+    MAX_BODY_CHARS,
+    MAX_SUBJECT_CHARS,
+    RenderedEmail,
+    RenderError,
+    TemplateLead,
+    render_step,
+    template_context,
+)
 
 
 @dataclass(frozen=True)
@@ -234,3 +243,135 @@ def test_undefined_attribute_in_a_body_raises_render_error(html: str | None, tex
 def test_template_syntax_error_raises_render_error() -> None:
     with pytest.raises(RenderError, match="template error"):
         render_step("Hi {{ lead.first_name", None, "x", context())
+
+
+# --- failures of any kind are render errors ---------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("template", "error"),
+    [
+        ("{{ 10 // 0 }}", "ZeroDivisionError"),
+        ("{{ 10 % 0 }}", "ZeroDivisionError"),
+        ("{{ [1, 'a'] | sort }}", "TypeError"),
+        ("{{ '%d' | format('x') }}", "TypeError"),
+        ("{{ 'x' | wordwrap(0) }}", "ValueError"),
+        ("{{ (2.0 ** 5000) }}", "OverflowError"),
+        ("{% macro f() %}{{ f() }}{% endmacro %}{{ f() }}", "RecursionError"),
+    ],
+)
+def test_any_exception_a_template_raises_is_a_render_error_naming_it_and_the_part(template: str, error: str) -> None:
+    for subject, html, text, part in [(template, None, "x", "subject"), ("Hi", template, None, "html")]:
+        with pytest.raises(RenderError, match=f"^template error: {error}.*\\(in the {part}\\)$"):
+            render_step(subject, html, text, context())
+
+
+def test_a_template_error_names_the_part_it_is_in() -> None:
+    with pytest.raises(RenderError, match=r"'missing' is undefined \(in the text\)$"):
+        render_step("Hi", "<p>ok</p>", "{{ missing }}", context())
+
+
+# --- the context ------------------------------------------------------------------------------------
+
+
+def test_the_context_offers_the_lead_the_sequence_and_the_unsubscribe_url() -> None:
+    lead = TemplateLead(email="ada@example.com", first_name="Ada", last_name=None, source="website")
+
+    built = template_context(lead, "welcome", "hello", "https://go.example.com/u/t")
+
+    assert built == {
+        "lead": {"email": "ada@example.com", "first_name": "Ada", "last_name": None, "source": "website"},
+        "sequence": {"name": "welcome", "step": "hello"},
+        "unsubscribe_url": "https://go.example.com/u/t",
+    }
+
+
+# --- limits ---------------------------------------------------------------------------------------
+
+
+def refused_without_building(subject: str, html: str | None, text: str | None, match: str) -> None:
+    """The render fails with ``match`` and never holds more than a few MiB: nothing huge was built."""
+    tracemalloc.start()
+    try:
+        with pytest.raises(RenderError, match=match):
+            render_step(subject, html, text, context())
+        _, peak = tracemalloc.get_traced_memory()
+    finally:
+        tracemalloc.stop()
+    assert peak < 8 * 1024 * 1024
+
+
+@pytest.mark.parametrize(
+    "template",
+    [
+        '{{ "a" * 50000000 }}',
+        '{{ 50000000 * "a" }}',
+        "{{ [0] * 50000000 }}",
+        '{{ "%50000000s" % "a" }}',
+        '{{ "%.50000000f" % 1.5 }}',
+        '{{ "{:>50000000}".format("a") }}',
+        '{{ "{:>{}}".format("a", 50000000) }}',
+        '{{ "a" | center(50000000) }}',
+        '{{ "a".ljust(50000000) }}',
+        '{{ "a".zfill(50000000) }}',
+        '{{ ("\t" * 1000).expandtabs(100000) }}',
+        '{{ ("x" * 100000) | replace("x", "y" * 1000) }}',
+        '{{ ("x" * 100000).replace("", "yyyyyyyyyyyyyyyyyyyy") }}',
+        '{{ ("\n" * 100000) | indent(1000) }}',
+        '{{ ("x" * 1000000) | wordwrap(1, wrapstring="-----") }}',
+        '{{ (["x" * 100000] * 100) | join }}',
+        '{{ ("x" * 100000).join(["y"] * 100) }}',
+        '{{ (["x" * 100000] * 100) | join(",") }}',
+        '{% set ns = namespace(x="ab") %}{% for i in range(40) %}{% set ns.x = ns.x ~ ns.x %}{% endfor %}',
+        '{% set ns = namespace(x="ab") %}{% for i in range(40) %}{% set ns.x = ns.x + ns.x %}{% endfor %}',
+        "{{ lipsum(100000) }}",
+    ],
+)
+def test_a_template_that_would_build_a_huge_value_is_refused_before_it_is_built(template: str) -> None:
+    refused_without_building("Hi", None, template, "over the limit")
+
+
+@pytest.mark.parametrize(
+    "template",
+    [
+        "{{ 10 ** 100000 }}",
+        "{% set ns = namespace(x=2 ** 4000) %}{% for i in range(20) %}{% set ns.x = ns.x * ns.x %}{% endfor %}",
+    ],
+)
+def test_integers_are_bounded_in_bits(template: str) -> None:
+    refused_without_building("Hi", None, template, "over the limit of 4096 bits")
+
+
+@pytest.mark.parametrize("count", ["200000", "10 ** 30", "0, 10 ** 30, 7"])
+def test_a_huge_range_is_refused(count: str) -> None:
+    refused_without_building("Hi", None, f"{{% for i in range({count}) %}}{{% endfor %}}", "a range is over the limit")
+
+
+def test_nested_loops_share_one_budget_of_iterations() -> None:
+    nested = "{% for i in range(1000) %}{% for j in range(1000) %}{% endfor %}{% endfor %}"
+
+    refused_without_building("Hi", None, nested, "loops ran over the limit of 100,000 iterations")
+
+
+def test_loops_within_the_budget_render_and_know_their_length() -> None:
+    rendered = render_step("Hi", None, "{% for i in range(3) %}{{ loop.index }}/{{ loop.length }} {% endfor %}", {})
+
+    assert rendered.text == "1/3 2/3 3/3 "
+
+
+def test_output_streamed_past_the_body_limit_stops_the_render() -> None:
+    big_loop = '{% for i in range(100000) %}{{ "x" * 100 }}{% endfor %}'  # 10 MB of output, 100 B at a time
+
+    refused_without_building("Hi", None, big_loop, r"the text is over the limit of 1,048,576 characters")
+
+
+def test_a_body_at_the_limit_renders() -> None:
+    rendered = render_step("Hi", None, f'{{{{ "x" * {MAX_BODY_CHARS} }}}}', {})
+
+    assert len(rendered.text) == MAX_BODY_CHARS
+
+
+def test_a_subject_over_998_characters_is_refused() -> None:
+    assert len(render_step(f'{{{{ "s" * {MAX_SUBJECT_CHARS} }}}}', None, "x", {}).subject) == MAX_SUBJECT_CHARS
+    with pytest.raises(RenderError, match="the subject is 999 characters, over the limit of 998"):
+        render_step(f'{{{{ "s" * {MAX_SUBJECT_CHARS + 1} }}}}', None, "x", {})
