@@ -2,12 +2,17 @@
 
 Jinja2's ``ImmutableSandboxedEnvironment`` already keeps templates away from Python internals and from
 mutating the context; it does not bound what they build: ``{{ "a" * 50000000 }}`` makes 50 MB and
-``{% for i in range(100000) %}{% for j in range(100000) %}`` runs ten billion iterations. Here every
-way a template can make something large is checked *before* it is made where one step could multiply
-a size (``*``, ``**``, printf and ``str.format`` widths, padding, ``replace``, ``join``, ``indent``,
-``wordwrap``, ``lipsum``), and every string or list an operator, concatenation (``~``), filter or call
-returns is checked after (those grow a value by a small constant factor at most, so nothing larger than
-a few times :data:`MAX_VALUE_CHARS` is ever built). Loop iterations share one budget per render.
+``{% for i in range(100000) %}{% for j in range(100000) %}`` runs ten billion iterations. Here:
+
+- where one step could multiply a size, the result's size is estimated *before* it is made: ``*``,
+  ``**``, printf and ``str.format`` widths, padding, ``replace``, ``join``, ``indent``, ``wordwrap``,
+  ``lipsum``;
+- every value an operator, a concatenation (``~``), a filter or a call takes or returns, and every value
+  written to the output, is weighed: how long it would be as text, nested lists and dicts included
+  (a list holding one long string many times is small in memory and huge as text). Weighing stops just
+  past the limit, so it costs at most that much. What is left grows a value by a small constant factor
+  at most, so nothing much larger than :data:`MAX_VALUE_CHARS` is ever built;
+- loop iterations and macro calls (ten each) share one budget per render, and ``range`` is capped.
 
 A refused template raises :class:`TemplateLimitExceeded` (a ``SecurityError``), which the renderer turns
 into a :class:`~services.common.templates.RenderError` like any other failure.
@@ -20,20 +25,23 @@ import functools
 import inspect
 import re
 import string
-from collections.abc import Callable, Iterable, Iterator, Sized
+from collections.abc import Callable, Iterable, Iterator
 from typing import Any
 
 from jinja2 import nodes
 from jinja2.defaults import DEFAULT_NAMESPACE
 from jinja2.exceptions import SecurityError
-from jinja2.runtime import Context
+from jinja2.runtime import Context, Macro
 from jinja2.sandbox import ImmutableSandboxedEnvironment
+from jinja2.utils import Namespace
 
-# The largest string (characters) or list (items) any expression may build: the body cap, since nothing
+# The longest value (as text, in characters) any expression may build: the body cap, since nothing
 # larger could be sent anyway (see services.common.templates).
 MAX_VALUE_CHARS = 1_048_576
-# Loop iterations of one template render, all loops together; also the longest range().
+# Loop iterations and macro calls of one template render, all together; also the longest range().
 MAX_LOOP_ITERATIONS = 100_000
+# A macro call costs about ten loop iterations, so it spends ten of the budget.
+MACRO_CALL_COST = 10
 # The largest integer an expression may produce, in bits (a 1,000-digit number is about 3,300 bits).
 MAX_POWER_BITS = 4096
 
@@ -49,24 +57,47 @@ def _refuse_over(size: int, what: str) -> None:
         raise TemplateLimitExceeded(f"{what} would be {size:,} long, over the limit of {MAX_VALUE_CHARS:,}")
 
 
+def weight(value: Any) -> int:
+    """How long ``value`` would be as text, at most (nested lists, tuples, sets, dicts and namespaces
+    included); counting stops once past :data:`MAX_VALUE_CHARS`, so it costs at most that much."""
+    total, pending = 0, [value]
+    while pending and total <= MAX_VALUE_CHARS:
+        item = pending.pop()
+        if isinstance(item, str):
+            total += len(item)
+        elif isinstance(item, list | tuple | set | frozenset):
+            total += 2 + 4 * len(item)  # brackets; quotes and a separator per item
+            if total <= MAX_VALUE_CHARS:
+                pending.extend(item)
+        elif isinstance(item, dict):
+            total += 2 + 8 * len(item)
+            if total <= MAX_VALUE_CHARS:
+                pending.extend(item.keys())
+                pending.extend(item.values())
+        elif isinstance(item, Namespace):
+            pending.append(item._Namespace__attrs)  # its repr shows them
+        elif isinstance(item, int) and not isinstance(item, bool):
+            total += item.bit_length() // 3 + 2
+        else:
+            total += 32
+    return total
+
+
 def _checked(value: Any) -> Any:
-    """``value``, refused when it is a string or list over the limit, or an integer over the bit limit."""
-    if isinstance(value, str | list | tuple | bytes):
-        _refuse_over(len(value), "a value")
-    elif isinstance(value, int) and value.bit_length() > MAX_POWER_BITS:
+    """``value``, refused when it would be longer than the limit as text, or is an integer over the bit
+    limit."""
+    if isinstance(value, int) and value.bit_length() > MAX_POWER_BITS:
         raise TemplateLimitExceeded(f"an integer of {value.bit_length():,} bits is over the limit of {MAX_POWER_BITS}")
+    if not isinstance(value, int | float | bool | type(None)):
+        _refuse_over(weight(value), "a value")
     return value
-
-
-def _length(value: Any) -> int:
-    return len(value) if isinstance(value, Sized) else 0
 
 
 def _repeated_size(left: Any, right: Any) -> int:
     """The size of ``left * right`` when it repeats a sequence, else 0."""
     for sequence, count in ((left, right), (right, left)):
         if isinstance(sequence, str | list | tuple) and isinstance(count, int):
-            return len(sequence) * max(count, 0)
+            return weight(sequence) * max(count, 0)
     return 0
 
 
@@ -107,7 +138,7 @@ def _occurrences(text: str, old: str) -> int:
 
 
 def _joined_size(separator: str, items: list[Any]) -> int:
-    return len(separator) * max(len(items) - 1, 0) + sum(len(item) if isinstance(item, str) else 20 for item in items)
+    return len(separator) * max(len(items) - 1, 0) + weight(items)
 
 
 # How long each amplifying operation's result would be, from its subject and arguments (by name: the
@@ -151,6 +182,8 @@ def _bounded_filter(name: str, filter_function: Callable[..., Any]) -> Callable[
 
     @functools.wraps(filter_function)
     def bounded(*args: Any, **kwargs: Any) -> Any:
+        for argument in (*args, *kwargs.values()):
+            _checked(argument)
         if name in {"center", "indent", "replace", "wordwrap"}:
             bound = signature.bind(*args, **kwargs)
             _refuse_over(_estimate(name, bound.arguments.get(subject_parameter or ""), bound.arguments), name)
@@ -175,18 +208,24 @@ def _bounded_range(*args: int) -> range:
     return numbers
 
 
+def _spend_iteration(cost: int = 1) -> None:
+    left = _iterations_left.get() - cost
+    if left < 0:
+        raise TemplateLimitExceeded(
+            f"loops and macro calls ran over the limit of {MAX_LOOP_ITERATIONS:,} iterations in all"
+        )
+    _iterations_left.set(left)
+
+
 def _counted(iterable: Iterable[Any]) -> Iterator[Any]:
-    """Iterate ``iterable`` within the render's loop budget."""
+    """Iterate ``iterable`` within the render's budget."""
     for item in iterable:
-        left = _iterations_left.get() - 1
-        if left < 0:
-            raise TemplateLimitExceeded(f"loops ran over the limit of {MAX_LOOP_ITERATIONS:,} iterations in all")
-        _iterations_left.set(left)
+        _spend_iteration()
         yield item
 
 
 def with_loop_budget(render: Callable[[], str]) -> str:
-    """Run ``render`` with a fresh budget of loop iterations (the budget lives in a context variable, so
+    """Run ``render`` with a fresh budget of loop iterations and macro calls (the budget lives in a context variable, so
     concurrent renders do not share one)."""
     token = _iterations_left.set(MAX_LOOP_ITERATIONS)
     try:
@@ -201,14 +240,17 @@ class BoundedSandbox(ImmutableSandboxedEnvironment):
     intercepted_binops = frozenset({"*", "**", "%", "+"})
 
     def __init__(self, *, autoescape: bool, **options: Any) -> None:
-        super().__init__(autoescape=autoescape, **options)
+        # finalize sees every value written to the output, before it becomes text.
+        super().__init__(autoescape=autoescape, finalize=_checked, **options)
         self.filters = {name: _bounded_filter(name, f) for name, f in self.filters.items()}
-        # Two private hooks, not part of a template's language: the loop budget and the check of `~`.
+        # Two private hooks, not part of a template's language: the loop budget and the checks of `~`.
         self.filters["_hw_counted"] = _counted
         self.filters["_hw_checked"] = _checked
         self.globals = {**DEFAULT_NAMESPACE, "range": _bounded_range}
 
     def call_binop(self, context: Context, operator: str, left: Any, right: Any) -> Any:
+        _checked(left)
+        _checked(right)
         if operator == "*":
             _refuse_over(_repeated_size(left, right), "a repetition")
         elif operator == "**":
@@ -218,6 +260,10 @@ class BoundedSandbox(ImmutableSandboxedEnvironment):
         return _checked(super().call_binop(context, operator, left, right))
 
     def call(self, context: Context, obj: Any, /, *args: Any, **kwargs: Any) -> Any:
+        for argument in (*args, *kwargs.values()):
+            _checked(argument)
+        if isinstance(obj, Macro):
+            _spend_iteration(MACRO_CALL_COST)
         # The sandbox wraps str.format in a function of its own; the method is its __wrapped__.
         method = getattr(obj, "__wrapped__", obj)
         subject = getattr(method, "__self__", None)
@@ -239,14 +285,19 @@ class BoundedSandbox(ImmutableSandboxedEnvironment):
         return _checked(super().call(context, obj, *args, **kwargs))
 
     def _parse(self, source: str, name: str | None, filename: str | None) -> nodes.Template:
-        """The template's syntax tree with every loop counted against the budget and every ``~``
-        concatenation checked (the sandbox has no hook for either)."""
+        """The template's syntax tree with every loop counted against the budget, and every ``~``
+        concatenation checked, its operands and its result (the sandbox has no hook for either)."""
         tree = super()._parse(source, name, filename)
         for loop in tree.find_all(nodes.For):
             loop.iter = nodes.Filter(loop.iter, "_hw_counted", [], [], None, None, lineno=loop.lineno)
         for concat in list(tree.find_all(nodes.Concat)):
-            _replace_node(tree, concat, nodes.Filter(concat, "_hw_checked", [], [], None, None, lineno=concat.lineno))
+            concat.nodes = [_checked_node(operand) for operand in concat.nodes]
+            _replace_node(tree, concat, _checked_node(concat))
         return tree
+
+
+def _checked_node(node: nodes.Expr) -> nodes.Filter:
+    return nodes.Filter(node, "_hw_checked", [], [], None, None, lineno=node.lineno)
 
 
 def _replace_node(tree: nodes.Node, old: nodes.Node, new: nodes.Node) -> None:

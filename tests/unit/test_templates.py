@@ -350,7 +350,37 @@ def test_a_huge_range_is_refused(count: str) -> None:
 def test_nested_loops_share_one_budget_of_iterations() -> None:
     nested = "{% for i in range(1000) %}{% for j in range(1000) %}{% endfor %}{% endfor %}"
 
-    refused_without_building("Hi", None, nested, "loops ran over the limit of 100,000 iterations")
+    refused_without_building("Hi", None, nested, "loops and macro calls ran over the limit of 100,000 iterations")
+
+
+def test_recursive_macros_share_the_budget_at_ten_iterations_a_call() -> None:
+    doubling = "{% macro m(n) %}{% if n %}{{ m(n - 1) }}{{ m(n - 1) }}{% else %}x{% endif %}{% endmacro %}{{ m(N) }}"
+
+    assert render_step("Hi", None, doubling.replace("N", "12"), {}).text == "x" * 4096  # 8,191 calls
+    with pytest.raises(RenderError, match="loops and macro calls ran over the limit"):
+        render_step("Hi", None, doubling.replace("N", "30"), {})
+
+
+@pytest.mark.parametrize(
+    "template",
+    [
+        # Small in memory (one string, referenced many times), huge as text.
+        '{{ ["x" * 1000000] * 1000 }}',
+        '{% set big = ["x" * 1000000] %}{{ (big + big) | string }}',
+        '{% set ns = namespace(x=["x" * 100000]) %}{% for i in range(30) %}{% set ns.x = [ns.x, ns.x] %}{% endfor %}'
+        "{{ ns.x }}",
+        '{% set ns = namespace(x=["x" * 100000]) %}{% for i in range(30) %}{% set ns.x = [ns.x, ns.x] %}{% endfor %}'
+        '{{ ns.x ~ "" }}',
+        '{% set ns = namespace(x=["x" * 100000]) %}{% for i in range(30) %}{% set ns.x = [ns.x, ns.x] %}{% endfor %}'
+        '{{ "{}".format(ns.x) }}',
+        '{% set ns = namespace(x=["x" * 100000]) %}{% for i in range(30) %}{% set ns.x = [ns.x, ns.x] %}{% endfor %}'
+        "{{ ns.x | tojson }}",
+        '{% set ns = namespace(x=["x" * 100000]) %}{% for i in range(30) %}{% set ns.x = {"a": ns.x, "b": ns.x} %}'
+        "{% endfor %}{{ ns }}",
+    ],
+)
+def test_nested_values_are_weighed_as_the_text_they_would_become(template: str) -> None:
+    refused_without_building("Hi", None, template, "over the limit")
 
 
 def test_loops_within_the_budget_render_and_know_their_length() -> None:
