@@ -208,7 +208,9 @@ def build_parser() -> argparse.ArgumentParser:
         "apply", help="Store Sequence resources from YAML files or folders ('-' reads standard input)"
     )
     preview = sequence_commands.add_parser(
-        "preview", help="Print every step of Sequences as one lead would get it, and when it would be sent"
+        "preview",
+        help="Print every step of Sequences as one lead would get it (headers, footer, tracking links) and when"
+        " it would be sent (UTC and the lead's time zone)",
     )
     for sub in (apply, preview):
         sub.add_argument(
