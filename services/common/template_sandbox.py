@@ -86,6 +86,9 @@ def weight(value: Any) -> int:
 def _checked(value: Any) -> Any:
     """``value``, refused when it would be longer than the limit as text, or is an integer over the bit
     limit."""
+    if type(value) is str:  # the common case, on every output expression: keep it cheap
+        _refuse_over(len(value), "a value")
+        return value
     if isinstance(value, int) and value.bit_length() > MAX_POWER_BITS:
         raise TemplateLimitExceeded(f"an integer of {value.bit_length():,} bits is over the limit of {MAX_POWER_BITS}")
     if not isinstance(value, int | float | bool | type(None)):
