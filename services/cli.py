@@ -110,7 +110,7 @@ def _sequences_apply(args: argparse.Namespace) -> None:
 
 
 def _sequences_preview(args: argparse.Namespace) -> None:
-    from datetime import datetime
+    from datetime import UTC, datetime
 
     from services.common.clock import utcnow
     from services.common.sequence_preview import parse_preview_lead, preview_sequence
