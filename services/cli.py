@@ -20,6 +20,7 @@ from services.common.config import (
     DispatcherSettings,
     IntakeSettings,
     OperatorSettings,
+    PreviewSettings,
     SchedulerSettings,
     load_settings,
 )
@@ -109,7 +110,7 @@ def _sequences_apply(args: argparse.Namespace) -> None:
 
 
 def _sequences_preview(args: argparse.Namespace) -> None:
-    from datetime import datetime
+    from datetime import UTC, datetime
 
     from services.common.clock import utcnow
     from services.common.sequence_preview import parse_preview_lead, preview_sequence
@@ -121,6 +122,7 @@ def _sequences_preview(args: argparse.Namespace) -> None:
         raise CommandError(f"--at: {args.at!r} is not an ISO 8601 time such as 2026-03-27T08:00:00+01:00") from error
     if start.tzinfo is None:
         raise CommandError(f"--at: {args.at!r} needs a UTC offset, such as 2026-03-27T08:00:00+01:00")
+    settings = load_settings(PreviewSettings)
     try:
         lead = parse_preview_lead(args.lead)
         manifests = load_manifests(_sequence_paths(args))
@@ -128,16 +130,18 @@ def _sequences_preview(args: argparse.Namespace) -> None:
             raise CommandError("no Sequence found in the given files")
         for resource in manifests.sequences:
             print(f"# sequence {resource.metadata.namespace}/{resource.metadata.name}")
-            steps = preview_sequence(resource, lead, start, manifests.config_map)
+            steps = preview_sequence(resource, lead, start, manifests.config_map, settings)
             for number, step in enumerate(steps, start=1):
                 print(f"\n## step {number}/{len(steps)} {step.name}")
-                print(f"sends at: {step.local_send_at.isoformat()} ({step.send_at.isoformat()})")
-                print(f"subject: {step.email.subject}")
+                print(f"sends at: {step.send_at.astimezone(UTC).isoformat()} (UTC)")
+                print(f"          {step.local_send_at.isoformat()} ({step.zone_label})")
+                for name, value in step.headers:
+                    print(f"{name}: {value}")
                 print("--- text ---")
-                print(step.email.text.rstrip("\n"))
-                if step.email.html is not None:
+                print(step.text.rstrip("\n"))
+                if step.html is not None:
                     print("--- html ---")
-                    print(step.email.html.rstrip("\n"))
+                    print(step.html.rstrip("\n"))
     except InvalidSequence as error:
         raise CommandError(str(error)) from error
 
@@ -204,7 +208,9 @@ def build_parser() -> argparse.ArgumentParser:
         "apply", help="Store Sequence resources from YAML files or folders ('-' reads standard input)"
     )
     preview = sequence_commands.add_parser(
-        "preview", help="Print every step of Sequences as one lead would get it, and when it would be sent"
+        "preview",
+        help="Print every step of Sequences as one lead would get it (headers, footer, tracking links) and when"
+        " it would be sent (UTC and the lead's time zone)",
     )
     for sub in (apply, preview):
         sub.add_argument(

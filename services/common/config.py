@@ -323,6 +323,19 @@ class DispatcherSettings(BusSettings, frozen=True, kw_only=True):
     shutdown_grace_s: PositiveFloat = 20.0
 
 
+class PreviewSettings(msgspec.Struct, frozen=True, kw_only=True):
+    """``healingwork sequences preview``: the dispatcher's settings that shape a message, read where they
+    are set so the preview shows the links and headers the dispatcher would send; none is required."""
+
+    public_base_url: HttpUrl = "https://links.example.com"
+    from_email: EmailAddress = "sender@example.com"
+    from_name: NonBlank = "healingwork"
+    smtp_idempotency_header: HeaderName = "X-Idempotency-Key"
+    unsubscribe_mailto: OptionalEmailAddress = ""
+    track_opens: bool = True
+    track_clicks: bool = True
+
+
 class DeadLetterSettings(DatabaseSettings, frozen=True, kw_only=True):
     """``healingwork dlq``: inspects and re-drives dead letters through the outbox (no Kafka connection)."""
 

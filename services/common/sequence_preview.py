@@ -1,20 +1,37 @@
-"""What a Sequence would send one lead, and when: every step rendered exactly as the dispatcher
-renders it, with its send time after delays and the send window. Pure; no database."""
+"""What a Sequence would send one lead, and when: every step composed exactly as the dispatcher composes
+it (``services.common.compose``: footer, tracking links, List-Unsubscribe and the other headers), read
+back from the message's own bytes, with its send time after delays and the send window, in UTC and in
+the lead's time zone. Pure; no database.
+"""
 
 from __future__ import annotations
 
+import email
+import email.policy
+import uuid
 from dataclasses import dataclass
 from datetime import datetime
+from email.message import EmailMessage
 from typing import Annotated
+from zoneinfo import ZoneInfo
 
 import msgspec
 
 from proto.sequence import SequenceResource
+from services.common.compose import ComposeSettings, MessageIdentity, StepContent, compose_email
+from services.common.config import PreviewSettings
 from services.common.durations import parse_duration
-from services.common.send_window import Window, next_send_time
+from services.common.send_window import Window, next_send_time, zone
 from services.common.sequence_templates import ConfigMapLookup, InvalidTemplate, resolve_step_bodies
 from services.common.sequences import InvalidSequence
-from services.dispatcher.render import RenderedEmail, RenderError, render_step
+from services.common.templates import RenderError, TemplateLead
+
+# Links in a preview are signed with this key, not HMAC_SECRET: they show the shape of the real links,
+# and no preview can be used to unsubscribe or to forge a click.
+PREVIEW_HMAC_SECRET = "preview-only-links-signed-with-this-key-do-not-verify"  # noqa: S105 - not a secret
+_PREVIEW_NAMESPACE = uuid.UUID("8d2f5a4e-1c3b-4f6a-9e7d-2b1c0a9f8e7d")
+# Headers that say how the message is encoded, or when it was built, rather than what the lead sees.
+_MIME_PLUMBING = frozenset({"date", "mime-version", "content-type", "content-transfer-encoding"})
 
 
 class PreviewLead(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=True):
@@ -29,49 +46,92 @@ class PreviewLead(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fiel
 
 @dataclass(frozen=True)
 class PreviewedStep:
+    """One step as the lead gets it: when (UTC and ``local_send_at`` in ``zone_label``'s zone), the
+    headers that matter and the decoded parts, all read from the message the dispatcher would send."""
+
     name: str
     send_at: datetime
     local_send_at: datetime
-    email: RenderedEmail
+    zone_label: str
+    headers: list[tuple[str, str]]
+    text: str
+    html: str | None
 
 
 def parse_preview_lead(text: str) -> PreviewLead:
-    """Decode ``--lead`` JSON; raises InvalidSequence naming the field."""
+    """Decode ``--lead`` JSON; raises InvalidSequence naming the field (an unknown time zone included)."""
     try:
-        return msgspec.json.decode(text, type=PreviewLead)
+        lead = msgspec.json.decode(text, type=PreviewLead)
     except (msgspec.ValidationError, msgspec.DecodeError) as error:
         raise InvalidSequence(f"--lead: {error}") from error
+    if lead.timezone is not None and zone(lead.timezone) is None:
+        raise InvalidSequence(f"--lead: timezone {lead.timezone!r} is not an IANA time zone such as 'Europe/Berlin'")
+    return lead
+
+
+def lead_zone(lead: PreviewLead, window: Window | None) -> tuple[ZoneInfo, str]:
+    """The zone to show a lead's send times in, and how to name it: the lead's own; without one, the
+    zone the send window is read in for this lead; with neither, UTC."""
+    own = zone(lead.timezone) if lead.timezone else None
+    if own is not None:
+        return own, f"{own.key}, the lead's time zone"
+    if window is not None:
+        read_in = window.zone_for(None)
+        return read_in, f"{read_in.key}, the send window's zone; the lead has none"
+    return ZoneInfo("UTC"), "UTC; the lead has no time zone"
 
 
 def preview_sequence(
-    resource: SequenceResource, lead: PreviewLead, start: datetime, config_maps: ConfigMapLookup
+    resource: SequenceResource,
+    lead: PreviewLead,
+    start: datetime,
+    config_maps: ConfigMapLookup,
+    settings: PreviewSettings | None = None,
 ) -> list[PreviewedStep]:
     """Every step for ``lead`` enrolled at ``start``: each is due its delay after the previous one was
-    sent (the first after enrollment), moved into the send window, as the scheduler does."""
+    sent (the first after enrollment), moved into the send window, as the scheduler does; composed as
+    the dispatcher does with ``settings`` (defaults when None)."""
     window = Window.of(resource.spec.send_window) if resource.spec.send_window else None
-    origin = f"Sequence {resource.metadata.namespace}/{resource.metadata.name}"
+    meta = resource.metadata
+    origin = f"Sequence {meta.namespace}/{meta.name}"
     try:
         bodies = resolve_step_bodies(resource, config_maps)
     except InvalidTemplate as error:
         raise InvalidSequence(f"{origin}: {error}") from error
-    context = {
-        "lead": {
-            "email": lead.email,
-            "first_name": lead.first_name,
-            "last_name": lead.last_name,
-            "source": lead.source,
-        },
-        "sequence": {"name": resource.metadata.name, "step": ""},
-    }
-    zone = window.zone_for(lead.timezone) if window else None
+    compose_settings = ComposeSettings.of(settings or PreviewSettings(), PREVIEW_HMAC_SECRET)
+    sender = resource.spec.from_
+    template_lead = TemplateLead(lead.email, lead.first_name, lead.last_name, lead.source)
+    local_zone, zone_label = lead_zone(lead, window)
     steps = []
     sent = start
     for index, body in enumerate(bodies):
         sent = next_send_time(sent + parse_duration(body.delay), window, lead.timezone)
-        context["sequence"] = {"name": resource.metadata.name, "step": body.name}
+        identity = MessageIdentity(
+            uuid.uuid5(_PREVIEW_NAMESPACE, f"{meta.namespace}/{meta.name}/{body.name}/{lead.email}"),
+            sender.email if sender else None,
+            sender.name if sender else None,
+        )
         try:
-            email = render_step(body.subject, body.html, body.text, context)
+            composed = compose_email(
+                StepContent(meta.name, body.name, body.subject, body.html, body.text),
+                template_lead,
+                identity,
+                compose_settings,
+            )
         except RenderError as error:
             raise InvalidSequence(f"{origin}: spec.steps[{index}] ({body.name}): {error}") from error
-        steps.append(PreviewedStep(body.name, sent, sent.astimezone(zone) if zone else sent, email))
+        message: EmailMessage = email.message_from_bytes(composed.data, policy=email.policy.default)
+        headers = [(name, str(value)) for name, value in message.items() if name.lower() not in _MIME_PLUMBING]
+        text_part, html_part = message.get_body(("plain",)), message.get_body(("html",))
+        steps.append(
+            PreviewedStep(
+                name=body.name,
+                send_at=sent,
+                local_send_at=sent.astimezone(local_zone),
+                zone_label=zone_label,
+                headers=headers,
+                text=text_part.get_content() if text_part is not None else "",
+                html=html_part.get_content() if html_part is not None else None,
+            )
+        )
     return steps

@@ -1,5 +1,7 @@
-"""A Sequence's step bodies made concrete: ConfigMap references resolved, every template compiled in
-the sandbox and rendered against a sample lead, before anything is stored.
+"""A Sequence's step bodies made concrete: ConfigMap references resolved, and every step composed for
+sample leads exactly as the dispatcher composes it (``services.common.compose``: the same template
+context, sandbox, limits and links), before anything is stored. So a template is accepted here if and
+only if the dispatcher can send it (for leads like the samples).
 
 The failures are :class:`~services.common.sequences.InvalidSequence` errors naming the field, so the
 CLI prints them and the operator turns them into a ``Valid=False`` condition.
@@ -7,25 +9,31 @@ CLI prints them and the operator turns them into a ``Valid=False`` condition.
 
 from __future__ import annotations
 
+import uuid
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
-from typing import Any
 
 from proto.sequence import SequenceResource
-from services.dispatcher.render import RenderError, render_step
+from services.common.compose import ComposeSettings, MessageIdentity, StepContent, compose_email
+from services.common.templates import RenderError, TemplateLead
 
 # ConfigMap data by (namespace, name); None when there is no such ConfigMap.
 ConfigMapLookup = Callable[[str, str], Mapping[str, str] | None]
 
-# What a template sees, with exactly the keys the dispatcher renders with (services.dispatcher.dispatch):
-# a lead with every optional field, and one without, since templates are strict about undefined names.
-SAMPLE_CONTEXTS: tuple[dict[str, Any], ...] = tuple(
-    {
-        "lead": {"email": "ada@example.com", "first_name": first, "last_name": last, "source": "website"},
-        "sequence": {"name": "sample", "step": "sample"},
-    }
-    for first, last in (("Ada", "Lovelace"), (None, None))
+# A lead with every optional field, and one without, since templates are strict about undefined names.
+SAMPLE_LEADS = (
+    TemplateLead(email="ada@example.com", first_name="Ada", last_name="Lovelace", source="website"),
+    TemplateLead(email="ada@example.com", first_name=None, last_name=None, source="website"),
 )
+# Stand-ins for the dispatcher's settings: what they change (link hosts, tokens) has no bearing on
+# whether a template renders.
+SAMPLE_SETTINGS = ComposeSettings(
+    public_base_url="https://links.example.com",
+    hmac_secret="sample-secret-for-checking-templates-only",  # noqa: S106 - not a secret
+    from_email="sender@example.com",
+    from_name="Sample sender",
+)
+SAMPLE_MESSAGE = MessageIdentity(uuid.UUID(int=0))
 
 
 class InvalidTemplate(Exception):
@@ -69,11 +77,13 @@ def resolve_step_bodies(resource: SequenceResource, config_maps: ConfigMapLookup
     return bodies
 
 
-def check_step_bodies(bodies: list[StepBody]) -> None:
-    """Render every step against sample leads in the sandbox; raises InvalidTemplate naming the step."""
+def check_step_bodies(bodies: list[StepBody], sequence_name: str) -> None:
+    """Compose every step for the sample leads as the dispatcher would; raises InvalidTemplate naming the
+    step and the error (a template that fails, or a part over its size limit)."""
     for index, body in enumerate(bodies):
-        for context in SAMPLE_CONTEXTS:
+        step = StepContent(sequence_name, body.name, body.subject, body.html, body.text)
+        for lead in SAMPLE_LEADS:
             try:
-                render_step(body.subject, body.html, body.text, context)
+                compose_email(step, lead, SAMPLE_MESSAGE, SAMPLE_SETTINGS)
             except RenderError as error:
                 raise InvalidTemplate(f"spec.steps[{index}] ({body.name}): {error}") from error

@@ -184,7 +184,7 @@ async def apply_sequence(
         raise InvalidSequence(f"{origin}: {'; '.join(problems)}")
     try:
         bodies = resolve_step_bodies(resource, config_maps)
-        check_step_bodies(bodies)
+        check_step_bodies(bodies, meta.name)
     except InvalidTemplate as error:
         raise InvalidSequence(f"{origin}: {error}") from error
     seq_id = sequence_id(meta.namespace, meta.name)

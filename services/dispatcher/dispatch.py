@@ -32,16 +32,15 @@ from proto.codec import encode_message
 from proto.messages import EmailDeadLettered
 from services.common import metrics
 from services.common.clock import utcnow
+from services.common.compose import ComposeSettings, MessageIdentity, StepContent, compose_email
 from services.common.config import DispatcherSettings
 from services.common.db import UNAVAILABLE_ERRORS, Connection, transaction
 from services.common.events import EVENT_CTES, MessageRef, NewEvent, event_parameters
 from services.common.outbox import WAKE_RELAYS
 from services.common.retry import backoff_delay, retry_async
+from services.common.templates import RenderError, TemplateLead
 from services.dispatcher.coalesce import Coalescer
-from services.dispatcher.links import MessageLinks, add_open_pixel, add_unsubscribe_footer, track_clicks
-from services.dispatcher.mail import build_message
 from services.dispatcher.rate import SharedRateLimiter
-from services.dispatcher.render import RenderedEmail, RenderError, render_step
 from services.dispatcher.smtp import SendError, SmtpConnection, SmtpPool
 
 log = logging.getLogger(__name__)
@@ -270,8 +269,6 @@ class Dispatcher:
         self._pool = pool
         self._smtp = smtp
         self._rate = rate or SharedRateLimiter(pool, settings.smtp_rate_name, settings.smtp_rate_per_s)
-        header = settings.smtp_idempotency_header
-        self._idempotency_header = None if header.lower() == "none" else header
         # Claims (SendJob) and outcomes (Outcome) share one group commit: under load the outcome of a
         # connection's last send and the claim of its next one go to PostgreSQL in one transaction.
         self._ledger: Coalescer[SendJob | Outcome, SendJob | None] = Coalescer(
@@ -383,39 +380,13 @@ class Dispatcher:
         return status
 
     def _build(self, job: SendJob) -> tuple[str, bytes]:
-        settings = self._settings
-        links = MessageLinks(settings.public_base_url, settings.hmac_secret, job.message_id)
-        context = {
-            "lead": {
-                "email": job.to_email,
-                "first_name": job.first_name,
-                "last_name": job.last_name,
-                "source": job.source,
-            },
-            "sequence": {"name": job.sequence_name, "step": job.step_name},
-            "unsubscribe_url": links.unsubscribe_url,
-        }
-        rendered = render_step(job.subject, job.html, job.text, context)
-        text, markup = add_unsubscribe_footer(rendered.text, rendered.html, links)
-        if markup is not None and settings.track_clicks:
-            markup = track_clicks(markup, links)
-        if markup is not None and settings.track_opens:
-            markup = add_open_pixel(markup, links)
-        from_email = job.from_email or settings.from_email
-        data = build_message(
-            message_id=job.message_id,
-            from_email=from_email,
-            from_name=(job.from_name or settings.from_name) if job.from_email else settings.from_name,
-            to_email=job.to_email,
-            to_name=" ".join(filter(None, [job.first_name, job.last_name])) or None,
-            rendered=RenderedEmail(subject=rendered.subject, html=markup, text=text),
-            idempotency_header=self._idempotency_header,
-            list_unsubscribe=(
-                links.unsubscribe_url,
-                links.unsubscribe_mailto(settings.unsubscribe_mailto or settings.from_email),
-            ),
+        composed = compose_email(
+            StepContent(job.sequence_name, job.step_name, job.subject, job.html, job.text),
+            TemplateLead(job.to_email, job.first_name, job.last_name, job.source),
+            MessageIdentity(job.message_id, job.from_email, job.from_name),
+            ComposeSettings.of(self._settings, self._settings.hmac_secret),
         )
-        return from_email, data
+        return composed.sender, composed.data
 
     async def _send(
         self, job: SendJob, connection: SmtpConnection, sender: str, data: bytes

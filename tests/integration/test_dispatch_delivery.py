@@ -19,6 +19,7 @@ from services.common import metrics
 from services.common.config import DatabaseSettings, DeadLetterSettings, DispatcherSettings
 from services.common.db import Connection, open_pool, transaction
 from services.common.sequences import apply_sequence, parse_sequence_document
+from services.common.templates import template_context
 from services.common.tokens import Purpose, verify_token
 from services.dispatcher.dead_letters_cli import run_dlq_command
 from services.dispatcher.dispatch import Dispatcher, Outcome, claim_message, load_jobs, write_group
@@ -310,6 +311,91 @@ async def test_a_permanent_failure_is_dead_lettered_once_and_replayable(
     assert await run_dlq_command(settings, Namespace(sequence_command="list", limit=10, json=False)) == (
         "no dead letters\n"
     )
+
+
+async def apply_step(pool: Pool, source: str, **step: str) -> None:
+    """Store a one-step Sequence for leads from ``source`` (through apply_sequence and its checks)."""
+    resource = parse_sequence_document(
+        {
+            "apiVersion": "healingwork.io/v1alpha1",
+            "kind": "Sequence",
+            "metadata": {"name": source},
+            "spec": {"trigger": {"sources": [source]}, "steps": [{"name": "only", "subject": "Hi", **step}]},
+        },
+        "test",
+    )
+    async with transaction(pool) as conn:
+        await apply_sequence(conn, resource)
+
+
+# Each passes the check at apply time (the sample lead's address has 15 characters) and fails for a lead
+# whose address has 17, as a template may fail only for some leads' data.
+FAILING_FOR_LONGER_ADDRESSES = {
+    "division": ("{{ 10 // (lead.email | length - 17) }}", "ZeroDivisionError: integer division or modulo by zero"),
+    "huge-string": (
+        '{{ "a" * ((lead.email | length - 15) * 25000000) }}',
+        "a repetition would be 50,000,000 long, over the limit of 1,048,576",
+    ),
+    "huge-range": (
+        "{% for i in range((lead.email | length - 15) * 10 ** 9) %}{% endfor %}",
+        "a range is over the limit of 100,000 items",
+    ),
+    "filter": ("{{ [1, lead.email[15:]] | sort if lead.email[15:] else '' }}", "TypeError"),
+}
+
+
+@pytest.mark.parametrize("case", FAILING_FOR_LONGER_ADDRESSES)
+async def test_a_template_failing_at_send_time_is_dead_lettered_with_the_reason(
+    make_dispatcher: MakeDispatcher, pool: Pool, mail_sink: MailSink, topic_prefix: str, case: str
+) -> None:
+    template, reason = FAILING_FOR_LONGER_ADDRESSES[case]
+    await apply_step(pool, case, text=template)
+    message_id = await queue_message(pool, "grace@example.com", source=case)
+
+    assert await make_dispatcher().dispatch(message_id) == "dead"
+
+    assert mail_sink.messages() == []
+    assert await status_of(pool, message_id) == {"status": "dead", "attempts": 1}
+    [row] = await fetch_all(pool.conninfo, "SELECT last_error FROM messages WHERE id = %s", message_id)
+    assert str(row["last_error"]).startswith("template error: ")
+    assert reason in str(row["last_error"])
+    dlq_topic = f"{topic_prefix}email.dispatch.dlq"
+    [letter] = await fetch_all(pool.conninfo, "SELECT key, payload FROM outbox WHERE topic = %s", dlq_topic)
+    assert letter["key"] == str(message_id)
+    assert reason in json.loads(bytes(letter["payload"]))["reason"]  # type: ignore[arg-type]
+
+
+def context_paths(context: object, path: str = "") -> frozenset[str]:
+    """The variable names a context offers, nested ones dotted: {"lead.email", ..., "unsubscribe_url"}."""
+    if not isinstance(context, dict):
+        return frozenset({path})
+    return frozenset().union(*(context_paths(value, f"{path}.{key}".lstrip(".")) for key, value in context.items()))
+
+
+async def test_apply_time_checks_offer_exactly_the_variables_the_dispatcher_renders_with(
+    make_dispatcher: MakeDispatcher, pool: Pool, mail_sink: MailSink, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    built: list[dict[str, Any]] = []
+
+    def recording(*args: Any) -> dict[str, Any]:
+        built.append(template_context(*args))
+        return built[-1]
+
+    monkeypatch.setattr("services.common.compose.template_context", recording)
+    await apply_step(pool, "everything", html='<p>{{ lead.first_name }} <a href="{{ unsubscribe_url }}">bye</a></p>')
+    at_apply = [context_paths(context) for context in built]
+    built.clear()
+    message_id = await queue_message(pool, source="everything")
+
+    assert await make_dispatcher().dispatch(message_id) == "sent"
+
+    [at_send] = [context_paths(context) for context in built]
+    assert at_apply == [at_send, at_send]  # one sample lead with every optional field, one without
+    assert "unsubscribe_url" in at_send
+    [email] = mail_sink.messages()
+    html_body = email.get_body(("html",))
+    assert html_body is not None
+    assert "bye</a>" in html_body.get_content()
 
 
 async def test_replaying_a_message_that_is_not_dead_changes_nothing(pool: Pool, topic_prefix: str) -> None:

@@ -8,8 +8,8 @@ tampering, expiry and replay (test_intake_auth.py test_bad_signatures_are_refuse
 test_signed_request_is_accepted_once_and_a_replay_is_refused); token tampering, truncation and wrong
 purpose (tests/unit/test_tokens.py; test_tracking.py
 test_tampered_truncated_or_wrong_purpose_tokens_get_404_and_change_nothing);
-webhook forgery and replay (test_webhooks.py); template sandboxing (tests/unit/test_render.py); header
-building (tests/unit/test_mail.py).
+webhook forgery and replay (test_webhooks.py); template sandboxing and size limits
+(tests/unit/test_templates.py); header building (tests/unit/test_mime.py).
 """
 
 from __future__ import annotations

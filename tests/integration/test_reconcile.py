@@ -86,6 +86,40 @@ async def test_an_invalid_change_keeps_the_last_valid_revision_running(pool: Poo
     assert result.event.type == "Warning"
 
 
+def with_text(text: str) -> dict[str, Any]:
+    body = copy.deepcopy(BODY)
+    body["spec"]["steps"][0]["text"] = text
+    return body
+
+
+@pytest.mark.parametrize(
+    ("text", "error"),
+    [
+        ("{{ 10 // 0 }}", "template error: ZeroDivisionError: integer division or modulo by zero (in the text)"),
+        ('{{ "a" * 50000000 }}', "template error: a repetition would be 50,000,000 long, over the limit of 1,048,576"),
+        ("{% for i in range(10 ** 9) %}{% endfor %}", "template error: a range is over the limit of 100,000 items"),
+    ],
+)
+async def test_a_template_failing_in_any_way_is_valid_false_naming_the_step_and_the_error(
+    pool: Pool, text: str, error: str
+) -> None:
+    result = await reconcile(pool, with_text(text))
+
+    valid = conditions(result)["Valid"]
+    assert (valid["status"], valid["reason"]) == ("False", "InvalidSpec")
+    assert valid["message"].startswith(f"spec.steps[0] (hello): {error}")
+    assert result.event is not None
+    assert result.event.type == "Warning"
+    assert await fetch_all(pool.conninfo, "SELECT revision FROM sequence_revisions") == []
+
+
+async def test_a_step_using_the_unsubscribe_url_is_valid(pool: Pool) -> None:
+    result = await reconcile(pool, with_text("Leave any time: {{ unsubscribe_url }}"))
+
+    assert conditions(result)["Valid"]["status"] == "True"
+    assert result.status["revision"] == 4
+
+
 async def test_a_body_the_structs_refuse_is_reported_not_raised(pool: Pool) -> None:
     broken = copy.deepcopy(BODY)
     broken["spec"]["steps"][0]["delay"] = "soon"

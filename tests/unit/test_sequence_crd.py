@@ -99,7 +99,7 @@ def test_every_example_parses_and_its_templates_render() -> None:
 
     assert len(manifests.sequences) == len(example_documents())
     for resource in manifests.sequences:
-        check_step_bodies(resolve_step_bodies(resource, manifests.config_map))
+        check_step_bodies(resolve_step_bodies(resource, manifests.config_map), resource.metadata.name)
 
 
 # --- invalid Sequences -----------------------------------------------------------------------------

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import copy
 import io
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
@@ -11,6 +12,8 @@ import pytest
 import yaml
 
 from proto.sequence import SequenceResource
+from services.common.sequence_preview import parse_preview_lead, preview_sequence
+from services.common.sequence_templates import no_config_maps
 from services.common.sequences import InvalidSequence, load_sequence_files, parse_sequence_document, sequence_id
 
 EXAMPLE = Path(__file__).resolve().parents[2] / "k8s" / "examples" / "welcome.yaml"
@@ -282,3 +285,33 @@ def test_dash_reads_sequences_from_standard_input(monkeypatch: pytest.MonkeyPatc
     [resource] = load_sequence_files([Path("-")])
 
     assert resource.metadata.name == "welcome"
+
+
+# --- preview_sequence -------------------------------------------------------------------------------
+
+
+def test_preview_reads_each_step_back_from_the_message_the_dispatcher_would_send() -> None:
+    (resource,) = load_sequence_files([EXAMPLE])
+    lead = parse_preview_lead('{"first_name": "Ada", "timezone": "Europe/Berlin"}')
+
+    first, second = preview_sequence(resource, lead, datetime(2026, 3, 27, 15, tzinfo=UTC), no_config_maps)
+
+    headers = dict(first.headers)
+    assert headers["Subject"] == "Welcome to healingwork, Ada"
+    assert headers["List-Unsubscribe-Post"] == "List-Unsubscribe=One-Click"
+    assert "Date" not in headers
+    assert first.html is not None
+    assert "/t/o/" in first.html
+    assert "Unsubscribe: https://links.example.com/u/" in first.text
+    assert (first.send_at, first.local_send_at.isoformat()) == (
+        datetime(2026, 3, 27, 15, tzinfo=UTC),
+        "2026-03-27T16:00:00+01:00",
+    )
+    assert second.send_at == datetime(2026, 3, 29, 15, tzinfo=UTC)
+    assert second.local_send_at.isoformat() == "2026-03-29T17:00:00+02:00"  # after the DST switch
+    assert second.zone_label == "Europe/Berlin, the lead's time zone"
+
+
+def test_a_preview_lead_with_an_unknown_time_zone_is_refused() -> None:
+    with pytest.raises(InvalidSequence, match="--lead: timezone 'Mars/Olympus' is not an IANA time zone"):
+        parse_preview_lead('{"timezone": "Mars/Olympus"}')

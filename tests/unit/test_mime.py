@@ -11,8 +11,8 @@ from typing import Any
 
 import pytest
 
-from services.dispatcher.mail import build_message
-from services.dispatcher.render import RenderedEmail
+from services.common.mime import build_message
+from services.common.templates import RenderedEmail
 
 MESSAGE_ID = uuid.UUID("0b9f5c1e-8a4d-4e0f-9c55-3a7e0d6b2f10")
 

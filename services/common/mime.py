@@ -21,7 +21,7 @@ from email.header import Header
 from email.utils import format_datetime, formataddr
 
 from services.common.clock import utcnow
-from services.dispatcher.render import RenderedEmail
+from services.common.templates import RenderedEmail
 
 _MAX_7BIT_LINE = 998
 

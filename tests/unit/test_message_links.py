@@ -9,8 +9,8 @@ import uuid
 
 import pytest
 
+from services.common.message_links import MessageLinks, add_open_pixel, add_unsubscribe_footer, track_clicks
 from services.common.tokens import Purpose, verify_token
-from services.dispatcher.links import MessageLinks, add_open_pixel, add_unsubscribe_footer, track_clicks
 from services.intake.engagement import is_automated
 
 SECRET = "3f1b9c2e7d4a6f8b0c1e2d3a4b5c6d7e8f9a0b1c"
