@@ -446,3 +446,30 @@ async def test_a_command_in_the_id_scheme_before_the_upgrade_sends_nothing_twice
 
     assert (first, second) == ({message_id: "sent"}, {})
     assert len(mail_sink.messages()) == 1
+
+
+async def test_two_batches_in_flight_never_have_more_messages_sending_than_connections(
+    make_dispatcher: MakeDispatcher, pool: Pool, mail_sink: MailSink
+) -> None:
+    dispatcher = make_dispatcher(dispatch_concurrency=3)
+    ids = [await queue_message(pool, f"lead{i}@example.com") for i in range(30)]
+    seen: list[int] = []
+
+    async def watch_the_window() -> None:
+        async with pool.connection() as conn:
+            while True:
+                cursor = await conn.execute("SELECT count(*) AS n FROM messages WHERE status = 'sending'")
+                row = await cursor.fetchone()
+                seen.append(int(row["n"]) if row else 0)  # type: ignore[call-overload]
+                await asyncio.sleep(0)
+
+    watcher = asyncio.create_task(watch_the_window())
+    try:
+        first, second = await asyncio.gather(dispatcher.dispatch_batch(ids[:15]), dispatcher.dispatch_batch(ids[15:]))
+    finally:
+        watcher.cancel()
+
+    assert {**first, **second} == dict.fromkeys(ids, "sent")
+    assert len(mail_sink.messages()) == 30
+    assert seen  # the window was looked at while the batches ran
+    assert max(seen) <= 3
