@@ -91,7 +91,7 @@ class SmtpConnection:
             # aiosmtplib bounds each command; this bounds the whole transaction including the connect.
             async with asyncio.timeout(self._timeout_s * 3):
                 client = await self._connected()
-                reply = await _transaction(client, sender, recipient, data)
+                reply = await mail_transaction(client, sender, recipient, data)
         except (aiosmtplib.SMTPException, OSError, TimeoutError) as error:
             failure = classify(error)
             if failure.code is None or failure.code == 421:
@@ -128,7 +128,7 @@ class SmtpConnection:
             client.close()
 
 
-async def _transaction(client: aiosmtplib.SMTP, sender: str, recipient: str, data: bytes) -> str:
+async def mail_transaction(client: aiosmtplib.SMTP, sender: str, recipient: str, data: bytes) -> str:
     """MAIL, RCPT and DATA on a session past EHLO; returns the final reply. What ``sendmail`` does for
     one recipient, without parsing both addresses twice and measuring the message for SIZE on every
     send (a quarter of the dispatcher's CPU per email): the addresses were validated when they were
