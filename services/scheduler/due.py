@@ -106,6 +106,7 @@ async def emit_due_steps(conn: Connection, *, limit: int, topic: str, now: datet
                 for c in candidates
             ],
             dispatch_topic=topic,
+            now=now,
         )
         # A message that already exists was queued by an earlier run: its command went out with it.
         emitted = [c for c in candidates if c.message_id in inserted]

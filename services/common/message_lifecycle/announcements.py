@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import uuid
 from dataclasses import dataclass
+from datetime import datetime
 
 from proto.messages import EmailDeadLettered, EmailDispatch
 from services.common.clock import utcnow
@@ -47,11 +48,11 @@ class Attempt:
         return Attempt(self.ref, self.enrollment_id, self.life, self.attempt + 1)
 
 
-def dispatch_command(attempt: Attempt) -> EmailDispatch:
+def dispatch_command(attempt: Attempt, occurred_at: datetime | None = None) -> EmailDispatch:
     """The ``email.dispatch`` command for ``attempt`` (the attempt to be made, 1-based)."""
     return EmailDispatch(
         id=attempt.id_of("dispatch"),
-        occurred_at=utcnow(),
+        occurred_at=occurred_at or utcnow(),
         message_id=attempt.message_id,
         enrollment_id=attempt.enrollment_id,
         lead_id=attempt.ref.lead_id,
@@ -59,9 +60,11 @@ def dispatch_command(attempt: Attempt) -> EmailDispatch:
     )
 
 
-def dispatch_outbox_row(topic: str, attempt: Attempt) -> tuple[str, str, EmailDispatch]:
+def dispatch_outbox_row(
+    topic: str, attempt: Attempt, occurred_at: datetime | None = None
+) -> tuple[str, str, EmailDispatch]:
     """The outbox row of :func:`dispatch_command`, keyed by enrollment (ordering per enrollment)."""
-    return topic, str(attempt.enrollment_id), dispatch_command(attempt)
+    return topic, str(attempt.enrollment_id), dispatch_command(attempt, occurred_at)
 
 
 def dead_letter(attempt: Attempt, reason: str) -> EmailDeadLettered:

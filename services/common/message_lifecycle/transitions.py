@@ -67,9 +67,12 @@ RETURNING id
 """
 
 
-async def create(conn: Connection, messages: Sequence[NewMessage], *, dispatch_topic: str) -> set[uuid.UUID]:
-    """Insert ``messages`` as ``queued`` and queue each one's first ``email.dispatch`` command; returns
-    the ids inserted (a message that already exists was created earlier, its command with it)."""
+async def create(
+    conn: Connection, messages: Sequence[NewMessage], *, dispatch_topic: str, now: datetime | None = None
+) -> set[uuid.UUID]:
+    """Insert ``messages`` as ``queued`` and queue each one's first ``email.dispatch`` command (dated
+    ``now``, the caller's clock); returns the ids inserted (a message that already exists was created
+    earlier, its command with it)."""
     if not messages:
         return set()
     cursor = await conn.execute(
@@ -91,7 +94,7 @@ async def create(conn: Connection, messages: Sequence[NewMessage], *, dispatch_t
         for m in messages
         if m.id in inserted
     ]
-    await enqueue_messages(conn, [dispatch_outbox_row(dispatch_topic, attempt) for attempt in first])
+    await enqueue_messages(conn, [dispatch_outbox_row(dispatch_topic, attempt, now) for attempt in first])
     return inserted  # type: ignore[return-value]
 
 
