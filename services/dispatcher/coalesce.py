@@ -39,17 +39,11 @@ class Coalescer(Generic[I, R]):
 
     async def submit(self, item: I) -> R:
         """The result of ``item``'s group flush (its exception, if the flush raised)."""
-        return await self.submit_nowait(item)
-
-    def submit_nowait(self, item: I) -> asyncio.Future[R]:
-        """Queue ``item`` for the next group and return the future of its result, without waiting:
-        items are flushed in the order they were submitted, so a caller may submit an item and then
-        another that must not be written before it."""
         future: asyncio.Future[R] = asyncio.get_running_loop().create_future()
         self._pending.append((item, future))
         if self._running is None or self._running.done():
             self._running = asyncio.create_task(self._drain())
-        return future
+        return await future
 
     async def _drain(self) -> None:
         while self._pending:

@@ -19,11 +19,10 @@ import asyncio
 import contextlib
 import logging
 import uuid
-from collections import deque
-from collections.abc import Iterable, Sequence
-from dataclasses import dataclass, field, replace
+from collections.abc import Coroutine, Iterable, Sequence
+from dataclasses import dataclass, replace
 from datetime import datetime, timedelta
-from typing import TypeVar
+from typing import Any, TypeVar
 
 import psycopg
 import psycopg_pool
@@ -153,16 +152,6 @@ async def write_group(
     ]
 
 
-@dataclass
-class _BatchRun:
-    """One ``dispatch_batch`` call: the messages its workers have yet to take, and what they did."""
-
-    pending: deque[SendJob]
-    results: dict[uuid.UUID, str] = field(default_factory=dict)
-    stopping: bool = False
-    waiting: set[asyncio.Task[None]] = field(default_factory=set)  # workers in a cancellable wait
-
-
 class Dispatcher:
     """Sends the messages named by ``email.dispatch`` commands."""
 
@@ -233,107 +222,60 @@ class Dispatcher:
         """Send the messages that may be sent now, concurrently (bounded by the SMTP pool and the
         shared rate); returns the final status of each message this call claimed.
 
-        A worker per SMTP connection (at most the pool's size) takes the batch's messages one after the
-        other. Each message is claimed (``sending`` committed) only once its worker holds a connection
-        and a rate permit, and a worker submits its last outcome before its next claim, so at most
-        DISPATCH_CONCURRENCY messages per replica are ever inside the duplicate window. Cancelling the
-        call leaves unclaimed messages untouched and lets every claimed one finish (send and record)
-        before the cancellation completes.
+        Each message is claimed (``sending`` committed) only once an SMTP connection and a rate permit
+        are in hand, so at most DISPATCH_CONCURRENCY messages per replica are ever inside the duplicate
+        window. Cancelling the call leaves unclaimed messages untouched and lets every claimed one finish
+        (send and record) before the cancellation completes.
         """
         if not message_ids:
             return {}
         async with transaction(self._pool) as conn:
             jobs = await load_jobs(conn, dict.fromkeys(message_ids))
-        if not jobs:
-            return {}
-        batch = _BatchRun(deque(jobs))
-        workers = [asyncio.create_task(self._work(batch)) for _ in range(min(len(jobs), self._smtp.size))]
-        try:
-            await asyncio.wait(workers)
-        except asyncio.CancelledError:
-            # Stop claiming; a worker waiting for a permit or a connection holds no claim and stops
-            # now, the others finish the message they claimed (send and record) first.
-            batch.stopping = True
-            for worker in batch.waiting:
-                worker.cancel()
-            await asyncio.wait(workers)
-            raise
-        for worker in workers:
-            if (error := worker.exception()) is not None:
-                raise error
-        return batch.results
+        results = await asyncio.gather(*(self._process(job) for job in jobs), return_exceptions=True)
+        outcome: dict[uuid.UUID, str] = {}
+        for job, result in zip(jobs, results, strict=True):
+            if isinstance(result, BaseException):
+                raise result
+            if result is not None:
+                outcome[job.message_id] = result
+        return outcome
 
-    async def _work(self, batch: _BatchRun) -> None:
-        """Send the batch's messages over one connection, one after the other, until none is left."""
-        connection: SmtpConnection | None = None
-        recorded: list[asyncio.Future[SendJob | None]] = []
+    async def _process(self, job: SendJob) -> str | None:
+        if job.suppressed:
+            return await _complete_even_if_cancelled(
+                self._finish_unsent(job, Status.SKIPPED, "recipient is suppressed")
+            )
         try:
-            while batch.pending and not batch.stopping:
-                job = batch.pending.popleft()
-                status: str | None
-                if job.suppressed:
-                    status = await self._finish_unsent(job, Status.SKIPPED, "recipient is suppressed", recorded)
-                else:
-                    try:
-                        sender, data = self._build(job)
-                    except RenderError as error:
-                        status = await self._finish_unsent(job, Status.DEAD, str(error), recorded)
-                    else:
-                        if (connection := await self._ready(batch, connection)) is None:
-                            return  # stopped while waiting: nothing claimed
-                        status = await self._claim_send_record(job, connection, sender, data, recorded)
-                if status is not None:
-                    batch.results[job.message_id] = status
-        finally:
-            if connection is not None:
-                self._smtp.release(connection)
-            # Every outcome this worker submitted is recorded before the batch is done (or fails).
-            await asyncio.gather(*recorded)
-
-    async def _ready(self, batch: _BatchRun, connection: SmtpConnection | None) -> SmtpConnection | None:
-        """Wait for a rate permit, the worker's connection and the end of a throttle pause; None if the
-        batch was cancelled meanwhile. The only waits a cancellation interrupts: no claim is held."""
-        task = asyncio.current_task()
-        assert task is not None, "workers are tasks"
-        batch.waiting.add(task)
-        try:
-            await self._rate.acquire()
-            if connection is None:
-                return await self._smtp.acquire()
-            await self._smtp.wait_unpaused()
-            return connection
-        except asyncio.CancelledError:
-            if batch.stopping:
-                task.uncancel()  # the batch's own stop, handled: this worker ends normally
-                return None
-            raise
-        finally:
-            batch.waiting.discard(task)
+            sender, data = self._build(job)
+        except RenderError as error:
+            return await _complete_even_if_cancelled(self._finish_unsent(job, Status.DEAD, str(error)))
+        # Waiting for a permit or a connection is cancellable: nothing is claimed yet. From here on the
+        # task owns the connection and releases it.
+        await self._rate.acquire()
+        connection = await self._smtp.acquire()
+        return await _complete_even_if_cancelled(self._claim_send_record(job, connection, sender, data))
 
     async def _claim_send_record(
-        self,
-        job: SendJob,
-        connection: SmtpConnection,
-        sender: str,
-        data: bytes,
-        recorded: list[asyncio.Future[SendJob | None]],
+        self, job: SendJob, connection: SmtpConnection, sender: str, data: bytes
     ) -> str | None:
-        claimed = await self._ledger.submit(job)
-        if claimed is None:
-            return None
-        status, detail, retry_in = await self._send(claimed, connection, sender, data)
-        # Not awaited here: the worker's next claim is submitted after this outcome, so it is written
-        # in the same group or a later one, and a group records before it claims, in one statement.
-        recorded.append(self._ledger.submit_nowait(lifecycle.Outcome(claimed.attempt(), status, detail, retry_in)))
+        try:
+            claimed = await self._ledger.submit(job)
+            if claimed is None:
+                return None
+            status, detail, retry_in = await self._send(claimed, connection, sender, data)
+        finally:
+            # Free for the next message while this outcome is recorded. The window stays bounded by
+            # DISPATCH_CONCURRENCY per replica: the connection's next claim is in this outcome's group or
+            # a later one, and a group records before it claims, in one statement.
+            self._smtp.release(connection)
+        await self._ledger.submit(lifecycle.Outcome(claimed.attempt(), status, detail, retry_in))
         return status
 
-    async def _finish_unsent(
-        self, job: SendJob, status: Status, detail: str, recorded: list[asyncio.Future[SendJob | None]]
-    ) -> str | None:
+    async def _finish_unsent(self, job: SendJob, status: Status, detail: str) -> str | None:
         claimed = await self._ledger.submit(job)
         if claimed is None:
             return None
-        recorded.append(self._ledger.submit_nowait(lifecycle.Outcome(claimed.attempt(), status, detail)))
+        await self._ledger.submit(lifecycle.Outcome(claimed.attempt(), status, detail))
         return status
 
     def _build(self, job: SendJob) -> tuple[str, bytes]:
@@ -363,3 +305,15 @@ class Dispatcher:
             )
             return decision.status, decision.reason, decision.retry_in
         return Status.SENT, reply, None
+
+
+async def _complete_even_if_cancelled(operation: Coroutine[Any, Any, T]) -> T:
+    """Run ``operation`` to its end even if the caller is cancelled meanwhile; then re-raise the
+    cancellation. Used from a message's claim to its recorded outcome, so a shutdown never leaves a
+    message in ``sending`` that did not have to be."""
+    task = asyncio.ensure_future(operation)
+    try:
+        return await asyncio.shield(task)
+    except asyncio.CancelledError:
+        await task
+        raise

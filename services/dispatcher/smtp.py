@@ -168,26 +168,18 @@ class SmtpPool:
         self._resume_at = 0.0
         self._paused_at = float("-inf")
 
-    @property
-    def size(self) -> int:
-        return len(self._all)
-
     async def acquire(self) -> SmtpConnection:
-        """A connection; waits while every connection is busy or the pool is paused."""
+        """A connection for one transaction; waits while every connection is busy or the pool is paused."""
         connection = await self._idle.get()
         try:
-            await self.wait_unpaused()
+            loop = asyncio.get_running_loop()
+            # Re-checked after each sleep: another throttled reply may have extended the pause.
+            while (wait := self._resume_at - loop.time()) > 0:  # noqa: ASYNC110
+                await asyncio.sleep(wait)
         except BaseException:
             self._idle.put_nowait(connection)
             raise
         return connection
-
-    async def wait_unpaused(self) -> None:
-        """Wait while the pool is paused (before each transaction over a connection already held)."""
-        loop = asyncio.get_running_loop()
-        # Re-checked after each sleep: another throttled reply may have extended the pause.
-        while (wait := self._resume_at - loop.time()) > 0:  # noqa: ASYNC110
-            await asyncio.sleep(wait)
 
     def release(self, connection: SmtpConnection) -> None:
         self._idle.put_nowait(connection)
