@@ -172,6 +172,12 @@ def dispatcher_command(port: int) -> list[str]:
     return [sys.executable, "-m", "services", "dispatcher"]
 
 
+def cpu_seconds(pid: int) -> float:
+    """User + system CPU time a process has used so far (Linux ``/proc``)."""
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
 def ready(health_port: int) -> bool:
     try:
         with urllib.request.urlopen(f"http://127.0.0.1:{health_port}/readyz", timeout=1) as response:
@@ -199,7 +205,11 @@ def has_unfinished(database_url: str) -> bool:
     return bool(row and row[0])
 
 
-async def end_to_end(database_url: str, bootstrap: str, sink_port: int, args: argparse.Namespace) -> float:
+async def end_to_end(
+    database_url: str, bootstrap: str, sink_port: int, args: argparse.Namespace
+) -> tuple[float, float]:
+    """Emails per second end to end, and the dispatchers' CPU time per email (µs; start-up excluded):
+    the second figure depends far less on what else the machine is doing than the first."""
     commands = await seed(database_url, args.messages)
     log(f"seeded {len(commands)} queued messages")
     ports = [find_free_port() for _ in range(args.dispatchers)]
@@ -218,6 +228,7 @@ async def end_to_end(database_url: str, bootstrap: str, sink_port: int, args: ar
                 raise RuntimeError("dispatchers did not become ready")
             await asyncio.sleep(0.2)
         log(f"{args.dispatchers} dispatchers ready; producing {len(commands)} commands")
+        cpu_at_start = sum(cpu_seconds(p.pid) for p in processes)
         producer = AIOKafkaProducer(bootstrap_servers=bootstrap, linger_ms=5, enable_idempotence=False, acks=1)
         await producer.start()
         started = time.perf_counter()
@@ -232,6 +243,7 @@ async def end_to_end(database_url: str, bootstrap: str, sink_port: int, args: ar
                 raise RuntimeError(f"only {sent_count(database_url)} of {len(commands)} sent after {args.timeout} s")
             await asyncio.sleep(0.1)
         elapsed = time.perf_counter() - started
+        cpu = sum(cpu_seconds(p.pid) for p in processes) - cpu_at_start
         if (done := sent_count(database_url)) != len(commands):
             raise RuntimeError(f"{done} of {len(commands)} messages sent; the others did not end `sent`")
     finally:
@@ -239,7 +251,7 @@ async def end_to_end(database_url: str, bootstrap: str, sink_port: int, args: ar
             process.send_signal(2)
         for process in processes:
             process.wait(30)
-    return len(commands) / elapsed
+    return len(commands) / elapsed, cpu / len(commands) * 1e6
 
 
 async def main() -> None:
@@ -279,7 +291,7 @@ async def main() -> None:
             # a change in machine load during the run (this machine is shared) skews the ratio less.
             before = await raw_ceiling(sink_port, connections, args.ceiling_seconds)
             log(f"raw ceiling before: {before:.0f} messages/s over {connections} connections")
-            rate = await end_to_end(database_url, broker.bootstrap_servers, sink_port, args)
+            rate, cpu_us = await end_to_end(database_url, broker.bootstrap_servers, sink_port, args)
             log(f"end to end: {rate:.0f} emails/s with {args.dispatchers} dispatchers")
             after = await raw_ceiling(sink_port, connections, args.ceiling_seconds)
             log(f"raw ceiling after: {after:.0f} messages/s")
@@ -294,6 +306,8 @@ async def main() -> None:
         "raw_ceiling_per_s": round(ceiling, 1),
         "raw_ceiling_before_after": [round(before, 1), round(after, 1)],
         "ratio": round(rate / ceiling, 3),
+        "dispatcher_cpu_us_per_email": round(cpu_us),
+        "load_average_1m": round(os.getloadavg()[0], 2),
         "messages": args.messages,
         "dispatchers": args.dispatchers,
         "connections_per_dispatcher": args.concurrency,

@@ -20,6 +20,7 @@ from proto.sequence import KIND, SequenceResource
 from services.common.config import DatabaseSettings, check_email
 from services.common.db import Connection, command_transaction
 from services.common.durations import parse_duration
+from services.common.message_lifecycle.transitions import cancel_sequence_messages
 from services.common.send_window import LEAD, zone
 from services.common.sequence_templates import (
     ConfigMapLookup,
@@ -318,13 +319,8 @@ async def delete_sequence(conn: Connection, namespace: str, name: str) -> Delete
            WHERE sequence_id = %s AND status = 'active'""",
         (seq_id,),
     )
-    skipped = await conn.execute(
-        """UPDATE messages SET status = 'skipped', next_attempt_at = NULL, last_error = 'sequence deleted',
-                               updated_at = now()
-           WHERE sequence_id = %s AND status IN ('queued', 'retrying')""",
-        (seq_id,),
-    )
-    return DeletedSequence(cancelled.rowcount, skipped.rowcount)
+    skipped = await cancel_sequence_messages(conn, seq_id)
+    return DeletedSequence(cancelled.rowcount, skipped)
 
 
 @dataclass(frozen=True)

@@ -26,18 +26,16 @@ from typing import Any, TypeVar
 
 import psycopg
 import psycopg_pool
-from psycopg import sql
 
-from proto.codec import encode_message
-from proto.messages import EmailDeadLettered
 from services.common import metrics
-from services.common.clock import utcnow
 from services.common.compose import ComposeSettings, MessageIdentity, StepContent, compose_email
 from services.common.config import DispatcherSettings
 from services.common.db import UNAVAILABLE_ERRORS, Connection, transaction
-from services.common.events import EVENT_CTES, MessageRef, NewEvent, event_parameters
-from services.common.outbox import WAKE_RELAYS
-from services.common.retry import backoff_delay, retry_async
+from services.common.events import MessageRef
+from services.common.message_lifecycle import transitions as lifecycle
+from services.common.message_lifecycle.announcements import Attempt
+from services.common.message_lifecycle.states import CLAIM, Status, decide_after_failure
+from services.common.retry import retry_async
 from services.common.templates import RenderError, TemplateLead
 from services.dispatcher.coalesce import Coalescer
 from services.dispatcher.rate import SharedRateLimiter
@@ -46,9 +44,6 @@ from services.dispatcher.smtp import SendError, SmtpConnection, SmtpPool
 log = logging.getLogger(__name__)
 
 T = TypeVar("T")
-
-# The event announced for each final status of an attempt.
-EVENT_OF_STATUS = {"sent": "sent", "retrying": "failed", "dead": "dead", "skipped": "skipped"}
 
 
 @dataclass(frozen=True)
@@ -74,13 +69,21 @@ class SendJob:
     from_email: str | None
     from_name: str | None
     suppressed: bool
-    claimed_at: datetime | None = None  # set by claim_message
+    life: int = 0  # set by the claim (messages.replays)
+    claimed_at: datetime | None = None  # set by the claim
+
+    def attempt(self) -> Attempt:
+        """The attempt this job is on, as the message lifecycle names it."""
+        ref = MessageRef(
+            self.message_id, self.lead_id, self.sequence_id, self.revision, self.step_position, self.step_name
+        )
+        return Attempt(ref, self.enrollment_id, self.life, self.attempts)
 
 
 async def load_jobs(conn: Connection, message_ids: Iterable[uuid.UUID]) -> list[SendJob]:
     """Read what is needed to send each message that may be sent now (queued, or a retry that is due);
     others (sent, sending, dead, skipped, a retry not yet due) are not returned. Changes nothing: each
-    message is claimed by :func:`claim_message` only when an SMTP connection is ready for it."""
+    message is claimed (:func:`write_group`) only when an SMTP connection is ready for it."""
     cursor = await conn.execute(
         """SELECT m.id, m.enrollment_id, m.lead_id, m.sequence_id, m.revision, m.step_position, m.attempts,
                   l.email, l.first_name, l.last_name, l.source, s.name AS sequence_name,
@@ -94,9 +97,9 @@ async def load_jobs(conn: Connection, message_ids: Iterable[uuid.UUID]) -> list[
            JOIN sequence_steps st
              ON st.sequence_id = m.sequence_id AND st.revision = m.revision AND st.position = m.step_position
            WHERE m.id = ANY(%s)
-             AND m.status IN ('queued', 'retrying')
+             AND m.status = ANY(%s)
              AND (m.next_attempt_at IS NULL OR m.next_attempt_at <= now())""",
-        (list(message_ids),),
+        (list(message_ids), CLAIM.source_names),
     )
     return [
         SendJob(
@@ -124,135 +127,29 @@ async def load_jobs(conn: Connection, message_ids: Iterable[uuid.UUID]) -> list[
     ]
 
 
-# One statement for a group of the dispatcher's writes, so a group costs one round trip: record each
-# outcome (only where the message is still ``sending``), its event and, for a dead one, its dead letter;
-# then claim the jobs (``sending`` committed, attempt counted) that may still be sent now. Records and
-# claims touch disjoint rows: a message is either ``sending`` or claimable, never both.
-_WRITE_GROUP = (
-    sql.SQL(
-        """WITH o AS (
-               SELECT * FROM unnest(%(o_id)s::uuid[], %(o_status)s::text[], %(o_detail)s::text[],
-                                    %(o_retry_in)s::interval[], %(o_dead_letter)s::bytea[])
-                   AS o(id, status, detail, retry_in, dead_letter)),
-           recorded AS (
-               UPDATE messages m
-               SET status = o.status,
-                   sent_at = CASE WHEN o.status = 'sent' THEN now() END,
-                   next_attempt_at = CASE WHEN o.status = 'retrying' THEN now() + o.retry_in END,
-                   smtp_response = CASE WHEN o.status = 'sent' THEN o.detail ELSE m.smtp_response END,
-                   last_error = CASE WHEN o.status = 'sent' THEN m.last_error ELSE o.detail END,
-                   updated_at = now()
-               FROM o
-               WHERE m.id = o.id AND m.status = 'sending'
-               RETURNING m.id),
-           {event_ctes},
-           dead_lettered AS (
-               INSERT INTO outbox (topic, key, payload)
-               SELECT %(dlq_topic)s, o.id::text, o.dead_letter FROM o JOIN recorded USING (id)
-               WHERE o.dead_letter IS NOT NULL
-               RETURNING id),
-           claimed AS (
-               UPDATE messages
-               SET status = 'sending', attempts = attempts + 1, next_attempt_at = NULL,
-                   sending_at = now(), updated_at = now()
-               WHERE id = ANY(%(claim_ids)s) AND status IN ('queued', 'retrying')
-                 AND (next_attempt_at IS NULL OR next_attempt_at <= now())
-               RETURNING id, attempts, sending_at),
-           woken AS (
-               SELECT {wake} WHERE EXISTS (SELECT FROM ev_queued) OR EXISTS (SELECT FROM dead_lettered))
-           -- `woken` is selected only so that it runs: a CTE that modifies nothing runs only if read.
-           -- One row even when nothing is claimed, so `recorded` always comes back.
-           SELECT c.id, c.attempts, c.sending_at,
-                  (SELECT count(*) FROM recorded) AS recorded, (SELECT count(*) FROM woken) AS woken
-           FROM (VALUES (1)) AS one LEFT JOIN claimed c ON true"""
-    )
-    .format(
-        event_ctes=EVENT_CTES.format(where=sql.SQL("WHERE ev.message_id IN (SELECT id FROM recorded)")),
-        wake=WAKE_RELAYS,
-    )
-    .as_string()
-)
-
-
 async def write_group(
-    conn: Connection, outcomes: Sequence[Outcome], jobs: Sequence[SendJob], *, events_topic: str, dlq_topic: str
-) -> tuple[list[SendJob | None], int]:
-    """Record ``outcomes`` (their ``events`` and dead letters included) and claim ``jobs``, in one
-    statement; returns one result per job (the claimed job, or None if it may not be sent now) and how
-    many outcomes were written."""
-    cursor = await conn.execute(
-        _WRITE_GROUP,
-        {
-            "o_id": [o.job.message_id for o in outcomes],
-            "o_status": [o.status for o in outcomes],
-            "o_detail": [o.detail[:2000] for o in outcomes],
-            "o_retry_in": [o.retry_in for o in outcomes],
-            "o_dead_letter": [
-                encode_message(dead_letter(o.job, o.detail)) if o.status == "dead" else None for o in outcomes
-            ],
-            "dlq_topic": dlq_topic,
-            "claim_ids": [job.message_id for job in jobs],
-            **event_parameters(
-                [
-                    NewEvent(
-                        message_ref(o.job),
-                        EVENT_OF_STATUS[o.status],
-                        o.detail,
-                        dedupe_key=f"{claim_key(o.job)}/{o.status}",
-                    )
-                    for o in outcomes
-                ],
-                topic=events_topic,
-            ),
-        },
+    conn: Connection,
+    outcomes: Sequence[lifecycle.Outcome],
+    jobs: Sequence[SendJob],
+    *,
+    events_topic: str,
+    dlq_topic: str,
+) -> list[SendJob | None]:
+    """Record ``outcomes`` and claim ``jobs`` in one statement (:func:`lifecycle.record_and_claim`);
+    returns one result per job: the claimed job, or None if it may not be sent now."""
+    claimed, _ = await lifecycle.record_and_claim(
+        conn,
+        outcomes,
+        [job.message_id for job in jobs],
+        events_topic=events_topic,
+        dlq_topic=dlq_topic,
     )
-    rows = await cursor.fetchall()
-    claimed = {row["id"]: row for row in rows if row["id"] is not None}
-    results = [
-        replace(job, attempts=row["attempts"], claimed_at=row["sending_at"])  # type: ignore[arg-type]
-        if (row := claimed.pop(job.message_id, None)) is not None
+    return [
+        replace(job, attempts=c.attempt, life=c.life, claimed_at=c.claimed_at)
+        if (c := claimed.get(job.message_id)) is not None
         else None
         for job in jobs
     ]
-    return results, int(rows[0]["recorded"])  # type: ignore[call-overload]
-
-
-async def claim_message(conn: Connection, job: SendJob) -> SendJob | None:
-    """Move the message to ``sending`` and count the attempt, if it may still be sent now (another
-    replica may have claimed it meanwhile); returns the claimed job, or None."""
-    claimed, _ = await write_group(conn, [], [job], events_topic="", dlq_topic="")
-    return claimed[0]
-
-
-def claim_key(job: SendJob) -> str:
-    """Unique per claim (attempt), so events and dead letters of a replayed message are their own."""
-    return f"{job.message_id}/{job.claimed_at.timestamp() if job.claimed_at else 0}"
-
-
-@dataclass(frozen=True)
-class Outcome:
-    """The result of one attempt, to be recorded."""
-
-    job: SendJob
-    status: str
-    detail: str
-    retry_in: timedelta | None = None
-
-
-def message_ref(job: SendJob) -> MessageRef:
-    return MessageRef(job.message_id, job.lead_id, job.sequence_id, job.revision, job.step_position, job.step_name)
-
-
-def dead_letter(job: SendJob, reason: str) -> EmailDeadLettered:
-    """The dead letter announcing on the dead-letter topic that the message will not be delivered."""
-    return EmailDeadLettered(
-        id=uuid.uuid5(job.message_id, f"{claim_key(job)}/dead"),
-        occurred_at=utcnow(),
-        message_id=job.message_id,
-        enrollment_id=job.enrollment_id,
-        attempts=job.attempts,
-        reason=reason[:2000],
-    )
 
 
 class Dispatcher:
@@ -271,23 +168,23 @@ class Dispatcher:
         self._rate = rate or SharedRateLimiter(pool, settings.smtp_rate_name, settings.smtp_rate_per_s)
         # Claims (SendJob) and outcomes (Outcome) share one group commit: under load the outcome of a
         # connection's last send and the claim of its next one go to PostgreSQL in one transaction.
-        self._ledger: Coalescer[SendJob | Outcome, SendJob | None] = Coalescer(
+        self._ledger: Coalescer[SendJob | lifecycle.Outcome, SendJob | None] = Coalescer(
             self._write_group, on_idle=self._release_connection
         )
         self._conn: Connection | None = None  # held by the ledger while it has work
 
-    async def _write_group(self, items: Sequence[SendJob | Outcome]) -> list[SendJob | None]:
+    async def _write_group(self, items: Sequence[SendJob | lifecycle.Outcome]) -> list[SendJob | None]:
         """Record the outcomes, then claim the jobs, in one transaction; one result per item (the
         claimed job or None for a claim, None for an outcome)."""
         settings = self._settings
-        outcomes = [item for item in items if isinstance(item, Outcome)]
+        outcomes = [item for item in items if isinstance(item, lifecycle.Outcome)]
         jobs = [item for item in items if isinstance(item, SendJob)]
 
         async def write() -> list[SendJob | None]:
             conn = self._conn or await self._checkout()
             try:
                 # One statement in autocommit mode: atomic, and one round trip.
-                claimed, _ = await write_group(
+                claimed = await write_group(
                     conn, outcomes, jobs, events_topic=settings.topic_email_events, dlq_topic=settings.topic_email_dlq
                 )
             except BaseException:
@@ -345,11 +242,13 @@ class Dispatcher:
 
     async def _process(self, job: SendJob) -> str | None:
         if job.suppressed:
-            return await _complete_even_if_cancelled(self._finish_unsent(job, "skipped", "recipient is suppressed"))
+            return await _complete_even_if_cancelled(
+                self._finish_unsent(job, Status.SKIPPED, "recipient is suppressed")
+            )
         try:
             sender, data = self._build(job)
         except RenderError as error:
-            return await _complete_even_if_cancelled(self._finish_unsent(job, "dead", str(error)))
+            return await _complete_even_if_cancelled(self._finish_unsent(job, Status.DEAD, str(error)))
         # Waiting for a permit or a connection is cancellable: nothing is claimed yet. From here on the
         # task owns the connection and releases it.
         await self._rate.acquire()
@@ -369,14 +268,14 @@ class Dispatcher:
             # DISPATCH_CONCURRENCY per replica: the connection's next claim is in this outcome's group or
             # a later one, and a group records before it claims, in one statement.
             self._smtp.release(connection)
-        await self._ledger.submit(Outcome(claimed, status, detail, retry_in))
+        await self._ledger.submit(lifecycle.Outcome(claimed.attempt(), status, detail, retry_in))
         return status
 
-    async def _finish_unsent(self, job: SendJob, status: str, detail: str) -> str | None:
+    async def _finish_unsent(self, job: SendJob, status: Status, detail: str) -> str | None:
         claimed = await self._ledger.submit(job)
         if claimed is None:
             return None
-        await self._ledger.submit(Outcome(claimed, status, detail))
+        await self._ledger.submit(lifecycle.Outcome(claimed.attempt(), status, detail))
         return status
 
     def _build(self, job: SendJob) -> tuple[str, bytes]:
@@ -390,18 +289,22 @@ class Dispatcher:
 
     async def _send(
         self, job: SendJob, connection: SmtpConnection, sender: str, data: bytes
-    ) -> tuple[str, str, timedelta | None]:
+    ) -> tuple[Status, str, timedelta | None]:
         settings = self._settings
         try:
             with metrics.SMTP_SECONDS.time():
                 reply = await self._smtp.send(connection, sender, job.to_email, data)
         except SendError as error:
-            if error.permanent or job.attempts >= settings.max_attempts:
-                suffix = "" if error.permanent else f" (after {job.attempts} attempts)"
-                return "dead", error.reason + suffix, None
-            delay = backoff_delay(job.attempts, settings.retry_base_delay_s, settings.retry_max_delay_s)
-            return "retrying", error.reason, timedelta(seconds=max(delay, 1.0))
-        return "sent", reply, None
+            decision = decide_after_failure(
+                error.reason,
+                permanent=error.permanent,
+                attempts=job.attempts,
+                max_attempts=settings.max_attempts,
+                base_delay_s=settings.retry_base_delay_s,
+                max_delay_s=settings.retry_max_delay_s,
+            )
+            return decision.status, decision.reason, decision.retry_in
+        return Status.SENT, reply, None
 
 
 async def _complete_even_if_cancelled(operation: Coroutine[Any, Any, T]) -> T:

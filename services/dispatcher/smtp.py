@@ -91,8 +91,7 @@ class SmtpConnection:
             # aiosmtplib bounds each command; this bounds the whole transaction including the connect.
             async with asyncio.timeout(self._timeout_s * 3):
                 client = await self._connected()
-                options = None if (sender + recipient).isascii() else ["SMTPUTF8"]
-                _, reply = await client.sendmail(sender, [recipient], data, mail_options=options)
+                reply = await mail_transaction(client, sender, recipient, data)
         except (aiosmtplib.SMTPException, OSError, TimeoutError) as error:
             failure = classify(error)
             if failure.code is None or failure.code == 421:
@@ -114,6 +113,8 @@ class SmtpConnection:
             timeout=self._timeout_s,
         )
         await client.connect()  # also STARTTLS and AUTH, as configured
+        if client.is_ehlo_or_helo_needed:  # once per session, not per transaction
+            await client.ehlo()
         self._client = client
         metrics.SMTP_CONNECTS.inc()
         return client
@@ -125,6 +126,33 @@ class SmtpConnection:
                 async with asyncio.timeout(self._timeout_s):
                     await client.quit()
             client.close()
+
+
+async def mail_transaction(client: aiosmtplib.SMTP, sender: str, recipient: str, data: bytes) -> str:
+    """MAIL, RCPT and DATA on a session past EHLO; returns the final reply. What ``sendmail`` does for
+    one recipient, without parsing both addresses twice and measuring the message for SIZE on every
+    send (a quarter of the dispatcher's CPU per email): the addresses were validated when they were
+    stored, and aiosmtplib still refuses a command carrying CR or LF. Raises what ``sendmail`` raises,
+    after resetting the envelope on a refusal."""
+    utf8 = not (sender + recipient).isascii()
+    if utf8 and not client.supports_extension("smtputf8"):
+        raise aiosmtplib.SMTPNotSupported("SMTPUTF8 is not supported by this server")
+    encoding = "utf-8" if utf8 else "ascii"
+    try:
+        reply = await client.execute_command(
+            b"MAIL", b"FROM:<" + sender.encode(encoding) + b">", *([b"SMTPUTF8"] if utf8 else [])
+        )
+        if reply.code != 250:
+            raise aiosmtplib.SMTPSenderRefused(reply.code, reply.message, sender)
+        reply = await client.execute_command(b"RCPT", b"TO:<" + recipient.encode(encoding) + b">")
+        if reply.code not in (250, 251):
+            refused = aiosmtplib.SMTPRecipientRefused(reply.code, reply.message, recipient)
+            raise aiosmtplib.SMTPRecipientsRefused([refused])
+        return (await client.data(data)).message
+    except (aiosmtplib.SMTPResponseException, aiosmtplib.SMTPRecipientsRefused):
+        with contextlib.suppress(aiosmtplib.SMTPException, OSError):
+            await client.rset()
+        raise
 
 
 class SmtpPool:

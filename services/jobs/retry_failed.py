@@ -23,28 +23,28 @@ served by a partial index (the queries are module constants so a test can EXPLAI
 from __future__ import annotations
 
 import logging
-import uuid
 from datetime import timedelta
 
-from proto.messages import EmailDeadLettered, EmailDispatch, LeadAccepted, Message
+from proto.messages import LeadAccepted
 from services.common.clock import utcnow
 from services.common.config import JobSettings
 from services.common.db import Connection
-from services.common.events import NewEvent, find_message, record_events
+from services.common.message_lifecycle import transitions as lifecycle
+from services.common.message_lifecycle.states import has_attempts_left
 from services.common.outbox import enqueue_messages
 from services.jobs.runner import JobContext, in_batches
 
 log = logging.getLogger(__name__)
 
 # Served by messages_retry_due_idx (next_attempt_at) WHERE status = 'retrying'.
-DUE_RETRIES = """SELECT id, enrollment_id, lead_id, attempts, last_error FROM messages
+DUE_RETRIES = """SELECT id, attempts FROM messages
     WHERE status = 'retrying' AND next_attempt_at <= now()
     ORDER BY next_attempt_at
     LIMIT %(limit)s
     FOR UPDATE SKIP LOCKED"""
 
 # Served by messages_queued_idx (updated_at) WHERE status = 'queued'.
-STUCK_QUEUED = """SELECT id, enrollment_id, lead_id, attempts FROM messages
+STUCK_QUEUED = """SELECT id FROM messages
     WHERE status = 'queued' AND updated_at < now() - %(age)s
     ORDER BY updated_at
     LIMIT %(limit)s
@@ -64,24 +64,6 @@ UNENROLLED_LEADS = """SELECT id, source, tags FROM leads
     FOR UPDATE SKIP LOCKED"""
 
 
-def dispatch_command(
-    topic: str, row: dict[str, object], *, command_id: uuid.UUID | None = None
-) -> tuple[str, str, Message]:
-    """The outbox row that sends a message row (``id``, ``enrollment_id``, ``lead_id``, ``attempts``)
-    again: its ``email.dispatch`` command, keyed by enrollment like the scheduler's. The command id is
-    the message id unless a caller needs a distinct one."""
-    message: uuid.UUID = row["id"]  # type: ignore[assignment]
-    command = EmailDispatch(
-        id=command_id or message,
-        occurred_at=utcnow(),
-        message_id=message,
-        enrollment_id=row["enrollment_id"],  # type: ignore[arg-type]
-        lead_id=row["lead_id"],  # type: ignore[arg-type]
-        attempt=int(row["attempts"]) + 1,  # type: ignore[call-overload]
-    )
-    return topic, str(command.enrollment_id), command
-
-
 async def requeue_due_retries(
     conn: Connection, *, limit: int, max_attempts: int, dispatch_topic: str, events_topic: str, dlq_topic: str
 ) -> tuple[int, int]:
@@ -90,56 +72,25 @@ async def requeue_due_retries(
     event and dead-letter it. Returns (requeued, dead)."""
     cursor = await conn.execute(DUE_RETRIES, {"limit": limit})
     rows = await cursor.fetchall()
-    again = [row for row in rows if int(row["attempts"]) < max_attempts]  # type: ignore[call-overload]
-    spent = [row for row in rows if int(row["attempts"]) >= max_attempts]  # type: ignore[call-overload]
-    if again:
-        await conn.execute(
-            """UPDATE messages SET status = 'queued', next_attempt_at = NULL, updated_at = now()
-               WHERE id = ANY(%s)""",
-            ([row["id"] for row in again],),
-        )
-    if spent:
-        await conn.execute(
-            """UPDATE messages
-               SET status = 'dead', next_attempt_at = NULL, updated_at = now(),
-                   last_error = left(coalesce(last_error || ' ', '') || '(attempt cap reached)', 2000)
-               WHERE id = ANY(%s)""",
-            ([row["id"] for row in spent],),
-        )
-    now = utcnow()
-    outgoing = [dispatch_command(dispatch_topic, row) for row in again]
-    deaths: list[NewEvent] = []
-    for row in spent:
-        message: uuid.UUID = row["id"]  # type: ignore[assignment]
-        attempts = int(row["attempts"])  # type: ignore[call-overload]
-        reason = f"attempt cap of {max_attempts} reached; last error: {row['last_error'] or 'unknown'}"
-        found = await find_message(conn, message)
-        if found is not None:  # the one way events are recorded: the row and email.events, with the step
-            deaths.append(NewEvent(found[0], "dead", reason, dedupe_key=f"{message}/dead/{attempts}"))
-        letter = EmailDeadLettered(
-            id=uuid.uuid5(message, "dead"),
-            occurred_at=now,
-            message_id=message,
-            enrollment_id=row["enrollment_id"],  # type: ignore[arg-type]
-            attempts=attempts,
-            reason=reason[:2000],
-        )
-        outgoing.append((dlq_topic, str(message), letter))
-    await record_events(conn, deaths, topic=events_topic)
-    await enqueue_messages(conn, outgoing)
-    return len(again), len(spent)
+    again = [row["id"] for row in rows if has_attempts_left(int(row["attempts"]), max_attempts)]  # type: ignore[call-overload]
+    spent = [row["id"] for row in rows if not has_attempts_left(int(row["attempts"]), max_attempts)]  # type: ignore[call-overload]
+    requeued = await lifecycle.requeue_retry(conn, again, dispatch_topic=dispatch_topic)  # type: ignore[arg-type]
+    dead = await lifecycle.give_up(
+        conn,
+        spent,  # type: ignore[arg-type]
+        max_attempts=max_attempts,
+        events_topic=events_topic,
+        dlq_topic=dlq_topic,
+    )
+    return len(requeued), len(dead)
 
 
 async def republish_stuck_queued(conn: Connection, *, older_than: timedelta, limit: int, dispatch_topic: str) -> int:
     """Queue the ``email.dispatch`` command again for up to ``limit`` messages ``queued`` for longer
     than ``older_than``; each one's clock restarts, so it is re-published at most once per period."""
     cursor = await conn.execute(STUCK_QUEUED, {"age": older_than, "limit": limit})
-    rows = await cursor.fetchall()
-    if not rows:
-        return 0
-    await conn.execute("UPDATE messages SET updated_at = now() WHERE id = ANY(%s)", ([row["id"] for row in rows],))
-    await enqueue_messages(conn, [dispatch_command(dispatch_topic, row) for row in rows])
-    return len(rows)
+    ids = [row["id"] for row in await cursor.fetchall()]
+    return len(await lifecycle.republish(conn, ids, dispatch_topic=dispatch_topic))  # type: ignore[arg-type]
 
 
 async def republish_unenrolled_leads(conn: Connection, *, older_than: timedelta, limit: int, topic: str) -> int:
@@ -172,7 +123,7 @@ async def republish_unenrolled_leads(conn: Connection, *, older_than: timedelta,
 
 
 # Served by messages_sending_idx (sending_at) WHERE status = 'sending'.
-STUCK_SENDING_ROWS = """SELECT id, enrollment_id, lead_id, attempts FROM messages
+STUCK_SENDING_ROWS = """SELECT id FROM messages
     WHERE status = 'sending' AND sending_at < now() - %(age)s
     ORDER BY sending_at
     LIMIT %(limit)s
@@ -185,24 +136,8 @@ async def requeue_stuck_sending(conn: Connection, *, older_than: timedelta, limi
     may already be with the provider: this trades a possible duplicate (inside the recorded window,
     carrying the same Message-ID and idempotency header) for never losing it."""
     cursor = await conn.execute(STUCK_SENDING_ROWS, {"age": older_than, "limit": limit})
-    rows = await cursor.fetchall()
-    if not rows:
-        return 0
-    await conn.execute(
-        """UPDATE messages SET status = 'queued', updated_at = now(),
-               last_error = left(coalesce(last_error || ' ', '') || '(requeued after a stuck send)', 2000)
-           WHERE id = ANY(%s)""",
-        ([row["id"] for row in rows],),
-    )
-    await enqueue_messages(
-        conn,
-        [
-            # A distinct command id: the original command for this attempt was already consumed.
-            dispatch_command(dispatch_topic, row, command_id=uuid.uuid5(row["id"], f"resend/{row['attempts']}"))  # type: ignore[arg-type]
-            for row in rows
-        ],
-    )
-    return len(rows)
+    ids = [row["id"] for row in await cursor.fetchall()]
+    return len(await lifecycle.requeue_stuck(conn, ids, dispatch_topic=dispatch_topic))  # type: ignore[arg-type]
 
 
 async def count_stuck_sending(conn: Connection, *, older_than: timedelta) -> tuple[int, float]:

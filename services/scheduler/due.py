@@ -12,11 +12,11 @@ import uuid
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 
-from proto.messages import EmailDispatch
 from services.common import metrics
 from services.common.clock import database_now
 from services.common.db import Connection
-from services.common.outbox import enqueue_messages
+from services.common.message_lifecycle import transitions as lifecycle
+from services.common.message_lifecycle.transitions import NewMessage
 from services.common.send_window import next_send_time
 from services.scheduler.enrollment import message_id, window_of
 
@@ -44,15 +44,6 @@ WHERE e.status = 'active' AND e.next_run_at <= %(now)s AND NOT s.paused AND s.de
 ORDER BY e.next_run_at
 LIMIT %(limit)s
 FOR UPDATE OF e SKIP LOCKED
-"""
-
-INSERT_MESSAGES = """
-INSERT INTO messages (id, enrollment_id, lead_id, sequence_id, revision, step_position, status)
-SELECT m.id, m.enrollment_id, m.lead_id, m.sequence_id, m.revision, m.step_position, 'queued'
-FROM unnest(%s::uuid[], %s::uuid[], %s::uuid[], %s::uuid[], %s::int[], %s::int[])
-     AS m(id, enrollment_id, lead_id, sequence_id, revision, step_position)
-ON CONFLICT (id) DO NOTHING
-RETURNING id
 """
 
 ADVANCE_ENROLLMENTS = """
@@ -101,37 +92,24 @@ async def emit_due_steps(conn: Connection, *, limit: int, topic: str, now: datet
             _add(updates, enrollment, position + 1, next_send_time(due, window, timezone), "active")
     emitted: list[EmittedStep] = []
     if candidates:
-        inserted_cursor = await conn.execute(
-            INSERT_MESSAGES,
-            (
-                [c.message_id for c in candidates],
-                [c.enrollment_id for c in candidates],
-                [lead_of[c.enrollment_id] for c in candidates],
-                [sequence_of[c.enrollment_id] for c in candidates],
-                [c.revision for c in candidates],
-                [c.step_position for c in candidates],
-            ),
-        )
-        inserted = {row["id"] for row in await inserted_cursor.fetchall()}
-        # A message that already exists was queued by an earlier run: its command went out with it.
-        emitted = [c for c in candidates if c.message_id in inserted]
-        await enqueue_messages(
+        inserted = await lifecycle.create(
             conn,
             [
-                (
-                    topic,
-                    str(step.enrollment_id),
-                    EmailDispatch(
-                        id=step.message_id,
-                        occurred_at=now,
-                        message_id=step.message_id,
-                        enrollment_id=step.enrollment_id,
-                        lead_id=lead_of[step.enrollment_id],
-                    ),
+                NewMessage(
+                    c.message_id,
+                    c.enrollment_id,
+                    lead_of[c.enrollment_id],
+                    sequence_of[c.enrollment_id],
+                    c.revision,
+                    c.step_position,
                 )
-                for step in emitted
+                for c in candidates
             ],
+            dispatch_topic=topic,
+            now=now,
         )
+        # A message that already exists was queued by an earlier run: its command went out with it.
+        emitted = [c for c in candidates if c.message_id in inserted]
     await conn.execute(ADVANCE_ENROLLMENTS, updates)
     metrics.STEPS_EMITTED.inc(len(emitted))
     return emitted

@@ -11,10 +11,13 @@ from collections.abc import AsyncIterator, Callable
 from email.message import EmailMessage
 from typing import Any
 
+import msgspec
 import psycopg_pool
 import pytest
 
 from devstack.mailsink import MailSink
+from proto.codec import decode_message, encode_message
+from proto.messages import EmailDispatch
 from services.common import metrics
 from services.common.config import DatabaseSettings, DeadLetterSettings, DispatcherSettings
 from services.common.db import Connection, open_pool, transaction
@@ -22,8 +25,9 @@ from services.common.sequences import apply_sequence, parse_sequence_document
 from services.common.templates import template_context
 from services.common.tokens import Purpose, verify_token
 from services.dispatcher.dead_letters_cli import run_dlq_command
-from services.dispatcher.dispatch import Dispatcher, Outcome, claim_message, load_jobs, write_group
+from services.dispatcher.dispatch import Dispatcher
 from services.dispatcher.rate import lease_send_tokens
+from services.dispatcher.service import message_ids_of
 from services.dispatcher.smtp import SmtpPool, SmtpTarget
 from services.scheduler.due import emit_due_steps
 from services.scheduler.enrollment import enroll_lead
@@ -425,55 +429,47 @@ async def test_replay_all_requeues_every_dead_message(
     assert [await status_of(pool, i) for i in ids] == [{"status": "queued", "attempts": 0}] * 3
 
 
-async def test_a_message_is_claimed_once_even_when_two_replicas_loaded_it(pool: Pool) -> None:
-    message_id = await queue_message(pool)
-    async with transaction(pool) as conn:
-        [job] = await load_jobs(conn, [message_id])
-        [same_job] = await load_jobs(conn, [message_id])  # a second replica got the command too
-        claimed = await claim_message(conn, job)
-
-        assert claimed is not None
-        assert claimed.attempts == 1
-        assert await claim_message(conn, same_job) is None
-
-
-async def test_one_group_records_outcomes_and_claims_but_writes_nothing_for_a_message_no_longer_sending(
-    pool: Pool,
+async def test_a_command_in_the_id_scheme_before_the_upgrade_sends_nothing_twice(
+    make_dispatcher: MakeDispatcher, pool: Pool, mail_sink: MailSink
 ) -> None:
-    sent_id, reclaimed_id, dead_id, next_id = [
-        await queue_message(pool, email=f"lead{i}@example.com") for i in range(4)
-    ]
-    async with transaction(pool) as conn:
-        jobs = await load_jobs(conn, [sent_id, reclaimed_id, dead_id])
-        claimed, _ = await write_group(conn, [], jobs, events_topic="email.events", dlq_topic="email.dispatch.dlq")
-        # The reconcile job took one back meanwhile (a message stuck in `sending` re-queued by hand).
-        await conn.execute("UPDATE messages SET status = 'queued' WHERE id = %s", (reclaimed_id,))
-    by_id = {job.message_id: job for job in claimed if job is not None}
-    outcomes = [
-        Outcome(by_id[sent_id], "sent", "250 ok"),
-        Outcome(by_id[reclaimed_id], "sent", "250 ok"),
-        Outcome(by_id[dead_id], "dead", "550 no such user"),
-    ]
-    async with transaction(pool) as conn:
-        [next_job] = await load_jobs(conn, [next_id])
-        claimed_next, recorded = await write_group(
-            conn, outcomes, [next_job], events_topic="email.events", dlq_topic="email.dispatch.dlq"
-        )
+    dispatcher = make_dispatcher()
+    message_id = await queue_message(pool)
+    [row] = await fetch_all(pool.conninfo, "SELECT payload FROM outbox WHERE topic = 'email.dispatch'")
+    current = decode_message(bytes(row["payload"]))  # type: ignore[arg-type]
+    assert isinstance(current, EmailDispatch)
+    # Written before the upgrade: the command's id was the message id itself.
+    before_upgrade = msgspec.structs.replace(current, id=message_id)
+    assert current.id != before_upgrade.id
 
-    assert recorded == 2
-    assert claimed_next[0] is not None
-    assert claimed_next[0].attempts == 1
-    assert [await status_of(pool, i) for i in (sent_id, reclaimed_id, dead_id, next_id)] == [
-        {"status": "sent", "attempts": 1},
-        {"status": "queued", "attempts": 1},
-        {"status": "dead", "attempts": 1},
-        {"status": "sending", "attempts": 1},
-    ]
-    events = await fetch_all(pool.conninfo, "SELECT message_id, type FROM events ORDER BY id")
-    assert events == [{"message_id": sent_id, "type": "sent"}, {"message_id": dead_id, "type": "dead"}]
-    outbox = await fetch_all(
-        pool.conninfo, "SELECT topic, key FROM outbox WHERE topic IN ('email.events', 'email.dispatch.dlq') ORDER BY id"
-    )
-    assert sorted((row["topic"], row["key"]) for row in outbox) == sorted(
-        [("email.events", str(sent_id)), ("email.events", str(dead_id)), ("email.dispatch.dlq", str(dead_id))]
-    )
+    first = await dispatcher.dispatch_batch(message_ids_of([encode_message(current)]))
+    second = await dispatcher.dispatch_batch(message_ids_of([encode_message(before_upgrade)]))
+
+    assert (first, second) == ({message_id: "sent"}, {})
+    assert len(mail_sink.messages()) == 1
+
+
+async def test_two_batches_in_flight_never_have_more_messages_sending_than_connections(
+    make_dispatcher: MakeDispatcher, pool: Pool, mail_sink: MailSink
+) -> None:
+    dispatcher = make_dispatcher(dispatch_concurrency=3)
+    ids = [await queue_message(pool, f"lead{i}@example.com") for i in range(30)]
+    seen: list[int] = []
+
+    async def watch_the_window() -> None:
+        async with pool.connection() as conn:
+            while True:
+                cursor = await conn.execute("SELECT count(*) AS n FROM messages WHERE status = 'sending'")
+                row = await cursor.fetchone()
+                seen.append(int(row["n"]) if row else 0)  # type: ignore[call-overload]
+                await asyncio.sleep(0)
+
+    watcher = asyncio.create_task(watch_the_window())
+    try:
+        first, second = await asyncio.gather(dispatcher.dispatch_batch(ids[:15]), dispatcher.dispatch_batch(ids[15:]))
+    finally:
+        watcher.cancel()
+
+    assert {**first, **second} == dict.fromkeys(ids, "sent")
+    assert len(mail_sink.messages()) == 30
+    assert seen  # the window was looked at while the batches ran
+    assert max(seen) <= 3
