@@ -12,8 +12,9 @@ import logging
 from functools import partial
 
 from proto.messages import AnyMessage, LeadAccepted
-from services.common.bus import make_consumer, run_consumer
+from services.common.bus import make_consumer
 from services.common.config import SchedulerSettings
+from services.common.consumer import consume, one_at_a_time
 from services.common.db import UNAVAILABLE_ERRORS, transaction
 from services.common.health import serve_health
 from services.common.runtime import Runtime, service_runtime, supervise, worker_ready
@@ -45,14 +46,23 @@ async def serve_scheduler(settings: SchedulerSettings, runtime: Runtime) -> None
 
     consumer = make_consumer(settings, settings.topic_leads_accepted, CONSUMER_GROUP)
     tasks = [
-        asyncio.create_task(run_consumer(consumer, on_message, stop=runtime.stop, name="scheduler")),
+        asyncio.create_task(
+            consume(
+                consumer,
+                one_at_a_time(on_message),
+                stop=runtime.stop,
+                name="scheduler",
+                shutdown=runtime.shutdown,
+                topics_ready=runtime.topics_ready,
+            )
+        ),
         asyncio.create_task(_tick(settings, runtime, due)),
         asyncio.create_task(consume_suppressions(settings, runtime)),
     ]
     if settings.health_port:
         ready = partial(worker_ready, runtime, consumer)
         tasks.append(asyncio.create_task(serve_health(settings.health_port, ready, runtime.stop)))
-    await supervise(runtime.stop, tasks)
+    await supervise(runtime.stop, tasks, runtime.shutdown)
 
 
 async def _tick(settings: SchedulerSettings, runtime: Runtime, due: asyncio.Event) -> None:
