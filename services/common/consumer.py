@@ -109,6 +109,7 @@ async def consume(
     batch (default: the consumer's ``max_poll_records``); ``topics_ready``, when given, is awaited
     before the consumer joins its group."""
     if topics_ready is not None and not await _wait_or_stop(topics_ready, stop):
+        await within(consumer.stop(), shutdown.deadline(), f"{name}: close the Kafka consumer")
         return
     started = await retry_until_stopped(
         _started(consumer), stop=stop, retry_on=(KafkaError, OSError), what=f"Kafka ({name} consumer)"

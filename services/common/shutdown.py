@@ -63,9 +63,14 @@ class ShutdownClock:
         assert self._started_at is not None
         return self._started_at + self.grace_s
 
+    @property
+    def drain_s(self) -> float:
+        """The part of the grace period work in flight may use (the rest is kept for closing)."""
+        return self.grace_s - min(TEARDOWN_RESERVE_S, self.grace_s / 4)
+
     def drain_deadline(self) -> float:
-        """``time.monotonic()`` by which work in flight must have ended (the rest is kept for closing)."""
-        return self.deadline() - min(TEARDOWN_RESERVE_S, self.grace_s / 4)
+        """``time.monotonic()`` by which work in flight must have ended."""
+        return self.deadline() - self.grace_s + self.drain_s
 
 
 def seconds_until(deadline: float) -> float:

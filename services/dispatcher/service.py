@@ -26,7 +26,7 @@ from proto.messages import AnyMessage, EmailDispatch
 from services.common.bus import make_consumer
 from services.common.config import DispatcherSettings
 from services.common.consumer import BatchHandler, consume
-from services.common.health import serve_health
+from services.common.health import HealthServer
 from services.common.runtime import Runtime, service_runtime, supervise, worker_ready
 from services.common.shutdown import ShutdownClock, within
 from services.dispatcher.dispatch import Dispatcher
@@ -41,11 +41,13 @@ NAME = "dispatcher"
 
 async def run_dispatcher(settings: DispatcherSettings, *, handle_signals: bool = True) -> None:
     """Run until SIGTERM/SIGINT (or until the runtime's stop event is set)."""
+    # Bound first: a port that is taken is a start-up failure, before anything else started.
+    health = await HealthServer.bind(settings.health_port) if settings.health_port else None
     async with service_runtime(settings, handle_signals=handle_signals) as runtime:
-        await serve_dispatcher(settings, runtime)
+        await serve_dispatcher(settings, runtime, health)
 
 
-async def serve_dispatcher(settings: DispatcherSettings, runtime: Runtime) -> None:
+async def serve_dispatcher(settings: DispatcherSettings, runtime: Runtime, health: HealthServer | None = None) -> None:
     smtp = SmtpPool(
         SmtpTarget.from_url(settings.smtp_url),
         settings.smtp_timeout_s,
@@ -69,9 +71,9 @@ async def serve_dispatcher(settings: DispatcherSettings, runtime: Runtime) -> No
             )
         )
     ]
-    if settings.health_port:
-        ready = partial(worker_ready, runtime, consumer)
-        tasks.append(asyncio.create_task(serve_health(settings.health_port, ready, runtime.stop)))
+    if health is not None:
+        health.is_ready = partial(worker_ready, runtime, consumer)
+        tasks.append(asyncio.create_task(health.serve(runtime.stop)))
     try:
         await supervise(runtime.stop, tasks, runtime.shutdown)
     finally:

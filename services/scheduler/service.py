@@ -16,7 +16,7 @@ from services.common.bus import make_consumer
 from services.common.config import SchedulerSettings
 from services.common.consumer import consume, one_at_a_time
 from services.common.db import UNAVAILABLE_ERRORS, transaction
-from services.common.health import serve_health
+from services.common.health import HealthServer
 from services.common.runtime import Runtime, service_runtime, supervise, worker_ready
 from services.scheduler.due import emit_due_steps
 from services.scheduler.enrollment import enroll_lead
@@ -29,11 +29,13 @@ CONSUMER_GROUP = "healingwork-scheduler"
 
 async def run_scheduler(settings: SchedulerSettings, *, handle_signals: bool = True) -> None:
     """Run until SIGTERM/SIGINT (or until the runtime's stop event is set)."""
+    # Bound first: a port that is taken is a start-up failure, before anything else started.
+    health = await HealthServer.bind(settings.health_port) if settings.health_port else None
     async with service_runtime(settings, handle_signals=handle_signals) as runtime:
-        await serve_scheduler(settings, runtime)
+        await serve_scheduler(settings, runtime, health)
 
 
-async def serve_scheduler(settings: SchedulerSettings, runtime: Runtime) -> None:
+async def serve_scheduler(settings: SchedulerSettings, runtime: Runtime, health: HealthServer | None = None) -> None:
     due = asyncio.Event()
 
     async def on_message(message: AnyMessage) -> None:
@@ -59,9 +61,9 @@ async def serve_scheduler(settings: SchedulerSettings, runtime: Runtime) -> None
         asyncio.create_task(_tick(settings, runtime, due)),
         asyncio.create_task(consume_suppressions(settings, runtime)),
     ]
-    if settings.health_port:
-        ready = partial(worker_ready, runtime, consumer)
-        tasks.append(asyncio.create_task(serve_health(settings.health_port, ready, runtime.stop)))
+    if health is not None:
+        health.is_ready = partial(worker_ready, runtime, consumer)
+        tasks.append(asyncio.create_task(health.serve(runtime.stop)))
     await supervise(runtime.stop, tasks, runtime.shutdown)
 
 
