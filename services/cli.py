@@ -91,19 +91,21 @@ def _listening_socket(host: str, port: int) -> socket.socket:
 
 
 def _scheduler(args: argparse.Namespace) -> None:
+    from services.common.shutdown import run_service
     from services.scheduler.service import run_scheduler
 
     settings = load_settings(SchedulerSettings)
     configure_logging("scheduler", settings.log_level)
-    asyncio.run(run_scheduler(settings))
+    run_service(run_scheduler(settings))
 
 
 def _dispatcher(args: argparse.Namespace) -> None:
+    from services.common.shutdown import run_service
     from services.dispatcher.service import run_dispatcher
 
     settings = load_settings(DispatcherSettings)
     configure_logging("dispatcher", settings.log_level)
-    asyncio.run(run_dispatcher(settings))
+    run_service(run_dispatcher(settings))
 
 
 def _migrate(args: argparse.Namespace) -> None:

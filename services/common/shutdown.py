@@ -16,8 +16,8 @@ import logging
 import os
 import threading
 import time
-from collections.abc import Awaitable
-from typing import TypeVar
+from collections.abc import Awaitable, Coroutine
+from typing import Any, TypeVar
 
 log = logging.getLogger(__name__)
 
@@ -31,6 +31,9 @@ TEARDOWN_RESERVE_S = 5.0
 STEP_FLOOR_S = 0.2
 # How long after the deadline the watchdog ends a process that has not exited by itself.
 WATCHDOG_MARGIN_S = 3.0
+
+# How long the tasks a service left behind (abandoned at a deadline) get to end once it returned.
+LEFTOVER_WAIT_S = 0.5
 
 # time.monotonic() of the first SIGTERM/SIGINT of this process (None: not signalled, e.g. in-process tests).
 _signalled_at: float | None = None
@@ -112,3 +115,36 @@ def arm_exit_watchdog(deadline: float) -> None:
     timer.daemon = True
     timer.name = "shutdown-watchdog"
     timer.start()
+
+
+def run_service(main: Coroutine[Any, Any, None]) -> None:
+    """Run a service's coroutine in a new event loop, like ``asyncio.run``, but bounded at the end.
+
+    ``asyncio.run`` cancels the tasks left when ``main`` returns and waits for every one of them; a
+    task that shields work from cancellation (a send's outcome that must be recorded) and waits for
+    a server that is gone would hold the process for minutes. Here they get ``LEFTOVER_WAIT_S``, and
+    are then abandoned with the loop: the process exits; what they did not record is what the
+    reconcile jobs find (messages in ``sending``).
+    """
+    loop = asyncio.new_event_loop()
+    asyncio.set_event_loop(loop)
+    try:
+        loop.run_until_complete(main)
+    finally:
+        try:
+            leftovers = [task for task in asyncio.all_tasks(loop) if not task.done()]
+            for task in leftovers:
+                task.cancel()
+            if leftovers:
+                loop.run_until_complete(asyncio.wait(leftovers, timeout=LEFTOVER_WAIT_S))
+                abandoned = sorted(task.get_name() for task in leftovers if not task.done())
+                if abandoned:
+                    log.warning("tasks abandoned at exit", extra={"tasks": abandoned})
+            loop.run_until_complete(_bounded(loop.shutdown_asyncgens()))
+        finally:
+            asyncio.set_event_loop(None)
+            # Not closed: closing a loop with abandoned tasks would run their cleanup into a closed loop.
+
+
+async def _bounded(step: Awaitable[None]) -> None:
+    await within(step, time.monotonic() + LEFTOVER_WAIT_S, "close the async generators")
