@@ -138,9 +138,10 @@ async def _topics_created(settings: BusSettings) -> bool:
 
 
 async def _started_publisher(settings: BusSettings) -> KafkaPublisher:
+    # A fresh publisher per attempt: a producer whose start failed is not started again.
     publisher = KafkaPublisher(settings)
     try:
-        await publisher.start(attempts=1)
+        await publisher.start()
     except BaseException:
         await within(publisher.stop(), _soon(settings), "close the Kafka producer")
         raise
