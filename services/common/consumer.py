@@ -174,7 +174,7 @@ class _Loop:
                     await self._ended(batch)
                     continue
                 if self._skip(batch, error):
-                    await self._ended(batch)
+                    await self._ended(batch, handled=False)
                     continue
                 await self._rewind(batch, stop)
                 await _sleep_or_stop(stop, backoff_delay(min(self.failures, 6), RETRY_BASE_S, RETRY_MAX_S))
@@ -210,10 +210,11 @@ class _Loop:
     async def _handled(self, messages: list[AnyMessage]) -> object:
         return await self.handle(messages) if messages else None
 
-    async def _ended(self, batch: _Batch) -> None:
+    async def _ended(self, batch: _Batch, *, handled: bool = True) -> None:
         """The batch's effects are done (or it was skipped): commit it and note the progress."""
-        for kind, count in batch.types.items():
-            metrics.CONSUMED.labels(self.name, kind).inc(count)
+        if handled:
+            for kind, count in batch.types.items():
+                metrics.CONSUMED.labels(self.name, kind).inc(count)
         await commit_offsets(self.consumer, batch.next, name=self.name, timeout_s=self.commit_timeout_s)
         for partition, offset in batch.next.items():
             if self.isolating.get(partition, offset) <= offset:
