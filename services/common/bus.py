@@ -150,6 +150,10 @@ class KafkaPublisher:
             raise PublishError(repr(error)) from error
 
 
+# How often a consumer refreshes the cluster's metadata (topics and partitions) on its own.
+METADATA_MAX_AGE_MS = 10_000
+
+
 def make_consumer(settings: BusSettings, topic: str, group_id: str, **overrides: Any) -> AIOKafkaConsumer:
     """A consumer that never auto-commits: :func:`services.common.consumer.consume` commits offsets
     after the effect."""
@@ -163,6 +167,10 @@ def make_consumer(settings: BusSettings, topic: str, group_id: str, **overrides:
         "heartbeat_interval_ms": max(100, int(settings.kafka_session_timeout_s * 1000 / 4)),
         "max_poll_records": 100,
         "fetch_max_wait_ms": max(1, int(settings.kafka_fetch_max_wait_s * 1000)),
+        # A broker that lost its topics (a restart of an in-memory broker, a cluster rebuilt) gets them
+        # again from the first relay that reconnects; the consumer sees them at its next metadata
+        # refresh, which by default comes five minutes later.
+        "metadata_max_age_ms": METADATA_MAX_AGE_MS,
         "client_id": f"healingwork-{group_id}",
     }
     options.update(overrides)
