@@ -141,17 +141,16 @@ def _kubernetes_credentials_exist() -> bool:
 
 
 def unreachable(error: BaseException) -> str | None:
-    """One line naming what a command could not reach (or listen on), or None for any other error.
+    """One line naming what a command could not reach (or listen on), or None for any other error:
+    the outages :func:`main` does not name itself, also inside an exception group (a task group's).
 
-    The errors are recognised by their types, imported only when the library is already loaded, so
-    this costs a command nothing that it did not import itself."""
+    Kafka's errors are recognised only when aiokafka is already loaded, so this costs a command
+    nothing that it did not import itself."""
     while isinstance(error, BaseExceptionGroup) and error.exceptions:
         error = error.exceptions[0]
+    if isinstance(error, UNAVAILABLE_ERRORS):
+        return unreachable_message(error)
     first_line = (str(error).strip().splitlines() or [type(error).__name__])[0]
-    psycopg = sys.modules.get("psycopg")
-    pool = sys.modules.get("psycopg_pool")
-    if (psycopg and isinstance(error, psycopg.OperationalError)) or (pool and isinstance(error, pool.PoolTimeout)):
-        return f"cannot reach PostgreSQL: {first_line}"
     kafka_errors = sys.modules.get("aiokafka.errors")
     if kafka_errors and isinstance(error, kafka_errors.KafkaConnectionError | kafka_errors.KafkaTimeoutError):
         return f"cannot reach Kafka: {first_line}"
