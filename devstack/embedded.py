@@ -36,7 +36,7 @@ from typing import IO, Any, Self
 import psycopg
 from psycopg import sql
 
-__all__ = ["EmbeddedBroker", "EmbeddedPostgres", "find_free_port"]
+__all__ = ["EmbeddedBroker", "EmbeddedPostgres", "find_free_port", "parent_death_preexec"]
 
 _LOOPBACK = "127.0.0.1"
 _PG_SYSTEM_USER = "pgserver"  # the unprivileged account pgserver itself uses when running as root
@@ -129,11 +129,14 @@ def _child_pids(pid: int) -> list[int]:
 # --------------------------------------------------------------------------------------------------------
 
 
-def _make_preexec(death_signal: signal.Signals) -> Callable[[], None] | None:
-    """A ``preexec_fn`` that asks the kernel to send ``death_signal`` to the child when its parent dies.
+def parent_death_preexec(death_signal: signal.Signals) -> Callable[[], None] | None:
+    """A ``preexec_fn`` that asks the kernel to send ``death_signal`` to the child when its parent dies
+    (``PR_SET_PDEATHSIG``), even by SIGKILL; ``None`` where the platform has no such thing.
 
     Runs in the forked child after subprocess's ``user=`` switch (a uid change clears the setting, so
     the order matters and is the right one).  If the parent died between fork and prctl the child exits.
+    The signal fires when the *thread* that forked the child ends: fork from the main thread, or through
+    :func:`_spawn`, which routes other threads' forks through a thread that lives as long as the process.
     """
     if not sys.platform.startswith("linux"):
         return None
@@ -199,7 +202,7 @@ def _spawn(
             user=user,
             env=env,
             cwd=cwd,
-            preexec_fn=_make_preexec(death_signal),
+            preexec_fn=parent_death_preexec(death_signal),
             close_fds=True,
         )
 

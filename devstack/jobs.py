@@ -11,6 +11,8 @@ import sys
 import time
 from pathlib import Path
 
+from devstack.embedded import parent_death_preexec
+
 # Seconds between runs; much shorter than the production schedules (docs/jobs.md) so effects are visible.
 DEV_SCHEDULE = {"retry-failed": 30.0, "aggregate-stats": 300.0, "purge": 3600.0}
 STOP_TIMEOUT_S = 10.0
@@ -56,6 +58,9 @@ class DevJobs:
                     stdout=log,
                     stderr=subprocess.STDOUT,
                     start_new_session=True,
+                    # A run still going when `healingwork dev` dies (even by SIGKILL) gets SIGTERM: it rolls
+                    # back and exits, as a CronJob's run does at its deadline. Call tick() from the main thread.
+                    preexec_fn=parent_death_preexec(signal.SIGTERM),
                 )
 
     def stop(self) -> None:

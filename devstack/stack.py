@@ -125,6 +125,8 @@ def _service_env(addresses: dict[str, str], port: int, health_ports: dict[str, i
         "SCHEDULER_POLL_INTERVAL_S": os.environ.get("SCHEDULER_POLL_INTERVAL_S", "0.5"),
         # The embedded broker forms a consumer group in about half the session timeout.
         "KAFKA_SESSION_TIMEOUT_S": os.environ.get("KAFKA_SESSION_TIMEOUT_S", "3"),
+        # Everything is local: a few seconds to stop are plenty (and `dev`'s children are gone soon after it).
+        "SHUTDOWN_GRACE_S": os.environ.get("SHUTDOWN_GRACE_S", "5"),
     }
     return {
         # Authentication is off on a developer's machine only: the default everywhere else is "required".
@@ -132,16 +134,6 @@ def _service_env(addresses: dict[str, str], port: int, health_ports: dict[str, i
         "scheduler": {**shared, "HEALTH_PORT": str(health_ports["scheduler"])},
         "dispatcher": {**shared, "HEALTH_PORT": str(health_ports["dispatcher"])},
     }
-
-
-def _preexec() -> None:
-    # Die with `healingwork dev` even if it is killed with SIGKILL (Linux only).
-    try:
-        import ctypes
-
-        ctypes.CDLL("libc.so.6", use_errno=True).prctl(1, signal.SIGTERM)
-    except OSError:
-        pass
 
 
 def _wait_ready(
@@ -194,7 +186,7 @@ def run_dev(*, port: int, mail_dir: Path, data_dir: Path, fresh: bool = False, b
             applied = apply_migrations(addresses["DATABASE_URL"])
             _say(f"schema ready ({'applied ' + ', '.join(map(str, applied)) if applied else 'up to date'})")
             _apply_examples(addresses["DATABASE_URL"])
-            from devstack.embedded import find_free_port
+            from devstack.embedded import find_free_port, parent_death_preexec
 
             health_ports = {"scheduler": find_free_port(), "dispatcher": find_free_port()}
             environments = _service_env(addresses, port, health_ports)
@@ -206,7 +198,8 @@ def run_dev(*, port: int, mail_dir: Path, data_dir: Path, fresh: bool = False, b
                     stdout=log_file,
                     stderr=subprocess.STDOUT,
                     start_new_session=True,  # Ctrl-C reaches `dev` only; it stops the services in order
-                    preexec_fn=_preexec,
+                    # Forked from the main thread: the services get SIGTERM when `dev` dies, even by SIGKILL.
+                    preexec_fn=parent_death_preexec(signal.SIGTERM),
                 )
                 log_file.close()
             _say("starting intake, scheduler and dispatcher ...")

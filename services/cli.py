@@ -1,16 +1,22 @@
 """``healingwork <command>``: one CLI for every process the platform runs.
 
 Every command reads its settings from the environment first; a configuration problem prints one
-message listing everything that is wrong and exits with status 2, never a traceback.
+message listing everything that is wrong and exits with status 2, never a traceback. A dependency a
+command cannot reach (PostgreSQL, Kafka, the Kubernetes API) or a port it cannot listen on is one line
+naming it, and exit status 1. The long-running services do not wait for PostgreSQL or Kafka at
+start: they start, report not ready, and keep trying (see docs/operations.md).
 """
 
 from __future__ import annotations
 
 import argparse
 import asyncio
+import errno
+import socket
 import sys
 from collections.abc import Callable, Sequence
 from pathlib import Path
+from types import FrameType
 
 from services.common.config import (
     ClientsSettings,
@@ -30,6 +36,7 @@ from services.jobs.commands import add_job_commands
 
 EXIT_CONFIG = 2
 EXIT_FAILURE = 1
+SERVICE_ACCOUNT_TOKEN = "/var/run/secrets/kubernetes.io/serviceaccount/token"  # noqa: S105 - a path
 
 
 class CommandError(Exception):
@@ -39,11 +46,23 @@ class CommandError(Exception):
 def _intake(args: argparse.Namespace) -> None:
     import uvicorn
 
+    from services.common.shutdown import ShutdownClock, arm_exit_watchdog, note_stop_signal
     from services.intake.app import create_app
 
     settings = load_settings(IntakeSettings)
     configure_logging("intake", settings.log_level)
-    uvicorn.run(
+    shutdown = ShutdownClock(settings.shutdown_grace_s)
+
+    class IntakeServer(uvicorn.Server):
+        """uvicorn owns intake's signals: the first one starts the shutdown clock and its watchdog."""
+
+        def handle_exit(self, sig: int, frame: FrameType | None) -> None:
+            if not self.should_exit:
+                note_stop_signal()
+                arm_exit_watchdog(shutdown.deadline())
+            super().handle_exit(sig, frame)
+
+    config = uvicorn.Config(
         create_app(settings),
         host=settings.host,
         port=settings.port,
@@ -51,24 +70,42 @@ def _intake(args: argparse.Namespace) -> None:
         access_log=False,
         # The client IP is resolved by intake itself, through TRUSTED_PROXIES only.
         proxy_headers=False,
-        timeout_graceful_shutdown=20,
+        # Requests in flight get the grace period less the part kept for closing the clients.
+        timeout_graceful_shutdown=max(1, int(shutdown.drain_s)),
     )
+    IntakeServer(config).run(sockets=[_listening_socket(settings.host, settings.port)])
+
+
+def _listening_socket(host: str, port: int) -> socket.socket:
+    """Bind intake's port before anything else starts: a port that is taken is one line, not a log."""
+    family = socket.AF_INET6 if ":" in host else socket.AF_INET
+    sock = socket.socket(family, socket.SOCK_STREAM)
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    try:
+        sock.bind((host, port))
+    except OSError as error:
+        sock.close()
+        raise CommandError(f"cannot listen on {host}:{port}: {error.strerror}") from error
+    sock.set_inheritable(True)
+    return sock
 
 
 def _scheduler(args: argparse.Namespace) -> None:
+    from services.common.shutdown import run_service
     from services.scheduler.service import run_scheduler
 
     settings = load_settings(SchedulerSettings)
     configure_logging("scheduler", settings.log_level)
-    asyncio.run(run_scheduler(settings))
+    run_service(run_scheduler(settings))
 
 
 def _dispatcher(args: argparse.Namespace) -> None:
+    from services.common.shutdown import run_service
     from services.dispatcher.service import run_dispatcher
 
     settings = load_settings(DispatcherSettings)
     configure_logging("dispatcher", settings.log_level)
-    asyncio.run(run_dispatcher(settings))
+    run_service(run_dispatcher(settings))
 
 
 def _migrate(args: argparse.Namespace) -> None:
@@ -85,7 +122,44 @@ def _operator(args: argparse.Namespace) -> None:
 
     settings = load_settings(OperatorSettings)
     configure_logging("operator", settings.log_level)
+    if not _kubernetes_credentials_exist():
+        raise CommandError(
+            "cannot reach the Kubernetes API: no credentials (not in a pod with a service account,"
+            " and no kubeconfig: set KUBECONFIG)"
+        )
     asyncio.run(run_operator(settings))
+
+
+def _kubernetes_credentials_exist() -> bool:
+    """Whether any source kopf logs in with is there: an in-cluster service account or a kubeconfig."""
+    import os
+
+    if os.environ.get("KUBERNETES_SERVICE_HOST") and Path(SERVICE_ACCOUNT_TOKEN).exists():
+        return True
+    kubeconfigs = os.environ.get("KUBECONFIG", "").split(os.pathsep) if os.environ.get("KUBECONFIG") else []
+    return any(Path(path).expanduser().is_file() for path in kubeconfigs or ["~/.kube/config"])
+
+
+def unreachable(error: BaseException) -> str | None:
+    """One line naming what a command could not reach (or listen on), or None for any other error:
+    the outages :func:`main` does not name itself, also inside an exception group (a task group's).
+
+    Kafka's errors are recognised only when aiokafka is already loaded, so this costs a command
+    nothing that it did not import itself."""
+    while isinstance(error, BaseExceptionGroup) and error.exceptions:
+        error = error.exceptions[0]
+    if isinstance(error, UNAVAILABLE_ERRORS):
+        return unreachable_message(error)
+    first_line = (str(error).strip().splitlines() or [type(error).__name__])[0]
+    kafka_errors = sys.modules.get("aiokafka.errors")
+    if kafka_errors and isinstance(error, kafka_errors.KafkaConnectionError | kafka_errors.KafkaTimeoutError):
+        return f"cannot reach Kafka: {first_line}"
+    health = sys.modules.get("services.common.health")
+    if health and isinstance(error, health.CannotListen):
+        return first_line
+    if isinstance(error, OSError) and error.errno == errno.EADDRINUSE:
+        return f"cannot listen: {first_line}"
+    return None
 
 
 def _sequence_paths(args: argparse.Namespace) -> list[Path]:
@@ -292,6 +366,12 @@ def main(argv: Sequence[str] | None = None) -> None:
         sys.exit(EXIT_FAILURE)
     except KeyboardInterrupt:
         sys.exit(130)
+    except Exception as error:
+        message = unreachable(error)
+        if message is None:
+            raise  # a bug: its traceback is what a developer needs
+        print(f"healingwork {name}: {message}", file=sys.stderr)
+        sys.exit(EXIT_FAILURE)
 
 
 if __name__ == "__main__":

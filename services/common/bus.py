@@ -1,39 +1,25 @@
-"""Kafka at the edge: the producer behind the outbox relay, topic creation, and the consumer loop.
+"""Kafka at the edge: topic creation, the producer behind the outbox relay, and how consumers are made.
 
-The consumer loop is the one place that turns Kafka records into calls of a handler: it decodes, runs
-the handler inside a PostgreSQL transaction, and commits offsets only after that transaction committed.
-Handlers are idempotent on the message id, so a redelivery after a crash changes nothing.
+The loop that consumes is :mod:`services.common.consumer`.
 """
 
 from __future__ import annotations
 
 import asyncio
 import logging
-from collections.abc import Awaitable, Callable, Sequence
+from collections.abc import Sequence
 from typing import Any
 
-import msgspec
-from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
+from aiokafka import AIOKafkaConsumer, AIOKafkaProducer
 from aiokafka.admin import AIOKafkaAdminClient, NewTopic
-from aiokafka.errors import KafkaError, TopicAlreadyExistsError
+from aiokafka.errors import KafkaError, KafkaTimeoutError, TopicAlreadyExistsError
 
-from proto.codec import decode_message
-from proto.messages import AnyMessage
-from services.common import metrics
 from services.common.config import BusSettings
-from services.common.db import UNAVAILABLE_ERRORS
 from services.common.idempotence import probe_idempotent_producer
 from services.common.outbox import OutboxRow, PublishError
-from services.common.retry import backoff_delay, retry_async
+from services.common.retry import retry_async
 
 log = logging.getLogger(__name__)
-
-# A handler owns its transactions (the dispatcher needs two around its SMTP call); it must be
-# idempotent on the message id.
-Handler = Callable[[AnyMessage], Awaitable[None]]
-
-# A record whose handler raises (not a dependency outage) this many times in a row is skipped.
-MAX_HANDLER_FAILURES = 5
 
 
 def all_topics(settings: BusSettings) -> list[str]:
@@ -46,16 +32,17 @@ def all_topics(settings: BusSettings) -> list[str]:
     ]
 
 
-async def ensure_topics(settings: BusSettings) -> None:
-    """Create the platform's topics with the configured partition count; existing topics are left as they are."""
+async def create_missing_topics(settings: BusSettings) -> None:
+    """Create the platform's topics that do not exist yet (one attempt, bounded by the request timeout);
+    existing topics are left as they are. Raises KafkaError or OSError when the broker does not answer."""
 
     async def create() -> None:
         admin = AIOKafkaAdminClient(
             bootstrap_servers=settings.kafka_bootstrap_servers,
             request_timeout_ms=int(settings.kafka_request_timeout_s * 1000),
         )
-        await admin.start()
         try:
+            await admin.start()
             existing = set(await admin.list_topics())
             missing = [t for t in all_topics(settings) if t not in existing]
             if missing:
@@ -67,7 +54,21 @@ async def ensure_topics(settings: BusSettings) -> None:
         finally:
             await admin.close()
 
-    await retry_async(create, retry_on=(KafkaError, OSError), attempts=10, max_delay_s=5.0, what="create topics")
+    try:
+        await asyncio.wait_for(create(), timeout=settings.kafka_request_timeout_s * 2)
+    except TimeoutError as error:
+        raise KafkaTimeoutError(f"no answer from {settings.kafka_bootstrap_servers}") from error
+
+
+async def ensure_topics(settings: BusSettings) -> None:
+    """:func:`create_missing_topics`, retried a few times (for tools and tests; services retry until stopped)."""
+    await retry_async(
+        lambda: create_missing_topics(settings),
+        retry_on=(KafkaError, OSError),
+        attempts=10,
+        max_delay_s=5.0,
+        what="create topics",
+    )
 
 
 class IdempotenceUnavailable(Exception):
@@ -149,12 +150,13 @@ class KafkaPublisher:
             raise PublishError(repr(error)) from error
 
 
-# How long one offset commit may take before the consumer gives up on it and goes on consuming.
-COMMIT_TIMEOUT_S = 10.0
+# How often a consumer refreshes the cluster's metadata (topics and partitions) on its own.
+METADATA_MAX_AGE_MS = 10_000
 
 
 def make_consumer(settings: BusSettings, topic: str, group_id: str, **overrides: Any) -> AIOKafkaConsumer:
-    """A consumer that never auto-commits: offsets are committed by :func:`run_consumer` after the effect."""
+    """A consumer that never auto-commits: :func:`services.common.consumer.consume` commits offsets
+    after the effect."""
     options: dict[str, Any] = {
         "bootstrap_servers": settings.kafka_bootstrap_servers,
         "group_id": settings.kafka_group_prefix + group_id,
@@ -165,101 +167,11 @@ def make_consumer(settings: BusSettings, topic: str, group_id: str, **overrides:
         "heartbeat_interval_ms": max(100, int(settings.kafka_session_timeout_s * 1000 / 4)),
         "max_poll_records": 100,
         "fetch_max_wait_ms": max(1, int(settings.kafka_fetch_max_wait_s * 1000)),
+        # A broker that lost its topics (a restart of an in-memory broker, a cluster rebuilt) gets them
+        # again from the first relay that reconnects; the consumer sees them at its next metadata
+        # refresh, which by default comes five minutes later.
+        "metadata_max_age_ms": METADATA_MAX_AGE_MS,
         "client_id": f"healingwork-{group_id}",
     }
     options.update(overrides)
     return AIOKafkaConsumer(topic, **options)
-
-
-async def run_consumer(
-    consumer: AIOKafkaConsumer,
-    handler: Handler,
-    *,
-    stop: asyncio.Event,
-    name: str,
-    commit_timeout_s: float = COMMIT_TIMEOUT_S,
-) -> None:
-    """Consume until ``stop`` is set. Offsets are committed only after the handler returned, that is
-    after its effects were committed in PostgreSQL. A record that cannot be decoded is logged and
-    counted and skipped (it can never succeed); a database outage pauses the partition at that record
-    and retries it, so nothing is skipped because a dependency was down."""
-    await retry_async(consumer.start, retry_on=(KafkaError, OSError), attempts=10, max_delay_s=5.0, what=name)
-    outages = 0
-    bug_failures: dict[tuple[TopicPartition, int], int] = {}
-    try:
-        while not stop.is_set():
-            batches = await consumer.getmany(timeout_ms=500)
-            processed: dict[TopicPartition, int] = {}
-            any_failed = False
-            for partition, records in batches.items():
-                failed = False
-                for record in records:
-                    try:
-                        await _handle_record(handler, record.value, name)
-                    except UNAVAILABLE_ERRORS as error:
-                        outages += 1
-                        metrics.CONSUMER_FAILURES.labels(name, "database").inc()
-                        log.warning(
-                            "database unavailable; will retry the record",
-                            extra={"consumer": name, "offset": record.offset, "error": repr(error)},
-                        )
-                        failed = True
-                    except Exception:
-                        position = (partition, record.offset)
-                        bug_failures[position] = bug_failures.get(position, 0) + 1
-                        if bug_failures[position] < MAX_HANDLER_FAILURES:
-                            log.exception("handler failed; will retry the record", extra={"consumer": name})
-                            failed = True
-                        else:
-                            # Blocking the partition forever would stop every later lead; the reconcile
-                            # jobs find the effect that is missing and re-publish it.
-                            metrics.CONSUMER_FAILURES.labels(name, "handler").inc()
-                            log.exception("handler keeps failing; skipping the record", extra={"consumer": name})
-                            del bug_failures[position]
-                    if failed:
-                        # Rewind this partition to the record; the other partitions go on.
-                        consumer.seek(partition, record.offset)
-                        any_failed = True
-                        break
-                    processed[partition] = record.offset + 1
-            if processed:
-                await commit_offsets(consumer, processed, name=name, timeout_s=commit_timeout_s)
-            if any_failed:
-                await asyncio.sleep(backoff_delay(min(outages, 6), 0.5, 10.0))
-            else:
-                outages = 0
-    finally:
-        await consumer.stop()
-
-
-async def commit_offsets(
-    consumer: AIOKafkaConsumer, offsets: dict[TopicPartition, int], *, name: str, timeout_s: float = COMMIT_TIMEOUT_S
-) -> bool:
-    """Commit ``offsets`` (the effects of the records are already committed in PostgreSQL); returns
-    whether it worked. A failure is logged and counted, never raised: a redelivery is a no-op.
-
-    aiokafka retries a retriable commit error forever; after a broker lost its topics and groups
-    (UnknownTopicOrPartition) that stalled scheduler and dispatcher for good. So the commit is bounded,
-    and a failed one makes the consumer join its group again with fresh metadata."""
-    try:
-        await asyncio.wait_for(consumer.commit(offsets), timeout=timeout_s)
-    except (KafkaError, TimeoutError) as error:
-        metrics.CONSUMER_FAILURES.labels(name, "commit").inc()
-        log.warning("offset commit failed; joining the group again", extra={"consumer": name, "error": repr(error)})
-        topics = consumer.subscription()
-        if topics:
-            consumer.unsubscribe()
-            consumer.subscribe(topics=list(topics))
-        return False
-    return True
-
-
-async def _handle_record(handler: Handler, value: bytes | None, name: str) -> None:
-    try:
-        message = decode_message(value or b"")
-    except (msgspec.DecodeError, msgspec.ValidationError) as error:
-        metrics.CONSUMER_FAILURES.labels(name, "undecodable").inc()
-        log.error("skipping a record that is not a valid message", extra={"consumer": name, "error": str(error)})
-        return
-    await handler(message)
-    metrics.CONSUMED.labels(name, str(message.__struct_config__.tag)).inc()

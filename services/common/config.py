@@ -246,6 +246,9 @@ class BusSettings(DatabaseSettings, frozen=True, kw_only=True):
     relay_enabled: bool = True
     # Workers (scheduler, dispatcher) serve /healthz, /readyz and /metrics here; 0 turns it off.
     health_port: Annotated[int, msgspec.Meta(ge=0, le=65535)] = 8080
+    # On SIGTERM the process exits within this long, whatever is unreachable: work in flight may finish
+    # until the last min(5 s, a quarter) of it, which is kept for closing the Kafka and PostgreSQL clients.
+    shutdown_grace_s: PositiveFloat = 20.0
 
 
 class IntakeSettings(BusSettings, frozen=True, kw_only=True):
@@ -319,8 +322,6 @@ class DispatcherSettings(BusSettings, frozen=True, kw_only=True):
     unsubscribe_mailto: OptionalEmailAddress = ""
     track_opens: bool = True
     track_clicks: bool = True
-    # On SIGTERM: stop fetching, let sends in flight finish for this long, release the rest.
-    shutdown_grace_s: PositiveFloat = 20.0
 
 
 class PreviewSettings(msgspec.Struct, frozen=True, kw_only=True):

@@ -17,6 +17,10 @@ OUTBOX_RELAY_FAILURES = Counter("healingwork_outbox_relay_failures_total", "Outb
 OUTBOX_OLDEST_AGE = Gauge(
     "healingwork_outbox_oldest_unpublished_age_seconds", "Age of the oldest unpublished outbox row"
 )
+KAFKA_REACHABLE = Gauge(
+    "healingwork_kafka_reachable",
+    "1 while the outbox relay (or topic creation) of this process reaches Kafka, 0 while it cannot",
+)
 CONSUMED = Counter("healingwork_consumed_total", "Kafka records handled", ["consumer", "type"])
 CONSUMER_FAILURES = Counter("healingwork_consumer_failures_total", "Kafka records not handled", ["consumer", "reason"])
 ENROLLMENTS = Counter("healingwork_enrollments_total", "Enrollments created")

@@ -151,12 +151,15 @@ async def run_outbox_relay(
                 await _sleep_or_stop(stop, WAKEUP_COALESCE_S)
             wakeup.clear()
             try:
-                while await publish_pending_outbox(pool, publisher, batch_size) == batch_size:
+                while await publish_pending_outbox(pool, publisher, batch_size) == batch_size and not stop.is_set():
                     pass
                 failures = 0
+                metrics.KAFKA_REACHABLE.set(1)
             except RELAY_ERRORS as error:
                 failures += 1
                 metrics.OUTBOX_RELAY_FAILURES.inc()
+                if isinstance(error, PublishError):
+                    metrics.KAFKA_REACHABLE.set(0)
                 log.warning("outbox relay pass failed", extra={"error": repr(error), "failures": failures})
                 await _sleep_or_stop(stop, backoff_delay(failures + 1, poll_interval_s, RELAY_MAX_BACKOFF_S))
                 continue

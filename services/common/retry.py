@@ -7,6 +7,7 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import random
 from collections.abc import Awaitable, Callable
@@ -52,3 +53,48 @@ async def retry_async(
             )
             await asyncio.sleep(delay)
     raise AssertionError("unreachable")  # pragma: no cover
+
+
+async def retry_until_stopped(
+    operation: Callable[[], Awaitable[T]],
+    *,
+    stop: asyncio.Event,
+    retry_on: tuple[type[BaseException], ...],
+    what: str,
+    base_delay_s: float = 0.5,
+    max_delay_s: float = 10.0,
+    on_failure: Callable[[BaseException], None] | None = None,
+) -> T | None:
+    """Run ``operation`` until it succeeds, or until ``stop`` is set (then return ``None``).
+
+    For a dependency a long-running service cannot work without but must outlive (Kafka at start-up):
+    every failure is logged with what was unreachable, and retried after a backoff of at most
+    ``max_delay_s``, forever. ``operation`` should bound its own time (a request timeout); it is
+    cancelled anyway as soon as ``stop`` is set. Exceptions outside ``retry_on`` propagate.
+    """
+    attempt = 0
+    while not stop.is_set():
+        work = asyncio.ensure_future(operation())
+        stopping = asyncio.ensure_future(stop.wait())
+        try:
+            await asyncio.wait({work, stopping}, return_when=asyncio.FIRST_COMPLETED)
+        finally:
+            stopping.cancel()
+        if not work.done():
+            work.cancel()
+            await asyncio.gather(work, return_exceptions=True)
+            return None
+        try:
+            return work.result()
+        except retry_on as error:
+            attempt += 1
+            if on_failure is not None:
+                on_failure(error)
+            delay = backoff_delay(attempt, base_delay_s, max_delay_s)
+            log.warning(
+                f"{what} unreachable; retrying",
+                extra={"what": what, "attempt": attempt, "delay_s": round(delay, 3), "error": repr(error)},
+            )
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(stop.wait(), timeout=delay)
+    return None

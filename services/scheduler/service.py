@@ -1,8 +1,8 @@
 """``healingwork scheduler``: consumes ``leads.accepted`` to enroll leads, and emits due steps.
 
-Two loops share one process: the consumer (an entrypoint: decode, enroll in one transaction, commit
-the offset) and the ticker, which claims due enrollments every poll interval or as soon as the
-consumer enrolled someone.
+Two loops share one process: the consumer (an entrypoint, run by the one consumer loop: decode, enroll
+a fetch's leads in one transaction, commit the offsets) and the ticker, which claims due enrollments
+every poll interval or as soon as the consumer enrolled someone.
 """
 
 from __future__ import annotations
@@ -11,11 +11,15 @@ import asyncio
 import logging
 from functools import partial
 
+import psycopg_pool
+
 from proto.messages import AnyMessage, LeadAccepted
-from services.common.bus import make_consumer, run_consumer
+from services.common.bus import make_consumer
+from services.common.clock import database_now
 from services.common.config import SchedulerSettings
-from services.common.db import UNAVAILABLE_ERRORS, transaction
-from services.common.health import serve_health
+from services.common.consumer import BatchHandler, consume
+from services.common.db import UNAVAILABLE_ERRORS, Connection, transaction
+from services.common.health import HealthServer
 from services.common.runtime import Runtime, service_runtime, supervise, worker_ready
 from services.scheduler.due import emit_due_steps
 from services.scheduler.enrollment import enroll_lead
@@ -28,31 +32,51 @@ CONSUMER_GROUP = "healingwork-scheduler"
 
 async def run_scheduler(settings: SchedulerSettings, *, handle_signals: bool = True) -> None:
     """Run until SIGTERM/SIGINT (or until the runtime's stop event is set)."""
+    # Bound first: a port that is taken is a start-up failure, before anything else started.
+    health = await HealthServer.bind(settings.health_port) if settings.health_port else None
     async with service_runtime(settings, handle_signals=handle_signals) as runtime:
-        await serve_scheduler(settings, runtime)
+        await serve_scheduler(settings, runtime, health)
 
 
-async def serve_scheduler(settings: SchedulerSettings, runtime: Runtime) -> None:
+async def serve_scheduler(settings: SchedulerSettings, runtime: Runtime, health: HealthServer | None = None) -> None:
     due = asyncio.Event()
-
-    async def on_message(message: AnyMessage) -> None:
-        if not isinstance(message, LeadAccepted):
-            return
-        async with transaction(runtime.pool) as conn:
-            enrolled = await enroll_lead(conn, message.lead_id)
-        if enrolled:
-            due.set()
-
     consumer = make_consumer(settings, settings.topic_leads_accepted, CONSUMER_GROUP)
     tasks = [
-        asyncio.create_task(run_consumer(consumer, on_message, stop=runtime.stop, name="scheduler")),
+        asyncio.create_task(
+            consume(
+                consumer,
+                enroll_accepted_leads(runtime.pool, due),
+                stop=runtime.stop,
+                name="scheduler",
+                shutdown=runtime.shutdown,
+                topics_ready=runtime.topics_ready,
+            )
+        ),
         asyncio.create_task(_tick(settings, runtime, due)),
         asyncio.create_task(consume_suppressions(settings, runtime)),
     ]
-    if settings.health_port:
-        ready = partial(worker_ready, runtime, consumer)
-        tasks.append(asyncio.create_task(serve_health(settings.health_port, ready, runtime.stop)))
-    await supervise(runtime.stop, tasks)
+    if health is not None:
+        health.is_ready = partial(worker_ready, runtime, consumer)
+        tasks.append(asyncio.create_task(health.serve(runtime.stop)))
+    await supervise(runtime.stop, tasks, runtime.shutdown)
+
+
+def enroll_accepted_leads(pool: psycopg_pool.AsyncConnectionPool[Connection], due: asyncio.Event) -> BatchHandler:
+    """Enroll the leads of a fetch's ``lead.accepted`` records in one transaction (a transaction per
+    record cost more than the enrollment itself); sets ``due`` when anyone was enrolled. A lead that
+    fails the batch is found by the consumer loop, which then hands the records over one at a time."""
+
+    async def handle(messages: list[AnyMessage]) -> None:
+        leads = [message.lead_id for message in messages if isinstance(message, LeadAccepted)]
+        if not leads:
+            return
+        async with transaction(pool) as conn:
+            now = await database_now(conn)
+            enrolled = [await enroll_lead(conn, lead, now=now) for lead in leads]
+        if any(enrolled):
+            due.set()
+
+    return handle
 
 
 async def _tick(settings: SchedulerSettings, runtime: Runtime, due: asyncio.Event) -> None:

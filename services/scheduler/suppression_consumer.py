@@ -9,8 +9,9 @@ from __future__ import annotations
 import logging
 
 from proto.messages import AnyMessage, LeadSuppressed
-from services.common.bus import make_consumer, run_consumer
+from services.common.bus import make_consumer
 from services.common.config import SchedulerSettings
+from services.common.consumer import consume, one_at_a_time
 from services.common.db import transaction
 from services.common.runtime import Runtime
 from services.scheduler.suppressions import cancel_enrollments_of
@@ -32,4 +33,11 @@ async def consume_suppressions(settings: SchedulerSettings, runtime: Runtime) ->
             log.info("suppressed address: enrollments cancelled", extra={"cancelled": cancelled})
 
     consumer = make_consumer(settings, settings.topic_leads_suppressed, SUPPRESSION_CONSUMER_GROUP)
-    await run_consumer(consumer, on_message, stop=runtime.stop, name="scheduler-suppressions")
+    await consume(
+        consumer,
+        one_at_a_time(on_message),
+        stop=runtime.stop,
+        name="scheduler-suppressions",
+        shutdown=runtime.shutdown,
+        topics_ready=runtime.topics_ready,
+    )

@@ -100,3 +100,57 @@ def test_dev_delivers_a_website_lead_as_eml_and_stops_cleanly(tmp_path: Path, br
         if process.poll() is None:
             process.kill()
             process.wait()
+
+
+def test_every_process_dev_started_is_gone_within_seconds_when_dev_is_killed_with_sigkill(tmp_path: Path) -> None:
+    """SIGKILL leaves `dev` no chance to stop anything: each child it started gets a parent-death
+    signal from the kernel, and stops (the services within their SHUTDOWN_GRACE_S, 5 s in `dev`)."""
+    port = free_port()
+    env = {k: v for k, v in os.environ.items() if k not in ("DATABASE_URL", "KAFKA_BOOTSTRAP_SERVERS")}
+    process = subprocess.Popen(
+        [
+            sys.executable,
+            "-m",
+            "services",
+            "dev",
+            "--port",
+            str(port),
+            "--mail-dir",
+            str(tmp_path / "mail"),
+            "--data-dir",
+            str(tmp_path / "dev"),
+        ],
+        cwd=ROOT,
+        env=env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+    )
+    descendants: list[psutil.Process] = []
+    try:
+        _wait_for_line(process, "Press Ctrl-C to stop", timeout=120)
+        descendants = psutil.Process(process.pid).children(recursive=True)
+        commands = {" ".join(child.cmdline()[:4]) for child in descendants}
+        assert any("services intake" in command for command in commands), commands
+        assert any("postgres" in command for command in commands), commands
+        assert any("broker" in command for command in commands), commands
+
+        process.send_signal(signal.SIGKILL)
+        process.wait(timeout=10)
+        _gone, alive = psutil.wait_procs(descendants, timeout=5 + 5)
+        survivors = [f"{child.pid} {' '.join(child.cmdline()[:4])}" for child in alive if _running(child)]
+        assert survivors == [], f"processes outlived `healingwork dev`: {survivors}"
+    finally:
+        if process.poll() is None:
+            process.kill()
+            process.wait()
+        for child in descendants:  # survivors of a failed run must not outlive the test either
+            if _running(child):
+                child.kill()
+
+
+def _running(process: psutil.Process) -> bool:
+    try:
+        return process.status() != psutil.STATUS_ZOMBIE
+    except psutil.NoSuchProcess:
+        return False

@@ -4,14 +4,20 @@ message and an exit status, never a traceback."""
 from __future__ import annotations
 
 import os
+import signal
+import socket
 import subprocess
 import sys
+import time
+import urllib.error
+import urllib.request
 from pathlib import Path
 
 import msgspec
 import pytest
 
 from services.common.config import DispatcherSettings, IntakeSettings, OperatorSettings, SchedulerSettings
+from tests.support.platform import free_port
 
 ROOT = Path(__file__).resolve().parents[2]
 SETTINGS_VARIABLES = {
@@ -181,3 +187,137 @@ def test_runtime_packages_do_not_import_the_development_stack() -> None:
         if path.name != "cli.py" and "devstack" in path.read_text()
     ]
     assert offenders == []
+
+
+UNREACHABLE_DATABASE = "postgresql://nobody@127.0.0.1:1/x"
+
+
+@pytest.mark.parametrize(
+    ("args", "extra"),
+    [
+        (["clients", "list"], {}),
+        (["clients", "create", "crm"], {"HMAC_SECRET": "9f2c4e6a8b0d1f3e5a7c9e1b3d5f7a9c0e2b4d6f8a1c3e5b"}),
+        (["sequences", "apply", "k8s/examples"], {}),
+        (["dlq", "list"], {}),
+        (["migrate"], {}),
+    ],
+)
+def test_a_command_that_cannot_reach_postgresql_says_so_in_one_line_and_exits_1(
+    args: list[str], extra: dict[str, str]
+) -> None:
+    result = healingwork(*args, env=clean_env(DATABASE_URL=UNREACHABLE_DATABASE, **extra))
+
+    assert result.returncode == 1, result.stderr
+    assert result.stderr.strip().splitlines() == [
+        line for line in result.stderr.strip().splitlines() if line.startswith(f"healingwork {' '.join(args[:2])}")
+    ]
+    assert len(result.stderr.strip().splitlines()) == 1, result.stderr
+    assert "cannot reach PostgreSQL" in result.stderr
+
+
+def test_a_job_that_cannot_reach_postgresql_says_so_in_one_line_and_exits_1() -> None:
+    result = healingwork("job", "retry-failed", env=clean_env(DATABASE_URL=UNREACHABLE_DATABASE))
+
+    assert result.returncode == 1
+    assert "Traceback" not in result.stderr
+    # JSON log lines: "job started" (INFO), then one line saying why it failed.
+    [failure] = [line for line in result.stderr.splitlines() if '"level": "error"' in line]
+    assert "job retry-failed failed: cannot reach PostgreSQL" in failure
+
+
+def test_the_operator_without_kubernetes_credentials_says_so_in_one_line_and_exits_1(tmp_path: Path) -> None:
+    env = clean_env(
+        DATABASE_URL=UNREACHABLE_DATABASE, KUBECONFIG=str(tmp_path / "missing"), HOME=str(tmp_path), HEALTH_PORT="0"
+    )
+    env.pop("KUBERNETES_SERVICE_HOST", None)
+    result = healingwork("operator", env=env)
+
+    assert result.returncode == 1
+    assert result.stderr.strip().splitlines() == [
+        "healingwork operator: cannot reach the Kubernetes API: no credentials (not in a pod with a service"
+        " account, and no kubeconfig: set KUBECONFIG)"
+    ]
+
+
+def service_env(**extra: str) -> dict[str, str]:
+    """A worker's settings with PostgreSQL and Kafka both unreachable."""
+    return clean_env(
+        DATABASE_URL=UNREACHABLE_DATABASE,
+        KAFKA_BOOTSTRAP_SERVERS=f"127.0.0.1:{free_port()}",
+        HMAC_SECRET="9f2c4e6a8b0d1f3e5a7c9e1b3d5f7a9c0e2b4d6f8a1c3e5b",
+        PUBLIC_BASE_URL="https://go.example.com",
+        FROM_EMAIL="team@example.com",
+        FROM_NAME="Tests",
+        SMTP_URL="smtp://127.0.0.1:1?starttls=never",
+        LOG_LEVEL="WARNING",
+        SHUTDOWN_GRACE_S="4",
+        **extra,
+    )
+
+
+def readiness(url: str) -> int | None:
+    try:
+        with urllib.request.urlopen(url, timeout=2) as response:
+            return int(response.status)
+    except urllib.error.HTTPError as error:
+        return error.code
+    except OSError:
+        return None
+
+
+@pytest.mark.parametrize("command", ["scheduler", "dispatcher", "intake"])
+def test_a_service_starts_without_postgresql_and_kafka_reports_not_ready_says_why_and_stops_when_told(
+    command: str,
+) -> None:
+    """A Kubernetes pod whose dependencies are down stays up, unready, and names what it waits for; it
+    is ready as soon as they answer, without the restart delays of a crash loop."""
+    port = free_port()
+    env = service_env(HEALTH_PORT=str(port), PORT=str(port), HOST="127.0.0.1")
+    process = subprocess.Popen(
+        [sys.executable, "-m", "services", command], env=env, cwd=ROOT, stderr=subprocess.PIPE, text=True
+    )
+    try:
+        url = f"http://127.0.0.1:{port}/{'readyz' if command != 'intake' else 'healthz'}"
+        deadline = time.monotonic() + 30
+        while readiness(url) is None and time.monotonic() < deadline:
+            time.sleep(0.2)
+        if command == "intake":
+            assert readiness(url) == 200  # alive and serving: leads wait in PostgreSQL when Kafka is down
+        else:
+            assert readiness(url) == 503
+        time.sleep(1.0)  # a few attempts to reach Kafka
+        assert process.poll() is None
+        stopped_at = time.monotonic()
+        process.send_signal(signal.SIGTERM)
+        process.wait(timeout=30)
+        assert time.monotonic() - stopped_at < 4 + 3  # SHUTDOWN_GRACE_S, and the watchdog's margin
+    finally:
+        if process.poll() is None:
+            process.kill()
+            process.wait()
+    stderr = process.stderr.read() if process.stderr else ""
+    assert "Traceback" not in stderr
+    assert f"Kafka at {env['KAFKA_BOOTSTRAP_SERVERS']} unreachable; retrying" in stderr
+
+
+@pytest.mark.parametrize(
+    ("command", "variable", "message"),
+    [
+        ("scheduler", "HEALTH_PORT", "cannot listen on 0.0.0.0:{port} for /healthz, /readyz and /metrics"),
+        ("dispatcher", "HEALTH_PORT", "cannot listen on 0.0.0.0:{port} for /healthz, /readyz and /metrics"),
+        ("intake", "PORT", "cannot listen on 0.0.0.0:{port}"),
+    ],
+)
+def test_a_service_whose_port_is_taken_says_so_in_one_line_and_exits_1(
+    command: str, variable: str, message: str
+) -> None:
+    with socket.socket() as taken:
+        taken.bind(("0.0.0.0", 0))
+        taken.listen()
+        port = taken.getsockname()[1]
+        result = healingwork(command, env=service_env(**{variable: str(port)}))
+
+    assert result.returncode == 1
+    assert result.stderr.strip().splitlines() == [
+        f"healingwork {command}: {message.format(port=port)}: Address already in use"
+    ]
