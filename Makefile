@@ -31,6 +31,7 @@ lint: sync
 	$(UV) run ruff check .
 	$(UV) run ruff format --check .
 	$(UV) run hadolint Dockerfile
+	$(UV) run lint-imports
 
 typecheck: sync
 	$(UV) run mypy
