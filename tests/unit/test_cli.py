@@ -178,6 +178,32 @@ def test_dev_without_the_development_stack_is_one_clear_line() -> None:
     ]
 
 
+UNREACHABLE_DATABASE = "postgresql://nobody@127.0.0.1:1/x"
+
+
+@pytest.mark.parametrize(
+    ("args", "extra"),
+    [
+        (["clients", "list"], {}),
+        (["clients", "create", "crm"], {"HMAC_SECRET": "9f2c4e6a8b0d1f3e5a7c9e1b3d5f7a9c0e2b4d6f8a1c3e5b"}),
+        (["sequences", "apply", "k8s/examples"], {}),
+        (["dlq", "list"], {}),
+        (["migrate"], {}),
+    ],
+)
+def test_a_command_that_cannot_reach_postgresql_says_so_in_one_line_and_exits_1(
+    args: list[str], extra: dict[str, str]
+) -> None:
+    result = healingwork(*args, env=clean_env(DATABASE_URL=UNREACHABLE_DATABASE, **extra))
+
+    assert result.returncode == 1, result.stderr
+    assert result.stderr.strip().splitlines() == [
+        line for line in result.stderr.strip().splitlines() if line.startswith(f"healingwork {' '.join(args[:2])}")
+    ]
+    assert len(result.stderr.strip().splitlines()) == 1, result.stderr
+    assert "cannot reach PostgreSQL" in result.stderr
+
+
 def test_a_job_that_cannot_reach_postgresql_says_so_in_one_line_and_exits_1() -> None:
     result = healingwork("job", "retry-failed", env=clean_env(DATABASE_URL=UNREACHABLE_DATABASE))
 
