@@ -3,7 +3,9 @@ and the id scheme of what transitions announce."""
 
 from __future__ import annotations
 
+import re
 import uuid
+from pathlib import Path
 
 import pytest
 
@@ -105,9 +107,6 @@ def test_attempts_and_lives_never_share_an_id() -> None:
 def test_no_module_outside_the_lifecycle_writes_a_message_row() -> None:
     """Every status write goes through services/common/message_lifecycle: no other module of the services
     or the operator updates or inserts ``messages`` rows itself (reading them is fine)."""
-    import re
-    from pathlib import Path
-
     root = Path(__file__).resolve().parents[2]
     lifecycle = root / "services" / "common" / "message_lifecycle"
     writes = re.compile(r"\b(UPDATE\s+messages|INSERT\s+INTO\s+messages)\b", re.IGNORECASE)
