@@ -14,9 +14,7 @@ message and committed offset (Tansu, memory-only, loses them).
 
 from __future__ import annotations
 
-import atexit
 import base64
-import contextlib
 import shutil
 import signal
 import socket
@@ -25,12 +23,9 @@ import subprocess
 import tempfile
 import time
 import uuid
-import weakref
 from pathlib import Path
-from types import TracebackType
-from typing import IO, Self
 
-from devstack.embedded import _log_tail, _port_accepts, _port_is_bindable, _sigkill, _spawn, _terminate, find_free_port
+from devstack.embedded import ChildServer, _log_tail, _port_accepts, _port_is_bindable, find_free_port
 
 __all__ = ["KAFKA_VERSION", "ApacheKafkaBroker", "KafkaNotInstalled", "kafka_home"]
 
@@ -90,19 +85,7 @@ def _java() -> str:
     return java
 
 
-_running: weakref.WeakSet[ApacheKafkaBroker] = weakref.WeakSet()
-
-
-def _stop_all_at_exit() -> None:
-    for broker in list(_running):
-        with contextlib.suppress(Exception):
-            broker.stop()
-
-
-atexit.register(_stop_all_at_exit)
-
-
-class ApacheKafkaBroker:
+class ApacheKafkaBroker(ChildServer):
     """One Apache Kafka node, broker and KRaft controller in one JVM, listening on 127.0.0.1 only.
 
     ``port`` (clients) and the controller port are picked free at construction unless given, and kept
@@ -110,6 +93,9 @@ class ApacheKafkaBroker:
     directory removed by ``stop()`` if not given); it is formatted on the first start only. Output goes to
     ``log_path`` (default ``<data_dir>/kafka.log``). Usable as a context manager.
     """
+
+    _WHAT = "Apache Kafka"
+    _STOP_GRACE_S = 15.0
 
     def __init__(
         self,
@@ -120,7 +106,7 @@ class ApacheKafkaBroker:
         home: Path | None = None,
     ) -> None:
         """Configure (but do not start) a node; ``home`` defaults to this checkout's ``.tools/kafka-<version>``."""
-        self._port = port if port is not None else find_free_port()
+        super().__init__(port)
         self._controller_port = find_free_port()
         while self._controller_port == self._port:
             self._controller_port = find_free_port()
@@ -128,39 +114,14 @@ class ApacheKafkaBroker:
         self._data_dir_arg = data_dir
         self._data_dir: Path | None = data_dir
         self._log_path_arg = log_path
-        self._log_file: IO[bytes] | None = None
-        self._proc: subprocess.Popen[bytes] | None = None
-        self._paused = False
         self.last_start_s: float | None = None
 
     # -- properties -------------------------------------------------------------------------------
 
     @property
-    def port(self) -> int:
-        """The TCP port on 127.0.0.1 clients connect to (stable across restarts)."""
-        return self._port
-
-    @property
     def bootstrap_servers(self) -> str:
         """``"127.0.0.1:PORT"``, for ``bootstrap_servers=`` of Kafka clients."""
         return f"{_LOOPBACK}:{self._port}"
-
-    @property
-    def pid(self) -> int | None:
-        """PID of the JVM, or ``None`` when it is not running."""
-        if self._proc is None or self._proc.poll() is not None:
-            return None
-        return self._proc.pid
-
-    @property
-    def running(self) -> bool:
-        """Whether the JVM is alive (it may be paused or still starting)."""
-        return self.pid is not None
-
-    @property
-    def paused(self) -> bool:
-        """Whether the JVM is stopped with SIGSTOP by :meth:`pause`."""
-        return self._paused and self.running
 
     @property
     def log_path(self) -> Path | None:
@@ -202,77 +163,18 @@ class ApacheKafkaBroker:
         base = [java, *_JVM_OPTIONS, f"-Dlog4j2.configurationFile={log4j}", "-cp", classpath]
         if not (logs / "meta.properties").exists():
             self._format(base, config, logs)
-        self._proc = _spawn(
+        self._launch(
             [*base, f"-Dkafka.logs.dir={data_dir}", "kafka.Kafka", str(config)],
-            stdout=self._log_file,
+            timeout,
             death_signal=signal.SIGKILL,
         )
-        self._paused = False
-        _running.add(self)
-        try:
-            self._wait_ready(timeout)
-        except BaseException:
-            self.stop()
-            raise
         self.last_start_s = time.monotonic() - began
 
-    def stop(self) -> None:
-        """SIGTERM (resuming a paused JVM), up to 15 s for a clean shutdown, then SIGKILL.
-
-        Idempotent; safe from atexit paths. Removes the data directory if it was a temp one.
-        """
-        proc, self._proc = self._proc, None
-        if proc is not None:
-            _terminate(proc, signal.SIGTERM, timeout=15)
-        self._after_exit()
+    def _release(self) -> None:
+        """Remove the data directory if it was a temp one (``kill()`` and ``restart()`` keep it)."""
         if self._data_dir_arg is None and self._data_dir is not None:
             shutil.rmtree(self._data_dir, ignore_errors=True)
             self._data_dir = None
-
-    def kill(self) -> None:
-        """SIGKILL the JVM and reap it. The log directory stays: a later ``start()`` recovers it."""
-        proc, self._proc = self._proc, None
-        if proc is not None and proc.poll() is None:
-            _sigkill(proc)
-        self._after_exit()
-
-    def pause(self) -> None:
-        """Freeze the JVM with SIGSTOP: connections stay open but nothing is answered."""
-        proc = self._proc
-        if proc is None or proc.poll() is not None:
-            raise RuntimeError("Apache Kafka is not running")
-        proc.send_signal(signal.SIGSTOP)
-        self._paused = True
-        stat = Path(f"/proc/{proc.pid}/stat")
-        deadline = time.monotonic() + 2.0
-        while stat.exists() and time.monotonic() < deadline:
-            if stat.read_text().rpartition(")")[2].split()[0] in ("T", "t"):
-                break
-            time.sleep(0.005)
-
-    def resume(self) -> None:
-        """Unfreeze a paused JVM with SIGCONT (no-op if it is not paused)."""
-        proc = self._proc
-        if proc is not None and proc.poll() is None:
-            proc.send_signal(signal.SIGCONT)
-        self._paused = False
-
-    def restart(self, timeout: float = 90.0) -> None:
-        """Stop cleanly and start again on the same ports and log directory: topics and offsets survive."""
-        proc, self._proc = self._proc, None
-        if proc is not None:
-            _terminate(proc, signal.SIGTERM, timeout=15)
-        self._after_exit()
-        self.start(timeout=timeout)
-
-    def __enter__(self) -> Self:
-        self.start()
-        return self
-
-    def __exit__(
-        self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
-    ) -> None:
-        self.stop()
 
     def __repr__(self) -> str:
         return f"ApacheKafkaBroker(bootstrap_servers={self.bootstrap_servers!r}, pid={self.pid})"
@@ -328,33 +230,11 @@ class ApacheKafkaBroker:
                 f"log tail of {self.log_path}:\n{_log_tail(self.log_path)}"
             )
 
-    def _wait_ready(self, timeout: float) -> None:
-        """Wait until the broker answers a metadata request naming itself (the port opens a little earlier)."""
-        deadline = time.monotonic() + timeout
-        while True:
-            proc = self._proc
-            if proc is None or proc.poll() is not None:
-                code = None if proc is None else proc.returncode
-                raise RuntimeError(
-                    f"Apache Kafka exited during startup (exit code {code}); "
-                    f"log tail of {self.log_path}:\n{_log_tail(self.log_path)}"
-                )
-            if _port_accepts(self._port) and _broker_registered(self._port):
-                return
-            if time.monotonic() >= deadline:
-                raise RuntimeError(
-                    f"Apache Kafka did not get ready on 127.0.0.1:{self._port} within {timeout:.0f}s; "
-                    f"log tail of {self.log_path}:\n{_log_tail(self.log_path)}"
-                )
-            time.sleep(0.1)
-
-    def _after_exit(self) -> None:
-        _running.discard(self)
-        self._paused = False
-        if self._log_file is not None:
-            with contextlib.suppress(OSError):
-                self._log_file.close()
-            self._log_file = None
+    def _probe(self) -> str | None:
+        """Ready once the broker answers a metadata request naming itself (the port opens a little earlier)."""
+        if _port_accepts(self._port) and _broker_registered(self._port):
+            return None
+        return f"no broker registered on {_LOOPBACK}:{self._port} yet"
 
 
 def _kafka_cluster_id() -> str:

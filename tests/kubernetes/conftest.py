@@ -11,26 +11,20 @@ the test PostgreSQL, then marks the Job complete through its status subresource.
 from __future__ import annotations
 
 import base64
-import contextlib
 import datetime
 import json
 import subprocess
 import sys
 import threading
 import time
-import uuid
-from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-import psycopg
 import pytest
 import yaml
-from psycopg import sql
 
 from tests.support.kubernetes import KubernetesCluster, kubernetes_cluster
-from tests.support.services import with_database
 
 __all__ = ["kubernetes_cluster"]
 
@@ -47,19 +41,6 @@ def sequence_crd(kubernetes_cluster: KubernetesCluster) -> str:
     kubernetes_cluster.kubectl("apply", "-f", CRD)
     kubernetes_cluster.kubectl("wait", "--for=condition=Established", "--timeout=60s", "crd/sequences.healingwork.io")
     return "sequences.healingwork.io"
-
-
-@contextlib.contextmanager
-def scratch_database(postgres_url: str) -> Iterator[str]:
-    """A fresh empty database on the test PostgreSQL, dropped afterwards (for fixtures wider than a test)."""
-    name = f"test_{uuid.uuid4().hex}"
-    with psycopg.connect(postgres_url, autocommit=True, connect_timeout=10) as conn:
-        conn.execute(sql.SQL("CREATE DATABASE {}").format(sql.Identifier(name)))
-    try:
-        yield with_database(postgres_url, name)
-    finally:
-        with psycopg.connect(postgres_url, autocommit=True, connect_timeout=10) as conn:
-            conn.execute(sql.SQL("DROP DATABASE IF EXISTS {} WITH (FORCE)").format(sql.Identifier(name)))
 
 
 def container_env(cluster: KubernetesCluster, namespace: str, pod_spec: dict[str, Any]) -> dict[str, str]:

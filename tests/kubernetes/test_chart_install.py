@@ -26,8 +26,9 @@ import psycopg
 import pytest
 import yaml
 
-from tests.kubernetes.conftest import CHART, Release, helm_with_hook, scratch_database
+from tests.kubernetes.conftest import CHART, Release, helm_with_hook
 from tests.support.kubernetes import KubernetesCluster
+from tests.support.services import scratch_database
 
 pytestmark = pytest.mark.kubernetes
 

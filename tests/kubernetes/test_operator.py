@@ -26,8 +26,9 @@ import pytest
 from psycopg.rows import dict_row
 
 from services.common.sequences import sequence_id
-from tests.kubernetes.conftest import HEALINGWORK, Release, container_env, helm_with_hook, scratch_database
+from tests.kubernetes.conftest import HEALINGWORK, Release, container_env, helm_with_hook
 from tests.support.kubernetes import KubernetesCluster, die_with_parent, free_port
+from tests.support.services import scratch_database
 
 pytestmark = pytest.mark.kubernetes
 

@@ -21,6 +21,7 @@ the consumers and the relay take it to pass on both. The ``kafka`` variant is ne
 
 from __future__ import annotations
 
+import contextlib
 import os
 import re
 import shutil
@@ -49,6 +50,7 @@ __all__ = [
     "kafka_bootstrap_servers",
     "mail_sink",
     "postgres_url",
+    "scratch_database",
     "tansu_bootstrap_servers",
     "unique_topic_prefix",
     "with_database",
@@ -122,9 +124,9 @@ def postgres_url(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
         server.stop()
 
 
-@pytest.fixture
-def database_url(postgres_url: str) -> Iterator[str]:
-    """URL of a fresh, empty database ``test_<uuid hex>`` on ``postgres_url``; dropped (FORCE) afterwards."""
+@contextlib.contextmanager
+def scratch_database(postgres_url: str) -> Iterator[str]:
+    """A fresh, empty database ``test_<uuid hex>`` on ``postgres_url``; dropped (FORCE) afterwards."""
     name = f"test_{uuid.uuid4().hex}"
     with psycopg.connect(postgres_url, autocommit=True, connect_timeout=10) as conn:
         conn.execute(sql.SQL("CREATE DATABASE {}").format(sql.Identifier(name)))
@@ -133,6 +135,13 @@ def database_url(postgres_url: str) -> Iterator[str]:
     finally:
         with psycopg.connect(postgres_url, autocommit=True, connect_timeout=10) as conn:
             conn.execute(sql.SQL("DROP DATABASE IF EXISTS {} WITH (FORCE)").format(sql.Identifier(name)))
+
+
+@pytest.fixture
+def database_url(postgres_url: str) -> Iterator[str]:
+    """URL of a fresh, empty database on ``postgres_url`` (:func:`scratch_database`), for one test."""
+    with scratch_database(postgres_url) as url:
+        yield url
 
 
 @pytest.fixture(scope="session")

@@ -3,7 +3,9 @@ and the id scheme of what transitions announce."""
 
 from __future__ import annotations
 
+import re
 import uuid
+from pathlib import Path
 
 import pytest
 
@@ -100,3 +102,18 @@ def test_attempts_and_lives_never_share_an_id() -> None:
     ids |= {dead_letter(_attempt(life, n), "x").id for life in range(3) for n in range(1, 4)}
     assert len(ids) == 18
     assert _attempt(0, 1).message_id not in ids  # never the message id, the scheme before this one
+
+
+def test_no_module_outside_the_lifecycle_writes_a_message_row() -> None:
+    """Every status write goes through services/common/message_lifecycle: no other module of the services
+    or the operator updates or inserts ``messages`` rows itself (reading them is fine)."""
+    root = Path(__file__).resolve().parents[2]
+    lifecycle = root / "services" / "common" / "message_lifecycle"
+    writes = re.compile(r"\b(UPDATE\s+messages|INSERT\s+INTO\s+messages)\b", re.IGNORECASE)
+    offenders = [
+        str(path.relative_to(root))
+        for package in ("services", "operators")
+        for path in (root / package).rglob("*.py")
+        if lifecycle not in path.parents and writes.search(path.read_text())
+    ]
+    assert offenders == []
