@@ -167,3 +167,51 @@ async def test_a_consumer_whose_broker_never_answers_stops_when_told(topic_prefi
 
 async def _never_called(message: AnyMessage) -> None:
     raise AssertionError("no record can arrive without a broker")
+
+
+async def test_with_a_record_bound_a_running_batch_does_not_hold_back_later_records_nor_commit_past_itself(
+    settings: BusSettings, topic_prefix: str
+) -> None:
+    # The dispatcher's rule: the loop keeps fetching while fewer than records_in_flight records are in
+    # batches still running, so a record is read while earlier batches wait on their slowest send;
+    # the offsets still follow the effects, in order.
+    messages = [_lead_message() for _ in range(3)]
+    release = asyncio.Event()
+    handled: list[uuid.UUID] = []
+    started: list[uuid.UUID] = []
+    stop = asyncio.Event()
+
+    async def handler(batch: list[AnyMessage]) -> None:
+        started.extend(m.id for m in batch)
+        if messages[2].id not in started:
+            await release.wait()  # the first two records block until the third one has been handled
+        handled.extend(m.id for m in batch)
+        if len(handled) == len(messages):
+            stop.set()
+
+    group = f"{topic_prefix}bound"
+    consumer = make_consumer(settings, settings.topic_leads_accepted, group)
+    run = asyncio.create_task(
+        consume(consumer, handler, stop=stop, name="bound", shutdown=ShutdownClock(5.0), records_in_flight=10)
+    )
+    for message in messages:  # one at a time, each fetched (and blocked, for the first two) on its own
+        await _produce(settings, [encode_message(message)])
+        await asyncio.wait_for(_until_in(message.id, started), timeout=60)
+
+    assert handled == [messages[2].id]  # read and handled while both earlier batches still run
+    # Nothing committed past a batch that has not ended (asked through the running member: another
+    # member joining the group would rebalance it).
+    topic = settings.topic_leads_accepted
+    partitions = consumer.partitions_for_topic(topic) or set()
+    committed = [await consumer.committed(TopicPartition(topic, p)) for p in partitions]
+    assert partitions
+    assert all(offset in (None, 0) for offset in committed)
+    release.set()
+    await asyncio.wait_for(run, timeout=60)
+    assert sorted(handled) == sorted(m.id for m in messages)
+    assert await _committed(settings, group) == len(messages)
+
+
+async def _until_in(item: uuid.UUID, seen: list[uuid.UUID]) -> None:
+    while item not in seen:
+        await asyncio.sleep(0.01)
