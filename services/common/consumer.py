@@ -6,11 +6,8 @@ so they share one set of rules:
 * **Commit after effect.** Records are fetched in batches and handed to the handler as decoded
   messages; a batch's offsets are committed only after its handler returned (its effects are committed
   in PostgreSQL), in fetch order: a batch is committed only when it and every batch fetched before it
-  ended. Up to ``batches_in_flight`` batches run at once; or, with ``records_in_flight`` (the
-  dispatcher), the loop keeps fetching while fewer records than that are in batches still running,
-  whichever batch finished last: a record never waits for the slowest send of an earlier batch
-  before it is even read (the ended batches wait for their commit, at most
-  ``MAX_BATCHES_UNCOMMITTED``). Handlers are idempotent on the message id, so a record
+  ended. Up to ``batches_in_flight`` batches run at once (the dispatcher starts the next batch while
+  the previous one finishes its slowest sends). Handlers are idempotent on the message id, so a record
   handed over again after a crash or a rewind changes nothing.
 * **Undecodable records** are counted (``undecodable``) and skipped: they can never succeed.
 * **A dependency outage** (PostgreSQL unreachable: ``UNAVAILABLE_ERRORS``) rewinds the failed batch and
@@ -64,8 +61,6 @@ COMMIT_TIMEOUT_S = 10.0
 # the loop looks at the batch again).
 FETCH_IDLE_MS = 500
 FETCH_WHILE_BUSY_MS = 20
-# With ``records_in_flight``: batches that ended but wait behind a running one for their offset commit.
-MAX_BATCHES_UNCOMMITTED = 64
 # Backoff after a failed batch: from RETRY_BASE_S, doubling, at most RETRY_MAX_S.
 RETRY_BASE_S = 0.5
 RETRY_MAX_S = 10.0
@@ -108,13 +103,11 @@ async def consume(
     topics_ready: asyncio.Event | None = None,
     max_records: int | None = None,
     batches_in_flight: int = 1,
-    records_in_flight: int | None = None,
     commit_timeout_s: float = COMMIT_TIMEOUT_S,
 ) -> None:
     """Consume until ``stop`` is set, by the rules of the module docstring. ``max_records`` bounds a
-    batch (default: the consumer's ``max_poll_records``); ``records_in_flight``, when given, bounds the
-    records of the batches running at once instead of ``batches_in_flight``; ``topics_ready``, when
-    given, is awaited before the consumer joins its group."""
+    batch (default: the consumer's ``max_poll_records``); ``topics_ready``, when given, is awaited
+    before the consumer joins its group."""
     if topics_ready is not None and not await _wait_or_stop(topics_ready, stop):
         await within(consumer.stop(), shutdown.deadline(), f"{name}: close the Kafka consumer")
         return
@@ -124,7 +117,7 @@ async def consume(
     if not started:
         await within(consumer.stop(), shutdown.deadline(), f"{name}: close the Kafka consumer")
         return
-    loop = _Loop(consumer, handle, name, max_records, batches_in_flight, records_in_flight, commit_timeout_s)
+    loop = _Loop(consumer, handle, name, max_records, batches_in_flight, commit_timeout_s)
     try:
         await loop.run(stop)
     finally:
@@ -150,7 +143,6 @@ class _Loop:
         name: str,
         max_records: int | None,
         batches_in_flight: int,
-        records_in_flight: int | None,
         commit_timeout_s: float,
     ) -> None:
         self.consumer = consumer
@@ -158,7 +150,6 @@ class _Loop:
         self.name = name
         self.max_records = max_records
         self.batches_in_flight = max(1, batches_in_flight)
-        self.records_in_flight = None if records_in_flight is None else max(1, records_in_flight)
         self.commit_timeout_s = commit_timeout_s
         self.in_flight: deque[_Batch] = deque()
         self.failures = 0  # consecutive failed batches, for the backoff
@@ -168,14 +159,13 @@ class _Loop:
 
     async def run(self, stop: asyncio.Event) -> None:
         while not stop.is_set():
-            room = self._room()
-            if room != 0:
-                records = await self._fetch(room)
+            limit = 1 if self.isolating else self.batches_in_flight
+            if len(self.in_flight) < limit:
+                records = await self._fetch()
                 if records and not stop.is_set():  # fetched while stopping: they go to the next owner
                     self.in_flight.append(self._start(records))
             else:
-                running = [batch.work for batch in self.in_flight if not batch.work.done()]
-                await _wait_any_or_stop(running or [self.in_flight[0].work], stop)
+                await _wait_or_stop(self.in_flight[0].work, stop)
             while self.in_flight and self.in_flight[0].work.done():
                 batch = self.in_flight.popleft()
                 error = batch.error()
@@ -190,19 +180,7 @@ class _Loop:
                 await _sleep_or_stop(stop, backoff_delay(min(self.failures, 6), RETRY_BASE_S, RETRY_MAX_S))
                 break
 
-    def _room(self) -> int | None:
-        """How many records the next fetch may take: 0 to wait for a batch to end, None for a whole batch."""
-        if self.isolating:
-            return 0 if self.in_flight else 1
-        if self.records_in_flight is None:
-            return None if len(self.in_flight) < self.batches_in_flight else 0
-        if len(self.in_flight) >= MAX_BATCHES_UNCOMMITTED:
-            return 0
-        running = sum(batch.records for batch in self.in_flight if not batch.work.done())
-        room = max(0, self.records_in_flight - running)
-        return min(room, self.max_records) if self.max_records else room
-
-    async def _fetch(self, room: int | None) -> dict[TopicPartition, list[ConsumerRecord[bytes, bytes]]]:
+    async def _fetch(self) -> dict[TopicPartition, list[ConsumerRecord[bytes, bytes]]]:
         timeout_ms = FETCH_WHILE_BUSY_MS if self.in_flight else FETCH_IDLE_MS
         if self.isolating:
             assigned = self.consumer.assignment()
@@ -211,8 +189,7 @@ class _Loop:
         if self.isolating:
             fetched = await self.consumer.getmany(*self.isolating, timeout_ms=timeout_ms, max_records=1)
         else:
-            limit = self.max_records if room is None else room
-            fetched = await self.consumer.getmany(timeout_ms=timeout_ms, max_records=limit)
+            fetched = await self.consumer.getmany(timeout_ms=timeout_ms, max_records=self.max_records)
         return {tp: records for tp, records in fetched.items() if records}
 
     def _start(self, records: dict[TopicPartition, list[ConsumerRecord[bytes, bytes]]]) -> _Batch:
@@ -358,15 +335,6 @@ async def _wait_or_stop(awaitable: Awaitable[object] | asyncio.Event, stop: asyn
     if isinstance(awaitable, asyncio.Event) and not work.done():
         work.cancel()
     return work.done()
-
-
-async def _wait_any_or_stop(works: list[asyncio.Task[object]], stop: asyncio.Event) -> None:
-    """Wait until one of ``works`` ends or ``stop`` is set."""
-    stopping = asyncio.ensure_future(stop.wait())
-    try:
-        await asyncio.wait({*works, stopping}, return_when=asyncio.FIRST_COMPLETED)
-    finally:
-        stopping.cancel()
 
 
 async def _sleep_or_stop(stop: asyncio.Event, seconds: float) -> None:

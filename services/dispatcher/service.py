@@ -3,9 +3,9 @@
 The consumer is the entrypoint, run by the one consumer loop (:mod:`services.common.consumer`): fetch
 up to DISPATCH_BATCH_SIZE records, hand their message ids to :meth:`Dispatcher.dispatch_batch` (which
 claims, sends concurrently over the SMTP pool and commits each outcome), and commit the Kafka offsets
-only after the whole batch is recorded in PostgreSQL. The loop keeps fetching while fewer than two
-batches' worth of commands are in batches still running, and offsets are committed in fetch order, so
-a command never waits for the slowest send of an earlier batch before it is read.
+only after the whole batch is recorded in PostgreSQL. The next batch is fetched and started while one
+is finishing (two at most), and offsets are committed in fetch order, so a command never waits for a
+whole earlier batch before it is read.
 
 Graceful shutdown (SIGTERM): stop fetching, let the batches in flight finish until the drain deadline
 (SHUTDOWN_GRACE_S minus the time kept for closing), then cancel them — messages not yet handed to SMTP
@@ -92,10 +92,8 @@ def dispatch_handler(dispatcher: Dispatcher) -> BatchHandler:
     return handle
 
 
-# Commands dispatched at once, in as many batches as they came in: the loop keeps fetching while fewer
-# than this many are in batches still running, so a command never waits for the slowest send of an
-# earlier batch before it is even read (waiting for a connection is the SMTP pool's FIFO). The
-# ``sending`` window is bounded by the pool (DISPATCH_CONCURRENCY), not by this.
+# Batches dispatched at once: the next batch is fetched and started while the previous one finishes
+# (its slowest sends), so a command never waits for a whole batch before it is even read.
 BATCHES_IN_FLIGHT = 2
 
 
@@ -109,7 +107,7 @@ async def consume_dispatch_commands(
     topics_ready: asyncio.Event | None = None,
 ) -> None:
     """Fetch, dispatch and commit until ``stop`` is set, through the one consumer loop
-    (:func:`services.common.consumer.consume`) with up to BATCHES_IN_FLIGHT batches' worth of commands at once."""
+    (:func:`services.common.consumer.consume`) with BATCHES_IN_FLIGHT batches at once."""
     await consume(
         consumer,
         dispatch_handler(dispatcher),
@@ -118,5 +116,5 @@ async def consume_dispatch_commands(
         shutdown=shutdown or ShutdownClock(settings.shutdown_grace_s),
         topics_ready=topics_ready,
         max_records=settings.dispatch_batch_size,
-        records_in_flight=BATCHES_IN_FLIGHT * settings.dispatch_batch_size,
+        batches_in_flight=BATCHES_IN_FLIGHT,
     )
