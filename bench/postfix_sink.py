@@ -36,10 +36,11 @@ def ensure_smtp_sink() -> Path | None:
     return BINARY if BINARY.exists() else None
 
 
-def start_smtp_sink(binary: Path, port: int) -> subprocess.Popen[bytes]:
-    """Accept and discard every message on 127.0.0.1:``port`` (up to 1,024 concurrent sessions)."""
+def start_smtp_sink(binary: Path, port: int, *options: str) -> subprocess.Popen[bytes]:
+    """Accept and discard every message on 127.0.0.1:``port`` (up to 1,024 concurrent sessions).
+    ``options`` are smtp-sink's own (``-p``: no PIPELINING; ``-r RCPT``: refuse RCPT with a 4xx)."""
     privileges = ["-u", "nobody"] if os.geteuid() == 0 else []  # it refuses to keep root privileges
     return subprocess.Popen(
-        [str(binary), *privileges, "-m", "1024", f"127.0.0.1:{port}", "1024"],
+        [str(binary), *privileges, *options, "-m", "1024", f"127.0.0.1:{port}", "1024"],
         env={**os.environ, "LD_LIBRARY_PATH": str(LIBRARIES)},
     )

@@ -1,0 +1,162 @@
+"""SMTP PIPELINING (RFC 2920) for one mail transaction: MAIL, RCPT and DATA in one write, the body in a second.
+
+Without it a transaction is four writes and four round trips (MAIL, RCPT, DATA, the body), and the
+``send`` system call was the largest single cost in a profile of the dispatcher. aiosmtplib's protocol
+reads one reply per command written and drops a reply that arrives before the previous one was picked
+up, so while a pipelined group is outstanding :class:`PipelinedReplies` reads the replies from the
+connection itself, in order, and hands the connection back to aiosmtplib once every reply is in. A
+transaction that ends with replies still outstanding (a timeout, a cancel, a dropped connection) closes
+the session: its next reply could not be paired with a command.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import collections
+from collections.abc import Callable
+from types import TracebackType
+
+import aiosmtplib
+from aiosmtplib.protocol import (
+    COMMAND_INJECTION_REGEX,
+    MAX_LINE_LENGTH,
+    MAX_RESPONSE_LENGTH,
+    PERIOD_REGEX,
+    SMTPProtocol,
+    normalize_message_line_endings,
+)
+
+START_INPUT = 354
+
+
+class PipelinedReplies:
+    """The replies to pipelined commands, read from the protocol's connection while installed."""
+
+    def __init__(self, protocol: SMTPProtocol, reply_timeout_s: float | None) -> None:
+        self._protocol = protocol
+        self._reply_timeout_s = reply_timeout_s
+        self._buffer = bytearray()
+        self._replies: collections.deque[aiosmtplib.SMTPResponse] = collections.deque()
+        self._waiter: asyncio.Future[None] | None = None
+        self._error: BaseException | None = None
+        self._lost: Callable[[Exception | None], None] = protocol.connection_lost
+
+    def __enter__(self) -> PipelinedReplies:
+        # Instance attributes shadow the protocol's methods; the transport looks them up on every call.
+        self._protocol.data_received = self._data_received  # type: ignore[method-assign]
+        self._protocol.connection_lost = self._connection_lost  # type: ignore[method-assign]
+        return self
+
+    def __exit__(
+        self, kind: type[BaseException] | None, error: BaseException | None, traceback: TracebackType | None
+    ) -> None:
+        del self._protocol.data_received
+        del self._protocol.connection_lost
+
+    async def next(self) -> aiosmtplib.SMTPResponse:
+        """The next reply in order; raises what aiosmtplib raises for a lost, silent or garbled server."""
+        while not self._replies:
+            if self._error is not None:
+                raise self._error
+            self._waiter = asyncio.get_running_loop().create_future()
+            try:
+                await asyncio.wait_for(self._waiter, self._reply_timeout_s)
+            except TimeoutError as error:
+                raise aiosmtplib.SMTPReadTimeoutError("Timed out waiting for server response") from error
+            finally:
+                self._waiter = None
+        return self._replies.popleft()
+
+    def _data_received(self, data: bytes) -> None:
+        self._buffer.extend(data)
+        try:
+            while (reply := self._parse_one()) is not None:
+                self._replies.append(reply)
+            if len(self._buffer) > MAX_RESPONSE_LENGTH:
+                raise aiosmtplib.SMTPResponseException(-1, "Response too long")
+        except aiosmtplib.SMTPResponseException as error:
+            self._buffer.clear()
+            self._error = error
+        self._wake()
+
+    def _connection_lost(self, exc: Exception | None) -> None:
+        lost = aiosmtplib.SMTPServerDisconnected("Connection lost")
+        lost.__cause__ = exc
+        self._error = self._error or lost
+        self._wake()
+        self._lost(exc)
+
+    def _wake(self) -> None:
+        if self._waiter is not None and not self._waiter.done():
+            self._waiter.set_result(None)
+
+    def _parse_one(self) -> aiosmtplib.SMTPResponse | None:
+        """One complete (possibly multi-line) reply from the front of the buffer, or None for a partial one."""
+        offset = 0
+        lines: list[bytes] = []
+        while (end := self._buffer.find(b"\n", offset)) != -1:
+            line = bytes(self._buffer[offset : end + 1])
+            if len(line) > MAX_LINE_LENGTH:
+                raise aiosmtplib.SMTPResponseException(-1, "Response too long")
+            try:
+                code = int(line[:3])
+            except ValueError:
+                text = line.decode("utf-8", errors="ignore")
+                raise aiosmtplib.SMTPResponseException(-1, f"Malformed SMTP response line: {text}") from None
+            offset = end + 1
+            lines.append(line[4:].strip(b" \t\r\n"))
+            if line[3:4] != b"-":
+                del self._buffer[:offset]
+                return aiosmtplib.SMTPResponse(code, b"\n".join(lines).decode("utf-8", "surrogateescape"))
+        return None
+
+
+async def pipelined_transaction(client: aiosmtplib.SMTP, mail_from: bytes, rcpt_to: bytes, data: bytes) -> str:
+    """MAIL, RCPT and DATA in one write, then the body; returns the final reply.
+
+    ``mail_from`` and ``rcpt_to`` are the commands' arguments (``FROM:<a@b>``, ``TO:<c@d>``). Raises what
+    the one-command-at-a-time transaction raises for the first reply that refuses (MAIL, then RCPT, then
+    DATA, then the final reply), so a refusal is classified the same either way; the caller resets the
+    envelope. When DATA was accepted after a refusal, a lone "." ends the empty message (RFC 2920, 3.1).
+    """
+    protocol = client.protocol
+    if protocol is None or not protocol.is_connected:
+        raise aiosmtplib.SMTPServerDisconnected("Connection lost")
+    for argument in (mail_from, rcpt_to):
+        if COMMAND_INJECTION_REGEX.search(argument):
+            raise ValueError("Command arg contains a prohibited control character")
+    body = PERIOD_REGEX.sub(b"..", normalize_message_line_endings(data)) + b".\r\n"
+    refusal: aiosmtplib.SMTPException | None = None
+    final: aiosmtplib.SMTPResponse | None = None
+    answered = False
+    with PipelinedReplies(protocol, client.timeout) as replies:
+        try:
+            protocol.write(b"MAIL " + mail_from + b"\r\nRCPT " + rcpt_to + b"\r\nDATA\r\n")
+            mail = await replies.next()
+            rcpt = await replies.next()
+            start = await replies.next()
+            if mail.code != 250:
+                refusal = aiosmtplib.SMTPSenderRefused(mail.code, mail.message, _address(mail_from))
+            elif rcpt.code not in (250, 251):
+                refused = aiosmtplib.SMTPRecipientRefused(rcpt.code, rcpt.message, _address(rcpt_to))
+                refusal = aiosmtplib.SMTPRecipientsRefused([refused])
+            if start.code == START_INPUT:
+                protocol.write(b".\r\n" if refusal is not None else body)
+                final = await replies.next()
+            elif refusal is None:
+                refusal = aiosmtplib.SMTPDataError(start.code, start.message)
+            answered = True
+        finally:
+            if not answered:
+                client.close()  # replies are still outstanding: this session cannot be reused
+    if refusal is not None:
+        raise refusal
+    assert final is not None  # DATA was accepted and answered, or refused above
+    if final.code != 250:
+        raise aiosmtplib.SMTPDataError(final.code, final.message)
+    return final.message
+
+
+def _address(argument: bytes) -> str:
+    """``a@b`` from ``FROM:<a@b> SMTPUTF8``: the refused address, as aiosmtplib's errors name it."""
+    return argument.partition(b"<")[2].partition(b">")[0].decode("utf-8", "surrogateescape")

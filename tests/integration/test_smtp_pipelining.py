@@ -1,0 +1,172 @@
+"""SMTP PIPELINING (RFC 2920) against real servers: Postfix's smtp-sink (which offers PIPELINING and can
+refuse or drop any command) and the aiosmtpd sink (which stores what it receives, and does not offer it).
+
+A refusal anywhere in the pipelined group (MAIL, RCPT, DATA, the final reply) is classified exactly as
+when the commands go one at a time; a server that does not offer PIPELINING gets one command at a time;
+the connection stays usable after a refusal, and a session left with replies outstanding is closed.
+"""
+
+from __future__ import annotations
+
+import socket
+import time
+from collections.abc import AsyncIterator, Callable, Iterator
+from contextlib import asynccontextmanager, contextmanager
+
+import aiosmtplib
+import pytest
+
+from bench.postfix_sink import ensure_smtp_sink, start_smtp_sink
+from devstack.mailsink import MailSink
+from services.dispatcher.smtp import SendError, SmtpConnection, SmtpTarget, classify, mail_transaction
+from services.dispatcher.smtp_pipelining import pipelined_transaction
+
+pytestmark = pytest.mark.integration
+
+BODY = b"From: a@example.com\r\nTo: b@example.com\r\nSubject: t\r\n\r\nfirst line\r\n.a line starting with a dot\r\n"
+
+
+def free_port() -> int:
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        return int(probe.getsockname()[1])
+
+
+@contextmanager
+def postfix_sink(*options: str) -> Iterator[int]:
+    """A running Postfix smtp-sink with ``options``; yields its port."""
+    binary = ensure_smtp_sink()
+    assert binary is not None, "Postfix smtp-sink could not be unpacked (apt-get download postfix)"
+    port = free_port()
+    process = start_smtp_sink(binary, port, *options)
+    try:
+        for _ in range(100):
+            with socket.socket() as probe:
+                if probe.connect_ex(("127.0.0.1", port)) == 0:
+                    break
+            assert process.poll() is None, f"smtp-sink exited with {process.returncode}"
+            time.sleep(0.05)
+        yield port
+    finally:
+        process.terminate()
+        process.wait(timeout=10)
+
+
+@asynccontextmanager
+async def session(port: int) -> AsyncIterator[aiosmtplib.SMTP]:
+    client = aiosmtplib.SMTP(hostname="127.0.0.1", port=port, start_tls=False, timeout=5.0)
+    await client.connect()
+    await client.ehlo()
+    try:
+        yield client
+    finally:
+        client.close()
+
+
+async def refusal_of(transaction: Callable[[], object]) -> SendError:
+    with pytest.raises(aiosmtplib.SMTPException) as raised:
+        await transaction()  # type: ignore[misc]
+    return classify(raised.value)
+
+
+async def test_postfix_sink_offers_pipelining_and_a_transaction_is_accepted_pipelined() -> None:
+    with postfix_sink() as port:
+        async with session(port) as client:
+            assert client.supports_extension("pipelining")
+            for _ in range(3):  # the session stays in step with its replies, transaction after transaction
+                reply = await mail_transaction(client, "a@example.com", "b@example.com", BODY)
+                assert reply.startswith("2.0.0 Ok")
+            assert (await client.noop()).code == 250  # aiosmtplib reads replies again afterwards
+
+
+@pytest.mark.parametrize(
+    ("options", "code", "permanent"),
+    [
+        (("-r", "MAIL"), 450, False),
+        (("-f", "MAIL"), 500, True),
+        (("-r", "RCPT"), 450, False),
+        (("-f", "RCPT"), 500, True),
+        (("-r", "DATA"), 450, False),
+        (("-f", "DATA"), 500, True),
+        (("-r", "."), 450, False),
+        (("-f", "."), 500, True),
+    ],
+)
+async def test_a_refusal_mid_pipeline_is_classified_as_when_the_commands_go_one_at_a_time(
+    options: tuple[str, str], code: int, permanent: bool
+) -> None:
+    # -r and -f make smtp-sink stop offering PIPELINING, so the pipelined group is sent regardless:
+    # smtp-sink reads commands in order whether or not it offered it.
+    with postfix_sink(*options) as port:
+        async with session(port) as client:
+            one_at_a_time = await refusal_of(lambda: mail_transaction(client, "a@example.com", "b@example.com", BODY))
+            pipelined = await refusal_of(
+                lambda: pipelined_transaction(client, b"FROM:<a@example.com>", b"TO:<b@example.com>", BODY)
+            )
+            assert (pipelined.code, pipelined.permanent) == (one_at_a_time.code, one_at_a_time.permanent)
+            assert (pipelined.code, pipelined.permanent) == (code, permanent)
+            assert (await client.noop()).code == 250  # still in step: the refusal consumed every reply
+
+
+async def test_a_connection_dropped_mid_pipeline_is_a_transient_failure_and_the_next_send_reconnects() -> None:
+    with postfix_sink("-q", "DATA") as port:
+        connection = SmtpConnection(SmtpTarget.from_url(f"smtp://127.0.0.1:{port}?starttls=never"), 5.0)
+        try:
+            for _ in range(2):
+                with pytest.raises(SendError) as raised:
+                    await connection.send("a@example.com", "b@example.com", BODY)
+                assert raised.value.permanent is False
+                assert raised.value.code is None
+        finally:
+            await connection.close()
+
+
+async def test_a_server_without_pipelining_gets_one_command_at_a_time() -> None:
+    with postfix_sink("-p") as port:
+        async with session(port) as client:
+            assert not client.supports_extension("pipelining")
+            reply = await mail_transaction(client, "a@example.com", "b@example.com", BODY)
+            assert reply.startswith("2.0.0 Ok")
+
+
+async def test_the_aiosmtpd_sink_does_not_offer_pipelining_and_still_receives_every_message(
+    mail_sink: MailSink,
+) -> None:
+    async with session(mail_sink.port) as client:
+        assert not client.supports_extension("pipelining")
+        await mail_transaction(client, "a@example.com", "b@example.com", BODY)
+    (message,) = await mail_sink.wait_for_messages_async(1)
+    assert ".a line starting with a dot" in message.get_content()
+
+
+async def test_a_pipelined_message_arrives_byte_for_byte_with_its_dot_lines_unstuffed(mail_sink: MailSink) -> None:
+    async with session(mail_sink.port) as client:
+        await pipelined_transaction(client, b"FROM:<a@example.com>", b"TO:<b@example.com>", BODY)
+        await pipelined_transaction(client, b"FROM:<a@example.com>", b"TO:<c@example.com>", BODY)
+    messages = await mail_sink.wait_for_messages_async(2)
+    assert sorted(r for _, rcpts in mail_sink.envelopes for r in rcpts) == ["b@example.com", "c@example.com"]
+    assert all(m.get_content().splitlines() == ["first line", ".a line starting with a dot"] for m in messages)
+
+
+async def test_a_recipient_refused_mid_pipeline_leaves_the_session_usable_for_the_next_message(
+    mail_sink: MailSink,
+) -> None:
+    mail_sink.reject_recipients = {"bounce@example.com": (550, "5.1.1 no such user")}
+    async with session(mail_sink.port) as client:
+        refusal = await refusal_of(
+            lambda: pipelined_transaction(client, b"FROM:<a@example.com>", b"TO:<bounce@example.com>", BODY)
+        )
+        assert (refusal.code, refusal.permanent) == (550, True)
+        await client.rset()
+        await pipelined_transaction(client, b"FROM:<a@example.com>", b"TO:<b@example.com>", BODY)
+    await mail_sink.wait_for_messages_async(1)
+    assert [rcpts for _, rcpts in mail_sink.envelopes] == [["b@example.com"]]
+
+
+async def test_a_temporary_failure_of_the_final_reply_mid_pipeline_is_transient(mail_sink: MailSink) -> None:
+    mail_sink.fail_with = (451, "4.3.0 try again later")
+    async with session(mail_sink.port) as client:
+        refusal = await refusal_of(
+            lambda: pipelined_transaction(client, b"FROM:<a@example.com>", b"TO:<b@example.com>", BODY)
+        )
+    assert (refusal.code, refusal.permanent) == (451, False)
