@@ -5,7 +5,6 @@ stopped with SIGTERM it finishes or releases its batch and exits in time."""
 from __future__ import annotations
 
 import collections
-import os
 import signal
 import subprocess
 import sys
@@ -22,7 +21,8 @@ from services.common.config import DatabaseSettings
 from services.common.db import open_pool, transaction
 from services.scheduler.due import emit_due_steps
 from services.scheduler.enrollment import enroll_lead
-from tests.support.platform import FROM_EMAIL, apply_examples, smtp_url_of, topics_for, wait_until
+from tests.support.platform import apply_examples, smtp_url_of, wait_until
+from tests.support.processes import service_env
 
 pytestmark = pytest.mark.e2e
 
@@ -31,30 +31,20 @@ MESSAGES = 60
 
 
 def dispatcher_env(database_url: str, bootstrap: str, prefix: str, sink: MailSink, **extra: str) -> dict[str, str]:
-    env = {k: v for k, v in os.environ.items() if not k.startswith(("PG", "TOPIC_"))}
-    env.update(
-        {
-            "DATABASE_URL": database_url,
-            "KAFKA_BOOTSTRAP_SERVERS": bootstrap,
-            "KAFKA_PARTITIONS": "2",
-            "KAFKA_SESSION_TIMEOUT_S": "2",
-            "OUTBOX_POLL_INTERVAL_S": "0.2",
-            "HEALTH_PORT": "0",
-            "HMAC_SECRET": uuid.uuid4().hex + uuid.uuid4().hex,
-            "PUBLIC_BASE_URL": "https://go.example.com",
-            "FROM_EMAIL": FROM_EMAIL,
-            "FROM_NAME": "Crash Tests",
-            "SMTP_URL": smtp_url_of(sink),
-            "DISPATCH_CONCURRENCY": "2",
-            # Paced, so that a kill or a SIGTERM lands in the middle of a batch.
-            "SMTP_RATE_PER_S": "25",
-            "SMTP_RATE_NAME": f"crash-{uuid.uuid4().hex}",
-            "LOG_LEVEL": "WARNING",
-            **{name.upper(): value for name, value in topics_for(prefix).items()},
-            **extra,
-        }
+    """A dispatcher's environment (:func:`service_env`), paced so that a kill or a SIGTERM lands mid-batch."""
+    return service_env(
+        database_url,
+        bootstrap,
+        prefix,
+        HEALTH_PORT="0",
+        FROM_NAME="Crash Tests",
+        SMTP_URL=smtp_url_of(sink),
+        DISPATCH_CONCURRENCY="2",
+        SMTP_RATE_PER_S="25",
+        SMTP_RATE_NAME=f"crash-{uuid.uuid4().hex}",
+        LOG_LEVEL="WARNING",
+        **extra,
     )
-    return env
 
 
 @pytest.fixture

@@ -173,3 +173,17 @@ def helm_with_hook(
     if worker is not None:
         worker.join(HOOK_TIMEOUT_S)
     return result, ran
+
+
+def valid_sequence(name: str, **spec: Any) -> dict[str, Any]:
+    """A valid Sequence of one step, with ``spec`` keys (``steps`` too) replaced."""
+    return {
+        "apiVersion": "healingwork.io/v1alpha1",
+        "kind": "Sequence",
+        "metadata": {"name": name},
+        "spec": {
+            "trigger": {"sources": ["website"]},
+            "steps": [{"name": "hello", "delay": "0s", "subject": "Hi", "text": "Hello"}],
+            **spec,
+        },
+    }

@@ -11,6 +11,7 @@ as the kubelet would mount it. Only HEALTH_PORT differs (a free port, polled for
 from __future__ import annotations
 
 import contextlib
+import copy
 import json
 import os
 import signal
@@ -26,7 +27,7 @@ import pytest
 from psycopg.rows import dict_row
 
 from services.common.sequences import sequence_id
-from tests.kubernetes.conftest import HEALINGWORK, Release, container_env, helm_with_hook
+from tests.kubernetes.conftest import HEALINGWORK, Release, container_env, helm_with_hook, valid_sequence
 from tests.support.kubernetes import KubernetesCluster, die_with_parent, free_port
 from tests.support.services import scratch_database
 
@@ -149,20 +150,15 @@ def running_operator(cluster: KubernetesCluster, release: OperatorRelease, workd
     assert " 403" not in operator.log(), operator.log()
 
 
+TWO_STEPS = [
+    {"name": "hello", "delay": "0s", "subject": "Hi {{ lead.first_name or 'there' }}", "text": "Hello"},
+    {"name": "later", "delay": "2d", "subject": "Later", "text": "Later"},
+]
+
+
 def sequence(name: str, **spec: Any) -> dict[str, Any]:
-    return {
-        "apiVersion": "healingwork.io/v1alpha1",
-        "kind": "Sequence",
-        "metadata": {"name": name},
-        "spec": {
-            "trigger": {"sources": ["website"]},
-            "steps": [
-                {"name": "hello", "delay": "0s", "subject": "Hi {{ lead.first_name or 'there' }}", "text": "Hello"},
-                {"name": "later", "delay": "2d", "subject": "Later", "text": "Later"},
-            ],
-            **spec,
-        },
-    }
+    """A valid Sequence of two steps, with ``spec`` keys replaced."""
+    return valid_sequence(name, **{"steps": copy.deepcopy(TWO_STEPS), **spec})
 
 
 def get_sequence(cluster: KubernetesCluster, namespace: str, name: str) -> dict[str, Any] | None:

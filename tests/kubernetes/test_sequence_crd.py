@@ -11,25 +11,12 @@ from typing import Any
 
 import pytest
 
+from tests.kubernetes.conftest import valid_sequence
 from tests.support.kubernetes import KubernetesCluster
 
 pytestmark = pytest.mark.kubernetes
 
 EXAMPLES = Path(__file__).resolve().parents[2] / "k8s" / "examples"
-
-
-def sequence(name: str, **spec: Any) -> dict[str, Any]:
-    """A valid Sequence, with ``spec`` keys replaced."""
-    return {
-        "apiVersion": "healingwork.io/v1alpha1",
-        "kind": "Sequence",
-        "metadata": {"name": name},
-        "spec": {
-            "trigger": {"sources": ["website"]},
-            "steps": [{"name": "hello", "delay": "0s", "subject": "Hi", "text": "Hello"}],
-            **spec,
-        },
-    }
 
 
 def step(**fields: Any) -> dict[str, Any]:
@@ -38,42 +25,42 @@ def step(**fields: Any) -> dict[str, Any]:
 
 # Each broken Sequence and the message of the CRD that refuses it.
 BROKEN: dict[str, tuple[dict[str, Any], str]] = {
-    "trigger-without-sources": (sequence("t", trigger={}), "a trigger needs sources, tags, or all: true"),
+    "trigger-without-sources": (valid_sequence("t", trigger={}), "a trigger needs sources, tags, or all: true"),
     "trigger-all-and-sources": (
-        sequence("t", trigger={"all": True, "sources": ["website"]}),
+        valid_sequence("t", trigger={"all": True, "sources": ["website"]}),
         "all: true matches every lead; leave sources and tags out",
     ),
     "duplicate-step-names": (
-        sequence("t", steps=[step(text="a"), step(text="b")]),
+        valid_sequence("t", steps=[step(text="a"), step(text="b")]),
         "step names must be unique",
     ),
-    "step-without-body": (sequence("t", steps=[step()]), "a step needs html, text or templateRef"),
+    "step-without-body": (valid_sequence("t", steps=[step()]), "a step needs html, text or templateRef"),
     "html-inline-and-referenced": (
-        sequence("t", steps=[step(html="<p>x</p>", templateRef={"configMap": "c", "htmlKey": "k"})]),
+        valid_sequence("t", steps=[step(html="<p>x</p>", templateRef={"configMap": "c", "htmlKey": "k"})]),
         "give the HTML body inline or as templateRef.htmlKey, not both",
     ),
     "text-inline-and-referenced": (
-        sequence("t", steps=[step(text="x", templateRef={"configMap": "c", "textKey": "k"})]),
+        valid_sequence("t", steps=[step(text="x", templateRef={"configMap": "c", "textKey": "k"})]),
         "give the text body inline or as templateRef.textKey, not both",
     ),
     "template-ref-without-key": (
-        sequence("t", steps=[step(templateRef={"configMap": "c"})]),
+        valid_sequence("t", steps=[step(templateRef={"configMap": "c"})]),
         "a templateRef needs htmlKey or textKey",
     ),
     "window-across-midnight": (
-        sequence("t", sendWindow={"start": "22:00", "end": "06:00"}),
+        valid_sequence("t", sendWindow={"start": "22:00", "end": "06:00"}),
         "the window's start must be before its end",
     ),
     "fallback-timezone-lead": (
-        sequence("t", sendWindow={"fallbackTimezone": "lead"}),
+        valid_sequence("t", sendWindow={"fallbackTimezone": "lead"}),
         "fallbackTimezone must be an IANA time zone, not lead",
     ),
-    "bad-delay": (sequence("t", steps=[step(text="x", delay="2 days")]), "spec.steps[0].delay: Invalid value"),
+    "bad-delay": (valid_sequence("t", steps=[step(text="x", delay="2 days")]), "spec.steps[0].delay: Invalid value"),
     "bad-revision-policy": (
-        sequence("t", revisionPolicy="Sometimes"),
+        valid_sequence("t", revisionPolicy="Sometimes"),
         'spec.revisionPolicy: Unsupported value: "Sometimes"',
     ),
-    "missing-steps": ({**sequence("t"), "spec": {"trigger": {"all": True}}}, "spec.steps: Required value"),
+    "missing-steps": ({**valid_sequence("t"), "spec": {"trigger": {"all": True}}}, "spec.steps: Required value"),
 }
 
 
@@ -107,7 +94,7 @@ def test_a_broken_sequence_is_refused_with_the_crds_message(
 
 def test_kubectl_get_seq_prints_the_crds_columns(kubernetes_cluster: KubernetesCluster, sequence_crd: str) -> None:
     namespace = kubernetes_cluster.create_namespace("columns")
-    kubernetes_cluster.apply(sequence("columns", paused=True), namespace=namespace)
+    kubernetes_cluster.apply(valid_sequence("columns", paused=True), namespace=namespace)
     status = {
         "status": {
             "steps": 1,
