@@ -177,7 +177,7 @@ class _Loop:
                     await self._ended(batch, handled=False)
                     continue
                 await self._rewind(batch, stop)
-                await _sleep_or_stop(stop, backoff_delay(min(self.failures, 6), RETRY_BASE_S, RETRY_MAX_S))
+                await _sleep_or_stop(stop, backoff_delay(self.failures, RETRY_BASE_S, RETRY_MAX_S))
                 break
 
     async def _fetch(self) -> dict[TopicPartition, list[ConsumerRecord[bytes, bytes]]]:
