@@ -13,6 +13,10 @@ REQUEST_ID: ContextVar[str | None] = ContextVar("request_id", default=None)
 
 _STANDARD = set(vars(logging.makeLogRecord({}))) | {"message", "asctime"}
 
+# kopf's per-object logger passes its whole OperatorSettings (a ~2 KB dump per line) and a posting flag as
+# ``extra``; like kopf's own JSON formatter, keep only the object reference, under "object".
+_KOPF_INTERNALS = {"settings", "k8s_skip", "k8s_ref"}
+
 
 class JsonFormatter(logging.Formatter):
     def __init__(self, service: str) -> None:
@@ -29,7 +33,10 @@ class JsonFormatter(logging.Formatter):
         }
         if (request_id := REQUEST_ID.get()) is not None:
             entry["request_id"] = request_id
-        entry.update({k: v for k, v in vars(record).items() if k not in _STANDARD})
+        extras = vars(record)
+        if isinstance(reference := extras.get("k8s_ref"), dict):
+            entry["object"] = {k: v for k, v in reference.items() if v is not None}
+        entry.update({k: v for k, v in extras.items() if k not in _STANDARD and k not in _KOPF_INTERNALS})
         if record.exc_info:
             entry["exc"] = self.formatException(record.exc_info)
         return json.dumps(entry, default=str)
