@@ -59,7 +59,7 @@ EVERYTHING_FIELD = "everything"
 _ENGLISH = {
     "title": "Email preferences",
     "greeting": "Hello {name},",
-    "for_address": "Email preferences for {address}.",
+    "for_address": "These settings are for {address}.",
     "intro": "Untick what you no longer want to receive, then save.",
     "legend": "Your subscriptions",
     "none": "You are not receiving any email series from us right now.",
@@ -78,7 +78,7 @@ _ENGLISH = {
 _GERMAN = {
     "title": "E-Mail-Einstellungen",
     "greeting": "Hallo {name},",
-    "for_address": "E-Mail-Einstellungen für {address}.",
+    "for_address": "Diese Einstellungen gelten für {address}.",
     "intro": "Entfernen Sie das Häkchen bei allem, was Sie nicht mehr erhalten möchten, und speichern Sie.",
     "legend": "Ihre Abonnements",
     "none": "Sie erhalten derzeit keine E-Mail-Serie von uns.",

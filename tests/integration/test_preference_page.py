@@ -9,7 +9,6 @@ import hashlib
 import re
 import uuid
 from collections.abc import AsyncIterator
-from typing import Any
 
 import httpx
 import pytest
@@ -17,85 +16,32 @@ import pytest
 from services.common.config import DatabaseSettings, IntakeSettings
 from services.common.db import open_pool, transaction
 from services.common.identity import email_hash
-from services.common.sequences import apply_sequence, parse_sequence_document, sequence_id
-from services.common.tokens import Purpose, sign_token
-from services.scheduler.due import emit_due_steps
+from services.common.sequences import sequence_id
 from services.scheduler.enrollment import enroll_lead
 from tests.support.platform import fetch_all, make_settings, serve_intake
+from tests.support.preferences import (
+    COURSE,
+    HOSTILE,
+    HOSTILE_FIRST_NAME,
+    TIPS,
+    apply_sequences,
+    enrolled_lead,
+    page_path,
+)
 
 pytestmark = pytest.mark.integration
 
-HOSTILE_DISPLAY_NAME = '</label><script>alert("seq")</script><img src=x onerror=alert(1)>'
-HOSTILE_FIRST_NAME = "<script>alert('name')</script>"
 FORM = {"Content-Type": "application/x-www-form-urlencoded"}
-
-
-def sequence(name: str, **spec: Any) -> dict[str, Any]:
-    return {
-        "apiVersion": "healingwork.io/v1alpha1",
-        "kind": "Sequence",
-        "metadata": {"name": name},
-        "spec": {
-            "trigger": {"sources": ["website"]},
-            "steps": [
-                {"name": "first", "subject": "First", "text": "One"},
-                {"name": "second", "delay": "1d", "subject": "Second", "text": "Two"},
-            ],
-            **spec,
-        },
-    }
-
-
-TIPS = sequence("tips", displayName="Weekly tips")
-HOSTILE = sequence("hostile", displayName=HOSTILE_DISPLAY_NAME)
-COURSE = sequence("course", displayName="Five-day course", unsubscribeScope="Sequence")
 
 
 @pytest.fixture
 async def intake(
     migrated_database_url: str, kafka_bootstrap_servers: str, topic_prefix: str
 ) -> AsyncIterator[tuple[httpx.AsyncClient, IntakeSettings]]:
-    pool = await open_pool(DatabaseSettings(database_url=migrated_database_url))
-    try:
-        async with transaction(pool) as conn:
-            for document in (TIPS, HOSTILE, COURSE):
-                await apply_sequence(conn, parse_sequence_document(document, "test"))
-    finally:
-        await pool.close()
+    await apply_sequences(migrated_database_url, [TIPS, HOSTILE, COURSE])
     settings = make_settings(IntakeSettings, migrated_database_url, kafka_bootstrap_servers, topic_prefix)
     async with serve_intake(settings) as base_url, httpx.AsyncClient(base_url=base_url, timeout=30) as client:
         yield client, settings
-
-
-async def enrolled_lead(
-    database_url: str, email: str = "grace@example.com", first_name: str = "Grace", locale: str | None = None
-) -> dict[str, uuid.UUID]:
-    """A lead enrolled in every Sequence, its first steps sent; returns each Sequence's sent message id."""
-    pool = await open_pool(DatabaseSettings(database_url=database_url))
-    try:
-        lead_id = uuid.uuid4()
-        async with transaction(pool) as conn:
-            await conn.execute(
-                """INSERT INTO leads (id, email, email_normalized, first_name, locale, source, consent_marketing)
-                   VALUES (%s, %s, %s, %s, %s, 'website', true)""",
-                (lead_id, email, email.lower(), first_name, locale),
-            )
-            await enroll_lead(conn, lead_id)
-            steps = await emit_due_steps(conn, limit=10, topic="email.dispatch")
-            await conn.execute("UPDATE messages SET status = 'sent', sent_at = now() WHERE lead_id = %s", (lead_id,))
-            cursor = await conn.execute(
-                "SELECT m.id, s.name FROM messages m JOIN sequences s ON s.id = m.sequence_id WHERE m.lead_id = %s",
-                (lead_id,),
-            )
-            sent = {str(row["name"]): row["id"] for row in await cursor.fetchall()}
-        assert len(steps) == 3
-        return sent  # type: ignore[return-value]
-    finally:
-        await pool.close()
-
-
-def page_path(settings: IntakeSettings, message_id: uuid.UUID) -> str:
-    return f"/u/{sign_token(settings.hmac_secret, Purpose.UNSUBSCRIBE, message_id)}"
 
 
 async def enrollment_statuses(database_url: str) -> dict[str, object]:
