@@ -17,8 +17,9 @@ from dataclasses import dataclass
 
 from services.intake.preferences import Preferences
 
-# Contrast (WCAG 2.1 AA, 4.5:1 for text): #1f2328 on white 15.8:1, #57606a on white 6.2:1, white on
-# #0b57d0 6.9:1. A visible focus ring for keyboard users; large touch targets; one column that fits a phone.
+# Contrast (WCAG 2.1 AA: 4.5:1 for text, 3:1 for controls and focus rings): #1f2328 on white 15.8:1,
+# #57606a on white 6.4:1, white on #0b57d0 6.4:1 (9.1:1 on hover), the #0b57d0 focus ring on white 6.4:1,
+# borders #8c959f 3.0:1. A visible focus ring for keyboard users; 44 px targets; one column on a phone.
 STYLE = (
     "body{font:1rem/1.5 system-ui,-apple-system,'Segoe UI',Roboto,sans-serif;color:#1f2328;background:#fff;"
     "margin:0;padding:1rem}"
