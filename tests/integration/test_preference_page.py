@@ -27,6 +27,7 @@ from tests.support.preferences import (
     apply_sequences,
     enrolled_lead,
     page_path,
+    sequence,
 )
 
 pytestmark = pytest.mark.integration
@@ -265,3 +266,36 @@ async def test_a_form_naming_a_sequence_the_address_is_not_in_changes_nothing_el
     assert response.status_code == 200
     assert set((await enrollment_statuses(settings.database_url)).values()) == {"active"}
     assert await fetch_all(settings.database_url, "SELECT * FROM sequence_unsubscribes") == []
+
+
+async def test_display_name_and_scope_are_stored_and_a_sequence_without_them_is_stored_as_before(
+    migrated_database_url: str,
+) -> None:
+    plain = sequence("plain")
+    await apply_sequences(migrated_database_url, [plain, COURSE])
+    await apply_sequences(migrated_database_url, [plain, COURSE])  # unchanged: no new revision
+
+    rows = await fetch_all(
+        migrated_database_url,
+        """SELECT s.name, r.revision, r.display_name, r.unsubscribe_scope,
+                  r.spec ? 'displayName' AS has_display_name, r.spec ? 'unsubscribeScope' AS has_scope
+           FROM sequence_revisions r JOIN sequences s ON s.id = r.sequence_id ORDER BY 1""",
+    )
+    assert rows == [
+        {
+            "name": "course",
+            "revision": 1,
+            "display_name": "Five-day course",
+            "unsubscribe_scope": "Sequence",
+            "has_display_name": True,
+            "has_scope": True,
+        },
+        {
+            "name": "plain",
+            "revision": 1,
+            "display_name": None,
+            "unsubscribe_scope": "Global",
+            "has_display_name": False,
+            "has_scope": False,
+        },
+    ]
