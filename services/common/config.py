@@ -148,6 +148,16 @@ def check_header_name(value: str) -> str | None:
     return "must be an email header name such as X-Idempotency-Key (or none)"
 
 
+# A DNS domain name (RFC 1035 labels), as List-Id wants its namespace: lowercase letters, digits, hyphens.
+_DOMAIN_NAME = re.compile(r"(?=.{1,200}\Z)([a-z0-9]([a-z0-9-]{0,61}[a-z0-9])?\.)+[a-z]([a-z0-9-]{0,61}[a-z0-9])?")
+
+
+def check_optional_domain(value: str) -> str | None:
+    if not value or _DOMAIN_NAME.fullmatch(value):
+        return None
+    return "must be a lowercase domain name such as lists.example.com (or empty)"
+
+
 HmacSecret: TypeAlias = Annotated[str, msgspec.Meta(extra={"check": check_hmac_secret})]
 EmailAddress: TypeAlias = Annotated[str, msgspec.Meta(extra={"check": check_email})]
 HttpUrl: TypeAlias = Annotated[str, msgspec.Meta(extra={"check": check_http_url})]
@@ -158,6 +168,7 @@ NonBlank: TypeAlias = Annotated[str, msgspec.Meta(extra={"check": check_not_blan
 OptionalHmacSecret: TypeAlias = Annotated[str, msgspec.Meta(extra={"check": check_optional_hmac_secret})]
 OptionalEmailAddress: TypeAlias = Annotated[str, msgspec.Meta(extra={"check": check_optional_email})]
 HeaderName: TypeAlias = Annotated[str, msgspec.Meta(extra={"check": check_header_name})]
+OptionalDomain: TypeAlias = Annotated[str, msgspec.Meta(extra={"check": check_optional_domain})]
 PositiveInt = Annotated[int, msgspec.Meta(ge=1)]
 PositiveFloat = Annotated[float, msgspec.Meta(gt=0)]
 
@@ -322,6 +333,9 @@ class DispatcherSettings(BusSettings, frozen=True, kw_only=True):
     unsubscribe_mailto: OptionalEmailAddress = ""
     track_opens: bool = True
     track_clicks: bool = True
+    # The domain part of each Sequence's List-Id (<name.namespace.LIST_ID_DOMAIN>); empty: the domain of
+    # the message's From address.
+    list_id_domain: OptionalDomain = ""
 
 
 class PreviewSettings(msgspec.Struct, frozen=True, kw_only=True):
@@ -335,6 +349,9 @@ class PreviewSettings(msgspec.Struct, frozen=True, kw_only=True):
     unsubscribe_mailto: OptionalEmailAddress = ""
     track_opens: bool = True
     track_clicks: bool = True
+    # The domain part of each Sequence's List-Id (<name.namespace.LIST_ID_DOMAIN>); empty: the domain of
+    # the message's From address.
+    list_id_domain: OptionalDomain = ""
 
 
 class DeadLetterSettings(DatabaseSettings, frozen=True, kw_only=True):

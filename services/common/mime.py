@@ -36,12 +36,17 @@ def build_message(
     rendered: RenderedEmail,
     idempotency_header: str | None = None,
     list_unsubscribe: tuple[str, str] | None = None,
+    list_id: str | None = None,
+    feedback_id: str | None = None,
 ) -> bytes:
     """The message as bytes with CRLF line ends, ready for SMTP DATA.
 
     Its Message-ID derives from the message id, so a resend after a crash carries the same one.
     ``list_unsubscribe`` is (https URL, mailto URI): both go into List-Unsubscribe, and
-    List-Unsubscribe-Post announces RFC 8058 one-click unsubscription to the https URL.
+    List-Unsubscribe-Post announces RFC 8058 one-click unsubscription to the https URL. ``list_id``
+    (RFC 2919, ``<label.domain>``) names the list the message belongs to, ``feedback_id`` the parts
+    complaint reports are grouped by; a list header without List-Id is what spam filters call
+    incomplete (SpamAssassin's ``__LIST_PARTIAL``).
     """
     domain = from_email.rpartition("@")[2]
     headers = [
@@ -58,6 +63,10 @@ def build_message(
         https_url, mailto = list_unsubscribe
         headers.append(("List-Unsubscribe", f"<{https_url}>,\r\n <{mailto}>"))
         headers.append(("List-Unsubscribe-Post", "List-Unsubscribe=One-Click"))
+    if list_id is not None:
+        headers.append(("List-Id", list_id))
+    if feedback_id is not None:
+        headers.append(("Feedback-ID", feedback_id))
     text_part = _part("text/plain", rendered.text)
     if rendered.html is None:
         body = text_part

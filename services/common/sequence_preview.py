@@ -113,7 +113,7 @@ def preview_sequence(
         )
         try:
             composed = compose_email(
-                StepContent(meta.name, body.name, body.subject, body.html, body.text),
+                StepContent(meta.name, body.name, body.subject, body.html, body.text, meta.namespace),
                 template_lead,
                 identity,
                 compose_settings,

@@ -193,6 +193,11 @@ async def apply_sequence(
     for step, body in zip(stored["steps"], bodies, strict=True):
         # The resolved bodies are part of what a revision is: a ConfigMap edit is a change.
         step["html"], step["text"] = body.html, body.text
+    # Fields added after a Sequence was first stored are left out at their defaults, so re-applying an
+    # unchanged Sequence keeps its revision instead of making a new one for a field it never set.
+    for added_field, default in (("displayName", None), ("unsubscribeScope", "Global")):
+        if stored.get(added_field, default) == default:
+            stored.pop(added_field, None)
     spec_json = msgspec.json.encode(stored).decode()
     await conn.execute(
         """INSERT INTO sequences (id, namespace, name, current_revision, paused)
@@ -219,8 +224,8 @@ async def apply_sequence(
     await conn.execute(
         """INSERT INTO sequence_revisions
                (sequence_id, revision, spec, trigger_sources, trigger_tags, trigger_all, require_consent,
-                send_window, from_email, from_name, revision_policy, generation)
-           VALUES (%s, %s, %s::jsonb, %s, %s, %s, %s, %s::jsonb, %s, %s, %s, %s)""",
+                send_window, from_email, from_name, revision_policy, generation, display_name, unsubscribe_scope)
+           VALUES (%s, %s, %s::jsonb, %s, %s, %s, %s, %s::jsonb, %s, %s, %s, %s, %s, %s)""",
         (
             seq_id,
             revision,
@@ -234,6 +239,8 @@ async def apply_sequence(
             spec.from_.name if spec.from_ else None,
             spec.revision_policy,
             meta.generation,
+            spec.display_name,
+            spec.unsubscribe_scope,
         ),
     )
     async with conn.cursor() as cur:

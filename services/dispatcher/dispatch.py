@@ -62,6 +62,7 @@ class SendJob:
     last_name: str | None
     source: str
     sequence_name: str
+    sequence_namespace: str
     step_name: str
     subject: str
     html: str | None
@@ -86,10 +87,13 @@ async def load_jobs(conn: Connection, message_ids: Iterable[uuid.UUID]) -> list[
     message is claimed (:func:`write_group`) only when an SMTP connection is ready for it."""
     cursor = await conn.execute(
         """SELECT m.id, m.enrollment_id, m.lead_id, m.sequence_id, m.revision, m.step_position, m.attempts,
-                  l.email, l.first_name, l.last_name, l.source, s.name AS sequence_name,
+                  l.email, l.first_name, l.last_name, l.source,
+                  s.name AS sequence_name, s.namespace AS sequence_namespace,
                   st.name AS step_name, st.subject, st.html, st.text,
                   r.spec -> 'from' ->> 'email' AS from_email, r.spec -> 'from' ->> 'name' AS from_name,
-                  EXISTS (SELECT 1 FROM suppressions x WHERE x.email_hash = l.email_hash) AS suppressed
+                  (EXISTS (SELECT 1 FROM suppressions x WHERE x.email_hash = l.email_hash)
+                   OR EXISTS (SELECT 1 FROM sequence_unsubscribes u
+                              WHERE u.email_hash = l.email_hash AND u.sequence_id = m.sequence_id)) AS suppressed
            FROM messages m
            JOIN leads l ON l.id = m.lead_id
            JOIN sequences s ON s.id = m.sequence_id
@@ -115,6 +119,7 @@ async def load_jobs(conn: Connection, message_ids: Iterable[uuid.UUID]) -> list[
             last_name=row["last_name"],  # type: ignore[arg-type]
             source=row["source"],  # type: ignore[arg-type]
             sequence_name=row["sequence_name"],  # type: ignore[arg-type]
+            sequence_namespace=row["sequence_namespace"],  # type: ignore[arg-type]
             step_name=row["step_name"],  # type: ignore[arg-type]
             subject=row["subject"],  # type: ignore[arg-type]
             html=row["html"],  # type: ignore[arg-type]
@@ -280,7 +285,7 @@ class Dispatcher:
 
     def _build(self, job: SendJob) -> tuple[str, bytes]:
         composed = compose_email(
-            StepContent(job.sequence_name, job.step_name, job.subject, job.html, job.text),
+            StepContent(job.sequence_name, job.step_name, job.subject, job.html, job.text, job.sequence_namespace),
             TemplateLead(job.to_email, job.first_name, job.last_name, job.source),
             MessageIdentity(job.message_id, job.from_email, job.from_name),
             ComposeSettings.of(self._settings, self._settings.hmac_secret),

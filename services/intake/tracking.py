@@ -1,15 +1,16 @@
-"""Tracking and unsubscribe routes (no authentication: the signed token is the authority).
+"""Tracking, unsubscribe and preference-page routes (no authentication: the signed token is the authority).
 
 Thin handlers: verify the token for its purpose, call one function of ``services.intake.engagement``
-in a transaction, answer. A token that does not verify (tampered, truncated, another purpose, an
-unknown key) changes nothing and gets 404.
+or ``services.intake.preferences`` in a transaction, answer. A token that does not verify (tampered,
+truncated, another purpose, an unknown key) changes nothing and gets 404.
 """
 
 from __future__ import annotations
 
-import html
+import contextlib
 import uuid
 from typing import Any
+from urllib.parse import parse_qs
 
 from litestar import HttpMethod, Request, Response, get, post, route
 from litestar.params import FromPath
@@ -17,8 +18,21 @@ from litestar.params import FromPath
 from services.common.db import transaction
 from services.common.tokens import InvalidToken, Purpose, verify_token
 from services.intake.auth import NO_RATE_LIMIT
-from services.intake.engagement import is_automated, record_engagement, unsubscribe
+from services.intake.engagement import is_automated, record_engagement
 from services.intake.injection import Ctx
+from services.intake.preference_page import (
+    EVERYTHING_FIELD,
+    FORM_MARKER,
+    FORM_MARKER_VALUE,
+    KEEP_FIELD,
+    PAGE_HEADERS,
+    Notice,
+    choose_language,
+    render_gone,
+    render_preferences,
+    render_unsubscribed,
+)
+from services.intake.preferences import Topics, apply_preferences, load_preferences, one_click_unsubscribe
 from services.intake.problems import problem_responses
 
 # A transparent 1x1 GIF.
@@ -80,14 +94,16 @@ async def track_click(token: FromPath[str], request: Request[Any, Any, Any], ctx
     return Response(b"", status_code=302, media_type="text/plain", headers={**NO_STORE, "Location": url})
 
 
-def _page(title: str, body: str, status: int = 200) -> Response[str]:
-    document = (
-        '<!doctype html><html lang="en"><head><meta charset="utf-8">'
-        '<meta name="viewport" content="width=device-width,initial-scale=1">'
-        f'<meta name="robots" content="noindex"><title>{html.escape(title)}</title></head>'
-        f'<body style="font-family:sans-serif;max-width:32em;margin:3em auto">{body}</body></html>'
-    )
-    return Response(document, status_code=status, media_type="text/html", headers=NO_STORE)
+def _html(document: str) -> Response[str]:
+    return Response(document, media_type="text/html", headers=PAGE_HEADERS)
+
+
+# A preference form is a few hundred bytes; anything far larger is not one.
+_MAX_FORM_BYTES = 16 * 1024
+
+
+def _topics(ctx: Ctx) -> Topics:
+    return Topics(events=ctx.settings.topic_email_events, suppressed=ctx.settings.topic_leads_suppressed)
 
 
 @get(
@@ -95,38 +111,77 @@ def _page(title: str, body: str, status: int = 200) -> Response[str]:
     opt={NO_RATE_LIMIT: True},
     media_type="text/html",
     responses=problem_responses(404, 503),
-    summary="Unsubscribe confirmation page",
-    description="Changes nothing (link scanners fetch every GET); its form posts the one-click unsubscribe.",
+    summary="Preference page",
+    description=(
+        "The subscriber's email preferences: the address masked, each Sequence it is enrolled in with a "
+        "checkbox, and unsubscribe from everything. Changes nothing (link scanners fetch every GET); its "
+        "form posts back to the same URL. No JavaScript; a strict Content-Security-Policy."
+    ),
 )
-async def unsubscribe_page(token: FromPath[str], ctx: Ctx) -> Response[str]:
-    """A confirmation page. It changes nothing: link scanners fetch every GET, so only the POST unsubscribes."""
-    _verified(ctx, token, Purpose.UNSUBSCRIBE)
-    return _page(
-        "Unsubscribe",
-        "<h1>Unsubscribe</h1><p>Stop receiving these emails?</p>"
-        '<form method="post"><input type="hidden" name="List-Unsubscribe" value="One-Click">'
-        '<button type="submit">Unsubscribe</button></form>',
-    )
+async def preference_page(token: FromPath[str], request: Request[Any, Any, Any], ctx: Ctx) -> Response[str]:
+    """The preference page. It changes nothing: link scanners fetch every GET, so only a POST acts."""
+    message_id, _ = _verified(ctx, token, Purpose.UNSUBSCRIBE)
+    async with transaction(ctx.pool) as conn:
+        preferences = await load_preferences(conn, message_id)
+    accept_language = request.headers.get("accept-language")
+    if preferences is None:
+        return _html(render_gone(choose_language(None, accept_language)))
+    return _html(render_preferences(preferences, choose_language(preferences.locale, accept_language)))
+
+
+def _preference_form(body: bytes) -> tuple[set[uuid.UUID], bool] | None:
+    """The page's choice (Sequences kept, everything left) when ``body`` is the page's form; None for
+    anything else, which is a one-click unsubscribe (RFC 8058 posts ``List-Unsubscribe=One-Click``)."""
+    if len(body) > _MAX_FORM_BYTES:
+        return None
+    try:
+        fields = parse_qs(body.decode("utf-8", "replace"), max_num_fields=200)
+    except ValueError:
+        return None
+    if fields.get(FORM_MARKER) != [FORM_MARKER_VALUE]:
+        return None
+    keep = set()
+    for value in fields.get(KEEP_FIELD, []):
+        with contextlib.suppress(ValueError):
+            keep.add(uuid.UUID(value))
+    return keep, EVERYTHING_FIELD in fields
 
 
 @post(
     "/u/{token:str}",
     opt={NO_RATE_LIMIT: True},
     status_code=200,
+    media_type="text/html",
     responses=problem_responses(404, 503),
-    summary="One-click unsubscribe (RFC 8058)",
-    description="No login, idempotent: the address is suppressed and every active enrollment of it is cancelled.",
+    summary="One-click unsubscribe (RFC 8058) and the preference page's form",
+    description=(
+        "No login, idempotent. The preference page's form (form=preferences, keep=<sequence id>..., "
+        "everything) ends the enrollments of every Sequence not kept, or unsubscribes from everything. "
+        "Any other body is RFC 8058 one-click: by the Sequence's unsubscribeScope the address is "
+        "suppressed (Global, the default: every active enrollment cancelled) or leaves that Sequence only."
+    ),
 )
-async def unsubscribe_one_click(token: FromPath[str], ctx: Ctx) -> Response[str]:
+async def unsubscribe_one_click(token: FromPath[str], request: Request[Any, Any, Any], ctx: Ctx) -> Response[str]:
     message_id, _ = _verified(ctx, token, Purpose.UNSUBSCRIBE)
+    choice = _preference_form(await request.body())
+    accept_language = request.headers.get("accept-language")
     async with transaction(ctx.pool) as conn:
-        await unsubscribe(
-            conn,
-            message_id,
-            events_topic=ctx.settings.topic_email_events,
-            suppressed_topic=ctx.settings.topic_leads_suppressed,
-        )
-    return _page("Unsubscribed", "<h1>You are unsubscribed</h1><p>You will not receive these emails again.</p>")
+        if choice is None:
+            scope = await one_click_unsubscribe(conn, message_id, _topics(ctx))
+            preferences = None
+        else:
+            keep, everything = choice
+            preferences = await apply_preferences(
+                conn, message_id, keep=keep, everything=everything, topics=_topics(ctx)
+            )
+    if choice is None:
+        # The language of a one-click answer matters little (a mailbox provider posts it); a person
+        # pressing the page's plain form gets their browser's.
+        return _html(render_unsubscribed(choose_language(None, accept_language), scope or "Global"))
+    if preferences is None:
+        return _html(render_gone(choose_language(None, accept_language)))
+    language = choose_language(preferences.locale, accept_language)
+    return _html(render_preferences(preferences, language, Notice("saved")))
 
 
-TRACKING_ROUTES = [track_open, track_click, unsubscribe_page, unsubscribe_one_click]
+TRACKING_ROUTES = [track_open, track_click, preference_page, unsubscribe_one_click]

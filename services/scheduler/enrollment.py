@@ -45,7 +45,8 @@ async def enroll_lead(conn: Connection, lead_id: uuid.UUID, *, now: datetime | N
     """Enroll the lead into every live Sequence whose trigger matches it; returns the new enrollments.
 
     A Sequence that requires consent enrolls only leads with marketing consent; a suppressed address
-    enrolls nowhere; a paused Sequence enrolls (its steps are held). The first step is due after its
+    enrolls nowhere, an address that left a Sequence (the preference page) not into that one; a paused
+    Sequence enrolls (its steps are held). The first step is due after its
     delay counted from ``now`` (default: the database's time), moved into the send window. The lead's
     time zone is copied onto the enrollment: send windows use the zone the lead had when enrolled.
     """
@@ -60,7 +61,9 @@ async def enroll_lead(conn: Connection, lead_id: uuid.UUID, *, now: datetime | N
            JOIN sequences s ON s.id = r.sequence_id AND s.current_revision = r.revision AND s.deleted_at IS NULL
            JOIN sequence_steps st ON st.sequence_id = s.id AND st.revision = r.revision AND st.position = 0
            WHERE l.id = %s
-             AND NOT EXISTS (SELECT 1 FROM suppressions x WHERE x.email_hash = l.email_hash)""",
+             AND NOT EXISTS (SELECT 1 FROM suppressions x WHERE x.email_hash = l.email_hash)
+             AND NOT EXISTS (SELECT 1 FROM sequence_unsubscribes u
+                             WHERE u.email_hash = l.email_hash AND u.sequence_id = s.id)""",
         (lead_id,),
     )
     created = []

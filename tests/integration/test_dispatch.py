@@ -210,3 +210,35 @@ async def test_suppressed_recipient_is_skipped_and_recorded(
 
     assert mail_sink.messages() == []
     assert (await _message_row(pool, message_id))["status"] == "skipped"
+
+
+async def test_a_queued_step_of_a_sequence_the_address_left_is_skipped(
+    setup: tuple[Dispatcher, Pool, DispatcherSettings], mail_sink: MailSink
+) -> None:
+    dispatcher, pool, _ = setup
+    message_id = await _queued_message(pool, "leaver@example.com")
+    async with transaction(pool) as conn:
+        await conn.execute(
+            """INSERT INTO sequence_unsubscribes (email_hash, sequence_id)
+               SELECT %s, sequence_id FROM messages WHERE id = %s""",
+            (email_hash("leaver@example.com"), message_id),
+        )
+
+    assert await dispatcher.dispatch(message_id) == "skipped"
+
+    assert mail_sink.messages() == []
+    assert (await _message_row(pool, message_id))["status"] == "skipped"
+
+
+async def test_a_sent_message_names_its_sequence_as_a_list(
+    setup: tuple[Dispatcher, Pool, DispatcherSettings], mail_sink: MailSink
+) -> None:
+    dispatcher, pool, _ = setup
+    message_id = await _queued_message(pool)
+
+    assert await dispatcher.dispatch(message_id) == "sent"
+
+    [email] = mail_sink.messages()
+    assert email["List-Id"] == "<welcome.default.example.com>"
+    assert email["Feedback-ID"] == "hello:welcome:default:healingwork"
+    assert email["List-Unsubscribe-Post"] == "List-Unsubscribe=One-Click"

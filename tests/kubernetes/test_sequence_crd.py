@@ -61,6 +61,11 @@ BROKEN: dict[str, tuple[dict[str, Any], str]] = {
         'spec.revisionPolicy: Unsupported value: "Sometimes"',
     ),
     "missing-steps": ({**valid_sequence("t"), "spec": {"trigger": {"all": True}}}, "spec.steps: Required value"),
+    "bad-unsubscribe-scope": (
+        valid_sequence("t", unsubscribeScope="Everything"),
+        'spec.unsubscribeScope: Unsupported value: "Everything"',
+    ),
+    "display-name-of-two-lines": (valid_sequence("t", displayName="Tips\nBcc: x@example.com"), "spec.displayName"),
 }
 
 
@@ -77,6 +82,8 @@ def test_the_examples_are_accepted(kubernetes_cluster: KubernetesCluster, sequen
     welcome = kubernetes_cluster.get("sequence", "welcome", namespace="default")
     assert welcome["spec"]["revisionPolicy"] == "Latest"
     assert welcome["spec"]["requireConsent"] is True
+    assert welcome["spec"]["unsubscribeScope"] == "Global"
+    assert "displayName" not in welcome["spec"]
 
 
 @pytest.mark.parametrize(("manifest", "message"), BROKEN.values(), ids=BROKEN.keys())

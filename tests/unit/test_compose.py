@@ -75,3 +75,33 @@ def test_tracking_that_would_push_the_html_over_the_limit_is_a_render_error() ->
     assert compose_email(step(links), LEAD, MESSAGE, untracked).email.html is not None
     with pytest.raises(RenderError, match=f"the html is .* over the limit of {MAX_BODY_CHARS:,}"):
         compose_email(step(links), LEAD, MESSAGE, SETTINGS)
+
+
+def test_each_sequence_is_its_own_list_named_after_the_from_domain_by_default() -> None:
+    content = StepContent("welcome", "hello", "Hi", None, "Hi", "marketing")
+
+    message = parse(compose_email(content, LEAD, MESSAGE, SETTINGS).data)
+
+    assert message["List-Id"] == "<welcome.marketing.mail.example.com>"
+    assert message["Feedback-ID"] == "hello:welcome:marketing:healingwork"
+
+
+def test_the_list_id_follows_the_sequences_own_sender_and_the_list_id_domain_setting() -> None:
+    content = StepContent("welcome", "hello", "Hi", None, "Hi")
+    own_sender = MessageIdentity(MESSAGE.message_id, "news@Brand.Example", "Brand")
+
+    by_sender = parse(compose_email(content, LEAD, own_sender, SETTINGS).data)
+    by_setting = parse(
+        compose_email(content, LEAD, own_sender, replace(SETTINGS, list_id_domain="lists.example.net")).data
+    )
+
+    assert by_sender["List-Id"] == "<welcome.default.brand.example>"
+    assert by_setting["List-Id"] == "<welcome.default.lists.example.net>"
+
+
+def test_a_sequence_name_with_consecutive_dots_still_makes_a_valid_list_id() -> None:
+    content = StepContent("a..b.", "hello", "Hi", None, "Hi")
+
+    message = parse(compose_email(content, LEAD, MESSAGE, SETTINGS).data)
+
+    assert message["List-Id"] == "<a.b.default.mail.example.com>"

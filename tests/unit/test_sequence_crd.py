@@ -159,6 +159,9 @@ INVALID: list[tuple[str, str, Change, str]] = [
     ("sender without address", "webinar-follow-up", _set("spec.from", {"name": "Events"}), "email"),
     ("no steps", "welcome", _set("spec.steps", []), "steps"),
     ("clock time out of range", "webinar-follow-up", _set("spec.sendWindow.start", "25:00"), "start"),
+    ("unknown unsubscribe scope", "welcome", _set("spec.unsubscribeScope", "Everything"), "unsubscribeScope"),
+    ("display name of two lines", "welcome", _set("spec.displayName", "Tips\nBcc: x@example.com"), "displayName"),
+    ("empty display name", "welcome", _set("spec.displayName", ""), "displayName"),
 ]
 
 
@@ -189,3 +192,15 @@ def test_the_crd_is_a_valid_kubernetes_manifest() -> None:
     import kubernetes_validate
 
     kubernetes_validate.validate(crd(), kubernetes_validate.latest_version(), strict=True)
+
+
+def test_display_name_and_unsubscribe_scope_are_optional_with_global_the_default() -> None:
+    document = document_named("welcome")
+    document["spec"]["displayName"] = "Welcome series <b>&</b>"
+
+    resource = parse_sequence_document(document, "seq.yaml")
+
+    assert crd_problems(document) == []
+    assert resource.spec.display_name == "Welcome series <b>&</b>"
+    assert resource.spec.unsubscribe_scope == "Global"
+    assert parse_sequence_document(document_named("welcome"), "seq.yaml").spec.display_name is None
