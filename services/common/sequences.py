@@ -224,8 +224,9 @@ async def apply_sequence(
     await conn.execute(
         """INSERT INTO sequence_revisions
                (sequence_id, revision, spec, trigger_sources, trigger_tags, trigger_all, require_consent,
-                send_window, from_email, from_name, revision_policy, generation, display_name, unsubscribe_scope)
-           VALUES (%s, %s, %s::jsonb, %s, %s, %s, %s, %s::jsonb, %s, %s, %s, %s, %s, %s)""",
+                send_window, from_email, from_name, revision_policy, generation, display_name, unsubscribe_scope,
+                double_opt_in)
+           VALUES (%s, %s, %s::jsonb, %s, %s, %s, %s, %s::jsonb, %s, %s, %s, %s, %s, %s, %s)""",
         (
             seq_id,
             revision,
@@ -241,6 +242,7 @@ async def apply_sequence(
             meta.generation,
             spec.display_name,
             spec.unsubscribe_scope,
+            spec.double_opt_in,
         ),
     )
     async with conn.cursor() as cur:

@@ -19,6 +19,7 @@ from litestar.openapi import OpenAPIConfig
 from services.common.config import IntakeSettings
 from services.common.runtime import service_runtime
 from services.intake.authentication import form_origins
+from services.intake.confirmation import CONFIRMATION_ROUTES, confirmation_rules
 from services.intake.context import STATE_KEY, IntakeContext
 from services.intake.injection import CONTEXT_DEPENDENCIES
 from services.intake.leads import lead_committer
@@ -50,6 +51,7 @@ def create_app(settings: IntakeSettings, *, sns_fetch: Fetcher = fetch_https) ->
                     idempotency_ttl=timedelta(hours=settings.idempotency_ttl_hours),
                     max_batch_size=settings.lead_batch_max_size,
                     max_concurrent_batches=settings.lead_batch_concurrency,
+                    confirmation=confirmation_rules(settings),
                 ),
                 sns_verifier=SnsVerifier(
                     [a.strip() for a in settings.sns_topic_arns.split(",") if a.strip()], sns_fetch
@@ -73,7 +75,7 @@ def create_app(settings: IntakeSettings, *, sns_fetch: Fetcher = fetch_https) ->
         else None
     )
     return Litestar(
-        route_handlers=[*LEAD_ROUTES, get_stats, *TRACKING_ROUTES, email_events_webhook],
+        route_handlers=[*LEAD_ROUTES, get_stats, *TRACKING_ROUTES, email_events_webhook, *CONFIRMATION_ROUTES],
         dependencies=CONTEXT_DEPENDENCIES,
         lifespan=[lifespan],
         # Rate limits are charged by requires_scope once the caller is authenticated (services.intake.auth).
