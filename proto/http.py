@@ -69,7 +69,7 @@ class FormReceipt(msgspec.Struct, frozen=True, kw_only=True):
     lead, a duplicate or a bot alike, so an unauthenticated caller learns nothing about existing leads.
     With double opt-in the person gets a confirmation email."""
 
-    status: Literal["received"] = "received"
+    status: Literal["received"]
 
 
 class FieldError(msgspec.Struct, frozen=True, kw_only=True):

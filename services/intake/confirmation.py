@@ -15,6 +15,7 @@ from datetime import timedelta
 from typing import Any
 
 from litestar import Request, Response, get, post
+from litestar.openapi import ResponseSpec
 from litestar.params import FromPath
 
 from services.common.config import IntakeSettings
@@ -54,6 +55,8 @@ def _answer(state: Confirmation) -> Response[str]:
 
 _LIMITED = [rate_limited_by_ip(lambda limits: limits.forms)]
 _DOCUMENTED = {
+    404: ResponseSpec(str, media_type="text/html", description="A page: the link is not valid"),
+    410: ResponseSpec(str, media_type="text/html", description="A page: the link has expired"),
     **problem_responses(429, 503),
 }
 

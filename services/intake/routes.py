@@ -120,12 +120,12 @@ async def submit_lead_handler(
         # A bot filled the hidden field (public forms only): answer as if accepted, store nothing.
         metrics.LEADS.labels("honeypot").inc()
         log.info("honeypot field filled; lead dropped", extra={"client_ip": ip})
-        return Response(FormReceipt(), status_code=202)
+        return Response(FormReceipt(status="received"), status_code=202)
     receipt = await ctx.committer.submit(job, order=job.email_key)
     metrics.LEADS.labels("duplicate" if receipt.duplicate else "accepted").inc()
     if principal_of(request).kind == "public_form":
         # The same answer for a new lead and a duplicate: no id, no flag (issue 15, item 6).
-        return Response(FormReceipt(), status_code=202)
+        return Response(FormReceipt(status="received"), status_code=202)
     return Response(receipt, status_code=200 if receipt.duplicate else 202)
 
 
