@@ -24,6 +24,7 @@ from services.common.config import DispatcherSettings
 from services.common.confirmation_email import ConfirmationTemplate, compose_confirmation_email
 from services.common.db import Connection, transaction
 from services.common.templates import RenderError, TemplateLead
+from services.dispatcher.dispatch import _complete_even_if_cancelled
 from services.dispatcher.rate import SharedRateLimiter
 from services.dispatcher.smtp import SendError, SmtpConnection, SmtpPool
 
@@ -140,8 +141,9 @@ class ConfirmationSender:
             return "failed"
         await self._rate.acquire()
         connection = await self._smtp.acquire()
-        # From the claim to the recorded outcome the email is one unit: a shutdown waits for it.
-        return await asyncio.shield(self._claim_send_record(job, connection, data))
+        # From the claim to the recorded outcome the email is one unit: a shutdown waits for it (the
+        # dispatcher's own rule for messages, services.dispatcher.dispatch).
+        return await _complete_even_if_cancelled(self._claim_send_record(job, connection, data))
 
     async def _claim_send_record(self, job: ConfirmationJob, connection: SmtpConnection, data: bytes) -> str | None:
         try:
