@@ -195,7 +195,7 @@ async def apply_sequence(
         step["html"], step["text"] = body.html, body.text
     # Fields added after a Sequence was first stored are left out at their defaults, so re-applying an
     # unchanged Sequence keeps its revision instead of making a new one for a field it never set.
-    for added_field, default in (("displayName", None), ("unsubscribeScope", "Global")):
+    for added_field, default in (("displayName", None), ("unsubscribeScope", "Global"), ("doubleOptIn", False)):
         if stored.get(added_field, default) == default:
             stored.pop(added_field, None)
     spec_json = msgspec.json.encode(stored).decode()

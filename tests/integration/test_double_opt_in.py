@@ -7,6 +7,7 @@ from __future__ import annotations
 import uuid
 from collections.abc import AsyncIterator
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -246,7 +247,7 @@ async def test_an_expired_link_gets_a_410_page_and_confirms_nothing(intake: Inta
 
 # --- enrollment ----------------------------------------------------------------------------------
 
-DOUBLE_OPT_IN_SEQUENCE = {
+DOUBLE_OPT_IN_SEQUENCE: dict[str, Any] = {
     "apiVersion": "healingwork.io/v1alpha1",
     "kind": "Sequence",
     "metadata": {"name": "newsletter", "namespace": "default"},
@@ -413,3 +414,26 @@ async def test_purge_deletes_expired_unconfirmed_leads_only(intake: Intake) -> N
     ]
     # The expired lead's confirmation email went with it; the two kept public-form leads keep theirs.
     assert await fetch_all(intake.settings.database_url, "SELECT count(*) AS n FROM confirmation_emails") == [{"n": 2}]
+
+
+async def test_double_opt_in_is_stored_per_revision_and_a_sequence_without_it_as_before(
+    migrated_database_url: str,
+) -> None:
+    plain = {**DOUBLE_OPT_IN_SEQUENCE, "metadata": {"name": "plain", "namespace": "default"}}
+    plain["spec"] = {key: value for key, value in DOUBLE_OPT_IN_SEQUENCE["spec"].items() if key != "doubleOptIn"}
+    pool = await open_pool(DatabaseSettings(database_url=migrated_database_url))
+    async with pool:
+        for _ in range(2):  # the second apply changes nothing: no new revision
+            async with transaction(pool) as conn:
+                await apply_sequence(conn, parse_sequence_document(DOUBLE_OPT_IN_SEQUENCE, "test"))
+                await apply_sequence(conn, parse_sequence_document(plain, "test"))
+
+    rows = await fetch_all(
+        migrated_database_url,
+        """SELECT s.name, r.revision, r.double_opt_in, r.spec ? 'doubleOptIn' AS in_spec
+           FROM sequence_revisions r JOIN sequences s ON s.id = r.sequence_id ORDER BY 1""",
+    )
+    assert rows == [
+        {"name": "newsletter", "revision": 1, "double_opt_in": True, "in_spec": True},
+        {"name": "plain", "revision": 1, "double_opt_in": False, "in_spec": False},
+    ]
