@@ -3,38 +3,23 @@
 Every page is a complete document: ``lang``, a viewport, one ``<h1>`` inside ``<main>``, a real
 ``<button>`` in a form that posts to the page's own URL, readable contrast and a visible focus ring.
 Nothing from the request or the database is written into a page, and the fixed texts are escaped all
-the same. The one inline style is allowed by its hash in :data:`CONTENT_SECURITY_POLICY`, which
-otherwise allows nothing: no script, no frame, no other origin for the form.
+the same. The stylesheet, the Content-Security-Policy (the one inline style by its hash, nothing
+else: no script, no frame, no other origin for the form) and the headers are the preference page's.
 """
 
 from __future__ import annotations
 
-import base64
-import hashlib
 import html
 from dataclasses import dataclass
 
 from services.intake.double_opt_in import Confirmation
 
-STYLE = (
-    "body{font-family:system-ui,sans-serif;line-height:1.5;color:#1a1a1a;background:#fff;margin:0}"
-    "main{max-width:32em;margin:3em auto;padding:0 1em}"
-    "button{font:inherit;font-size:1.1em;padding:.6em 1.4em;color:#fff;background:#0b57d0;border:0;"
-    "border-radius:.3em;cursor:pointer}"
-    "button:focus-visible{outline:3px solid #1a1a1a;outline-offset:3px}"
-)
-_STYLE_HASH = base64.b64encode(hashlib.sha256(STYLE.encode()).digest()).decode()
-CONTENT_SECURITY_POLICY = (
-    f"default-src 'none'; style-src 'sha256-{_STYLE_HASH}'; form-action 'self'; base-uri 'none'; frame-ancestors 'none'"
-)
-# Sent with every page: strict CSP, not cached, not framed, no referrer (the URL holds the token).
-PAGE_HEADERS = {
-    "Content-Security-Policy": CONTENT_SECURITY_POLICY,
-    "Cache-Control": "no-store, private",
-    "Referrer-Policy": "no-referrer",
-    "X-Content-Type-Options": "nosniff",
-    "X-Frame-Options": "DENY",
-}
+# One look and one policy for the public pages: the preference page's stylesheet (its contrast ratios
+# are documented there), allowed by its hash, and its headers (strict CSP, no cache, no framing, no
+# referrer: the URL holds the token).
+from services.intake.preference_page import CONTENT_SECURITY_POLICY, PAGE_HEADERS, STYLE
+
+__all__ = ["CONTENT_SECURITY_POLICY", "PAGES", "PAGE_HEADERS", "STYLE", "Page", "render_page"]
 
 
 @dataclass(frozen=True)
