@@ -140,3 +140,22 @@ async def test_an_authenticated_client_is_counted_by_its_id_not_by_the_headers_i
 
     assert [a.status_code for a in answers] == [202, 202, 429]
     assert int(answers[2].headers["retry-after"]) >= 1
+
+
+async def test_the_confirmation_link_is_limited_per_client_ip_under_the_form_limit(
+    migrated_database_url: str, kafka_bootstrap_servers: str, topic_prefix: str
+) -> None:
+    async with (
+        running_intake(
+            migrated_database_url, kafka_bootstrap_servers, topic_prefix, form_rate_limit_per_minute=3
+        ) as intake,
+        intake.anonymous() as guesser,
+    ):
+        # Guessing tokens costs the guesser's IP budget: 3 answers, then 429.
+        answers = [await guesser.post(f"/confirm/guess-{i}") for i in range(5)]
+        # The API client is not charged for it.
+        own = await intake.http.post("/v1/leads", json=lead("api@example.com"))
+
+    assert [answer.status_code for answer in answers] == [404, 404, 404, 429, 429]
+    assert answers[3].headers["content-type"].startswith("application/problem+json")
+    assert own.status_code == 202
