@@ -4,6 +4,12 @@ An embedded PostgreSQL (unless DATABASE_URL is set), an embedded Kafka-compatibl
 KAFKA_BOOTSTRAP_SERVERS is set) and an SMTP sink that writes every email as an .eml file; the schema
 migrated, the Sequences of k8s/examples applied, then intake, scheduler and dispatcher as separate
 processes, exactly as they run in Kubernetes. Ctrl-C stops everything, services first.
+
+Every setting comes from the environment as in production, with developer defaults: ``AUTH_MODE``
+defaults to ``disabled`` here (set ``AUTH_MODE=required`` to try API keys and public forms),
+``PUBLIC_FORM_ORIGINS``, ``DOUBLE_OPT_IN``, ``RATE_LIMIT_PER_MINUTE`` and
+``FORM_RATE_LIMIT_PER_MINUTE`` are read as they are everywhere. Only the addresses of the local parts,
+``PUBLIC_BASE_URL`` and a fresh ``HMAC_SECRET`` are set by ``dev`` itself.
 """
 
 from __future__ import annotations
@@ -129,8 +135,14 @@ def _service_env(addresses: dict[str, str], port: int, health_ports: dict[str, i
         "SHUTDOWN_GRACE_S": os.environ.get("SHUTDOWN_GRACE_S", "5"),
     }
     return {
-        # Authentication is off on a developer's machine only: the default everywhere else is "required".
-        "intake": {**shared, "HOST": "127.0.0.1", "PORT": str(port), "AUTH_MODE": "disabled"},
+        # Authentication is off by default on a developer's machine only (everywhere else "required");
+        # AUTH_MODE=required in the environment turns it on, to try keys, forms and double opt-in.
+        "intake": {
+            **shared,
+            "HOST": "127.0.0.1",
+            "PORT": str(port),
+            "AUTH_MODE": os.environ.get("AUTH_MODE", "disabled"),
+        },
         "scheduler": {**shared, "HEALTH_PORT": str(health_ports["scheduler"])},
         "dispatcher": {**shared, "HEALTH_PORT": str(health_ports["dispatcher"])},
     }
@@ -213,7 +225,7 @@ def run_dev(*, port: int, mail_dir: Path, data_dir: Path, fresh: bool = False, b
                 stop,
             )
             if not stop.is_set():
-                _print_quick_start(port, mail_dir, logs)
+                _print_quick_start(port, mail_dir, logs, environments["intake"])
             jobs = DevJobs(environments["scheduler"], logs / "jobs.log")
             while not stop.wait(0.5):
                 jobs.tick()
@@ -249,8 +261,22 @@ def _apply_examples(database_url: str) -> None:
         _say(f"sequence {sequence.namespace}/{sequence.name} at revision {sequence.revision}")
 
 
-def _print_quick_start(port: int, mail_dir: Path, logs: Path) -> None:
+def _print_quick_start(port: int, mail_dir: Path, logs: Path, intake_env: dict[str, str]) -> None:
     base = f"http://127.0.0.1:{port}"
+    auth = intake_env.get("AUTH_MODE", "disabled")
+    origins = [o.strip() for o in intake_env.get("PUBLIC_FORM_ORIGINS", "").split(",") if o.strip()]
+    double_opt_in = intake_env.get("DOUBLE_OPT_IN", "") or "public-forms"
+    lead = '{"email": "ada@example.com", "first_name": "Ada", "source": "website", "consent": {"marketing": true}}'
+    if auth == "required" and origins:
+        # Posted as the browser form of the first allowed origin would.
+        how = f"-H 'Origin: {origins[0]}' "
+        who = f"auth required; public forms from {', '.join(origins)}"
+    elif auth == "required":
+        how = "-H 'Authorization: Bearer <key of: healingwork clients create NAME --scope leads:write>' "
+        who = "auth required (API keys; set PUBLIC_FORM_ORIGINS for public forms)"
+    else:
+        how = ""
+        who = "auth disabled: anyone may call anything (AUTH_MODE=required turns it on)"
     print(
         f"""
 healingwork is running.
@@ -259,11 +285,13 @@ healingwork is running.
   health     {base}/readyz        metrics: {base}/metrics
   mail       every email lands in {mail_dir.resolve()} as an .eml file
   logs       {logs.resolve()}/*.log
+  access     {who}
+  opt-in     DOUBLE_OPT_IN={double_opt_in} (a confirmation email links to {base}/confirm/...)
 
 Try it:
 
-  curl -sS -X POST {base}/v1/leads -H 'Content-Type: application/json' \\
-    -d '{{"email": "ada@example.com", "first_name": "Ada", "source": "website", "consent": {{"marketing": true}}}}'
+  curl -sS -X POST {base}/v1/leads -H 'Content-Type: application/json' {how}\\
+    -d '{lead}'
 
   ls {mail_dir}
 

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import uuid
 from datetime import datetime
-from typing import Annotated
+from typing import Annotated, Literal
 
 import msgspec
 
@@ -64,6 +64,14 @@ class LeadReceipt(msgspec.Struct, frozen=True, kw_only=True):
     duplicate: bool
 
 
+class FormReceipt(msgspec.Struct, frozen=True, kw_only=True):
+    """The answer to a public form's ``POST /v1/leads`` (no credentials): always 202 and this, for a new
+    lead, a duplicate or a bot alike, so an unauthenticated caller learns nothing about existing leads.
+    With double opt-in the person gets a confirmation email."""
+
+    status: Literal["received"]
+
+
 class FieldError(msgspec.Struct, frozen=True, kw_only=True):
     """One invalid field: where (a JSON pointer such as ``/consent/marketing``) and why."""
 
@@ -90,6 +98,10 @@ class ConsentRecord(msgspec.Struct, frozen=True, kw_only=True):
     recorded_at: datetime
     ip: str | None
     user_agent: str | None
+    # Double opt-in: when the person confirmed the address (POST /confirm/{token}), from where.
+    confirmed_at: datetime | None = None
+    confirmed_ip: str | None = None
+    confirmed_user_agent: str | None = None
 
 
 class MessageView(msgspec.Struct, frozen=True, kw_only=True):

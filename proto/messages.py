@@ -46,6 +46,15 @@ class EmailDispatch(Message, frozen=True, kw_only=True, tag="email.dispatch"):
     attempt: int = 1
 
 
+class ConfirmationRequested(Message, frozen=True, kw_only=True, tag="lead.confirmation_requested"):
+    """Send the double opt-in confirmation email ``id`` (a ``confirmation_emails`` row) to the lead.
+    Key: lead id. Travels on the ``email.dispatch`` topic, so the dispatcher's send path (its SMTP pool,
+    its shared rate, its suppression check) carries it; it is not a Sequence message.
+    """
+
+    lead_id: uuid.UUID
+
+
 class EmailEvent(Message, frozen=True, kw_only=True, tag="email.event"):
     """Something happened to a message (sent, failed, dead, skipped, opened, clicked, unsubscribed,
     bounced, complained). Key: message id.
@@ -85,4 +94,4 @@ class LeadSuppressed(Message, frozen=True, kw_only=True, tag="lead.suppressed"):
     reason: str
 
 
-AnyMessage = LeadAccepted | EmailDispatch | EmailEvent | EmailDeadLettered | LeadSuppressed
+AnyMessage = LeadAccepted | EmailDispatch | ConfirmationRequested | EmailEvent | EmailDeadLettered | LeadSuppressed

@@ -104,6 +104,8 @@ class SequenceSpec(_Camel, frozen=True, kw_only=True):
     # Marketing email goes only to leads who consented, unless a Sequence says otherwise
     # (transactional flows such as a webinar reminder).
     require_consent: bool = True
+    # Enroll only leads that confirmed their address by email (double opt-in), whatever DOUBLE_OPT_IN says.
+    double_opt_in: bool = False
     paused: bool = False
     from_: FromAddress | None = msgspec.field(default=None, name="from")
     # Latest: in-flight enrollments move to a new revision at the step of the same name.

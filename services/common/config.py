@@ -292,6 +292,13 @@ class IntakeSettings(BusSettings, frozen=True, kw_only=True):
     form_honeypot_field: NonBlank = "website_url"
     # Proxies whose X-Forwarded-For is believed when finding the client's IP (comma-separated CIDRs).
     trusted_proxies: Annotated[str, msgspec.Meta(extra={"check": check_networks})] = ""
+    # Double opt-in: which new leads must confirm by email before they enroll (a Sequence with
+    # spec.doubleOptIn asks it of every lead it enrolls, whatever this says).
+    double_opt_in: Literal["public-forms", "all", "off"] = "public-forms"
+    # How long a confirmation link works; unconfirmed leads older than this are purged.
+    confirmation_expiry_hours: PositiveFloat = 168.0
+    # A resubmitted unconfirmed lead gets another confirmation email no sooner than this.
+    confirmation_cooldown_minutes: PositiveFloat = 15.0
 
 
 class ClientsSettings(DatabaseSettings, frozen=True, kw_only=True):
@@ -336,6 +343,10 @@ class DispatcherSettings(BusSettings, frozen=True, kw_only=True):
     # The domain part of each Sequence's List-Id (<name.namespace.LIST_ID_DOMAIN>); empty: the domain of
     # the message's From address.
     list_id_domain: OptionalDomain = ""
+    # The double opt-in confirmation email: its subject, and an HTML template file replacing the built-in
+    # one (a ConfigMap mounted as a file, in Kubernetes); see docs/configuration.md.
+    confirmation_subject: NonBlank = "Please confirm your subscription"
+    confirmation_template_file: str = ""
 
 
 class PreviewSettings(msgspec.Struct, frozen=True, kw_only=True):
@@ -398,6 +409,8 @@ class JobSettings(DatabaseSettings, frozen=True, kw_only=True):
     outbox_retention_hours: PositiveFloat = 168.0
     idempotency_ttl_hours: PositiveFloat = 24.0
     duplicate_window_hours: PositiveFloat = 24.0
+    # Unconfirmed (double opt-in) leads older than this are deleted; intake's value, read again here.
+    confirmation_expiry_hours: PositiveFloat = 168.0
 
 
 class OperatorSettings(DatabaseSettings, frozen=True, kw_only=True):

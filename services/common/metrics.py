@@ -26,6 +26,9 @@ CONSUMER_FAILURES = Counter("healingwork_consumer_failures_total", "Kafka record
 ENROLLMENTS = Counter("healingwork_enrollments_total", "Enrollments created")
 STEPS_EMITTED = Counter("healingwork_steps_emitted_total", "Sequence steps queued for sending")
 EMAILS = Counter("healingwork_emails_total", "Email send outcomes", ["outcome"])
+CONFIRMATION_EMAILS = Counter(
+    "healingwork_confirmation_emails_total", "Double opt-in confirmation email outcomes", ["outcome"]
+)
 SMTP_SECONDS = Histogram("healingwork_smtp_send_seconds", "Time of one SMTP transaction")
 
 

@@ -195,7 +195,7 @@ async def apply_sequence(
         step["html"], step["text"] = body.html, body.text
     # Fields added after a Sequence was first stored are left out at their defaults, so re-applying an
     # unchanged Sequence keeps its revision instead of making a new one for a field it never set.
-    for added_field, default in (("displayName", None), ("unsubscribeScope", "Global")):
+    for added_field, default in (("displayName", None), ("unsubscribeScope", "Global"), ("doubleOptIn", False)):
         if stored.get(added_field, default) == default:
             stored.pop(added_field, None)
     spec_json = msgspec.json.encode(stored).decode()
@@ -224,8 +224,9 @@ async def apply_sequence(
     await conn.execute(
         """INSERT INTO sequence_revisions
                (sequence_id, revision, spec, trigger_sources, trigger_tags, trigger_all, require_consent,
-                send_window, from_email, from_name, revision_policy, generation, display_name, unsubscribe_scope)
-           VALUES (%s, %s, %s::jsonb, %s, %s, %s, %s, %s::jsonb, %s, %s, %s, %s, %s, %s)""",
+                send_window, from_email, from_name, revision_policy, generation, display_name, unsubscribe_scope,
+                double_opt_in)
+           VALUES (%s, %s, %s::jsonb, %s, %s, %s, %s, %s::jsonb, %s, %s, %s, %s, %s, %s, %s)""",
         (
             seq_id,
             revision,
@@ -241,6 +242,7 @@ async def apply_sequence(
             meta.generation,
             spec.display_name,
             spec.unsubscribe_scope,
+            spec.double_opt_in,
         ),
     )
     async with conn.cursor() as cur:

@@ -1,11 +1,12 @@
-"""Signed tokens for tracking and unsubscribe links.
+"""Signed tokens for tracking, unsubscribe and double opt-in confirmation links.
 
 A token is ``base64url(payload) "." base64url(HMAC-SHA256(secret, purpose-bound payload))``. The payload
-carries a version, the purpose (open, click, unsubscribe), the message id and, for clicks, the one URL
-the link may redirect to. The purpose is part of both the payload and the signed input, so an open
-token can never be used to unsubscribe someone. Verification tries the current secret, then the
-previous one, so ``HMAC_SECRET`` rotates without breaking links already in inboxes. Anything that does
-not verify is :class:`InvalidToken`, with no detail a forger could learn from.
+carries a version, the purpose (open, click, unsubscribe, confirm), an id (the message's; for a
+confirmation the lead's) and, for clicks, the one URL the link may redirect to. The purpose is part
+of both the payload and the signed input, so an open token can never be used to unsubscribe someone.
+Verification tries the current secret, then the previous one, so ``HMAC_SECRET`` rotates without
+breaking links already in inboxes. Anything that does not verify is :class:`InvalidToken`, with no
+detail a forger could learn from.
 """
 
 from __future__ import annotations
@@ -28,6 +29,8 @@ class Purpose(Enum):
     OPEN = "o"
     CLICK = "c"
     UNSUBSCRIBE = "u"
+    # Double opt-in: the id is the lead's. How long it works is the lead's (CONFIRMATION_EXPIRY_HOURS).
+    CONFIRM = "d"
 
 
 class InvalidToken(Exception):

@@ -22,13 +22,14 @@ from functools import partial
 
 from aiokafka import AIOKafkaConsumer
 
-from proto.messages import AnyMessage, EmailDispatch
+from proto.messages import AnyMessage, ConfirmationRequested, EmailDispatch
 from services.common.bus import make_consumer
 from services.common.config import DispatcherSettings
 from services.common.consumer import BatchHandler, consume
 from services.common.health import HealthServer
 from services.common.runtime import Runtime, service_runtime, supervise, worker_ready
 from services.common.shutdown import ShutdownClock, within
+from services.dispatcher.confirmations import ConfirmationSender
 from services.dispatcher.dispatch import Dispatcher
 from services.dispatcher.rate import SharedRateLimiter
 from services.dispatcher.smtp import SmtpPool, SmtpTarget
@@ -56,6 +57,7 @@ async def serve_dispatcher(settings: DispatcherSettings, runtime: Runtime, healt
     )
     rate = SharedRateLimiter(runtime.pool, settings.smtp_rate_name, settings.smtp_rate_per_s)
     dispatcher = Dispatcher(settings, runtime.pool, smtp, rate)
+    confirmations = ConfirmationSender(settings, runtime.pool, smtp, rate)
     consumer = make_consumer(
         settings, settings.topic_email_dispatch, CONSUMER_GROUP, max_poll_records=settings.dispatch_batch_size
     )
@@ -68,6 +70,7 @@ async def serve_dispatcher(settings: DispatcherSettings, runtime: Runtime, healt
                 runtime.stop,
                 shutdown=runtime.shutdown,
                 topics_ready=runtime.topics_ready,
+                confirmations=confirmations,
             )
         )
     ]
@@ -80,14 +83,20 @@ async def serve_dispatcher(settings: DispatcherSettings, runtime: Runtime, healt
         await within(smtp.close(), runtime.shutdown.deadline(), "close the SMTP connections")
 
 
-def dispatch_handler(dispatcher: Dispatcher) -> BatchHandler:
-    """Hand the message ids of a batch's ``email.dispatch`` commands to the dispatcher (other
+def dispatch_handler(dispatcher: Dispatcher, confirmations: ConfirmationSender | None = None) -> BatchHandler:
+    """Hand the message ids of a batch's ``email.dispatch`` commands to the dispatcher, and its
+    ``lead.confirmation_requested`` commands to ``confirmations`` (double opt-in), both at once (other
     message types on the topic are not the dispatcher's)."""
 
     async def handle(messages: list[AnyMessage]) -> None:
         ids = [message.message_id for message in messages if isinstance(message, EmailDispatch)]
+        confirming = [message.id for message in messages if isinstance(message, ConfirmationRequested)]
+        work = []
         if ids:
-            await dispatcher.dispatch_batch(ids)
+            work.append(dispatcher.dispatch_batch(ids))
+        if confirming and confirmations is not None:
+            work.append(confirmations.send_batch(confirming))
+        await asyncio.gather(*work)
 
     return handle
 
@@ -105,12 +114,13 @@ async def consume_dispatch_commands(
     *,
     shutdown: ShutdownClock | None = None,
     topics_ready: asyncio.Event | None = None,
+    confirmations: ConfirmationSender | None = None,
 ) -> None:
     """Fetch, dispatch and commit until ``stop`` is set, through the one consumer loop
     (:func:`services.common.consumer.consume`) with BATCHES_IN_FLIGHT batches at once."""
     await consume(
         consumer,
-        dispatch_handler(dispatcher),
+        dispatch_handler(dispatcher, confirmations),
         stop=stop,
         name=NAME,
         shutdown=shutdown or ShutdownClock(settings.shutdown_grace_s),

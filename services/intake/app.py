@@ -1,4 +1,4 @@
-"""The intake HTTP application (Litestar): its factory, lifespan, rate limits and CORS.
+"""The intake HTTP application (Litestar): its factory, lifespan and CORS.
 
 The routes live in :mod:`services.intake.routes` (leads, health), :mod:`services.intake.tracking`,
 :mod:`services.intake.stats` and :mod:`services.intake.webhooks`; they receive an
@@ -14,51 +14,23 @@ from datetime import timedelta
 
 from litestar import Litestar
 from litestar.config.cors import CORSConfig
-from litestar.middleware.rate_limit import RateLimitConfig
 from litestar.openapi import OpenAPIConfig
 
 from services.common.config import IntakeSettings
 from services.common.runtime import service_runtime
-from services.intake.auth import NO_RATE_LIMIT, is_public_form_submission, rate_limit_identity
-from services.intake.authentication import form_origins, trusted_networks
+from services.intake.authentication import form_origins
+from services.intake.confirmation import CONFIRMATION_ROUTES, confirmation_rules
 from services.intake.context import STATE_KEY, IntakeContext
 from services.intake.injection import CONTEXT_DEPENDENCIES
 from services.intake.leads import lead_committer
 from services.intake.observability import request_context_middleware
 from services.intake.problems import EXCEPTION_HANDLERS
+from services.intake.rate_limit import RequestLimits
 from services.intake.routes import LEAD_ROUTES
 from services.intake.sns import Fetcher, SnsVerifier, fetch_https
 from services.intake.stats import get_stats
 from services.intake.tracking import TRACKING_ROUTES
 from services.intake.webhooks import email_events_webhook
-
-HEALTH_PATHS = ["/healthz", "/readyz", "/metrics", "/schema"]
-
-
-def rate_limits(settings: IntakeSettings) -> list[RateLimitConfig]:
-    """Per-process limits (see docs/configuration.md): every request per API key, signing client or
-    else client IP; public form submissions (POST /v1/leads without credentials) per client IP with
-    the stricter form limit instead."""
-    forms_apply = settings.auth_mode == "required"
-    identify = rate_limit_identity(trusted_networks(settings))
-    return [
-        RateLimitConfig(
-            rate_limit=("minute", settings.rate_limit_per_minute),
-            identifier_for_request=identify,
-            check_throttle_handler=lambda request: not (forms_apply and is_public_form_submission(request)),
-            exclude=HEALTH_PATHS,
-            exclude_opt_key=NO_RATE_LIMIT,
-            store="rate_limit",
-        ),
-        RateLimitConfig(
-            rate_limit=("minute", settings.form_rate_limit_per_minute),
-            identifier_for_request=identify,
-            check_throttle_handler=lambda request: forms_apply and is_public_form_submission(request),
-            exclude=HEALTH_PATHS,
-            exclude_opt_key=NO_RATE_LIMIT,
-            store="rate_limit_forms",
-        ),
-    ]
 
 
 def create_app(settings: IntakeSettings, *, sns_fetch: Fetcher = fetch_https) -> Litestar:
@@ -79,11 +51,13 @@ def create_app(settings: IntakeSettings, *, sns_fetch: Fetcher = fetch_https) ->
                     idempotency_ttl=timedelta(hours=settings.idempotency_ttl_hours),
                     max_batch_size=settings.lead_batch_max_size,
                     max_concurrent_batches=settings.lead_batch_concurrency,
+                    confirmation=confirmation_rules(settings),
                 ),
                 sns_verifier=SnsVerifier(
                     [a.strip() for a in settings.sns_topic_arns.split(",") if a.strip()], sns_fetch
                 ),
                 relay_failed=lambda: runtime.relay_failed,
+                limits=RequestLimits.of(settings.rate_limit_per_minute, settings.form_rate_limit_per_minute),
             )
             setattr(app.state, STATE_KEY, context)
             yield
@@ -101,10 +75,11 @@ def create_app(settings: IntakeSettings, *, sns_fetch: Fetcher = fetch_https) ->
         else None
     )
     return Litestar(
-        route_handlers=[*LEAD_ROUTES, get_stats, *TRACKING_ROUTES, email_events_webhook],
+        route_handlers=[*LEAD_ROUTES, get_stats, *TRACKING_ROUTES, email_events_webhook, *CONFIRMATION_ROUTES],
         dependencies=CONTEXT_DEPENDENCIES,
         lifespan=[lifespan],
-        middleware=[request_context_middleware, *(limit.middleware for limit in rate_limits(settings))],
+        # Rate limits are charged by requires_scope once the caller is authenticated (services.intake.auth).
+        middleware=[request_context_middleware],
         cors_config=cors,
         exception_handlers=EXCEPTION_HANDLERS,
         # The process's logging is services.common.logs (JSON lines); Litestar's default config would

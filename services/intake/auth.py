@@ -3,12 +3,13 @@
 Usage on a route: ``@post("/v1/leads", guards=[requires_scope("leads:write")])``; the handler then
 reads the caller with :func:`principal_of`. What the credentials are and how they are checked is
 :mod:`services.intake.authentication` (no framework there); this module only adapts Litestar's
-connection to it, and the rate limiter's view of who is calling.
+connection to it, and charges each request to its caller's budget (:mod:`services.intake.rate_limit`)
+once the caller is known: an authenticated client by its client id, a public form or a caller that
+failed to authenticate by its proxy-resolved IP. No header a caller writes itself picks the bucket.
 """
 
 from __future__ import annotations
 
-import hashlib
 from collections.abc import Awaitable, Callable
 from typing import Any
 
@@ -16,24 +17,27 @@ from litestar import Request
 from litestar.connection import ASGIConnection
 from litestar.handlers import BaseRouteHandler
 
+from services.common.errors import CallerError
 from services.intake.authentication import (
     Credentials,
+    MissingScope,
     Network,
     Principal,
     authenticate,
     authorize,
     presented_api_key,
     resolve_client_ip,
+    trusted_networks,
 )
 from services.intake.clients import SCOPES
 from services.intake.context import context_of
+from services.intake.rate_limit import KeyedRateLimiter, RequestLimits, client_key, ip_key
 
-# A route opts out of rate limiting with ``opt={NO_RATE_LIMIT: True}``: tracking pixels and links
-# (many people behind one NAT load them at once) and signed provider webhooks.
+# Marks the routes that take no per-caller budget from requires_scope (tracking pixels and links,
+# signed provider webhooks): they are unauthenticated, so only the limiter by IP could apply to them.
 NO_RATE_LIMIT = "no_rate_limit"
 
 PRINCIPAL_KEY = "healingwork.principal"
-PUBLIC_FORM_PATH = "/v1/leads"
 
 Connection = ASGIConnection[Any, Any, Any, Any]
 Guard = Callable[[Connection, BaseRouteHandler], Awaitable[None]]
@@ -49,27 +53,26 @@ def client_ip(connection: Connection, trusted: list[Network]) -> str:
     return resolve_client_ip(peer, connection.headers.getall("x-forwarded-for", []), trusted)
 
 
-def rate_limit_identity(trusted: list[Network]) -> Callable[[Connection], str]:
-    """What a rate limit counts by: the presented API key's hash prefix or client id, else the client IP."""
-
-    def identify(connection: Connection) -> str:
-        if (key := _api_key(connection)) is not None:
-            return "key:" + hashlib.sha256(key.encode()).hexdigest()[:16]
-        if client_id := connection.headers.get("x-client-id"):
-            return "client:" + client_id[:64]
-        return "ip:" + client_ip(connection, trusted)
-
-    return identify
+def budget_of(limits: RequestLimits, principal: Principal, ip: str) -> tuple[KeyedRateLimiter, str]:
+    """Which limiter and bucket an authenticated request is charged to: an API client's own bucket (by
+    client id, however it authenticated); a public form's by IP with the stricter form limit; an
+    anonymous caller's (``AUTH_MODE=disabled``) by IP."""
+    if principal.client_id is not None:
+        return limits.requests, client_key(principal.client_id)
+    if principal.kind == "public_form":
+        return limits.forms, ip_key(ip)
+    return limits.requests, ip_key(ip)
 
 
-def is_public_form_submission(connection: Connection) -> bool:
-    """``POST /v1/leads`` without credentials: it can only succeed as a public form submission."""
-    return (
-        connection.scope.get("method") == "POST"
-        and connection.scope.get("path") == PUBLIC_FORM_PATH
-        and _api_key(connection) is None
-        and "x-signature" not in connection.headers
-    )
+def rate_limited_by_ip(select: Callable[[RequestLimits], KeyedRateLimiter]) -> Guard:
+    """A guard for unauthenticated routes: charge the caller's IP (resolved through ``TRUSTED_PROXIES``)
+    in the limiter ``select`` picks, e.g. ``rate_limited_by_ip(lambda limits: limits.forms)``."""
+
+    async def guard(connection: Connection, _: BaseRouteHandler) -> None:
+        context = context_of(connection.app.state)
+        select(context.limits).check(ip_key(client_ip(connection, trusted_networks(context.settings))))
+
+    return guard
 
 
 def requires_scope(scope: str) -> Guard:
@@ -80,6 +83,7 @@ def requires_scope(scope: str) -> Guard:
     async def guard(connection: Connection, _: BaseRouteHandler) -> None:
         request: Request[Any, Any, Any] = Request(connection.scope, connection.receive)
         context = context_of(connection.app.state)
+        ip = client_ip(connection, trusted_networks(context.settings))
         credentials = Credentials(
             api_key=_api_key(connection),
             signature=connection.headers.get("x-signature"),
@@ -87,8 +91,19 @@ def requires_scope(scope: str) -> Guard:
             origin=connection.headers.get("origin"),
             body=request.body,
         )
-        principal = await authenticate(context.pool, credentials, context.settings, now=context.clock())
-        authorize(principal, scope)
+        try:
+            principal = await authenticate(context.pool, credentials, context.settings, now=context.clock())
+        except CallerError:  # AuthenticationFailed, SignatureRejected: the credentials are bad
+            # Counted by IP, never by the client a failed request names: naming a client costs it nothing.
+            context.limits.requests.check(ip_key(ip))
+            raise
+        limiter, key = budget_of(context.limits, principal, ip)
+        try:
+            authorize(principal, scope)
+        except MissingScope:
+            context.limits.requests.check(key)
+            raise
+        limiter.check(key)
         connection.scope[PRINCIPAL_KEY] = principal  # type: ignore[literal-required]
 
     return guard

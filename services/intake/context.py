@@ -20,6 +20,7 @@ from services.common.config import IntakeSettings
 from services.common.db import Connection
 from services.intake.batching import GroupCommitter
 from services.intake.leads import LeadJob
+from services.intake.rate_limit import RequestLimits
 from services.intake.sns import SnsVerifier
 
 STATE_KEY = "intake_context"
@@ -35,6 +36,8 @@ class IntakeContext:
     sns_verifier: SnsVerifier
     # True once the outbox relay has stopped (readiness fails then).
     relay_failed: Callable[[], bool]
+    # Per-caller request budgets (services.intake.rate_limit), charged once the caller is known.
+    limits: RequestLimits
     clock: Clock = unix_now
 
 

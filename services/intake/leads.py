@@ -1,5 +1,6 @@
 """Accepting a lead: one transaction that claims the duplicate window, stores the lead with its consent
-record and queues ``lead.accepted`` in the outbox."""
+record and queues ``lead.accepted`` in the outbox — or, for a lead that must confirm first (double
+opt-in, ``services.intake.double_opt_in``), its confirmation email instead."""
 
 from __future__ import annotations
 
@@ -17,6 +18,7 @@ from services.common.clock import utcnow
 from services.common.db import Connection
 from services.common.outbox import enqueue_message
 from services.intake.batching import GroupCommitter, Rejected
+from services.intake.double_opt_in import ConfirmationRules, request_confirmation, resend_confirmation_if_cooled_down
 from services.intake.idempotency import IdempotencyKey, IdempotencyKeyReused, claim_idempotency_key, remember_receipt
 
 
@@ -40,6 +42,8 @@ async def submit_lead(
     topic: str,
     idempotency: IdempotencyKey | None = None,
     idempotency_ttl: timedelta = timedelta(hours=24),
+    must_confirm: bool = False,
+    confirmation: ConfirmationRules | None = None,
 ) -> LeadReceipt:
     """Accept ``lead`` once per Idempotency-Key: a retry with the same key gets the first receipt.
 
@@ -50,7 +54,16 @@ async def submit_lead(
         earlier = await claim_idempotency_key(conn, idempotency, idempotency_ttl)
         if earlier is not None:
             return earlier
-    receipt = await accept_lead(conn, lead, email_key, submitter, duplicate_window=duplicate_window, topic=topic)
+    receipt = await accept_lead(
+        conn,
+        lead,
+        email_key,
+        submitter,
+        duplicate_window=duplicate_window,
+        topic=topic,
+        must_confirm=must_confirm,
+        confirmation=confirmation,
+    )
     if idempotency is not None:
         await remember_receipt(conn, idempotency, receipt)
     return receipt
@@ -64,8 +77,15 @@ async def accept_lead(
     *,
     duplicate_window: timedelta,
     topic: str,
+    must_confirm: bool = False,
+    confirmation: ConfirmationRules | None = None,
 ) -> LeadReceipt:
     """Store ``lead`` unless the same address was accepted within ``duplicate_window``.
+
+    With ``confirmation`` (double opt-in on), a lead that ``must_confirm`` is stored without
+    ``lead.accepted`` and gets its confirmation email instead (so does a lead that a double opt-in
+    Sequence matches, which still enrolls into the others at once); a duplicate of a lead still waiting
+    for its confirmation gets another email once the cool-down has passed.
 
     Runs inside the caller's transaction. Concurrency-safe: simultaneous submissions of one address
     serialize on its ``lead_identities`` row, so exactly one creates a lead and the others get its id.
@@ -84,7 +104,10 @@ async def accept_lead(
         cursor = await conn.execute("SELECT lead_id FROM lead_identities WHERE email_normalized = %s", (email_key,))
         row = await cursor.fetchone()
         assert row is not None, "the conflicting identity row exists: it blocked our insert"
-        return LeadReceipt(id=row["lead_id"], duplicate=True)  # type: ignore[arg-type]
+        existing: uuid.UUID = row["lead_id"]  # type: ignore[assignment]
+        if confirmation is not None:
+            await resend_confirmation_if_cooled_down(conn, existing, rules=confirmation)
+        return LeadReceipt(id=existing, duplicate=True)
 
     await conn.execute(
         """INSERT INTO leads (id, email, email_normalized, first_name, last_name, phone, source, tags, utm,
@@ -113,6 +136,10 @@ async def accept_lead(
             submitter.request_id,
         ),
     )
+    if confirmation is not None:
+        await request_confirmation(conn, lead_id, required=must_confirm, rules=confirmation)
+        if must_confirm:
+            return LeadReceipt(id=lead_id, duplicate=False)  # enrolls once confirmed (confirm_lead)
     message = LeadAccepted(
         id=lead_id,
         occurred_at=utcnow(),
@@ -133,6 +160,8 @@ class LeadJob:
     email_key: str
     submitter: Submitter
     idempotency: IdempotencyKey | None = None
+    # Double opt-in: this lead enrolls only once it has confirmed its address.
+    must_confirm: bool = False
 
 
 def lead_committer(
@@ -143,9 +172,11 @@ def lead_committer(
     idempotency_ttl: timedelta,
     max_batch_size: int,
     max_concurrent_batches: int,
+    confirmation: ConfirmationRules | None = None,
 ) -> GroupCommitter[LeadJob, LeadReceipt]:
     """Accepts leads with group commit: ``await committer.submit(job, job.email_key)`` answers once the
-    lead (or its duplicate verdict) is committed; ``IdempotencyKeyReused`` reaches only its submitter."""
+    lead (or its duplicate verdict) is committed; ``IdempotencyKeyReused`` reaches only its submitter.
+    ``confirmation`` None turns double opt-in off entirely (no Sequence can ask for it then either)."""
 
     async def work(conn: Connection, job: LeadJob) -> LeadReceipt:
         try:
@@ -158,6 +189,8 @@ def lead_committer(
                 topic=topic,
                 idempotency=job.idempotency,
                 idempotency_ttl=idempotency_ttl,
+                must_confirm=job.must_confirm,
+                confirmation=confirmation,
             )
         except IdempotencyKeyReused as error:
             # Raised before this job wrote anything: the batch's transaction stays usable.

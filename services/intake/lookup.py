@@ -15,7 +15,8 @@ async def fetch_lead(conn: Connection, lead_id: uuid.UUID) -> LeadView | None:
     cursor = await conn.execute(
         """SELECT id, email, source, first_name, last_name, phone, tags, utm, locale, timezone, metadata,
                   consent_marketing, consent_text, consent_captured_at, consent_recorded_at,
-                  host(consent_ip) AS consent_ip, consent_user_agent, created_at
+                  host(consent_ip) AS consent_ip, consent_user_agent, created_at,
+                  confirmed_at, host(confirmed_ip) AS confirmed_ip, confirmed_user_agent
            FROM leads WHERE id = %s""",
         (lead_id,),
     )
@@ -58,6 +59,9 @@ async def fetch_lead(conn: Connection, lead_id: uuid.UUID) -> LeadView | None:
             recorded_at=lead["consent_recorded_at"],  # type: ignore[arg-type]
             ip=lead["consent_ip"],  # type: ignore[arg-type]
             user_agent=lead["consent_user_agent"],  # type: ignore[arg-type]
+            confirmed_at=lead["confirmed_at"],  # type: ignore[arg-type]
+            confirmed_ip=lead["confirmed_ip"],  # type: ignore[arg-type]
+            confirmed_user_agent=lead["confirmed_user_agent"],  # type: ignore[arg-type]
         ),
         created_at=lead["created_at"],  # type: ignore[arg-type]
         enrollments=[

@@ -29,6 +29,7 @@ from services.intake.bodies import MalformedBody
 from services.intake.generic_webhook import InvalidWebhookBody, MalformedWebhookTimestamp, UnsignedWebhook
 from services.intake.idempotency import IdempotencyKeyReused
 from services.intake.provider_events import AdapterNotConfigured
+from services.intake.rate_limit import RateLimited
 from services.intake.sns import SnsRejected, SnsUnavailable
 from services.intake.stats_query import InvalidQuery
 from services.intake.validation import InvalidLead
@@ -94,7 +95,7 @@ class Mapped:
     status: int
     title: str | None = None
     detail: str | Callable[[Exception], str] | None = None
-    headers: Mapping[str, str] = field(default_factory=dict)
+    headers: Mapping[str, str] | Callable[[Exception], Mapping[str, str]] = field(default_factory=dict)
     errors: list[FieldError] | None = None
 
 
@@ -109,6 +110,9 @@ DOMAIN_PROBLEMS: dict[type[Exception], Mapped] = {
     AuthenticationFailed: Mapped(401),
     SignatureRejected: Mapped(401),
     MissingScope: Mapped(403),
+    RateLimited: Mapped(
+        429, headers=lambda error: {"Retry-After": error.retry_after_header if isinstance(error, RateLimited) else "1"}
+    ),
     # Signed links (services.common.tokens): nothing a forger could learn from.
     InvalidToken: Mapped(404, detail="This link is not valid."),
     # Bodies and fields.
@@ -137,7 +141,8 @@ def problem_for(error: Exception) -> Response[bytes]:
     mapped = next(DOMAIN_PROBLEMS[kind] for kind in type(error).__mro__ if kind in DOMAIN_PROBLEMS)
     detail = mapped.detail(error) if callable(mapped.detail) else mapped.detail or str(error)
     errors = mapped.errors if mapped.errors is not None else getattr(error, "errors", None)
-    return problem_response(mapped.status, detail, errors, dict(mapped.headers), title=mapped.title)
+    headers = mapped.headers(error) if callable(mapped.headers) else mapped.headers
+    return problem_response(mapped.status, detail, errors, dict(headers), title=mapped.title)
 
 
 def _on_domain_error(_: Request[Any, Any, Any], exc: Exception) -> Response[bytes]:

@@ -20,7 +20,7 @@ from litestar.openapi.spec import OpenAPIMediaType, Operation, RequestBody
 from litestar.params import FromPath, HeaderParameter, QueryParameter
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
-from proto.http import FieldError, LeadReceipt, LeadSubmission, LeadView
+from proto.http import FieldError, FormReceipt, LeadReceipt, LeadSubmission, LeadView
 from services.common import metrics
 from services.common.db import transaction
 from services.intake.auth import client_ip, principal_of, requires_scope
@@ -80,12 +80,19 @@ class _LeadBodyOperation(Operation):
         "duplicate window (no second enrollment). An Idempotency-Key header makes retries safe: the same "
         "key and body get the first answer, the same key with another body gets 422. Needs the "
         "leads:write scope (API key, signed request, or a public form from an allowed origin). "
+        'A public form (no credentials) always gets 202 {"status": "received"}: no id, no duplicate '
+        "flag, so an unauthenticated caller learns nothing about existing leads. With double opt-in "
+        "(DOUBLE_OPT_IN) the lead enrolls only after confirming the emailed link. "
         "Errors are RFC 9457 problem+json."
     ),
     guards=[requires_scope("leads:write")],
     operation_class=_LeadBodyOperation,
     responses={
         200: ResponseSpec(LeadReceipt, description="A duplicate within the window: the existing lead's id"),
+        202: ResponseSpec(
+            LeadReceipt | FormReceipt,
+            description="Accepted: the new lead's id (API clients), or just received (public forms)",
+        ),
         **problem_responses(400, 401, 403, 413, 415, 422, 429, 503),
     },
 )
@@ -93,7 +100,7 @@ async def submit_lead_handler(
     request: Request[Any, Any, Any],
     ctx: Ctx,
     idempotency_key: Annotated[str | None, HeaderParameter(name="Idempotency-Key", max_length=255)] = None,
-) -> Response[LeadReceipt]:
+) -> Response[LeadReceipt | FormReceipt]:
     if request.content_type[0] != "application/json":
         raise ProblemError(415, "Send the lead as a JSON object with Content-Type: application/json.")
     body = await request.body()
@@ -107,14 +114,18 @@ async def submit_lead_handler(
         request_id=request_id_of(request.scope),
         idempotency_key=idempotency_key,
         honeypot_field=ctx.settings.form_honeypot_field,
+        double_opt_in=ctx.settings.double_opt_in,
     )
     if job == HONEYPOT:
-        # A bot filled the hidden field: answer as if accepted, store nothing.
+        # A bot filled the hidden field (public forms only): answer as if accepted, store nothing.
         metrics.LEADS.labels("honeypot").inc()
         log.info("honeypot field filled; lead dropped", extra={"client_ip": ip})
-        return Response(LeadReceipt(id=uuid.uuid4(), duplicate=False), status_code=202)
+        return Response(FormReceipt(status="received"), status_code=202)
     receipt = await ctx.committer.submit(job, order=job.email_key)
     metrics.LEADS.labels("duplicate" if receipt.duplicate else "accepted").inc()
+    if principal_of(request).kind == "public_form":
+        # The same answer for a new lead and a duplicate: no id, no flag (issue 15, item 6).
+        return Response(FormReceipt(status="received"), status_code=202)
     return Response(receipt, status_code=200 if receipt.duplicate else 202)
 
 

@@ -13,6 +13,7 @@ from typing import Final, Literal
 from proto.http import FieldError
 from services.common import metrics
 from services.intake.authentication import Principal
+from services.intake.double_opt_in import Policy, must_confirm
 from services.intake.idempotency import IdempotencyKey, valid_idempotency_key
 from services.intake.leads import LeadJob, Submitter
 from services.intake.validation import InvalidLead, clean_text, parse_lead
@@ -60,9 +61,11 @@ def prepare_submission(
     request_id: str | None,
     idempotency_key: str | None,
     honeypot_field: str,
+    double_opt_in: Policy = "off",
 ) -> LeadJob | Literal["honeypot"]:
     """The lead job for a decoded body ``raw`` (``body`` as received) sent by ``principal`` from
-    ``client_ip``; :data:`HONEYPOT` when a bot filled the honeypot; raises InvalidLead."""
+    ``client_ip``; :data:`HONEYPOT` when a bot filled the honeypot; raises InvalidLead. The job must
+    confirm first when ``double_opt_in`` (``DOUBLE_OPT_IN``) asks it of this caller's leads."""
     raw, caught = filled_honeypot(raw, principal, honeypot_field)
     if caught:
         return HONEYPOT
@@ -78,4 +81,5 @@ def prepare_submission(
         user_agent=clean_text(user_agent or "")[:USER_AGENT_MAX] or None,
         request_id=request_id,
     )
-    return LeadJob(lead, email_key, submitter, idempotency)
+    confirm = must_confirm(double_opt_in, public_form=principal.kind == "public_form")
+    return LeadJob(lead, email_key, submitter, idempotency, must_confirm=confirm)

@@ -4,7 +4,10 @@
 * published ``outbox`` rows (``OUTBOX_RETENTION_HOURS``; unpublished rows are never deleted),
 * ``idempotency_keys`` older than ``IDEMPOTENCY_TTL_HOURS`` (intake no longer honours them),
 * expired duplicate-window entries in ``lead_identities`` (older than ``DUPLICATE_WINDOW_HOURS``;
-  intake treats them as free already, so deleting them changes no answer).
+  intake treats them as free already, so deleting them changes no answer),
+* leads that had to confirm their address (double opt-in) and did not within
+  ``CONFIRMATION_EXPIRY_HOURS``: their links already answer "expired"; the lead, its identity row and
+  its confirmation emails go (by foreign-key cascade).
 
 Each delete takes at most ``PURGE_BATCH_SIZE`` rows, locked with SKIP LOCKED, in its own short
 transaction: no long lock, no long snapshot holding back vacuum, no fight with live traffic.
@@ -27,6 +30,11 @@ PURGE_OUTBOX = """DELETE FROM outbox WHERE id IN (
 PURGE_LEAD_IDENTITIES = """DELETE FROM lead_identities WHERE email_normalized IN (
     SELECT email_normalized FROM lead_identities WHERE accepted_at < now() - %(age)s
     LIMIT %(limit)s FOR UPDATE SKIP LOCKED)"""
+# Served by leads_unconfirmed_idx (created_at) WHERE confirmation_required AND confirmed_at IS NULL;
+# FOR UPDATE re-checks after waiting, so a lead confirmed meanwhile stays.
+PURGE_UNCONFIRMED_LEADS = """DELETE FROM leads WHERE id IN (
+    SELECT id FROM leads WHERE confirmation_required AND confirmed_at IS NULL AND created_at < now() - %(age)s
+    LIMIT %(limit)s FOR UPDATE SKIP LOCKED)"""
 PURGE_IDEMPOTENCY_KEYS = """DELETE FROM idempotency_keys WHERE ctid IN (
     SELECT ctid FROM idempotency_keys WHERE created_at < now() - %(age)s LIMIT %(limit)s FOR UPDATE SKIP LOCKED)"""
 
@@ -46,6 +54,7 @@ async def purge(ctx: JobContext, *, batch_size: int | None = None) -> dict[str, 
         "outbox": (PURGE_OUTBOX, timedelta(hours=settings.outbox_retention_hours)),
         "lead_identities": (PURGE_LEAD_IDENTITIES, timedelta(hours=settings.duplicate_window_hours)),
         "idempotency_keys": (PURGE_IDEMPOTENCY_KEYS, timedelta(hours=settings.idempotency_ttl_hours)),
+        "unconfirmed_leads": (PURGE_UNCONFIRMED_LEADS, timedelta(hours=settings.confirmation_expiry_hours)),
     }
     deleted: dict[str, int] = {}
     for table, (query, age) in plan.items():

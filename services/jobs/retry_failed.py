@@ -59,6 +59,8 @@ STUCK_SENDING = """SELECT count(*) AS stuck, coalesce(extract(epoch FROM now() -
 UNENROLLED_LEADS = """SELECT id, source, tags FROM leads
     WHERE enrolled_at IS NULL AND created_at < now() - %(age)s
       AND (republished_at IS NULL OR republished_at < now() - %(age)s)
+      -- a lead waiting for its double opt-in confirmation is not lost: it is held on purpose
+      AND NOT (confirmation_required AND confirmed_at IS NULL)
     ORDER BY created_at
     LIMIT %(limit)s
     FOR UPDATE SKIP LOCKED"""

@@ -44,7 +44,9 @@ def window_of(send_window_json: str | None) -> Window | None:
 async def enroll_lead(conn: Connection, lead_id: uuid.UUID, *, now: datetime | None = None) -> list[uuid.UUID]:
     """Enroll the lead into every live Sequence whose trigger matches it; returns the new enrollments.
 
-    A Sequence that requires consent enrolls only leads with marketing consent; a suppressed address
+    A Sequence that requires consent enrolls only leads with marketing consent; a lead that must confirm
+    its address (double opt-in) and a Sequence with ``doubleOptIn`` enroll only confirmed leads (the
+    confirmation queues ``lead.accepted`` again, so the lead comes back here); a suppressed address
     enrolls nowhere, an address that left a Sequence (the preference page) not into that one; a paused
     Sequence enrolls (its steps are held). The first step is due after its
     delay counted from ``now`` (default: the database's time), moved into the send window. The lead's
@@ -58,6 +60,8 @@ async def enroll_lead(conn: Connection, lead_id: uuid.UUID, *, now: datetime | N
            JOIN sequence_revisions r ON (
                 r.trigger_all OR l.source = ANY (r.trigger_sources) OR l.tags && r.trigger_tags)
                 AND (l.consent_marketing OR NOT r.require_consent)
+                -- double opt-in: a lead that must confirm, or a Sequence that asks it, waits for confirmed_at
+                AND (l.confirmed_at IS NOT NULL OR NOT (l.confirmation_required OR r.double_opt_in))
            JOIN sequences s ON s.id = r.sequence_id AND s.current_revision = r.revision AND s.deleted_at IS NULL
            JOIN sequence_steps st ON st.sequence_id = s.id AND st.revision = r.revision AND st.position = 0
            WHERE l.id = %s

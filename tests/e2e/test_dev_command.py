@@ -5,13 +5,16 @@ on Apache Kafka (`--broker kafka`)."""
 from __future__ import annotations
 
 import email
+import email.message
 import email.policy
 import json
 import os
+import re
 import signal
 import subprocess
 import sys
 import time
+import urllib.error
 import urllib.request
 from pathlib import Path
 
@@ -154,3 +157,80 @@ def _running(process: psutil.Process) -> bool:
         return process.status() != psutil.STATUS_ZOMBIE
     except psutil.NoSuchProcess:
         return False
+
+
+def _post(url: str, body: bytes | None, headers: dict[str, str]) -> tuple[int, bytes]:
+    request = urllib.request.Request(url, data=body, headers=headers, method="POST")
+    try:
+        with urllib.request.urlopen(request, timeout=10) as response:
+            return response.status, response.read()
+    except urllib.error.HTTPError as error:
+        return error.code, error.read()
+
+
+def _wait_for_emails(mail_dir: Path, count: int, timeout: float = 30) -> list[email.message.EmailMessage]:
+    deadline = time.monotonic() + timeout
+    files: list[Path] = []
+    while time.monotonic() < deadline:
+        files = sorted(mail_dir.glob("*.eml"))
+        if len(files) >= count:
+            break
+        time.sleep(0.1)
+    assert len(files) >= count, f"{len(files)} .eml files, wanted {count}"
+    messages = [email.message_from_bytes(path.read_bytes(), policy=email.policy.default) for path in files]
+    return [message for message in messages if isinstance(message, email.message.EmailMessage)]
+
+
+def test_dev_honours_auth_forms_double_opt_in_and_rate_limits_from_the_environment(tmp_path: Path) -> None:
+    port = free_port()
+    mail_dir = tmp_path / "mail"
+    origin = "http://localhost:3000"
+    env = {
+        **{k: v for k, v in os.environ.items() if k not in ("DATABASE_URL", "KAFKA_BOOTSTRAP_SERVERS")},
+        "AUTH_MODE": "required",
+        "PUBLIC_FORM_ORIGINS": origin,
+        "DOUBLE_OPT_IN": "public-forms",
+        "FORM_RATE_LIMIT_PER_MINUTE": "2",
+    }
+    command = [sys.executable, "-m", "services", "dev", "--port", str(port), "--mail-dir", str(mail_dir)]
+    process = subprocess.Popen(
+        [*command, "--data-dir", str(tmp_path / "dev")],
+        cwd=ROOT,
+        env=env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+    )
+    try:
+        output = "".join(_wait_for_line(process, "Press Ctrl-C to stop", timeout=120))
+        assert f"-H 'Origin: {origin}'" in output  # the printed example is a public form
+        base = f"http://127.0.0.1:{port}"
+        lead = json.dumps(
+            {"email": "mae@example.com", "first_name": "Mae", "source": "website", "consent": {"marketing": True}}
+        ).encode()
+        json_type = {"Content-Type": "application/json"}
+
+        assert _post(f"{base}/v1/leads", lead, json_type)[0] == 401  # AUTH_MODE=required is honoured
+        assert _post(f"{base}/v1/leads", lead, {**json_type, "Origin": origin}) == (202, b'{"status":"received"}')
+        [confirmation] = _wait_for_emails(mail_dir, 1)
+        assert confirmation["Subject"] == "Please confirm your subscription"
+        body = confirmation.get_body(("plain",))
+        assert body is not None
+        found = re.search(re.escape(base) + r"/confirm/[A-Za-z0-9_.-]+", body.get_content())
+        assert found is not None, body.get_content()
+        link = found.group(0)
+
+        status, page = _post(link, b"", {})  # the form's POST (the second request in the form budget)
+        assert status == 200
+        assert b"Subscription confirmed" in page
+        welcome = _wait_for_emails(mail_dir, 2)[1]
+        assert welcome["Subject"] == "Welcome to healingwork, Mae"
+        # FORM_RATE_LIMIT_PER_MINUTE=2 is honoured: the third form request in the minute is refused.
+        assert _post(f"{base}/v1/leads", lead, {**json_type, "Origin": origin})[0] == 429
+
+        process.send_signal(signal.SIGINT)
+        assert process.wait(timeout=60) == 0
+    finally:
+        if process.poll() is None:
+            process.kill()
+            process.wait()

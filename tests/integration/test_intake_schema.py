@@ -74,6 +74,7 @@ def served_intake(postgres_url: str, kafka_bootstrap_servers: str) -> Iterator[t
         "HOST": "127.0.0.1",
         "PORT": str(port),
         "RATE_LIMIT_PER_MINUTE": "1000000",
+        "FORM_RATE_LIMIT_PER_MINUTE": "1000000",
         "LOG_LEVEL": "WARNING",
         **{k.upper(): v for k, v in topics_for(unique_topic_prefix()).items()},
     }
@@ -148,6 +149,7 @@ def test_generated_requests_get_documented_answers(
     assert sum(sum(statuses.values()) for statuses in calls.values()) >= 1000, calls
     # Every documented operation, the tracking and unsubscribe links included.
     assert {"GET /t/o/{token}", "GET /t/c/{token}", "GET /u/{token}", "POST /u/{token}"} <= labels
+    assert {"GET /confirm/{token}", "POST /confirm/{token}"} <= labels
     if mode is GenerationMode.POSITIVE:
         # Schema-valid leads are mostly accepted (some fail rules the schema cannot express, such as a
         # real phone number): the generated requests exercise the whole path, not only validation.

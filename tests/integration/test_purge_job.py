@@ -69,7 +69,7 @@ async def test_rows_past_retention_are_deleted_in_bounded_batches_and_the_rest_k
     async with job_context(settings) as ctx:
         deleted = await purge(ctx, batch_size=100)
 
-    assert deleted == {"events": 250, "outbox": 1, "lead_identities": 1, "idempotency_keys": 0}
+    assert deleted == {"events": 250, "outbox": 1, "lead_identities": 1, "idempotency_keys": 0, "unconfirmed_leads": 0}
     assert await _counts(pool) == {"events": 1, "outbox": 2, "identities": 1}
     keys = await fetch_all(pool.conninfo, "SELECT key FROM outbox ORDER BY key")
     assert keys == [{"key": "old-unpublished"}, {"key": "recent-published"}]  # never an unpublished row
@@ -77,7 +77,13 @@ async def test_rows_past_retention_are_deleted_in_bounded_batches_and_the_rest_k
         {"email_normalized": "new@example.com"}
     ]
     async with job_context(settings) as ctx:
-        assert await purge(ctx) == {"events": 0, "outbox": 0, "lead_identities": 0, "idempotency_keys": 0}
+        assert await purge(ctx) == {
+            "events": 0,
+            "outbox": 0,
+            "lead_identities": 0,
+            "idempotency_keys": 0,
+            "unconfirmed_leads": 0,
+        }
 
 
 async def test_idempotency_keys_past_their_ttl_are_purged(settings: JobSettings, pool: Pool) -> None:

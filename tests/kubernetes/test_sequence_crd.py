@@ -66,6 +66,7 @@ BROKEN: dict[str, tuple[dict[str, Any], str]] = {
         'spec.unsubscribeScope: Unsupported value: "Everything"',
     ),
     "display-name-of-two-lines": (valid_sequence("t", displayName="Tips\nBcc: x@example.com"), "spec.displayName"),
+    "double-opt-in-not-a-boolean": (valid_sequence("t", doubleOptIn="yes"), "spec.doubleOptIn"),
 }
 
 
@@ -83,6 +84,7 @@ def test_the_examples_are_accepted(kubernetes_cluster: KubernetesCluster, sequen
     assert welcome["spec"]["revisionPolicy"] == "Latest"
     assert welcome["spec"]["requireConsent"] is True
     assert welcome["spec"]["unsubscribeScope"] == "Global"
+    assert welcome["spec"]["doubleOptIn"] is False
     assert "displayName" not in welcome["spec"]
 
 

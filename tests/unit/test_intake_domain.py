@@ -36,6 +36,7 @@ from services.intake.generic_webhook import (
 from services.intake.idempotency import IdempotencyKey, IdempotencyKeyReused
 from services.intake.problems import DOMAIN_PROBLEMS, problem_for
 from services.intake.provider_events import AdapterNotConfigured
+from services.intake.rate_limit import RateLimited
 from services.intake.sns import SnsRejected, SnsUnavailable
 from services.intake.stats_query import InvalidQuery
 from services.intake.submission import (
@@ -183,6 +184,7 @@ DOMAIN_ERRORS: list[tuple[Exception, int, dict[str, object]]] = [
     (SignatureExpired("The signature's timestamp is more than 300 s off."), 401, {}),
     (SignatureMismatch("The signature does not match."), 401, {}),
     (MissingScope("admin"), 403, {}),
+    (RateLimited(2.5), 429, {"retry-after": "3"}),
     (InvalidToken(), 404, {}),
     (MalformedBody("The body is not valid JSON: x"), 400, {}),
     (InvalidLead([FieldError(field="/email", reason="bad")]), 422, {}),

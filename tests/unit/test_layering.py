@@ -26,6 +26,7 @@ EDGES = {
     "services.intake.app",
     "services.intake.auth",
     "services.intake.clients_command",
+    "services.intake.confirmation",
     "services.intake.injection",
     "services.intake.observability",
     "services.intake.problems",
