@@ -71,6 +71,10 @@ def spec_problems(resource: SequenceResource) -> list[str]:
         problems.append(f"step names must be unique, repeated: {', '.join(duplicates)} - at `$.spec.steps`")
     for index, step in enumerate(spec.steps):
         where = f"`$.spec.steps[{index}]`"
+        try:
+            parse_duration(step.delay)
+        except ValueError as error:
+            problems.append(f"{error} - at `$.spec.steps[{index}].delay`")
         ref = step.template_ref
         if step.html is None and step.text is None and ref is None:
             problems.append(f"a step needs html, text or templateRef - at {where}")
