@@ -11,6 +11,7 @@ import sys
 import uuid
 from collections.abc import Mapping
 from dataclasses import dataclass, field
+from datetime import datetime
 from pathlib import Path
 
 import msgspec
@@ -47,6 +48,33 @@ class AppliedSequence:
     # step they had left was removed.
     moved: int = 0
     completed: int = 0
+    # The resource's generation is older than the stored one: nothing was written.
+    stale: bool = False
+
+
+@dataclass(frozen=True)
+class StoredGeneration:
+    """The generation behind a Sequence's current revision, and that revision."""
+
+    number: int
+    revision: int
+
+
+async def _stored_generation(conn: Connection, seq_id: uuid.UUID, uid: str | None) -> StoredGeneration | None:
+    """The generation of the live Sequence's current revision when it came from the same object
+    (``uid``); None when there is none to compare with: no revision, a deleted Sequence, a revision from
+    a file, or another object of the same name (deleted and created again, its generation restarting)."""
+    cursor = await conn.execute(
+        """SELECT r.generation, r.revision FROM sequences s
+           JOIN sequence_revisions r ON r.sequence_id = s.id AND r.revision = s.current_revision
+           WHERE s.id = %s AND s.deleted_at IS NULL AND r.generation IS NOT NULL
+             AND (r.resource_uid IS NULL OR %s::text IS NULL OR r.resource_uid = %s::text)""",
+        (seq_id, uid, uid),
+    )
+    row = await cursor.fetchone()
+    if row is None:
+        return None
+    return StoredGeneration(int(row["generation"]), int(row["revision"]))  # type: ignore[call-overload]
 
 
 def sequence_id(namespace: str, name: str) -> uuid.UUID:
@@ -181,18 +209,29 @@ async def apply_sequence(
     keeps the current revision, so applying is idempotent; a changed spec becomes a new revision and
     the old ones stay. With ``revisionPolicy: Latest`` active enrollments move to the new revision at
     the step of the same name (removed steps are skipped); with ``Pinned`` they keep theirs.
+
+    A generation older than the stored one of the same object (same uid) is stale - a handler that ran
+    behind a newer one - and changes nothing (``stale=True``). Everything from that check to the write
+    happens under one lock per Sequence, so two writers (the refresh timer beside an update, or two
+    replicas) serialise and the newer generation always wins.
     """
     meta, spec = resource.metadata, resource.spec
     origin = f"Sequence {meta.namespace}/{meta.name}"
     problems = spec_problems(resource)
     if problems:
         raise InvalidSequence(f"{origin}: {'; '.join(problems)}")
+    seq_id = sequence_id(meta.namespace, meta.name)
+    # A transaction-scoped lock on the Sequence's id, taken before anything is read: unlike a row lock it
+    # also serialises the first apply of a new Sequence, and it leaves no row behind when rendering fails.
+    await conn.execute("SELECT pg_advisory_xact_lock(hashtextextended(%s, 0))", (str(seq_id),))
+    stored_generation = await _stored_generation(conn, seq_id, meta.uid)
+    if stored_generation is not None and meta.generation is not None and meta.generation < stored_generation.number:
+        return AppliedSequence(meta.namespace, meta.name, stored_generation.revision, changed=False, stale=True)
     try:
         bodies = resolve_step_bodies(resource, config_maps)
         check_step_bodies(bodies, meta.name)
     except InvalidTemplate as error:
         raise InvalidSequence(f"{origin}: {error}") from error
-    seq_id = sequence_id(meta.namespace, meta.name)
     stored = msgspec.to_builtins(spec)
     for step, body in zip(stored["steps"], bodies, strict=True):
         # The resolved bodies are part of what a revision is: a ConfigMap edit is a change.
@@ -229,8 +268,8 @@ async def apply_sequence(
         """INSERT INTO sequence_revisions
                (sequence_id, revision, spec, trigger_sources, trigger_tags, trigger_all, require_consent,
                 send_window, from_email, from_name, revision_policy, generation, display_name, unsubscribe_scope,
-                double_opt_in)
-           VALUES (%s, %s, %s::jsonb, %s, %s, %s, %s, %s::jsonb, %s, %s, %s, %s, %s, %s, %s)""",
+                double_opt_in, resource_uid)
+           VALUES (%s, %s, %s::jsonb, %s, %s, %s, %s, %s::jsonb, %s, %s, %s, %s, %s, %s, %s, %s)""",
         (
             seq_id,
             revision,
@@ -247,6 +286,7 @@ async def apply_sequence(
             spec.display_name,
             spec.unsubscribe_scope,
             spec.double_opt_in,
+            meta.uid,
         ),
     )
     async with conn.cursor() as cur:
@@ -334,6 +374,33 @@ async def delete_sequence(conn: Connection, namespace: str, name: str) -> Delete
     )
     skipped = await cancel_sequence_messages(conn, seq_id)
     return DeletedSequence(cancelled.rowcount, skipped)
+
+
+async def mark_vanished_sequences(
+    conn: Connection, existing: set[tuple[str, str]], namespaces: list[str] | None, listed_after: datetime
+) -> list[tuple[str, str]]:
+    """Delete (as :func:`delete_sequence` does) every live Sequence that came from the API server and
+    is not in ``existing`` - the (namespace, name) of every Sequence the API server listed - in
+    ``namespaces`` (None: all). Returns those deleted.
+
+    Covers what the finalizer cannot: a finalizer removed by hand, an operator that was down while a
+    Sequence was deleted. Sequences applied from files (no generation) are never touched, and neither is
+    one written since ``listed_after`` (the database's time just before the listing began: a Sequence
+    created meanwhile is missing from the list but not gone).
+    """
+    cursor = await conn.execute(
+        """SELECT s.namespace, s.name FROM sequences s
+           JOIN sequence_revisions r ON r.sequence_id = s.id AND r.revision = s.current_revision
+           WHERE s.deleted_at IS NULL AND r.generation IS NOT NULL AND s.updated_at < %s
+             AND (%s::text[] IS NULL OR s.namespace = ANY (%s::text[]))
+           ORDER BY s.namespace, s.name""",
+        (listed_after, namespaces, namespaces),
+    )
+    vanished = [(str(row["namespace"]), str(row["name"])) for row in await cursor.fetchall()]
+    vanished = [key for key in vanished if key not in existing]
+    for namespace, name in vanished:
+        await delete_sequence(conn, namespace, name)
+    return vanished
 
 
 @dataclass(frozen=True)
