@@ -165,9 +165,10 @@ def register_handlers(registry: kopf.OperatorRegistry, config: OperatorSettings)
     @kopf.timer(GROUP, VERSION, PLURAL, registry=registry, interval=config.operator_refresh_interval_s)
     async def refresh(*, body: kopf.Body, patch: kopf.Patch, memo: Any, **kwargs: Any) -> None:
         observed = (body.get("status") or {}).get("observedGeneration")
-        if observed != body.metadata.get("generation"):
-            # A change is in the hands of on.create/on.update (maybe retrying): writing beside it would
-            # race it; the timer resumes once that generation is observed.
+        if observed is not None and observed != body.metadata.get("generation"):
+            # A change is in the hands of on.update (maybe retrying): writing beside it would race it;
+            # the timer resumes once that generation is observed. (A new object without status yet is
+            # reconciled: at worst twice for one generation, which the per-Sequence lock serialises.)
             metrics.RECONCILES.labels("skipped").inc()
             return
         result = await reconcile(body, patch, memo, kwargs["config_maps"], kwargs.get("retry", 0))
