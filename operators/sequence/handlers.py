@@ -113,7 +113,13 @@ def register_handlers(registry: kopf.OperatorRegistry, config: OperatorSettings)
         return kopf.TemporaryError(f"database unavailable: {error!r}", delay=delay)
 
     async def reconcile(
-        body: kopf.Body, patch: kopf.Patch, memo: Any, index: kopf.Index[Any, Any], retry: int
+        body: kopf.Body,
+        patch: kopf.Patch,
+        memo: Any,
+        index: kopf.Index[Any, Any],
+        retry: int,
+        *,
+        report_outage: bool = True,
     ) -> Reconciled:
         def lookup(namespace: str, name: str) -> Mapping[str, str] | None:
             found = list(index.get((namespace, name), []))
@@ -125,7 +131,10 @@ def register_handlers(registry: kopf.OperatorRegistry, config: OperatorSettings)
                 result = await reconcile_sequence(conn, body, lookup)
         except UNAVAILABLE_ERRORS as error:
             # Said in status before retrying: Ready must not stay True for a change that is not live.
-            publish(database_unavailable(body, error), body, patch)
+            # (Not by the refresh timer: its generation is live already, and its body may be older
+            # than the one on.update is reporting about.)
+            if report_outage:
+                publish(database_unavailable(body, error), body, patch)
             raise unavailable(error, retry) from error
         except Exception as error:
             # Anything else is a bug or data the code cannot handle: retrying it would fail the same
@@ -171,7 +180,7 @@ def register_handlers(registry: kopf.OperatorRegistry, config: OperatorSettings)
             # reconciled: at worst twice for one generation, which the per-Sequence lock serialises.)
             metrics.RECONCILES.labels("skipped").inc()
             return
-        result = await reconcile(body, patch, memo, kwargs["config_maps"], kwargs.get("retry", 0))
+        result = await reconcile(body, patch, memo, kwargs["config_maps"], kwargs.get("retry", 0), report_outage=False)
         # The timer re-posts only news (a ConfigMap edit made a new revision), never a repeated warning.
         publish(
             Reconciled(result.status, result.event if result.event and result.event.type == "Normal" else None),
