@@ -150,7 +150,8 @@ async def reconcile_sequence(conn: Connection, body: Mapping[str, Any], config_m
 async def finalize_sequence(conn: Connection, body: Mapping[str, Any]) -> DeletedSequence:
     """The Sequence is being deleted: stop new enrollments and cancel pending steps (idempotent)."""
     metadata = body.get("metadata") or {}
-    return await delete_sequence(conn, str(metadata.get("namespace") or "default"), str(metadata.get("name")))
+    namespace, name = str(metadata.get("namespace") or "default"), str(metadata.get("name"))
+    return await delete_sequence(conn, namespace, name, uid=metadata.get("uid"))
 
 
 def _with_conditions(previous: Mapping[str, Any], replaced: list[Condition]) -> dict[str, Any]:

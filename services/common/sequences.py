@@ -221,9 +221,7 @@ async def apply_sequence(
     if problems:
         raise InvalidSequence(f"{origin}: {'; '.join(problems)}")
     seq_id = sequence_id(meta.namespace, meta.name)
-    # A transaction-scoped lock on the Sequence's id, taken before anything is read: unlike a row lock it
-    # also serialises the first apply of a new Sequence, and it leaves no row behind when rendering fails.
-    await conn.execute("SELECT pg_advisory_xact_lock(hashtextextended(%s, 0))", (str(seq_id),))
+    await _lock_sequence(conn, seq_id)
     stored_generation = await _stored_generation(conn, seq_id, meta.uid)
     if stored_generation is not None and meta.generation is not None and meta.generation < stored_generation.number:
         return AppliedSequence(meta.namespace, meta.name, stored_generation.revision, changed=False, stale=True)
@@ -359,11 +357,25 @@ class DeletedSequence:
     skipped_messages: int
 
 
-async def delete_sequence(conn: Connection, namespace: str, name: str) -> DeletedSequence:
+async def delete_sequence(conn: Connection, namespace: str, name: str, uid: str | None = None) -> DeletedSequence:
     """Stop a Sequence inside the caller's transaction: no new enrollments, active enrollments cancelled,
     queued and retrying messages skipped (a message already being sent finishes). Its rows stay for
-    history; applying it again starts a new revision. Idempotent."""
+    history; applying it again starts a new revision. Idempotent.
+
+    With ``uid`` (the deleted Kubernetes object's), nothing happens when the stored Sequence came from
+    another object of the same name: one created again while the old one's deletion was pending."""
     seq_id = sequence_id(namespace, name)
+    await _lock_sequence(conn, seq_id)
+    if uid is not None:
+        cursor = await conn.execute(
+            """SELECT r.resource_uid FROM sequences s
+               JOIN sequence_revisions r ON r.sequence_id = s.id AND r.revision = s.current_revision
+               WHERE s.id = %s""",
+            (seq_id,),
+        )
+        row = await cursor.fetchone()
+        if row is not None and row["resource_uid"] not in (None, uid):
+            return DeletedSequence(0, 0)
     await conn.execute(
         "UPDATE sequences SET deleted_at = COALESCE(deleted_at, now()), updated_at = now() WHERE id = %s", (seq_id,)
     )
@@ -396,11 +408,30 @@ async def mark_vanished_sequences(
            ORDER BY s.namespace, s.name""",
         (listed_after, namespaces, namespaces),
     )
-    vanished = [(str(row["namespace"]), str(row["name"])) for row in await cursor.fetchall()]
-    vanished = [key for key in vanished if key not in existing]
-    for namespace, name in vanished:
+    candidates = [(str(row["namespace"]), str(row["name"])) for row in await cursor.fetchall()]
+    vanished = []
+    for namespace, name in candidates:
+        if (namespace, name) in existing:
+            continue
+        seq_id = sequence_id(namespace, name)
+        # Under the lock every writer of this Sequence takes, and checked again: an apply that got in
+        # between (the Sequence created again meanwhile) wins.
+        await _lock_sequence(conn, seq_id)
+        cursor = await conn.execute(
+            "SELECT 1 FROM sequences WHERE id = %s AND deleted_at IS NULL AND updated_at < %s", (seq_id, listed_after)
+        )
+        if await cursor.fetchone() is None:
+            continue
         await delete_sequence(conn, namespace, name)
+        vanished.append((namespace, name))
     return vanished
+
+
+async def _lock_sequence(conn: Connection, seq_id: uuid.UUID) -> None:
+    """Serialise every writer of one Sequence until the transaction ends: a transaction-scoped advisory
+    lock on its id, taken before anything is read (unlike a row lock it also covers the first apply of
+    a new Sequence, and leaves no row behind when validation fails)."""
+    await conn.execute("SELECT pg_advisory_xact_lock(hashtextextended(%s, 0))", (str(seq_id),))
 
 
 @dataclass(frozen=True)

@@ -11,7 +11,7 @@ from typing import Any
 import psycopg_pool
 import pytest
 
-from operators.sequence.reconcile import Reconciled, reconcile_sequence
+from operators.sequence.reconcile import Reconciled, finalize_sequence, reconcile_sequence
 from services.common.clock import database_now
 from services.common.config import DatabaseSettings
 from services.common.db import Connection, open_pool, transaction
@@ -146,3 +146,27 @@ async def test_the_sweep_spares_a_sequence_written_after_the_listing_began(pool:
         swept = await mark_vanished_sequences(conn, set(), ["marketing"], listed_after)
 
     assert swept == []
+
+
+async def test_finalizing_an_old_object_spares_the_one_created_again_under_its_name(pool: Pool) -> None:
+    await reconcile(pool, body(3, "Old object"))
+    new_uid = "9b7c3f5e-0000-4000-8000-000000000003"
+    await reconcile(pool, body(1, "New object", uid=new_uid))
+
+    async with transaction(pool) as conn:
+        await finalize_sequence(conn, body(3, "Old object"))  # the old object's delete handler, late
+
+    [row] = await fetch_all(
+        pool.conninfo,
+        "SELECT deleted_at IS NULL AS live FROM sequences WHERE id = %s",
+        sequence_id("marketing", "welcome"),
+    )
+    assert row == {"live": True}
+    async with transaction(pool) as conn:
+        await finalize_sequence(conn, body(1, "New object", uid=new_uid))
+    [row] = await fetch_all(
+        pool.conninfo,
+        "SELECT deleted_at IS NULL AS live FROM sequences WHERE id = %s",
+        sequence_id("marketing", "welcome"),
+    )
+    assert row == {"live": False}
