@@ -10,8 +10,10 @@ from collections.abc import AsyncIterator
 import psycopg_pool
 import pytest
 
+from operators.sequence.reconcile import reconcile_sequence
 from services.common.config import DatabaseSettings
 from services.common.db import Connection, open_pool, transaction
+from services.common.sequence_templates import no_config_maps
 from services.common.sequences import InvalidSequence, apply_sequence, parse_sequence_document, sequence_id
 from services.scheduler.due import emit_due_steps
 from services.scheduler.enrollment import enroll_lead
@@ -105,3 +107,19 @@ async def test_a_stored_oversized_delay_does_not_block_emitting_due_steps(pool: 
         pool.conninfo, "SELECT next_step, next_run_at < now() + interval '366 days' AS capped FROM enrollments"
     )
     assert state == {"next_step": 1, "capped": True}
+
+
+async def test_the_operator_reports_an_oversized_delay_as_invalid_with_a_warning(pool: Pool) -> None:
+    # What a CRD installed without the delay rule lets through reaches reconcile: refused there.
+    obj = {**two_steps("too-long", "9" * 31 + "s"), "status": {}}
+    obj["metadata"] = {"name": "too-long", "namespace": "marketing", "generation": 1, "uid": "u-1"}
+
+    async with transaction(pool) as conn:
+        result = await reconcile_sequence(conn, obj, no_config_maps)
+
+    valid = next(c for c in result.status["conditions"] if c["type"] == "Valid")
+    assert (valid["status"], valid["reason"]) == ("False", "InvalidSpec")
+    assert "longer than the maximum delay of a step, 365d - at `$.spec.steps[1].delay`" in valid["message"]
+    assert result.event is not None
+    assert (result.event.type, result.event.reason) == ("Warning", "InvalidSpec")
+    assert await fetch_all(pool.conninfo, "SELECT id FROM sequences") == []
