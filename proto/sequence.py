@@ -123,6 +123,8 @@ class ObjectMeta(msgspec.Struct, frozen=True, kw_only=True):
     namespace: Slug = "default"
     # Set by the API server and bumped on every spec change; None for a Sequence read from a file.
     generation: int | None = None
+    # Set by the API server, different for a Sequence deleted and created again under the same name.
+    uid: str | None = None
 
 
 class SequenceResource(msgspec.Struct, frozen=True, kw_only=True, rename="camel"):

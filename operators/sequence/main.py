@@ -1,8 +1,14 @@
 """``healingwork operator``: runs the Sequence operator (kopf) until SIGTERM/SIGINT.
 
-One replica (the Deployment uses the Recreate strategy): kopf runs standalone, without peering, so
-two replicas would both handle every change. Both would still be correct, because the reconcile
-function is idempotent and serialises on the Sequence's row, but they would post every Event twice.
+One replica, enforced by the chart (``replicas: 1``, the Recreate strategy): kopf runs standalone,
+without peering. A second one that runs anyway for a while (a partitioned node, a hand-scaled
+Deployment) cannot store an older spec: every write serialises on a per-Sequence lock and refuses a
+generation older than the stored one. It would still post Events twice and race on status; see
+docs/operator.md "Failure behaviour".
+
+``/healthz`` (liveness), ``/readyz`` (readiness) and ``/metrics`` listen on HEALTH_PORT: ready while
+the API server serves the Sequence resource and the database answers; not alive once the CRD appeared
+after start-up (kopf looks for it only then: a restart is the repair).
 """
 
 from __future__ import annotations
@@ -12,8 +18,9 @@ from typing import Any
 
 import kopf
 
-from operators.sequence.handlers import configure_kopf, register_handlers
+from operators.sequence.handlers import OperatorState, configure_kopf, register_handlers
 from services.common.config import OperatorSettings
+from services.common.health import HealthServer
 
 
 def watched_namespaces(settings: OperatorSettings) -> list[str]:
@@ -46,13 +53,25 @@ async def run_operator(
     kopf_settings = kopf.OperatorSettings()
     configure_kopf(kopf_settings)
     namespaces = watched_namespaces(settings)
-    liveness = f"http://0.0.0.0:{settings.health_port}/healthz" if settings.health_port else None
-    await kopf.operator(
-        registry=registry,
-        settings=kopf_settings,
-        standalone=True,
-        clusterwide=not namespaces,
-        namespaces=namespaces,
-        liveness_endpoint=liveness,
-        stop_flag=stop_flag,
-    )
+    state = OperatorState(namespaces=namespaces or None)
+    stop = stop_flag or asyncio.Event()
+    health = await HealthServer.bind(settings.health_port) if settings.health_port else None
+    if health is not None:
+        health.is_ready = lambda: not state.problems()
+        health.is_alive = lambda: not state.stuck()
+    try:
+        async with asyncio.TaskGroup() as group:
+            if health is not None:
+                group.create_task(health.serve(stop))
+            await kopf.operator(
+                registry=registry,
+                settings=kopf_settings,
+                standalone=True,
+                clusterwide=not namespaces,
+                namespaces=namespaces,
+                memo=kopf.Memo(state=state),
+                stop_flag=stop,
+            )
+            stop.set()
+    finally:
+        stop.set()

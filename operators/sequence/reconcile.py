@@ -45,7 +45,12 @@ class Reconciled:
 
 
 def _condition(
-    previous: Mapping[str, Any], kind: str, status: Literal["True", "False"], reason: str, message: str, generation: int
+    previous: Mapping[str, Any],
+    kind: str,
+    status: Literal["True", "False", "Unknown"],
+    reason: str,
+    message: str,
+    generation: int,
 ) -> Condition:
     """A condition whose lastTransitionTime moves only when its status changes."""
     before = {c.get("type"): c for c in previous.get("conditions") or [] if isinstance(c, Mapping)}.get(kind, {})
@@ -96,6 +101,9 @@ async def reconcile_sequence(conn: Connection, body: Mapping[str, Any], config_m
     try:
         resource = msgspec.convert(document, SequenceResource)
         applied = await apply_sequence(conn, resource, config_maps)
+        if applied.stale:
+            # A handler behind a newer one: the newer generation's status stands; write nothing.
+            return Reconciled({}, None)
     except (msgspec.ValidationError, InvalidSequence) as error:
         message = str(error).removeprefix(f"Sequence {namespace}/{name}: ")
         revision, steps = await _current_revision(conn, namespace, name)
@@ -142,4 +150,48 @@ async def reconcile_sequence(conn: Connection, body: Mapping[str, Any], config_m
 async def finalize_sequence(conn: Connection, body: Mapping[str, Any]) -> DeletedSequence:
     """The Sequence is being deleted: stop new enrollments and cancel pending steps (idempotent)."""
     metadata = body.get("metadata") or {}
-    return await delete_sequence(conn, str(metadata.get("namespace") or "default"), str(metadata.get("name")))
+    namespace, name = str(metadata.get("namespace") or "default"), str(metadata.get("name"))
+    return await delete_sequence(conn, namespace, name, uid=metadata.get("uid"))
+
+
+def _with_conditions(previous: Mapping[str, Any], replaced: list[Condition]) -> dict[str, Any]:
+    """The previous conditions with ``replaced`` put in place of those of the same type."""
+    kinds = {c.type for c in replaced}
+    kept = [c for c in previous.get("conditions") or [] if isinstance(c, Mapping) and c.get("type") not in kinds]
+    return {"conditions": [*kept, *(msgspec.to_builtins(c) for c in replaced)]}
+
+
+def database_unavailable(body: Mapping[str, Any], error: BaseException, *, deleting: bool = False) -> Reconciled:
+    """The status while PostgreSQL cannot be reached: Ready=False, reason DatabaseUnavailable, for the
+    generation that is waiting; observedGeneration stays at the last one applied (nothing was), so
+    ``kubectl wait --for=condition=Ready`` does not pass on a change that is not live. No Event: the
+    operator retries with backoff and a Warning on every retry would flood the namespace."""
+    generation = int((body.get("metadata") or {}).get("generation") or 1)
+    previous = body.get("status") or {}
+    waiting = "the deletion waits" if deleting else f"generation {generation} is not applied yet"
+    message = f"the database is unreachable; {waiting}, retrying: {_one_line(error)}"
+    ready = _condition(previous, "Ready", "False", "DatabaseUnavailable", message, generation)
+    return Reconciled(_with_conditions(previous, [ready]), None)
+
+
+def reconcile_failed(body: Mapping[str, Any], error: BaseException) -> Reconciled:
+    """The status after an error nobody foresaw (a bug, a row the code cannot read): Valid=False and
+    Ready=False with reason ReconcileError and the error in one line (no traceback: that goes to the
+    log), and a Warning Event. The last revision stored keeps running; the refresh timer tries again."""
+    generation = int((body.get("metadata") or {}).get("generation") or 1)
+    previous = body.get("status") or {}
+    message = f"reconciling failed: {_one_line(error)}"
+    status = _with_conditions(
+        previous,
+        [
+            _condition(previous, "Valid", "False", "ReconcileError", message, generation),
+            _condition(previous, "Ready", "False", "ReconcileError", message, generation),
+        ],
+    )
+    status["observedGeneration"] = generation
+    return Reconciled(status, Event("Warning", "ReconcileError", message))
+
+
+def _one_line(error: BaseException) -> str:
+    text = " ".join(str(error).split()) or "no message"
+    return f"{type(error).__name__}: {text}"[:500]

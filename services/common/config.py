@@ -420,5 +420,9 @@ class OperatorSettings(DatabaseSettings, frozen=True, kw_only=True):
     operator_namespaces: str = ""
     # How often every Sequence is reconciled again (counts refreshed, ConfigMap edits picked up).
     operator_refresh_interval_s: PositiveFloat = 60.0
-    # kopf's liveness endpoint (/healthz) listens here; 0 turns it off.
+    # /healthz, /readyz and /metrics listen here; 0 turns them off.
     health_port: Annotated[int, msgspec.Meta(ge=0, le=65535)] = 8080
+    # Longest wait between two tries of a handler while PostgreSQL is unreachable (they never give up).
+    operator_retry_max_delay_s: PositiveFloat = 60.0
+    # How often stored Sequences whose resource is gone from the API server are marked deleted.
+    operator_sweep_interval_s: PositiveFloat = 300.0

@@ -25,6 +25,8 @@ class HealthServer:
     def __init__(self, server: asyncio.Server) -> None:
         self._server = server
         self.is_ready: Callable[[], bool] = lambda: False
+        # /healthz answers 503 once this is false: a process stuck in a way only a restart repairs.
+        self.is_alive: Callable[[], bool] = lambda: True
 
     @classmethod
     async def bind(cls, port: int, host: str = "0.0.0.0") -> HealthServer:  # noqa: S104
@@ -33,7 +35,7 @@ class HealthServer:
 
         async def handle(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
             assert health is not None
-            await _answer(reader, writer, health.is_ready)
+            await _answer(reader, writer, health.is_ready, health.is_alive)
 
         try:
             server = await asyncio.start_server(handle, host, port)
@@ -53,7 +55,12 @@ class HealthServer:
             self._server.close()
 
 
-async def _answer(reader: asyncio.StreamReader, writer: asyncio.StreamWriter, is_ready: Callable[[], bool]) -> None:
+async def _answer(
+    reader: asyncio.StreamReader,
+    writer: asyncio.StreamWriter,
+    is_ready: Callable[[], bool],
+    is_alive: Callable[[], bool] = lambda: True,
+) -> None:
     try:
         request_line = await asyncio.wait_for(reader.readline(), READ_TIMEOUT_S)
         parts = request_line.decode("latin-1").split()
@@ -61,7 +68,10 @@ async def _answer(reader: asyncio.StreamReader, writer: asyncio.StreamWriter, is
         if path == "/metrics":
             status, body, kind = 200, generate_latest(), CONTENT_TYPE_LATEST
         elif path == "/healthz":
-            status, body, kind = 200, b'{"status":"ok"}', "application/json"
+            alive = is_alive()
+            status = 200 if alive else 503
+            body = b'{"status":"ok"}' if alive else b'{"status":"stuck"}'
+            kind = "application/json"
         elif path == "/readyz":
             ready = is_ready()
             status = 200 if ready else 503

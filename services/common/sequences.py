@@ -11,6 +11,7 @@ import sys
 import uuid
 from collections.abc import Mapping
 from dataclasses import dataclass, field
+from datetime import datetime
 from pathlib import Path
 
 import msgspec
@@ -47,6 +48,33 @@ class AppliedSequence:
     # step they had left was removed.
     moved: int = 0
     completed: int = 0
+    # The resource's generation is older than the stored one: nothing was written.
+    stale: bool = False
+
+
+@dataclass(frozen=True)
+class StoredGeneration:
+    """The generation behind a Sequence's current revision, and that revision."""
+
+    number: int
+    revision: int
+
+
+async def _stored_generation(conn: Connection, seq_id: uuid.UUID, uid: str | None) -> StoredGeneration | None:
+    """The generation of the live Sequence's current revision when it came from the same object
+    (``uid``); None when there is none to compare with: no revision, a deleted Sequence, a revision from
+    a file, or another object of the same name (deleted and created again, its generation restarting)."""
+    cursor = await conn.execute(
+        """SELECT r.generation, r.revision FROM sequences s
+           JOIN sequence_revisions r ON r.sequence_id = s.id AND r.revision = s.current_revision
+           WHERE s.id = %s AND s.deleted_at IS NULL AND r.generation IS NOT NULL
+             AND (r.resource_uid IS NULL OR %s::text IS NULL OR r.resource_uid = %s::text)""",
+        (seq_id, uid, uid),
+    )
+    row = await cursor.fetchone()
+    if row is None:
+        return None
+    return StoredGeneration(int(row["generation"]), int(row["revision"]))  # type: ignore[call-overload]
 
 
 def sequence_id(namespace: str, name: str) -> uuid.UUID:
@@ -71,6 +99,10 @@ def spec_problems(resource: SequenceResource) -> list[str]:
         problems.append(f"step names must be unique, repeated: {', '.join(duplicates)} - at `$.spec.steps`")
     for index, step in enumerate(spec.steps):
         where = f"`$.spec.steps[{index}]`"
+        try:
+            parse_duration(step.delay)
+        except ValueError as error:
+            problems.append(f"{error} - at `$.spec.steps[{index}].delay`")
         ref = step.template_ref
         if step.html is None and step.text is None and ref is None:
             problems.append(f"a step needs html, text or templateRef - at {where}")
@@ -177,18 +209,27 @@ async def apply_sequence(
     keeps the current revision, so applying is idempotent; a changed spec becomes a new revision and
     the old ones stay. With ``revisionPolicy: Latest`` active enrollments move to the new revision at
     the step of the same name (removed steps are skipped); with ``Pinned`` they keep theirs.
+
+    A generation older than the stored one of the same object (same uid) is stale - a handler that ran
+    behind a newer one - and changes nothing (``stale=True``). Everything from that check to the write
+    happens under one lock per Sequence, so two writers (the refresh timer beside an update, or two
+    replicas) serialise and the newer generation always wins.
     """
     meta, spec = resource.metadata, resource.spec
     origin = f"Sequence {meta.namespace}/{meta.name}"
     problems = spec_problems(resource)
     if problems:
         raise InvalidSequence(f"{origin}: {'; '.join(problems)}")
+    seq_id = sequence_id(meta.namespace, meta.name)
+    await _lock_sequence(conn, seq_id)
+    stored_generation = await _stored_generation(conn, seq_id, meta.uid)
+    if stored_generation is not None and meta.generation is not None and meta.generation < stored_generation.number:
+        return AppliedSequence(meta.namespace, meta.name, stored_generation.revision, changed=False, stale=True)
     try:
         bodies = resolve_step_bodies(resource, config_maps)
         check_step_bodies(bodies, meta.name)
     except InvalidTemplate as error:
         raise InvalidSequence(f"{origin}: {error}") from error
-    seq_id = sequence_id(meta.namespace, meta.name)
     stored = msgspec.to_builtins(spec)
     for step, body in zip(stored["steps"], bodies, strict=True):
         # The resolved bodies are part of what a revision is: a ConfigMap edit is a change.
@@ -225,8 +266,8 @@ async def apply_sequence(
         """INSERT INTO sequence_revisions
                (sequence_id, revision, spec, trigger_sources, trigger_tags, trigger_all, require_consent,
                 send_window, from_email, from_name, revision_policy, generation, display_name, unsubscribe_scope,
-                double_opt_in)
-           VALUES (%s, %s, %s::jsonb, %s, %s, %s, %s, %s::jsonb, %s, %s, %s, %s, %s, %s, %s)""",
+                double_opt_in, resource_uid)
+           VALUES (%s, %s, %s::jsonb, %s, %s, %s, %s, %s::jsonb, %s, %s, %s, %s, %s, %s, %s, %s)""",
         (
             seq_id,
             revision,
@@ -243,6 +284,7 @@ async def apply_sequence(
             spec.display_name,
             spec.unsubscribe_scope,
             spec.double_opt_in,
+            meta.uid,
         ),
     )
     async with conn.cursor() as cur:
@@ -315,11 +357,25 @@ class DeletedSequence:
     skipped_messages: int
 
 
-async def delete_sequence(conn: Connection, namespace: str, name: str) -> DeletedSequence:
+async def delete_sequence(conn: Connection, namespace: str, name: str, uid: str | None = None) -> DeletedSequence:
     """Stop a Sequence inside the caller's transaction: no new enrollments, active enrollments cancelled,
     queued and retrying messages skipped (a message already being sent finishes). Its rows stay for
-    history; applying it again starts a new revision. Idempotent."""
+    history; applying it again starts a new revision. Idempotent.
+
+    With ``uid`` (the deleted Kubernetes object's), nothing happens when the stored Sequence came from
+    another object of the same name: one created again while the old one's deletion was pending."""
     seq_id = sequence_id(namespace, name)
+    await _lock_sequence(conn, seq_id)
+    if uid is not None:
+        cursor = await conn.execute(
+            """SELECT r.resource_uid FROM sequences s
+               JOIN sequence_revisions r ON r.sequence_id = s.id AND r.revision = s.current_revision
+               WHERE s.id = %s""",
+            (seq_id,),
+        )
+        row = await cursor.fetchone()
+        if row is not None and row["resource_uid"] not in (None, uid):
+            return DeletedSequence(0, 0)
     await conn.execute(
         "UPDATE sequences SET deleted_at = COALESCE(deleted_at, now()), updated_at = now() WHERE id = %s", (seq_id,)
     )
@@ -330,6 +386,52 @@ async def delete_sequence(conn: Connection, namespace: str, name: str) -> Delete
     )
     skipped = await cancel_sequence_messages(conn, seq_id)
     return DeletedSequence(cancelled.rowcount, skipped)
+
+
+async def mark_vanished_sequences(
+    conn: Connection, existing: set[tuple[str, str]], namespaces: list[str] | None, listed_after: datetime
+) -> list[tuple[str, str]]:
+    """Delete (as :func:`delete_sequence` does) every live Sequence that came from the API server and
+    is not in ``existing`` - the (namespace, name) of every Sequence the API server listed - in
+    ``namespaces`` (None: all). Returns those deleted.
+
+    Covers what the finalizer cannot: a finalizer removed by hand, an operator that was down while a
+    Sequence was deleted. Sequences applied from files (no generation) are never touched, and neither is
+    one written since ``listed_after`` (the database's time just before the listing began: a Sequence
+    created meanwhile is missing from the list but not gone).
+    """
+    cursor = await conn.execute(
+        """SELECT s.namespace, s.name FROM sequences s
+           JOIN sequence_revisions r ON r.sequence_id = s.id AND r.revision = s.current_revision
+           WHERE s.deleted_at IS NULL AND r.generation IS NOT NULL AND s.updated_at < %s
+             AND (%s::text[] IS NULL OR s.namespace = ANY (%s::text[]))
+           ORDER BY s.namespace, s.name""",
+        (listed_after, namespaces, namespaces),
+    )
+    candidates = [(str(row["namespace"]), str(row["name"])) for row in await cursor.fetchall()]
+    vanished = []
+    for namespace, name in candidates:
+        if (namespace, name) in existing:
+            continue
+        seq_id = sequence_id(namespace, name)
+        # Under the lock every writer of this Sequence takes, and checked again: an apply that got in
+        # between (the Sequence created again meanwhile) wins.
+        await _lock_sequence(conn, seq_id)
+        cursor = await conn.execute(
+            "SELECT 1 FROM sequences WHERE id = %s AND deleted_at IS NULL AND updated_at < %s", (seq_id, listed_after)
+        )
+        if await cursor.fetchone() is None:
+            continue
+        await delete_sequence(conn, namespace, name)
+        vanished.append((namespace, name))
+    return vanished
+
+
+async def _lock_sequence(conn: Connection, seq_id: uuid.UUID) -> None:
+    """Serialise every writer of one Sequence until the transaction ends: a transaction-scoped advisory
+    lock on its id, taken before anything is read (unlike a row lock it also covers the first apply of
+    a new Sequence, and leaves no row behind when validation fails)."""
+    await conn.execute("SELECT pg_advisory_xact_lock(hashtextextended(%s, 0))", (str(seq_id),))
 
 
 @dataclass(frozen=True)

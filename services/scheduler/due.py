@@ -10,11 +10,12 @@ from __future__ import annotations
 
 import uuid
 from dataclasses import dataclass
-from datetime import datetime, timedelta
+from datetime import datetime
 
 from services.common import metrics
 from services.common.clock import database_now
 from services.common.db import Connection
+from services.common.durations import due_after
 from services.common.message_lifecycle import transitions as lifecycle
 from services.common.message_lifecycle.transitions import NewMessage
 from services.common.send_window import next_send_time
@@ -88,7 +89,7 @@ async def emit_due_steps(conn: Connection, *, limit: int, topic: str, now: datet
         if row["next_delay_s"] is None:
             _add(updates, enrollment, position + 1, None, "completed")
         else:
-            due = now + timedelta(seconds=int(row["next_delay_s"]))  # type: ignore[call-overload]
+            due = due_after(now, int(row["next_delay_s"]))  # type: ignore[call-overload]
             _add(updates, enrollment, position + 1, next_send_time(due, window, timezone), "active")
     emitted: list[EmittedStep] = []
     if candidates:

@@ -8,7 +8,7 @@ constraints, so re-running any of them after a crash or a redelivery is a no-op.
 from __future__ import annotations
 
 import uuid
-from datetime import datetime, timedelta
+from datetime import datetime
 from functools import lru_cache
 
 import msgspec
@@ -17,6 +17,7 @@ from proto.sequence import SendWindow
 from services.common import metrics
 from services.common.clock import database_now
 from services.common.db import Connection
+from services.common.durations import due_after
 from services.common.send_window import Window, next_send_time
 
 ENROLLMENT_NAMESPACE = uuid.UUID("8a4f2d36-97a4-4d1e-8f0e-5d1f0b9a3c21")
@@ -73,7 +74,7 @@ async def enroll_lead(conn: Connection, lead_id: uuid.UUID, *, now: datetime | N
     created = []
     for row in await cursor.fetchall():
         new_id = enrollment_id(lead_id, row["sequence_id"])  # type: ignore[arg-type]
-        due = now + timedelta(seconds=int(row["delay_s"]))  # type: ignore[call-overload]
+        due = due_after(now, int(row["delay_s"]))  # type: ignore[call-overload]
         first_run = next_send_time(due, window_of(row["send_window"]), row["timezone"])  # type: ignore[arg-type]
         inserted = await conn.execute(
             """INSERT INTO enrollments (id, lead_id, sequence_id, revision, next_step, next_run_at, status, timezone)

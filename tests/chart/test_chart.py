@@ -146,9 +146,7 @@ def test_the_four_services_run_their_commands_with_probes() -> None:
         [container] = deployments[f"healingwork-{name}"]["spec"]["template"]["spec"]["containers"]
         assert container["args"] == [name]
         assert container["livenessProbe"]["httpGet"] == {"path": "/healthz", "port": port}
-        # kopf serves /healthz only; nothing routes traffic to the operator.
-        readiness = "/healthz" if name == "operator" else "/readyz"
-        assert container["readinessProbe"]["httpGet"] == {"path": readiness, "port": port}
+        assert container["readinessProbe"]["httpGet"] == {"path": "/readyz", "port": port}
         assert {p["name"]: p["containerPort"] for p in container["ports"]} == {port: 8000 if name == "intake" else 8080}
 
 

@@ -40,7 +40,7 @@ def container_env(manifest: Manifest) -> dict[str, Any]:
 def exported_metric_names() -> set[str]:
     """Every metric name the services and jobs define (string literals starting healingwork_)."""
     names: set[str] = set()
-    for path in (ROOT / "services").rglob("*.py"):
+    for path in [*(ROOT / "services").rglob("*.py"), *(ROOT / "operators").rglob("*.py")]:
         names |= set(re.findall(r'"(healingwork_[a-z0-9_]+)"', path.read_text()))
     return names
 
@@ -106,6 +106,9 @@ def test_the_operator_runs_once_under_its_service_account() -> None:
     deployment = named(manifests, "Deployment", "healingwork-operator")
     spec = deployment["spec"]
     assert spec["replicas"] == 1
+    # One replica whatever the values say (kopf runs standalone: docs/operator.md "Failure behaviour").
+    refused = render_error("--values", MINIMAL, "--set", "operator.replicas=3")
+    assert "additional properties 'replicas' not allowed" in refused
     assert spec["strategy"] == {"type": "Recreate"}
     assert spec["template"]["spec"]["serviceAccountName"] == "healingwork-operator"
     named(manifests, "ServiceAccount", "healingwork-operator")
@@ -311,7 +314,7 @@ def test_the_service_monitor_scrapes_every_service_that_serves_metrics() -> None
     selector = monitor["spec"]["selector"]["matchLabels"]
     selected = [s for s in of_kind(manifests, "Service") if selector.items() <= s["metadata"]["labels"].items()]
     components = {s["metadata"]["labels"]["app.kubernetes.io/component"] for s in selected}
-    assert components == {"intake", "scheduler", "dispatcher"}
+    assert components == {"intake", "scheduler", "dispatcher", "operator"}
     ports = {e["port"] for e in monitor["spec"]["endpoints"]}
     for service in selected:
         [port] = service["spec"]["ports"]
@@ -341,6 +344,10 @@ def test_the_alerts_cover_the_failures_the_platform_promises_to_report() -> None
         "HealingworkSmtpFailureRate",
         "HealingworkCronJobFailed",
         "HealingworkCronJobStale",
+        "HealingworkOperatorDown",
+        "HealingworkSequencesNotReady",
+        "HealingworkOperatorDatabaseUnreachable",
+        "HealingworkOperatorCrdNotServed",
     }
 
 

@@ -82,7 +82,13 @@ def release_values() -> Path:
 class OperatorProcess:
     """``healingwork operator`` started as the operator Pod would start it (see the module docstring)."""
 
-    def __init__(self, cluster: KubernetesCluster, release: OperatorRelease, workdir: Path) -> None:
+    def __init__(
+        self,
+        cluster: KubernetesCluster,
+        release: OperatorRelease,
+        workdir: Path,
+        extra_env: dict[str, str] | None = None,
+    ) -> None:
         account = release.pod_spec["serviceAccountName"]
         kubeconfig = cluster.service_account_kubeconfig(release.namespace, account, workdir / f"{account}.kubeconfig")
         self.health_port = free_port()
@@ -93,6 +99,7 @@ class OperatorProcess:
             **container_env(cluster, release.namespace, release.pod_spec),
             "KUBECONFIG": str(kubeconfig),
             "HEALTH_PORT": str(self.health_port),
+            **(extra_env or {}),
         }
         self.log_path = workdir / f"operator-{time.monotonic_ns()}.log"
         self._log = self.log_path.open("wb")
@@ -138,8 +145,10 @@ class OperatorProcess:
 
 
 @contextlib.contextmanager
-def running_operator(cluster: KubernetesCluster, release: OperatorRelease, workdir: Path) -> Iterator[OperatorProcess]:
-    operator = OperatorProcess(cluster, release, workdir)
+def running_operator(
+    cluster: KubernetesCluster, release: OperatorRelease, workdir: Path, extra_env: dict[str, str] | None = None
+) -> Iterator[OperatorProcess]:
+    operator = OperatorProcess(cluster, release, workdir, extra_env)
     try:
         yield operator
         assert operator.process.poll() is None, f"the operator died:\n{operator.log()}"

@@ -5,6 +5,7 @@ the invalid cases are checked against the very file the cluster installs."""
 from __future__ import annotations
 
 import copy
+import re
 from functools import cache
 from pathlib import Path
 from typing import Any
@@ -45,11 +46,36 @@ def with_defaults(value: Any, schema: dict[str, Any]) -> Any:
 _cel = celpy.Environment()
 
 
+# Functions of the Kubernetes CEL libraries the CRD's rules use and cel-python lacks (regex `findAll`,
+# lists `sum`, strings `substring`), as the Kubernetes documentation defines them.
+def _find_all(text: Any, pattern: Any) -> Any:
+    return celpy.celtypes.ListType(
+        [celpy.celtypes.StringType(m.group(0)) for m in re.finditer(str(pattern), str(text))]
+    )
+
+
+def _sum(items: Any) -> Any:
+    return celpy.celtypes.IntType(sum(int(item) for item in items))
+
+
+def _substring(text: Any, start: Any, end: Any = None) -> Any:
+    return celpy.celtypes.StringType(str(text)[int(start) : None if end is None else int(end)])
+
+
+KUBERNETES_CEL_FUNCTIONS = {"findAll": _find_all, "sum": _sum, "substring": _substring}
+
+
 def _cel_failures(value: Any, schema: dict[str, Any], path: str) -> list[str]:
     failures = []
     for rule in schema.get("x-kubernetes-validations") or []:
-        program = _cel.program(_cel.compile(rule["rule"]))
-        if not bool(program.evaluate({"self": celpy.json_to_cel(value)})):
+        program = _cel.program(_cel.compile(rule["rule"]), functions=KUBERNETES_CEL_FUNCTIONS)
+        try:
+            holds = bool(program.evaluate({"self": celpy.json_to_cel(value)}))
+        except celpy.CELEvalError:
+            # cel-python does not short-circuit an error the way Kubernetes' CEL does (a false side of
+            # && wins); either way the object is refused, which is what is checked here.
+            holds = False
+        if not holds:
             failures.append(f"{path}: {rule['message']}")
     if isinstance(value, dict):
         for name, sub in (schema.get("properties") or {}).items():

@@ -2,11 +2,11 @@
 
 from __future__ import annotations
 
-from datetime import timedelta
+from datetime import UTC, datetime, timedelta
 
 import pytest
 
-from services.common.durations import parse_duration
+from services.common.durations import MAX_STEP_DELAY, due_after, parse_duration
 
 
 @pytest.mark.parametrize(
@@ -37,3 +37,21 @@ def test_non_durations_are_rejected_naming_the_text(text: str) -> None:
 def test_trailing_newline_is_not_a_duration() -> None:
     with pytest.raises(ValueError, match="not a duration"):
         parse_duration("1h\n")
+
+
+@pytest.mark.parametrize("text", ["365d", "8760h", "364d23h59m60s", "31536000s"])
+def test_delays_up_to_the_maximum_of_365_days_are_accepted(text: str) -> None:
+    assert parse_duration(text) <= MAX_STEP_DELAY
+
+
+@pytest.mark.parametrize("text", ["365d1s", "366d", "999999999d", "9" * 31 + "s", "1" + "0" * 30 + "d"])
+def test_delays_beyond_the_maximum_are_rejected_without_overflow(text: str) -> None:
+    with pytest.raises(ValueError, match="longer than the maximum delay of a step, 365d"):
+        parse_duration(text)
+
+
+def test_a_stored_delay_beyond_the_maximum_is_capped_instead_of_overflowing() -> None:
+    start = datetime(2026, 1, 1, tzinfo=UTC)
+
+    assert due_after(start, 10**30) == start + MAX_STEP_DELAY
+    assert due_after(start, 90) == start + timedelta(seconds=90)

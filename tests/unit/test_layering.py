@@ -39,8 +39,10 @@ EDGES = {
     "services.dispatcher.service",
     "services.dispatcher.dead_letters_cli",
     "services.jobs.commands",
+    "operators.sequence.cluster",
     "operators.sequence.handlers",
     "operators.sequence.main",
+    "operators.sequence.metrics",
 }
 
 

@@ -153,6 +153,8 @@ INVALID: list[tuple[str, str, Change, str]] = [
         "fallbackTimezone must be an IANA time zone",
     ),
     ("delay in weeks", "welcome", _set("spec.steps.1.delay", "1w"), "delay"),
+    ("delay over 365 days", "welcome", _set("spec.steps.1.delay", "999999999d"), "365d"),
+    ("delay of 31 digits", "welcome", _set("spec.steps.1.delay", "9" * 31 + "s"), "365d"),
     ("weekday misspelled", "webinar-follow-up", _set("spec.sendWindow.days", ["Monday"]), "days"),
     ("unknown revision policy", "welcome", _set("spec.revisionPolicy", "Newest"), "revisionPolicy"),
     ("no subject", "welcome", _set("spec.steps.0.subject", _DELETE), "subject"),
