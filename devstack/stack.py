@@ -123,6 +123,7 @@ def _service_env(addresses: dict[str, str], port: int, health_ports: dict[str, i
         **os.environ,
         **addresses,
         "HMAC_SECRET": secrets.token_hex(32),
+        "SUPPRESSION_HASH_KEY": secrets.token_hex(32),
         "PUBLIC_BASE_URL": f"http://127.0.0.1:{port}",
         "FROM_EMAIL": os.environ.get("FROM_EMAIL", "hello@example.com"),
         "FROM_NAME": os.environ.get("FROM_NAME", "healingwork (dev)"),

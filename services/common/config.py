@@ -267,6 +267,9 @@ class IntakeSettings(BusSettings, frozen=True, kw_only=True):
 
     hmac_secret: HmacSecret
     public_base_url: HttpUrl
+    # Keys the address hashes of suppressions and leads (HMAC-SHA256). Never rotate it: every stored
+    # hash depends on it and erased addresses cannot be rehashed. Separate from HMAC_SECRET.
+    suppression_hash_key: HmacSecret
     host: str = "0.0.0.0"  # noqa: S104 - a container listens on all its interfaces
     port: Annotated[int, msgspec.Meta(ge=1, le=65535)] = 8000
     duplicate_window_hours: PositiveFloat = 24.0
