@@ -38,11 +38,12 @@ PERSONAL_DATA: tuple[PersonalData, ...] = (
         "outbox",
         # Published rows too: they are kept OUTBOX_RETENTION_HOURS. Rows of our topics are found by key
         # (lead, enrollment, message id; an old unkeyed suppression hash), any other by the address in
-        # its payload. Unpublished ones are simply never published: their lead is gone.
+        # its payload (case-insensitively; 'escape' reads any bytes as text, so no payload can fail it). Unpublished ones are simply never published: their lead is gone.
         """DELETE FROM outbox
            WHERE key = ANY(%(outbox_keys)s)
-              OR EXISTS (SELECT 1 FROM unnest(%(needles)s::bytea[]) AS n(needle)
-                         WHERE position(n.needle IN payload) > 0)""",
+              OR EXISTS (SELECT 1 FROM unnest(%(addresses)s::text[]) AS n(address)
+                         WHERE strpos(lower(encode(payload, 'escape')),
+                                      lower(encode(convert_to(n.address, 'UTF8'), 'escape'))) > 0)""",
         "payloads of lead.accepted, email.dispatch, email.event (SMTP texts, click URLs), dead letters",
     ),
     PersonalData(
@@ -81,7 +82,7 @@ class ErasureSubject:
             "lead_ids": self.lead_ids,
             "legacy_hash": legacy,
             "outbox_keys": [str(i) for i in (*self.lead_ids, *self.enrollment_ids, *self.message_ids)] + [legacy],
-            "needles": [address.encode() for address in sorted(self.addresses)],
+            "addresses": sorted(self.addresses),
         }
 
 
