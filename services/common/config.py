@@ -243,6 +243,9 @@ class BusSettings(DatabaseSettings, frozen=True, kw_only=True):
     kafka_fetch_max_wait_s: Annotated[float, msgspec.Meta(gt=0, le=10)] = 0.1
     kafka_partitions: PositiveInt = 6
     kafka_replication_factor: PositiveInt = 1
+    # retention.ms of the topics the platform creates: the bound on how long an erased person's ids and
+    # redacted texts stay in Kafka after publication (docs/security.md). Existing topics are not changed.
+    kafka_topic_retention_hours: PositiveFloat = 168.0
     # The outbox relay's producer: idempotent where the broker supports it (auto asks it at start).
     kafka_idempotent_producer: Literal["auto", "true", "false"] = "auto"
     topic_leads_accepted: NonBlank = "leads.accepted"
