@@ -38,7 +38,8 @@ PERSONAL_DATA: tuple[PersonalData, ...] = (
         "outbox",
         # Published rows too: they are kept OUTBOX_RETENTION_HOURS. Rows of our topics are found by key
         # (lead, enrollment, message id; an old unkeyed suppression hash), any other by the address in
-        # its payload (case-insensitively; 'escape' reads any bytes as text, so no payload can fail it). Unpublished ones are simply never published: their lead is gone.
+        # its payload (case-insensitively; 'escape' reads any bytes as text, so no payload can fail it).
+        # Unpublished ones are simply never published: their lead is gone.
         """DELETE FROM outbox
            WHERE key = ANY(%(outbox_keys)s)
               OR EXISTS (SELECT 1 FROM unnest(%(addresses)s::text[]) AS n(address)
