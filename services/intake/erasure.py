@@ -54,6 +54,12 @@ PERSONAL_DATA: tuple[PersonalData, ...] = (
         "an unkeyed SHA-256 of the address would confirm a guess; the detail may quote a diagnostic",
     ),
     PersonalData(
+        "sequence_unsubscribes",
+        # Sequences the address left: superseded by the global 'erased' suppression written below.
+        "DELETE FROM sequence_unsubscribes WHERE email_hash IN (%(keyed_hash)s, %(legacy_hash)s)",
+        "which Sequences the address left (by its hash; an unkeyed one would confirm a guess)",
+    ),
+    PersonalData(
         "lead_identities",
         "DELETE FROM lead_identities WHERE email_normalized = %(email_key)s",
         "the normalized address (also by cascade; this catches one left pointing elsewhere)",
@@ -71,6 +77,7 @@ class ErasureSubject:
     """Everything that identifies the person's rows: the address and the ids of what hangs off it."""
 
     email_key: str
+    keyed_hash: str
     addresses: frozenset[str]
     lead_ids: list[uuid.UUID]
     enrollment_ids: list[uuid.UUID]
@@ -80,6 +87,7 @@ class ErasureSubject:
         legacy = legacy_email_hash(self.email_key)
         return {
             "email_key": self.email_key,
+            "keyed_hash": self.keyed_hash,
             "lead_ids": self.lead_ids,
             "legacy_hash": legacy,
             "outbox_keys": [str(i) for i in (*self.lead_ids, *self.enrollment_ids, *self.message_ids)] + [legacy],
@@ -87,7 +95,7 @@ class ErasureSubject:
         }
 
 
-async def _subject(conn: Connection, email_key: str) -> ErasureSubject:
+async def _subject(conn: Connection, email_key: str, hash_key: str) -> ErasureSubject:
     cursor = await conn.execute(
         "SELECT id, email FROM leads WHERE email_normalized = %s ORDER BY id FOR UPDATE", (email_key,)
     )
@@ -99,6 +107,7 @@ async def _subject(conn: Connection, email_key: str) -> ErasureSubject:
     message_ids = [row["id"] for row in await cursor.fetchall()]
     return ErasureSubject(
         email_key=email_key,
+        keyed_hash=email_hash(email_key, hash_key),
         addresses=frozenset({email_key, *(str(row["email"]) for row in leads)}),
         lead_ids=lead_ids,  # type: ignore[arg-type]
         enrollment_ids=enrollment_ids,  # type: ignore[arg-type]
@@ -109,7 +118,7 @@ async def _subject(conn: Connection, email_key: str) -> ErasureSubject:
 async def erase_address(conn: Connection, email_key: str, *, hash_key: str) -> int:
     """Erase every lead of the normalized address ``email_key`` and everything :data:`PERSONAL_DATA`
     lists about it, then suppress it under its keyed hash; returns leads erased."""
-    subject = await _subject(conn, email_key)
+    subject = await _subject(conn, email_key, hash_key)
     parameters = subject.parameters()
     for holder in PERSONAL_DATA:
         if holder.erase is not None:
@@ -117,7 +126,7 @@ async def erase_address(conn: Connection, email_key: str, *, hash_key: str) -> i
     await conn.execute(
         """INSERT INTO suppressions (email_hash, reason, detail, keyed) VALUES (%s, 'erased', '', true)
            ON CONFLICT (email_hash) DO UPDATE SET reason = 'erased', detail = '', keyed = true""",
-        (email_hash(email_key, hash_key),),
+        (subject.keyed_hash,),
     )
     return len(subject.lead_ids)
 

@@ -1,9 +1,9 @@
 """Replacing unkeyed address hashes (before migration 0010) with keyed ones, from addresses still held.
 
 A lead still holds its address, so its hash can be recomputed under ``SUPPRESSION_HASH_KEY``; an old
-suppression whose address has a lead is rewritten to the keyed hash at the same time (it keeps its
-reason, detail and date). Suppressions of addresses without a lead cannot be rehashed (their address is
-gone, which is the point); they stay ``keyed = false`` and are matched by the unkeyed hash of a lead's
+suppression (or Sequence unsubscribe) whose address has a lead is rewritten to the keyed hash at the same
+time (it keeps its reason, detail and date). Suppressions of addresses without a lead cannot be
+rehashed (their address is gone, which is the point); they stay ``keyed = false`` and are matched by the unkeyed hash of a lead's
 address computed on the spot (``services.common.suppressions.LEAD_IS_SUPPRESSED_SQL``) until an erasure
 of that address replaces them. Intake runs this at start-up and every few minutes (a lead written by a
 previous release during a rolling upgrade is also unkeyed); it is idempotent and safe across replicas.
@@ -50,6 +50,16 @@ async def rehash_batch(pool: Pool, hash_key: str, *, limit: int = 500) -> int:
                INSERT INTO suppressions (email_hash, reason, detail, created_at, keyed)
                SELECT DISTINCT ON (keyed) keyed, reason, detail, created_at, true FROM old
                ON CONFLICT (email_hash) DO NOTHING""",
+            (legacy, keyed),
+        )
+        await conn.execute(
+            """WITH old AS (
+                   DELETE FROM sequence_unsubscribes u USING unnest(%s::text[], %s::text[]) AS n(legacy, keyed)
+                   WHERE u.email_hash = n.legacy
+                   RETURNING n.keyed, u.sequence_id, u.detail, u.created_at)
+               INSERT INTO sequence_unsubscribes (email_hash, sequence_id, detail, created_at)
+               SELECT keyed, sequence_id, detail, created_at FROM old
+               ON CONFLICT (email_hash, sequence_id) DO NOTHING""",
             (legacy, keyed),
         )
         return len(rows)

@@ -221,7 +221,7 @@ async def test_a_queued_step_of_a_sequence_the_address_left_is_skipped(
         await conn.execute(
             """INSERT INTO sequence_unsubscribes (email_hash, sequence_id)
                SELECT %s, sequence_id FROM messages WHERE id = %s""",
-            (email_hash("leaver@example.com"), message_id),
+            (legacy_email_hash("leaver@example.com"), message_id),
         )
 
     assert await dispatcher.dispatch(message_id) == "skipped"

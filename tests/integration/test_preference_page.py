@@ -163,7 +163,12 @@ async def test_unticking_one_sequence_ends_that_enrollment_only(
     }
     assert await fetch_all(settings.database_url, "SELECT * FROM suppressions") == []
     left = await fetch_all(settings.database_url, "SELECT email_hash, sequence_id FROM sequence_unsubscribes")
-    assert left == [{"email_hash": email_hash("grace@example.com"), "sequence_id": sequence_id("default", "tips")}]
+    assert left == [
+        {
+            "email_hash": email_hash("grace@example.com", settings.suppression_hash_key),
+            "sequence_id": sequence_id("default", "tips"),
+        }
+    ]
     unsubscribed = await fetch_all(settings.database_url, "SELECT message_id FROM events WHERE type = 'unsubscribed'")
     assert unsubscribed == [{"message_id": sent["tips"]}]
 
@@ -212,7 +217,9 @@ async def test_unsubscribe_from_everything_suppresses_the_address(
     assert response.status_code == 200
     assert "You are unsubscribed from all our emails." in response.text
     suppressions = await fetch_all(settings.database_url, "SELECT email_hash, reason FROM suppressions")
-    assert suppressions == [{"email_hash": email_hash("grace@example.com"), "reason": "unsubscribed"}]
+    assert suppressions == [
+        {"email_hash": email_hash("grace@example.com", settings.suppression_hash_key), "reason": "unsubscribed"}
+    ]
 
 
 async def test_one_click_in_a_sequence_scoped_sequence_leaves_only_that_sequence(
@@ -246,7 +253,7 @@ async def test_one_click_in_a_globally_scoped_sequence_suppresses_the_address_as
 
     assert response.status_code == 200
     suppressions = await fetch_all(settings.database_url, "SELECT email_hash FROM suppressions")
-    assert suppressions == [{"email_hash": email_hash("grace@example.com")}]
+    assert suppressions == [{"email_hash": email_hash("grace@example.com", settings.suppression_hash_key)}]
     assert await fetch_all(settings.database_url, "SELECT * FROM sequence_unsubscribes") == []
 
 
