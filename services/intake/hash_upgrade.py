@@ -1,12 +1,13 @@
 """Replacing unkeyed address hashes (before migration 0010) with keyed ones, from addresses still held.
 
 A lead still holds its address, so its hash can be recomputed under ``SUPPRESSION_HASH_KEY``; an old
-suppression (or Sequence unsubscribe) whose address has a lead is rewritten to the keyed hash at the same
-time (it keeps its reason, detail and date). Suppressions of addresses without a lead cannot be
+suppression (or Sequence unsubscribe) whose address has a lead is rewritten to the keyed hash at the
+same time (it keeps its reason, detail and date). Suppressions of addresses without a lead cannot be
 rehashed (their address is gone, which is the point); they stay ``keyed = false`` and are matched by
-the unkeyed hash of a lead's address computed on the spot (``services.common.suppressions.LEAD_IS_SUPPRESSED_SQL``) until an erasure
-of that address replaces them. Intake runs this at start-up and every few minutes (a lead written by a
-previous release during a rolling upgrade is also unkeyed); it is idempotent and safe across replicas.
+the unkeyed hash of a lead's address computed on the spot
+(``services.common.suppressions.LEAD_IS_SUPPRESSED_SQL``) until an erasure of that address replaces
+them. Intake runs this at start-up and every few minutes (a lead written by a previous release during a
+rolling upgrade is also unkeyed); it is idempotent and safe across replicas.
 """
 
 from __future__ import annotations
