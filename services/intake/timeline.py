@@ -46,6 +46,7 @@ class TimelineSource:
     select: str
 
 
+# Append new sources at the end: a source's index is part of the cursor and orders simultaneous entries.
 TIMELINE_SOURCES: tuple[TimelineSource, ...] = (
     TimelineSource(
         "accepted",
@@ -106,6 +107,15 @@ TIMELINE_SOURCES: tuple[TimelineSource, ...] = (
            FROM leads l JOIN suppressions x
              ON x.email_hash = l.email_hash
              OR (x.email_hash = encode(sha256(convert_to(l.email_normalized, 'UTF8')), 'hex') AND NOT x.keyed)
+           WHERE l.id = %(lead_id)s""",
+    ),
+    TimelineSource(
+        "sequence_left",
+        """SELECT u.created_at AS at, u.sequence_id::text AS key, 'sequence.left' AS kind,
+                  jsonb_build_object('sequence', s.namespace || '/' || s.name, 'detail', u.detail) AS properties
+           FROM leads l
+           JOIN sequence_unsubscribes u ON u.email_hash = l.email_hash
+           JOIN sequences s ON s.id = u.sequence_id
            WHERE l.id = %(lead_id)s""",
     ),
 )

@@ -213,6 +213,7 @@ async def test_an_old_unkeyed_suppression_still_blocks_and_erasure_replaces_it(p
 
 
 async def test_rehash_keys_old_leads_and_moves_their_unkeyed_suppressions(migrated_database_url: str) -> None:
+    await apply_examples(migrated_database_url)
     hash_key = "8d3f1a6c9e2b5d8f1a4c7e0b3d6f9a2c5e8b1d4f"
     pool = await open_pool(DatabaseSettings(database_url=migrated_database_url))
     try:
@@ -225,6 +226,10 @@ async def test_rehash_keys_old_leads_and_moves_their_unkeyed_suppressions(migrat
             )
             await conn.execute(
                 "INSERT INTO suppressions (email_hash, reason, detail) VALUES (%s, 'bounced', 'ses: 550')",
+                (legacy_email_hash(KEY),),
+            )
+            await conn.execute(  # the address left one Sequence (the preference page, before this release)
+                "INSERT INTO sequence_unsubscribes (email_hash, sequence_id) SELECT %s, id FROM sequences LIMIT 1",
                 (legacy_email_hash(KEY),),
             )
             await conn.execute(  # an address with no lead left: cannot be rehashed, stays as it is
@@ -247,6 +252,8 @@ async def test_rehash_keys_old_leads_and_moves_their_unkeyed_suppressions(migrat
         {"email_hash": legacy_email_hash("gone@example.com"), "reason": "erased", "detail": "", "keyed": False},
         {"email_hash": email_hash(KEY, hash_key), "reason": "bounced", "detail": "ses: 550", "keyed": True},
     ]
+    left = await fetch_all(migrated_database_url, "SELECT email_hash FROM sequence_unsubscribes")
+    assert left == [{"email_hash": email_hash(KEY, hash_key)}]
 
 
 async def test_unpublished_outbox_rows_of_the_lead_are_deleted_by_erasure(platform: Platform) -> None:

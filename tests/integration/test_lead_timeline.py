@@ -210,3 +210,22 @@ async def test_an_unknown_lead_has_no_timeline(platform: Platform) -> None:
     response = await platform.intake.http.get(f"/v1/leads/{uuid.uuid4()}/timeline")
 
     assert response.status_code == 404
+
+
+async def test_leaving_one_sequence_appears_on_the_timeline(platform: Platform) -> None:
+    lead_id = await submit(platform)
+    await sent_step(platform, lead_id)
+    async with transaction(platform.pool) as conn:  # what the preference page records for "leave this one"
+        await conn.execute(
+            """INSERT INTO sequence_unsubscribes (email_hash, sequence_id, detail)
+               SELECT l.email_hash, e.sequence_id, 'preference page' FROM leads l JOIN enrollments e ON e.lead_id = l.id
+               WHERE l.id = %s""",
+            (lead_id,),
+        )
+
+    entries = (await platform.intake.http.get(f"/v1/leads/{lead_id}/timeline")).json()["entries"]
+
+    left = entries[-1]
+    assert left["kind"] == "sequence.left"
+    assert left["properties"]["sequence"].endswith("/welcome")
+    assert left["properties"]["detail"] == "preference page"
