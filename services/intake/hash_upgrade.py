@@ -6,7 +6,7 @@ same time (it keeps its reason, detail and date). Suppressions of addresses with
 rehashed (their address is gone, which is the point); they stay ``keyed = false`` and are matched by
 the unkeyed hash of a lead's address computed on the spot
 (``services.common.suppressions.LEAD_IS_SUPPRESSED_SQL``) until an erasure of that address replaces
-them. Intake runs this at start-up and every few minutes (a lead written by a previous release during a
+them. Intake runs this at start-up and every minute (a lead written by a previous release during a
 rolling upgrade is also unkeyed); it is idempotent and safe across replicas.
 """
 
@@ -20,7 +20,9 @@ from services.common.identity import email_hash, legacy_email_hash
 
 log = logging.getLogger(__name__)
 
-REHASH_INTERVAL_S = 300.0
+# Short: a lead written by the previous release during a rolling upgrade is unkeyed until the next round,
+# and until then a keyed suppression written meanwhile does not match it. An idle round is one index probe.
+REHASH_INTERVAL_S = 60.0
 
 
 async def rehash_batch(pool: Pool, hash_key: str, *, limit: int = 500) -> int:

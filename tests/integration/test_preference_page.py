@@ -185,10 +185,11 @@ async def test_an_address_that_left_a_sequence_is_not_enrolled_in_it_again_by_a_
     try:
         lead_id = uuid.uuid4()
         async with transaction(pool) as conn:
-            await conn.execute(
-                """INSERT INTO leads (id, email, email_normalized, source, consent_marketing)
-                   VALUES (%s, 'Grace@Example.com', 'grace@example.com', 'website', true)""",
-                (lead_id,),
+            await conn.execute(  # as intake writes it: with the keyed address hash
+                """INSERT INTO leads
+                       (id, email, email_normalized, source, consent_marketing, email_hash, email_hash_keyed)
+                   VALUES (%s, 'Grace@Example.com', 'grace@example.com', 'website', true, %s, true)""",
+                (lead_id, email_hash("grace@example.com", settings.suppression_hash_key)),
             )
             enrolled = await enroll_lead(conn, lead_id)
     finally:
