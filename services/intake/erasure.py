@@ -65,6 +65,7 @@ PERSONAL_DATA: tuple[PersonalData, ...] = (
         "the normalized address (also by cascade; this catches one left pointing elsewhere)",
     ),
     PersonalData("idempotency_keys", None, "which lead a request created"),
+    PersonalData("confirmation_emails", None, "the double opt-in emails sent to the address, their SMTP replies"),
     PersonalData("events", None, "what happened to each message: SMTP texts, click targets"),
     PersonalData("messages", None, "SMTP replies and errors, dead letters"),
     PersonalData("enrollments", None, "which Sequences the person was in"),

@@ -118,6 +118,18 @@ TIMELINE_SOURCES: tuple[TimelineSource, ...] = (
            JOIN sequences s ON s.id = u.sequence_id
            WHERE l.id = %(lead_id)s""",
     ),
+    TimelineSource(
+        "confirmation_email",
+        """SELECT c.queued_at AS at, c.id::text AS key, 'confirmation.requested' AS kind,
+                  jsonb_build_object('status', c.status, 'sent_at', c.sent_at, 'detail', c.detail) AS properties
+           FROM confirmation_emails c WHERE c.lead_id = %(lead_id)s""",
+    ),
+    TimelineSource(
+        "confirmed",
+        """SELECT l.confirmed_at AS at, l.id::text AS key, 'consent.confirmed' AS kind,
+                  jsonb_build_object('ip', host(l.confirmed_ip), 'user_agent', l.confirmed_user_agent) AS properties
+           FROM leads l WHERE l.id = %(lead_id)s AND l.confirmed_at IS NOT NULL""",
+    ),
 )
 
 _UNION = "\nUNION ALL\n".join(
