@@ -229,3 +229,24 @@ async def test_leaving_one_sequence_appears_on_the_timeline(platform: Platform) 
     assert left["kind"] == "sequence.left"
     assert left["properties"]["sequence"].endswith("/welcome")
     assert left["properties"]["detail"] == "preference page"
+
+
+async def test_the_double_opt_in_confirmation_appears_in_the_consent_story(platform: Platform) -> None:
+    lead_id = await submit(platform)
+    async with transaction(platform.pool) as conn:  # as double opt-in records them (services/intake/double_opt_in.py)
+        await conn.execute(
+            "INSERT INTO confirmation_emails (id, lead_id, status, sent_at) VALUES (%s, %s, 'sent', now())",
+            (uuid.uuid4(), lead_id),
+        )
+        await conn.execute(
+            """UPDATE leads SET confirmed_at = now() + interval '1 minute', confirmed_ip = '203.0.113.9',
+                                confirmed_user_agent = 'Mozilla/5.0 (confirming)' WHERE id = %s""",
+            (lead_id,),
+        )
+
+    entries = (await platform.intake.http.get(f"/v1/leads/{lead_id}/timeline")).json()["entries"]
+
+    kinds = [e["kind"] for e in entries]
+    assert kinds == ["lead.accepted", "consent.recorded", "confirmation.requested", "consent.confirmed"]
+    assert entries[2]["properties"]["status"] == "sent"
+    assert entries[3]["properties"] == {"ip": "203.0.113.9", "user_agent": "Mozilla/5.0 (confirming)"}
