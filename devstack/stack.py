@@ -116,13 +116,30 @@ def _infrastructure(data_dir: Path, mail_dir: Path, fresh: bool, broker_kind: st
         }
 
 
-def _service_env(addresses: dict[str, str], port: int, health_ports: dict[str, int]) -> dict[str, dict[str, str]]:
+def _suppression_hash_key(data_dir: Path) -> str:
+    """SUPPRESSION_HASH_KEY for the local stack: from the environment, else one generated on the first run
+    and kept with the data (the hashes stored in the local database depend on it, so it must not change
+    between runs that keep the data)."""
+    if os.environ.get("SUPPRESSION_HASH_KEY"):
+        return os.environ["SUPPRESSION_HASH_KEY"]
+    path = data_dir / "suppression-hash-key"
+    if not path.exists():
+        data_dir.mkdir(parents=True, exist_ok=True)
+        path.write_text(secrets.token_hex(32))
+        path.chmod(0o600)
+    return path.read_text().strip()
+
+
+def _service_env(
+    addresses: dict[str, str], port: int, health_ports: dict[str, int], suppression_hash_key: str
+) -> dict[str, dict[str, str]]:
     # The only place in the project where secrets get values that are not from the operator: a fresh
     # random HMAC secret per run, never a fixed example.
     shared = {
         **os.environ,
         **addresses,
         "HMAC_SECRET": secrets.token_hex(32),
+        "SUPPRESSION_HASH_KEY": suppression_hash_key,
         "PUBLIC_BASE_URL": f"http://127.0.0.1:{port}",
         "FROM_EMAIL": os.environ.get("FROM_EMAIL", "hello@example.com"),
         "FROM_NAME": os.environ.get("FROM_NAME", "healingwork (dev)"),
@@ -201,7 +218,7 @@ def run_dev(*, port: int, mail_dir: Path, data_dir: Path, fresh: bool = False, b
             from devstack.embedded import find_free_port, parent_death_preexec
 
             health_ports = {"scheduler": find_free_port(), "dispatcher": find_free_port()}
-            environments = _service_env(addresses, port, health_ports)
+            environments = _service_env(addresses, port, health_ports, _suppression_hash_key(data_dir))
             for name in SERVICES:
                 log_file = (logs / f"{name}.log").open("ab")
                 processes[name] = subprocess.Popen(  # noqa: S603 - our own interpreter and module

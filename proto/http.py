@@ -145,3 +145,45 @@ class LeadView(msgspec.Struct, frozen=True, kw_only=True):
     consent: ConsentRecord
     created_at: datetime
     enrollments: list[EnrollmentView]
+
+
+class TimelineEntry(msgspec.Struct, frozen=True, kw_only=True):
+    """One thing that happened to a lead. ``kind`` names it (``lead.accepted``, ``consent.recorded``,
+    ``enrollment.started``, ``step.sent``, ``email.opened``, ``suppression.added``, ...; an event type
+    without a mapping appears as ``event.<type>``); ``properties`` carries its details."""
+
+    at: datetime
+    kind: str
+    properties: dict[str, object]
+
+
+class LeadTimeline(msgspec.Struct, frozen=True, kw_only=True):
+    """``GET /v1/leads/{id}/timeline``: one page, oldest first; ``next_cursor`` fetches the next one."""
+
+    lead_id: uuid.UUID
+    entries: list[TimelineEntry]
+    next_cursor: str | None = None
+
+
+class SuppressionView(msgspec.Struct, frozen=True, kw_only=True):
+    """The address's suppression: it is never mailed again."""
+
+    reason: str
+    detail: str
+    created_at: datetime
+
+
+class ExportedLead(msgspec.Struct, frozen=True, kw_only=True):
+    """One lead of the exported address with everything that happened to it."""
+
+    lead: LeadView
+    timeline: list[TimelineEntry]
+
+
+class AddressExport(msgspec.Struct, frozen=True, kw_only=True):
+    """``GET /v1/leads/export``: all data held for an address (GDPR Art. 15 access, Art. 20 portability)."""
+
+    email: str
+    exported_at: datetime
+    leads: list[ExportedLead]
+    suppression: SuppressionView | None = None

@@ -33,8 +33,9 @@ def all_topics(settings: BusSettings) -> list[str]:
 
 
 async def create_missing_topics(settings: BusSettings) -> None:
-    """Create the platform's topics that do not exist yet (one attempt, bounded by the request timeout);
-    existing topics are left as they are. Raises KafkaError or OSError when the broker does not answer."""
+    """Create the platform's topics that do not exist yet, with ``retention.ms`` from
+    KAFKA_TOPIC_RETENTION_HOURS (one attempt, bounded by the request timeout); existing topics are left
+    as they are. Raises KafkaError or OSError when the broker does not answer."""
 
     async def create() -> None:
         admin = AIOKafkaAdminClient(
@@ -46,8 +47,14 @@ async def create_missing_topics(settings: BusSettings) -> None:
             existing = set(await admin.list_topics())
             missing = [t for t in all_topics(settings) if t not in existing]
             if missing:
+                retention = {"retention.ms": str(int(settings.kafka_topic_retention_hours * 3_600_000))}
                 await admin.create_topics(
-                    [NewTopic(t, settings.kafka_partitions, settings.kafka_replication_factor) for t in missing]
+                    [
+                        NewTopic(
+                            t, settings.kafka_partitions, settings.kafka_replication_factor, topic_configs=retention
+                        )
+                        for t in missing
+                    ]
                 )
         except TopicAlreadyExistsError:
             pass

@@ -243,6 +243,9 @@ class BusSettings(DatabaseSettings, frozen=True, kw_only=True):
     kafka_fetch_max_wait_s: Annotated[float, msgspec.Meta(gt=0, le=10)] = 0.1
     kafka_partitions: PositiveInt = 6
     kafka_replication_factor: PositiveInt = 1
+    # retention.ms of the topics the platform creates: the bound on how long an erased person's ids and
+    # redacted texts stay in Kafka after publication (docs/security.md). Existing topics are not changed.
+    kafka_topic_retention_hours: PositiveFloat = 168.0
     # The outbox relay's producer: idempotent where the broker supports it (auto asks it at start).
     kafka_idempotent_producer: Literal["auto", "true", "false"] = "auto"
     topic_leads_accepted: NonBlank = "leads.accepted"
@@ -267,6 +270,9 @@ class IntakeSettings(BusSettings, frozen=True, kw_only=True):
 
     hmac_secret: HmacSecret
     public_base_url: HttpUrl
+    # Keys the address hashes of suppressions and leads (HMAC-SHA256). Never rotate it: every stored
+    # hash depends on it and erased addresses cannot be rehashed. Separate from HMAC_SECRET.
+    suppression_hash_key: HmacSecret
     host: str = "0.0.0.0"  # noqa: S104 - a container listens on all its interfaces
     port: Annotated[int, msgspec.Meta(ge=1, le=65535)] = 8000
     duplicate_window_hours: PositiveFloat = 24.0

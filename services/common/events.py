@@ -15,6 +15,7 @@ from proto.messages import EmailEvent
 from services.common.clock import utcnow
 from services.common.db import Connection
 from services.common.outbox import WAKE_RELAYS
+from services.common.redaction import redact_addresses
 
 
 @dataclass(frozen=True)
@@ -30,9 +31,10 @@ class MessageRef:
 
 
 async def find_message(conn: Connection, message_id: uuid.UUID) -> tuple[MessageRef, str] | None:
-    """The message and its recipient's address hash, or None when it no longer exists (erased)."""
+    """The message and its recipient's normalized address (to hash with ``identity.email_hash``), or None
+    when it no longer exists (erased)."""
     cursor = await conn.execute(
-        """SELECT m.id, m.lead_id, m.sequence_id, m.revision, m.step_position, st.name, l.email_hash
+        """SELECT m.id, m.lead_id, m.sequence_id, m.revision, m.step_position, st.name, l.email_normalized
            FROM messages m
            JOIN leads l ON l.id = m.lead_id
            JOIN sequence_steps st
@@ -51,7 +53,7 @@ async def find_message(conn: Connection, message_id: uuid.UUID) -> tuple[Message
         step_position=row["step_position"],  # type: ignore[arg-type]
         step=row["name"],  # type: ignore[arg-type]
     )
-    return ref, str(row["email_hash"])
+    return ref, str(row["email_normalized"])
 
 
 async def record_event(
@@ -120,7 +122,7 @@ def event_parameters(events: Sequence[NewEvent], *, topic: str) -> dict[str, obj
         "ev_revision": [e.ref.revision for e in events],
         "ev_step_position": [e.ref.step_position for e in events],
         "ev_type": [e.event for e in events],
-        "ev_detail": [e.detail[:2000] for e in events],
+        "ev_detail": [redact_addresses(e.detail)[:2000] for e in events],
         "ev_automated": [e.automated for e in events],
         "ev_dedupe_key": [e.dedupe_key for e in events],
         "ev_payload": [
@@ -130,7 +132,7 @@ def event_parameters(events: Sequence[NewEvent], *, topic: str) -> dict[str, obj
                     occurred_at=now,
                     message_id=e.ref.message_id,
                     event=e.event,
-                    detail=e.detail[:500],
+                    detail=redact_addresses(e.detail)[:500],
                     lead_id=e.ref.lead_id,
                     sequence_id=e.ref.sequence_id,
                     revision=e.ref.revision,

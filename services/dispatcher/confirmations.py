@@ -23,6 +23,8 @@ from services.common import metrics
 from services.common.config import DispatcherSettings
 from services.common.confirmation_email import ConfirmationTemplate, compose_confirmation_email
 from services.common.db import Connection, transaction
+from services.common.redaction import redact_addresses
+from services.common.suppressions import LEAD_IS_SUPPRESSED_SQL
 from services.common.templates import RenderError, TemplateLead
 from services.dispatcher.dispatch import _complete_even_if_cancelled
 from services.dispatcher.rate import SharedRateLimiter
@@ -45,11 +47,11 @@ class ConfirmationJob:
 async def load_confirmations(conn: Connection, email_ids: Iterable[uuid.UUID]) -> list[ConfirmationJob]:
     """The still ``queued`` emails among ``email_ids`` with their leads (others are not returned)."""
     cursor = await conn.execute(
-        """SELECT c.id, c.lead_id, l.email, l.first_name, l.last_name, l.source,
+        f"""SELECT c.id, c.lead_id, l.email, l.first_name, l.last_name, l.source,
                   l.confirmed_at IS NOT NULL AS confirmed,
-                  EXISTS (SELECT 1 FROM suppressions x WHERE x.email_hash = l.email_hash) AS suppressed
+                  {LEAD_IS_SUPPRESSED_SQL} AS suppressed
            FROM confirmation_emails c JOIN leads l ON l.id = c.lead_id
-           WHERE c.id = ANY(%s) AND c.status = 'queued'""",
+           WHERE c.id = ANY(%s) AND c.status = 'queued'""",  # noqa: S608 - a constant fragment, no input
         (list(email_ids),),
     )
     return [
@@ -81,7 +83,8 @@ async def record_confirmation(conn: Connection, email_id: uuid.UUID, status: str
         """UPDATE confirmation_emails
            SET status = %s, detail = %s, sent_at = CASE WHEN %s = 'sent' THEN now() END
            WHERE id = %s AND status = %s""",
-        (status, detail[:1000], status, email_id, source),
+        # An SMTP reply may quote the recipient: stored texts never keep an address (docs/security.md).
+        (status, redact_addresses(detail)[:1000], status, email_id, source),
     )
 
 

@@ -35,7 +35,9 @@ from services.common.events import MessageRef
 from services.common.message_lifecycle import transitions as lifecycle
 from services.common.message_lifecycle.announcements import Attempt
 from services.common.message_lifecycle.states import CLAIM, Status, decide_after_failure
+from services.common.redaction import known_values_of, redact_addresses
 from services.common.retry import retry_async
+from services.common.suppressions import LEAD_IS_SUPPRESSED_SQL
 from services.common.templates import RenderError, TemplateLead
 from services.dispatcher.coalesce import Coalescer
 from services.dispatcher.rate import SharedRateLimiter
@@ -81,28 +83,31 @@ class SendJob:
         return Attempt(ref, self.enrollment_id, self.life, self.attempts)
 
 
+_LOAD_JOBS = f"""SELECT m.id, m.enrollment_id, m.lead_id, m.sequence_id, m.revision, m.step_position, m.attempts,
+          l.email, l.first_name, l.last_name, l.source,
+          s.name AS sequence_name, s.namespace AS sequence_namespace,
+          st.name AS step_name, st.subject, st.html, st.text,
+          r.spec -> 'from' ->> 'email' AS from_email, r.spec -> 'from' ->> 'name' AS from_name,
+          ({LEAD_IS_SUPPRESSED_SQL}
+           OR EXISTS (SELECT 1 FROM sequence_unsubscribes u
+                      WHERE u.email_hash = l.email_hash AND u.sequence_id = m.sequence_id)) AS suppressed
+   FROM messages m
+   JOIN leads l ON l.id = m.lead_id
+   JOIN sequences s ON s.id = m.sequence_id
+   JOIN sequence_revisions r ON r.sequence_id = m.sequence_id AND r.revision = m.revision
+   JOIN sequence_steps st
+     ON st.sequence_id = m.sequence_id AND st.revision = m.revision AND st.position = m.step_position
+   WHERE m.id = ANY(%s)
+     AND m.status = ANY(%s)
+     AND (m.next_attempt_at IS NULL OR m.next_attempt_at <= now())"""  # noqa: S608 - constant fragments only
+
+
 async def load_jobs(conn: Connection, message_ids: Iterable[uuid.UUID]) -> list[SendJob]:
     """Read what is needed to send each message that may be sent now (queued, or a retry that is due);
     others (sent, sending, dead, skipped, a retry not yet due) are not returned. Changes nothing: each
     message is claimed (:func:`write_group`) only when an SMTP connection is ready for it."""
     cursor = await conn.execute(
-        """SELECT m.id, m.enrollment_id, m.lead_id, m.sequence_id, m.revision, m.step_position, m.attempts,
-                  l.email, l.first_name, l.last_name, l.source,
-                  s.name AS sequence_name, s.namespace AS sequence_namespace,
-                  st.name AS step_name, st.subject, st.html, st.text,
-                  r.spec -> 'from' ->> 'email' AS from_email, r.spec -> 'from' ->> 'name' AS from_name,
-                  (EXISTS (SELECT 1 FROM suppressions x WHERE x.email_hash = l.email_hash)
-                   OR EXISTS (SELECT 1 FROM sequence_unsubscribes u
-                              WHERE u.email_hash = l.email_hash AND u.sequence_id = m.sequence_id)) AS suppressed
-           FROM messages m
-           JOIN leads l ON l.id = m.lead_id
-           JOIN sequences s ON s.id = m.sequence_id
-           JOIN sequence_revisions r ON r.sequence_id = m.sequence_id AND r.revision = m.revision
-           JOIN sequence_steps st
-             ON st.sequence_id = m.sequence_id AND st.revision = m.revision AND st.position = m.step_position
-           WHERE m.id = ANY(%s)
-             AND m.status = ANY(%s)
-             AND (m.next_attempt_at IS NULL OR m.next_attempt_at <= now())""",
+        _LOAD_JOBS,
         (list(message_ids), CLAIM.source_names),
     )
     return [
@@ -280,7 +285,7 @@ class Dispatcher:
         claimed = await self._ledger.submit(job)
         if claimed is None:
             return None
-        await self._ledger.submit(lifecycle.Outcome(claimed.attempt(), status, detail))
+        await self._ledger.submit(lifecycle.Outcome(claimed.attempt(), status, _redacted_for(job, detail)))
         return status
 
     def _build(self, job: SendJob) -> tuple[str, bytes]:
@@ -308,8 +313,14 @@ class Dispatcher:
                 base_delay_s=settings.retry_base_delay_s,
                 max_delay_s=settings.retry_max_delay_s,
             )
-            return decision.status, decision.reason, decision.retry_in
-        return Status.SENT, reply, None
+            return decision.status, _redacted_for(job, decision.reason), decision.retry_in
+        return Status.SENT, _redacted_for(job, reply), None
+
+
+def _redacted_for(job: SendJob, text: str) -> str:
+    """An SMTP reply or error without the recipient's address, its local part or names: these texts are
+    stored (messages, events, dead letters) and published, and erasure must leave nothing behind."""
+    return redact_addresses(text, known_values_of(job.to_email, job.first_name, job.last_name))
 
 
 async def _complete_even_if_cancelled(operation: Coroutine[Any, Any, T]) -> T:

@@ -8,6 +8,8 @@ service runtime, so no route knows how the process runs.
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from datetime import timedelta
@@ -21,6 +23,7 @@ from services.common.runtime import service_runtime
 from services.intake.authentication import form_origins
 from services.intake.confirmation import CONFIRMATION_ROUTES, confirmation_rules
 from services.intake.context import STATE_KEY, IntakeContext
+from services.intake.hash_upgrade import keep_hashes_keyed
 from services.intake.injection import CONTEXT_DEPENDENCIES
 from services.intake.leads import lead_committer
 from services.intake.observability import request_context_middleware
@@ -52,6 +55,7 @@ def create_app(settings: IntakeSettings, *, sns_fetch: Fetcher = fetch_https) ->
                     max_batch_size=settings.lead_batch_max_size,
                     max_concurrent_batches=settings.lead_batch_concurrency,
                     confirmation=confirmation_rules(settings),
+                    hash_key=settings.suppression_hash_key,
                 ),
                 sns_verifier=SnsVerifier(
                     [a.strip() for a in settings.sns_topic_arns.split(",") if a.strip()], sns_fetch
@@ -60,7 +64,13 @@ def create_app(settings: IntakeSettings, *, sns_fetch: Fetcher = fetch_https) ->
                 limits=RequestLimits.of(settings.rate_limit_per_minute, settings.form_rate_limit_per_minute),
             )
             setattr(app.state, STATE_KEY, context)
-            yield
+            rehash = asyncio.create_task(keep_hashes_keyed(runtime.pool, settings.suppression_hash_key))
+            try:
+                yield
+            finally:
+                rehash.cancel()
+                with contextlib.suppress(asyncio.CancelledError):
+                    await rehash
 
     origins = form_origins(settings)
     cors = (

@@ -14,7 +14,10 @@ import uuid
 from services.common import metrics
 from services.common.db import Connection
 from services.common.events import find_message, record_event
+from services.common.identity import email_hash
+from services.common.redaction import click_target_for_storage, known_values_of
 from services.common.suppressions import suppress_address
+from services.intake.hash_upgrade import rekey_address
 
 _AUTOMATED_AGENTS = re.compile(
     r"GoogleImageProxy|ggpht\.com|YahooMailProxy|Yahoo! Slurp|Outlook-iOS-Android-Proxy|"
@@ -45,22 +48,41 @@ async def record_engagement(
         metrics.TRACKING.labels(event, "unknown_message").inc()
         return False
     ref, _ = found
+    if event == "clicked":
+        detail = await _stored_click_target(conn, ref.lead_id, detail)
     await record_event(conn, ref, event, topic=topic, detail=detail, automated=automated)
     metrics.TRACKING.labels(event, "automated" if automated else "recorded").inc()
     return True
 
 
-async def unsubscribe(conn: Connection, message_id: uuid.UUID, *, events_topic: str, suppressed_topic: str) -> bool:
+async def _stored_click_target(conn: Connection, lead_id: uuid.UUID, url: str) -> str:
+    """The clicked URL as stored and published: no query, fragment or user info (templates personalise
+    links there, e.g. ``?email={{ lead.email }}``), and no address or name of the lead in its path."""
+    cursor = await conn.execute("SELECT email, first_name, last_name FROM leads WHERE id = %s", (lead_id,))
+    lead = await cursor.fetchone()
+    known = known_values_of(lead["email"], lead["first_name"], lead["last_name"]) if lead else []  # type: ignore[arg-type]
+    return click_target_for_storage(url, known)
+
+
+async def unsubscribe(
+    conn: Connection, message_id: uuid.UUID, *, events_topic: str, suppressed_topic: str, hash_key: str
+) -> bool:
     """Suppress the message's recipient and record ``unsubscribed`` (once); idempotent.
 
     Returns False when the message no longer exists (its lead was erased: nothing left to mail).
+    ``hash_key`` is ``SUPPRESSION_HASH_KEY``.
     """
     found = await find_message(conn, message_id)
     if found is None:
         return False
-    ref, email_hash = found
+    ref, recipient = found
+    await rekey_address(conn, recipient, hash_key)
     await suppress_address(
-        conn, email_hash, reason="unsubscribed", detail=f"link in message {message_id}", topic=suppressed_topic
+        conn,
+        email_hash(recipient, hash_key),
+        reason="unsubscribed",
+        detail=f"link in message {message_id}",
+        topic=suppressed_topic,
     )
     await record_event(conn, ref, "unsubscribed", topic=events_topic, dedupe_key=f"{message_id}/unsubscribed")
     metrics.TRACKING.labels("unsubscribed", "recorded").inc()

@@ -16,6 +16,7 @@ from proto.http import LeadReceipt, LeadSubmission
 from proto.messages import LeadAccepted
 from services.common.clock import utcnow
 from services.common.db import Connection
+from services.common.identity import email_hash
 from services.common.outbox import enqueue_message
 from services.intake.batching import GroupCommitter, Rejected
 from services.intake.double_opt_in import ConfirmationRules, request_confirmation, resend_confirmation_if_cooled_down
@@ -44,6 +45,7 @@ async def submit_lead(
     idempotency_ttl: timedelta = timedelta(hours=24),
     must_confirm: bool = False,
     confirmation: ConfirmationRules | None = None,
+    hash_key: str | None = None,
 ) -> LeadReceipt:
     """Accept ``lead`` once per Idempotency-Key: a retry with the same key gets the first receipt.
 
@@ -63,6 +65,7 @@ async def submit_lead(
         topic=topic,
         must_confirm=must_confirm,
         confirmation=confirmation,
+        hash_key=hash_key,
     )
     if idempotency is not None:
         await remember_receipt(conn, idempotency, receipt)
@@ -79,6 +82,7 @@ async def accept_lead(
     topic: str,
     must_confirm: bool = False,
     confirmation: ConfirmationRules | None = None,
+    hash_key: str | None = None,
 ) -> LeadReceipt:
     """Store ``lead`` unless the same address was accepted within ``duplicate_window``.
 
@@ -86,6 +90,9 @@ async def accept_lead(
     ``lead.accepted`` and gets its confirmation email instead (so does a lead that a double opt-in
     Sequence matches, which still enrolls into the others at once); a duplicate of a lead still waiting
     for its confirmation gets another email once the cool-down has passed.
+
+    ``hash_key`` (``SUPPRESSION_HASH_KEY``) keys the stored address hash; without it the database
+    fills an unkeyed one that intake's rehash replaces later (``services.intake.hash_upgrade``).
 
     Runs inside the caller's transaction. Concurrency-safe: simultaneous submissions of one address
     serialize on its ``lead_identities`` row, so exactly one creates a lead and the others get its id.
@@ -112,8 +119,8 @@ async def accept_lead(
     await conn.execute(
         """INSERT INTO leads (id, email, email_normalized, first_name, last_name, phone, source, tags, utm,
                               locale, timezone, metadata, consent_marketing, consent_text, consent_captured_at,
-                              consent_ip, consent_user_agent, client_id, request_id)
-           VALUES (%s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s)""",
+                              consent_ip, consent_user_agent, client_id, request_id, email_hash, email_hash_keyed)
+           VALUES (%s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s)""",
         (
             lead_id,
             lead.email,
@@ -134,6 +141,8 @@ async def accept_lead(
             submitter.user_agent,
             submitter.client_id,
             submitter.request_id,
+            email_hash(email_key, hash_key) if hash_key else None,
+            hash_key is not None,
         ),
     )
     if confirmation is not None:
@@ -173,6 +182,7 @@ def lead_committer(
     max_batch_size: int,
     max_concurrent_batches: int,
     confirmation: ConfirmationRules | None = None,
+    hash_key: str | None = None,
 ) -> GroupCommitter[LeadJob, LeadReceipt]:
     """Accepts leads with group commit: ``await committer.submit(job, job.email_key)`` answers once the
     lead (or its duplicate verdict) is committed; ``IdempotencyKeyReused`` reaches only its submitter.
@@ -191,6 +201,7 @@ def lead_committer(
                 idempotency_ttl=idempotency_ttl,
                 must_confirm=job.must_confirm,
                 confirmation=confirmation,
+                hash_key=hash_key,
             )
         except IdempotencyKeyReused as error:
             # Raised before this job wrote anything: the batch's transaction stays usable.

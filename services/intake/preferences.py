@@ -17,7 +17,10 @@ from typing import Literal
 from services.common import metrics
 from services.common.db import Connection
 from services.common.events import find_message, record_event
+from services.common.identity import email_hash as keyed_email_hash
+from services.common.suppressions import LEAD_IS_SUPPRESSED_SQL
 from services.intake.engagement import unsubscribe
+from services.intake.hash_upgrade import rekey_address
 
 UnsubscribeScope = Literal["Global", "Sequence"]
 
@@ -52,13 +55,13 @@ def mask_address(address: str) -> str:
 
 async def _recipient(conn: Connection, message_id: uuid.UUID) -> dict[str, object] | None:
     cursor = await conn.execute(
-        """SELECT l.email, l.email_hash, l.first_name, l.locale, m.sequence_id,
+        f"""SELECT l.email, l.email_normalized, l.email_hash, l.first_name, l.locale, m.sequence_id,
                   r.unsubscribe_scope,
-                  EXISTS (SELECT 1 FROM suppressions x WHERE x.email_hash = l.email_hash) AS suppressed
+                  {LEAD_IS_SUPPRESSED_SQL} AS suppressed
            FROM messages m
            JOIN leads l ON l.id = m.lead_id
            JOIN sequence_revisions r ON r.sequence_id = m.sequence_id AND r.revision = m.revision
-           WHERE m.id = %s""",
+           WHERE m.id = %s""",  # noqa: S608 - a constant fragment, no input
         (message_id,),
     )
     return await cursor.fetchone()
@@ -114,12 +117,21 @@ async def leave_sequence(conn: Connection, email_hash: str, sequence_id: uuid.UU
     return result.rowcount
 
 
+async def _keyed_hash_of(conn: Connection, recipient: dict[str, object], topics: Topics) -> str:
+    """The recipient's keyed address hash, its leads rehashed to it first (a lead written by an earlier
+    release may still carry the unkeyed one), so what is recorded under it matches every lead."""
+    email_key = str(recipient["email_normalized"])
+    await rekey_address(conn, email_key, topics.hash_key)
+    return keyed_email_hash(email_key, topics.hash_key)
+
+
 @dataclass(frozen=True)
 class Topics:
-    """Where the announcements of an unsubscribe go."""
+    """Where the announcements of an unsubscribe go, and the key of the address hash they carry."""
 
     events: str
     suppressed: str
+    hash_key: str  # SUPPRESSION_HASH_KEY
 
 
 async def _leave_and_record(
@@ -144,12 +156,14 @@ async def one_click_unsubscribe(conn: Connection, message_id: uuid.UUID, topics:
         await _leave_and_record(
             conn,
             message_id,
-            str(recipient["email_hash"]),
+            await _keyed_hash_of(conn, recipient, topics),
             recipient["sequence_id"],  # type: ignore[arg-type]
             topics,
         )
         return "Sequence"
-    await unsubscribe(conn, message_id, events_topic=topics.events, suppressed_topic=topics.suppressed)
+    await unsubscribe(
+        conn, message_id, events_topic=topics.events, suppressed_topic=topics.suppressed, hash_key=topics.hash_key
+    )
     return "Global"
 
 
@@ -164,9 +178,11 @@ async def apply_preferences(
     if recipient is None:
         return None
     if everything:
-        await unsubscribe(conn, message_id, events_topic=topics.events, suppressed_topic=topics.suppressed)
+        await unsubscribe(
+            conn, message_id, events_topic=topics.events, suppressed_topic=topics.suppressed, hash_key=topics.hash_key
+        )
     else:
-        email_hash = str(recipient["email_hash"])
+        email_hash = await _keyed_hash_of(conn, recipient, topics)
         for subscription in await _subscriptions(conn, email_hash):
             if subscription.sequence_id not in keep:
                 await _leave_and_record(conn, message_id, email_hash, subscription.sequence_id, topics)

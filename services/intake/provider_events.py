@@ -16,7 +16,9 @@ from services.common.db import Connection, Pool, transaction
 from services.common.errors import CallerError
 from services.common.events import find_message, record_event
 from services.common.identity import email_hash
+from services.common.redaction import known_values_of, redact_addresses
 from services.common.suppressions import suppress_address
+from services.intake.hash_upgrade import rekey_address
 from services.intake.validation import normalize_email
 
 _MESSAGE_ID_HEADER = re.compile(r"<([0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12})@[^>]+>", re.I)
@@ -45,13 +47,21 @@ def message_id_from_header(value: str | None) -> uuid.UUID | None:
 
 
 async def apply_provider_event(
-    conn: Connection, event: ProviderEvent, *, adapter: str, events_topic: str, suppressed_topic: str
+    conn: Connection,
+    event: ProviderEvent,
+    *,
+    adapter: str,
+    events_topic: str,
+    suppressed_topic: str,
+    hash_key: str,
 ) -> None:
     """Record the event against its message (when known) and suppress the address if it must be."""
+    # Provider diagnostics quote the recipient ("550 <jane@...>"): nothing stored keeps the address.
+    diagnostic = redact_addresses(event.detail, known_values_of(event.email))
     found = await find_message(conn, event.message_id) if event.message_id else None
     if found is not None:
-        ref, address_hash = found
-        detail = event.detail if event.permanent else f"transient: {event.detail}"
+        ref, key = found
+        detail = diagnostic if event.permanent else f"transient: {diagnostic}"
         await record_event(
             conn, ref, event.kind, topic=events_topic, detail=detail, dedupe_key=f"{adapter}/{event.event_id}"
         )
@@ -60,20 +70,33 @@ async def apply_provider_event(
             _, key = normalize_email(event.email)
         except ValueError:
             key = event.email.strip().lower()
-        address_hash = email_hash(key)
+    address_hash = email_hash(key, hash_key)
     if event.permanent or event.kind == "complained":
+        await rekey_address(conn, key, hash_key)
         await suppress_address(
-            conn, address_hash, reason=event.kind, detail=f"{adapter}: {event.detail}", topic=suppressed_topic
+            conn, address_hash, reason=event.kind, detail=f"{adapter}: {diagnostic}", topic=suppressed_topic
         )
     metrics.WEBHOOK_EVENTS.labels(adapter, event.kind if event.permanent else f"{event.kind}_transient").inc()
 
 
 async def apply_provider_events(
-    pool: Pool, events: list[ProviderEvent], *, adapter: str, events_topic: str, suppressed_topic: str
+    pool: Pool,
+    events: list[ProviderEvent],
+    *,
+    adapter: str,
+    events_topic: str,
+    suppressed_topic: str,
+    hash_key: str,
 ) -> None:
-    """Apply every event of one webhook request in one transaction (all of them, or none)."""
+    """Apply every event of one webhook request in one transaction (all of them, or none); ``hash_key``
+    is ``SUPPRESSION_HASH_KEY``."""
     async with transaction(pool) as conn:
         for event in events:
             await apply_provider_event(
-                conn, event, adapter=adapter, events_topic=events_topic, suppressed_topic=suppressed_topic
+                conn,
+                event,
+                adapter=adapter,
+                events_topic=events_topic,
+                suppressed_topic=suppressed_topic,
+                hash_key=hash_key,
             )

@@ -1,4 +1,4 @@
-"""The intake's own HTTP routes: leads (submit, read, erase), health and metrics.
+"""The intake's own HTTP routes: leads (submit, read, timeline, export, erase), health and metrics.
 
 Thin handlers: parse, call one function, map the result. They get what they work with as an
 :class:`~services.intake.context.IntakeContext` (``ctx``, injected); failures are domain errors that
@@ -20,18 +20,28 @@ from litestar.openapi.spec import OpenAPIMediaType, Operation, RequestBody
 from litestar.params import FromPath, HeaderParameter, QueryParameter
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
-from proto.http import FieldError, FormReceipt, LeadReceipt, LeadSubmission, LeadView
+from proto.http import (
+    AddressExport,
+    FieldError,
+    FormReceipt,
+    LeadReceipt,
+    LeadSubmission,
+    LeadTimeline,
+    LeadView,
+)
 from services.common import metrics
 from services.common.db import transaction
 from services.intake.auth import client_ip, principal_of, requires_scope
 from services.intake.authentication import trusted_networks
 from services.intake.bodies import decode_json
 from services.intake.erasure import erase_address, erase_lead
+from services.intake.export import export_address
 from services.intake.injection import Ctx
 from services.intake.lookup import fetch_lead
 from services.intake.observability import request_id_of
 from services.intake.problems import ProblemError, problem_responses
 from services.intake.submission import HONEYPOT, prepare_submission
+from services.intake.timeline import InvalidCursor, lead_exists, timeline_page
 from services.intake.validation import InvalidLead, normalize_email
 
 log = logging.getLogger(__name__)
@@ -144,6 +154,56 @@ async def read_lead(lead_id: FromPath[uuid.UUID], ctx: Ctx) -> LeadView:
     return lead
 
 
+@get(
+    "/v1/leads/{lead_id:uuid}/timeline",
+    summary="A lead's timeline",
+    description=(
+        "Everything that happened to the lead, oldest first: accepted (duplicates folded in), consent, "
+        "enrollments and exits, each step sent/skipped/failed, opens and clicks (automated ones marked), "
+        "bounces, complaints, unsubscribes, suppressions, and any other recorded event (as event.<type>). "
+        "Paginated: pass next_cursor back as cursor. 404 for an unknown or erased lead. Needs leads:read."
+    ),
+    guards=[requires_scope("leads:read")],
+    responses=problem_responses(400, 401, 403, 404, 422, 429, 503),
+)
+async def read_lead_timeline(
+    lead_id: FromPath[uuid.UUID],
+    ctx: Ctx,
+    limit: Annotated[int, QueryParameter(ge=1, le=500)] = 100,
+    cursor: Annotated[str | None, QueryParameter(max_length=512)] = None,
+) -> LeadTimeline:
+    async with ctx.pool.connection() as conn:
+        if not await lead_exists(conn, lead_id):
+            raise ProblemError(404, "No such lead (it may have been erased).")
+        try:
+            entries, next_cursor = await timeline_page(conn, lead_id, limit=limit, cursor=cursor)
+        except InvalidCursor as error:
+            raise InvalidLead([FieldError(field="cursor", reason=str(error))]) from None
+    return LeadTimeline(lead_id=lead_id, entries=entries, next_cursor=next_cursor)
+
+
+@get(
+    "/v1/leads/export",
+    summary="Export an address's data (GDPR)",
+    description=(
+        "All data held for an address across all its leads (GDPR Art. 15/20) as one JSON document: each "
+        "lead's record and whole timeline, and the address's suppression. After an erasure: no leads, and "
+        "the 'erased' suppression. Needs admin."
+    ),
+    guards=[requires_scope("admin")],
+    responses=problem_responses(400, 401, 403, 422, 429, 503),
+)
+async def export_lead_data(
+    ctx: Ctx, email: Annotated[str, QueryParameter(name="email", max_length=320)]
+) -> AddressExport:
+    try:
+        _, email_key = normalize_email(email)
+    except ValueError as error:
+        raise InvalidLead([FieldError(field="email", reason=str(error))]) from None
+    async with ctx.pool.connection() as conn:
+        return await export_address(conn, email_key, hash_key=ctx.settings.suppression_hash_key)
+
+
 @delete(
     "/v1/leads/{lead_id:uuid}",
     summary="Erase a lead (GDPR)",
@@ -158,7 +218,7 @@ async def read_lead(lead_id: FromPath[uuid.UUID], ctx: Ctx) -> LeadView:
 )
 async def erase_lead_by_id(lead_id: FromPath[uuid.UUID], ctx: Ctx) -> None:
     async with transaction(ctx.pool) as conn:
-        erased = await erase_lead(conn, lead_id)
+        erased = await erase_lead(conn, lead_id, hash_key=ctx.settings.suppression_hash_key)
     metrics.LEADS_ERASED.inc(erased)
 
 
@@ -178,7 +238,7 @@ async def erase_lead_by_email(ctx: Ctx, email: Annotated[str, QueryParameter(nam
     except ValueError as error:
         raise InvalidLead([FieldError(field="email", reason=str(error))]) from None
     async with transaction(ctx.pool) as conn:
-        erased = await erase_address(conn, email_key)
+        erased = await erase_address(conn, email_key, hash_key=ctx.settings.suppression_hash_key)
     metrics.LEADS_ERASED.inc(erased)
 
 
@@ -208,6 +268,8 @@ async def prometheus_metrics() -> Response[bytes]:
 LEAD_ROUTES = [
     submit_lead_handler,
     read_lead,
+    read_lead_timeline,
+    export_lead_data,
     erase_lead_by_id,
     erase_lead_by_email,
     healthz,

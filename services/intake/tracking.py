@@ -103,7 +103,11 @@ _MAX_FORM_BYTES = 16 * 1024
 
 
 def _topics(ctx: Ctx) -> Topics:
-    return Topics(events=ctx.settings.topic_email_events, suppressed=ctx.settings.topic_leads_suppressed)
+    return Topics(
+        events=ctx.settings.topic_email_events,
+        suppressed=ctx.settings.topic_leads_suppressed,
+        hash_key=ctx.settings.suppression_hash_key,
+    )
 
 
 @get(

@@ -79,5 +79,6 @@ async def email_events_webhook(
             adapter=adapter,
             events_topic=ctx.settings.topic_email_events,
             suppressed_topic=ctx.settings.topic_leads_suppressed,
+            hash_key=ctx.settings.suppression_hash_key,
         )
     return Response(WebhookReceipt(accepted=len(events)), status_code=200)

@@ -223,6 +223,7 @@ def test_existing_secret_and_inline_secrets_together_are_rejected() -> None:
         "secrets.databaseUrl",
         "secrets.hmacSecret",
         "secrets.smtpUrl",
+        "secrets.suppressionHashKey",
     ],
 )
 def test_rendering_without_a_required_value_fails_naming_it(value: str) -> None:
@@ -233,7 +234,33 @@ def test_rendering_without_a_required_value_fails_naming_it(value: str) -> None:
 
 def test_rendering_without_values_lists_every_missing_one_at_once() -> None:
     error = render_error()
-    assert error.count(" is required") == 7, error
+    assert error.count(" is required") == 8, error
+
+
+def test_short_suppression_hash_key_is_rejected() -> None:
+    error = render_error("--values", MINIMAL, "--set", "secrets.suppressionHashKey=too-short")
+    assert "secrets.suppressionHashKey must be at least 32 bytes" in error
+
+
+def test_the_suppression_hash_key_reaches_intake_only() -> None:
+    manifests = render(MINIMAL)
+    readers = {
+        d["metadata"]["name"]
+        for d in of_kind(manifests, "Deployment")
+        for container in d["spec"]["template"]["spec"]["containers"]
+        for env in container.get("env", [])
+        if env.get("valueFrom", {}).get("secretKeyRef", {}).get("key") == "SUPPRESSION_HASH_KEY"
+    }
+    assert readers == {"healingwork-intake"}
+
+
+def test_topics_are_created_with_the_configured_retention() -> None:
+    [config] = [
+        m
+        for m in of_kind(render(MINIMAL, sets=("config.kafkaTopicRetentionHours=48",)), "ConfigMap")
+        if "KAFKA_TOPIC_RETENTION_HOURS" in m.get("data", {})
+    ]
+    assert config["data"]["KAFKA_TOPIC_RETENTION_HOURS"] == "48"
 
 
 def test_short_hmac_secret_is_rejected() -> None:
@@ -294,4 +321,4 @@ def test_key_rotation_and_webhook_secrets_reach_intake_only_when_given() -> None
     }
 
     [without] = [m for m in of_kind(render(MINIMAL), "Secret") if m["metadata"]["name"] == "healingwork"]
-    assert set(without["stringData"]) == {"DATABASE_URL", "HMAC_SECRET", "SMTP_URL"}
+    assert set(without["stringData"]) == {"DATABASE_URL", "HMAC_SECRET", "SMTP_URL", "SUPPRESSION_HASH_KEY"}

@@ -155,6 +155,7 @@ def test_migrate_then_intake_serves_ready_and_publishes_a_lead(
         "DATABASE_URL": database_url,
         "KAFKA_BOOTSTRAP_SERVERS": kafka_bootstrap_servers,
         "HMAC_SECRET": secrets.token_hex(32),
+        "SUPPRESSION_HASH_KEY": secrets.token_hex(32),
         "PUBLIC_BASE_URL": f"http://127.0.0.1:{port}",
         "HOST": "127.0.0.1",
         "PORT": str(port),

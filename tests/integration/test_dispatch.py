@@ -11,7 +11,7 @@ import pytest
 from devstack.mailsink import MailSink
 from services.common.config import DispatcherSettings
 from services.common.db import Connection, open_pool, transaction
-from services.common.identity import email_hash
+from services.common.identity import legacy_email_hash
 from services.common.sequences import apply_sequence, parse_sequence_document
 from services.dispatcher.dispatch import Dispatcher
 from services.dispatcher.smtp import SmtpPool, SmtpTarget
@@ -203,7 +203,7 @@ async def test_suppressed_recipient_is_skipped_and_recorded(
     async with transaction(pool) as conn:
         await conn.execute(
             "INSERT INTO suppressions (email_hash, reason) VALUES (%s, 'unsubscribed')",
-            (email_hash("gone@example.com"),),
+            (legacy_email_hash("gone@example.com"),),
         )
 
     assert await dispatcher.dispatch(message_id) == "skipped"
@@ -221,7 +221,7 @@ async def test_a_queued_step_of_a_sequence_the_address_left_is_skipped(
         await conn.execute(
             """INSERT INTO sequence_unsubscribes (email_hash, sequence_id)
                SELECT %s, sequence_id FROM messages WHERE id = %s""",
-            (email_hash("leaver@example.com"), message_id),
+            (legacy_email_hash("leaver@example.com"), message_id),
         )
 
     assert await dispatcher.dispatch(message_id) == "skipped"

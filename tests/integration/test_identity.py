@@ -3,7 +3,7 @@ from __future__ import annotations
 import psycopg
 import pytest
 
-from services.common.identity import email_hash
+from services.common.identity import legacy_email_hash
 
 pytestmark = pytest.mark.integration
 
@@ -13,4 +13,4 @@ def test_email_hash_in_python_equals_the_sql_expression(postgres_url: str) -> No
     with psycopg.connect(postgres_url) as conn:
         row = conn.execute("SELECT encode(sha256(convert_to(%s, 'UTF8')), 'hex')", (key,)).fetchone()
     assert row is not None
-    assert row[0] == email_hash(key)
+    assert row[0] == legacy_email_hash(key)

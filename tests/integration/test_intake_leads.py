@@ -240,7 +240,9 @@ async def test_erasing_by_id_leaves_only_a_hashed_suppression(intake: Intake) ->
     for table in ("leads", "lead_identities", "enrollments", "messages", "idempotency_keys"):
         assert await count(intake, table) == 0, table
     suppressions = await fetch_all(intake.settings.database_url, "SELECT email_hash, reason FROM suppressions")
-    assert suppressions == [{"email_hash": email_hash("ada@example.com"), "reason": "erased"}]
+    assert suppressions == [
+        {"email_hash": email_hash("ada@example.com", intake.settings.suppression_hash_key), "reason": "erased"}
+    ]
     assert (await intake.http.get(f"/v1/leads/{lead_id}")).status_code == 404
     dump = json.dumps(await fetch_all(intake.settings.database_url, "SELECT * FROM suppressions"), default=str).lower()
     assert "ada" not in dump
@@ -267,14 +269,16 @@ async def test_erasing_an_address_never_seen_still_suppresses_it(intake: Intake)
 
     assert response.status_code == 204
     rows = await fetch_all(intake.settings.database_url, "SELECT email_hash, reason FROM suppressions")
-    assert rows == [{"email_hash": email_hash("never@example.com"), "reason": "erased"}]
+    assert rows == [
+        {"email_hash": email_hash("never@example.com", intake.settings.suppression_hash_key), "reason": "erased"}
+    ]
 
 
 async def test_erasing_an_unsubscribed_address_records_the_erasure(intake: Intake) -> None:
     await execute(
         intake.settings.database_url,
-        "INSERT INTO suppressions (email_hash, reason) VALUES (%s, 'unsubscribed')",
-        email_hash("ada@example.com"),
+        "INSERT INTO suppressions (email_hash, reason, keyed) VALUES (%s, 'unsubscribed', true)",
+        email_hash("ada@example.com", intake.settings.suppression_hash_key),
     )
 
     await intake.http.delete("/v1/leads", params={"email": "ada@example.com"})

@@ -70,6 +70,7 @@ def served_intake(postgres_url: str, kafka_bootstrap_servers: str) -> Iterator[t
         "KAFKA_BOOTSTRAP_SERVERS": kafka_bootstrap_servers,
         "KAFKA_PARTITIONS": "1",
         "HMAC_SECRET": secrets.token_hex(32),
+        "SUPPRESSION_HASH_KEY": secrets.token_hex(32),
         "PUBLIC_BASE_URL": f"http://127.0.0.1:{port}",
         "HOST": "127.0.0.1",
         "PORT": str(port),

@@ -163,7 +163,12 @@ async def test_unticking_one_sequence_ends_that_enrollment_only(
     }
     assert await fetch_all(settings.database_url, "SELECT * FROM suppressions") == []
     left = await fetch_all(settings.database_url, "SELECT email_hash, sequence_id FROM sequence_unsubscribes")
-    assert left == [{"email_hash": email_hash("grace@example.com"), "sequence_id": sequence_id("default", "tips")}]
+    assert left == [
+        {
+            "email_hash": email_hash("grace@example.com", settings.suppression_hash_key),
+            "sequence_id": sequence_id("default", "tips"),
+        }
+    ]
     unsubscribed = await fetch_all(settings.database_url, "SELECT message_id FROM events WHERE type = 'unsubscribed'")
     assert unsubscribed == [{"message_id": sent["tips"]}]
 
@@ -180,10 +185,11 @@ async def test_an_address_that_left_a_sequence_is_not_enrolled_in_it_again_by_a_
     try:
         lead_id = uuid.uuid4()
         async with transaction(pool) as conn:
-            await conn.execute(
-                """INSERT INTO leads (id, email, email_normalized, source, consent_marketing)
-                   VALUES (%s, 'Grace@Example.com', 'grace@example.com', 'website', true)""",
-                (lead_id,),
+            await conn.execute(  # as intake writes it: with the keyed address hash
+                """INSERT INTO leads
+                       (id, email, email_normalized, source, consent_marketing, email_hash, email_hash_keyed)
+                   VALUES (%s, 'Grace@Example.com', 'grace@example.com', 'website', true, %s, true)""",
+                (lead_id, email_hash("grace@example.com", settings.suppression_hash_key)),
             )
             enrolled = await enroll_lead(conn, lead_id)
     finally:
@@ -212,7 +218,9 @@ async def test_unsubscribe_from_everything_suppresses_the_address(
     assert response.status_code == 200
     assert "You are unsubscribed from all our emails." in response.text
     suppressions = await fetch_all(settings.database_url, "SELECT email_hash, reason FROM suppressions")
-    assert suppressions == [{"email_hash": email_hash("grace@example.com"), "reason": "unsubscribed"}]
+    assert suppressions == [
+        {"email_hash": email_hash("grace@example.com", settings.suppression_hash_key), "reason": "unsubscribed"}
+    ]
 
 
 async def test_one_click_in_a_sequence_scoped_sequence_leaves_only_that_sequence(
@@ -246,7 +254,7 @@ async def test_one_click_in_a_globally_scoped_sequence_suppresses_the_address_as
 
     assert response.status_code == 200
     suppressions = await fetch_all(settings.database_url, "SELECT email_hash FROM suppressions")
-    assert suppressions == [{"email_hash": email_hash("grace@example.com")}]
+    assert suppressions == [{"email_hash": email_hash("grace@example.com", settings.suppression_hash_key)}]
     assert await fetch_all(settings.database_url, "SELECT * FROM sequence_unsubscribes") == []
 
 

@@ -14,7 +14,7 @@ import pytest
 
 from services.common.config import DatabaseSettings
 from services.common.db import Connection, open_pool, transaction
-from services.common.identity import email_hash
+from services.common.identity import legacy_email_hash
 from services.common.sequences import apply_sequence, delete_sequence, parse_sequence_document
 from services.scheduler.due import emit_due_steps
 from services.scheduler.enrollment import enroll_lead, message_id
@@ -138,7 +138,7 @@ async def test_a_suppressed_address_is_not_enrolled(pool: Pool) -> None:
     async with transaction(pool) as conn:
         await conn.execute(
             "INSERT INTO suppressions (email_hash, reason) VALUES (%s, 'unsubscribed')",
-            (email_hash("gone@example.com"),),
+            (legacy_email_hash("gone@example.com"),),
         )
 
     assert await enroll(pool, lead, WEDNESDAY) == []

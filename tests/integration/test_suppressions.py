@@ -8,13 +8,15 @@ import pytest
 
 from services.common.config import DatabaseSettings
 from services.common.db import connect
-from services.common.identity import email_hash
+from services.common.identity import email_hash, legacy_email_hash
 from services.common.suppressions import suppress_address
 from services.scheduler.enrollment import enroll_lead
 from services.scheduler.suppressions import cancel_enrollments_of
 from tests.support.platform import apply_examples, fetch_all
 
 pytestmark = pytest.mark.integration
+
+HASH_KEY = "5e2b9c4a7d1f8e3b6a0c9d2f5e8b1a4c7d0e3f6a"
 
 
 async def add_lead(database_url: str, email: str) -> uuid.UUID:
@@ -32,7 +34,7 @@ async def add_lead(database_url: str, email: str) -> uuid.UUID:
 
 async def test_suppressing_twice_keeps_the_first_reason_and_announces_once(migrated_database_url: str) -> None:
     conn = await connect(DatabaseSettings(database_url=migrated_database_url))
-    key = email_hash("ada@example.com")
+    key = email_hash("ada@example.com", HASH_KEY)
     async with conn, conn.transaction():
         first = await suppress_address(conn, key, reason="unsubscribed", detail="link", topic="leads.suppressed")
         second = await suppress_address(conn, key, reason="bounced", detail="webhook", topic="leads.suppressed")
@@ -50,17 +52,22 @@ async def test_every_active_enrollment_of_the_address_is_cancelled_and_only_thos
     conn = await connect(DatabaseSettings(database_url=migrated_database_url))
 
     async with conn, conn.transaction():
-        cancelled = await cancel_enrollments_of(conn, email_hash("ada@example.com"))
-        repeated = await cancel_enrollments_of(conn, email_hash("ada@example.com"))
+        # Leads written without a keyed hash (as a previous release did) carry the unkeyed one.
+        cancelled = await cancel_enrollments_of(conn, legacy_email_hash("ada@example.com"))
+        repeated = await cancel_enrollments_of(conn, legacy_email_hash("ada@example.com"))
 
     assert (cancelled, repeated) == (2, 0)
     rows = await fetch_all(migrated_database_url, "SELECT lead_id, status FROM enrollments ORDER BY status")
     assert {r["lead_id"]: r["status"] for r in rows} == {first: "cancelled", again: "cancelled", other: "active"}
 
 
-async def test_the_address_hash_of_a_lead_is_kept_by_the_database(migrated_database_url: str) -> None:
+async def test_a_lead_written_without_a_keyed_hash_gets_the_unkeyed_one_marked_for_rehash(
+    migrated_database_url: str,
+) -> None:
     lead_id = await add_lead(migrated_database_url, "Lin@Example.com")
 
-    rows = await fetch_all(migrated_database_url, "SELECT email_hash FROM leads WHERE id = %s", lead_id)
+    rows = await fetch_all(
+        migrated_database_url, "SELECT email_hash, email_hash_keyed FROM leads WHERE id = %s", lead_id
+    )
 
-    assert rows == [{"email_hash": email_hash("lin@example.com")}]
+    assert rows == [{"email_hash": legacy_email_hash("lin@example.com"), "email_hash_keyed": False}]

@@ -149,7 +149,9 @@ async def test_a_signed_permanent_bounce_suppresses_the_address_and_records_the_
 
     assert (first.status_code, first.json()) == (200, {"accepted": 1})
     assert again.status_code == 200
-    assert await suppressions(settings) == [{"email_hash": email_hash("grace@example.com"), "reason": "bounced"}]
+    assert await suppressions(settings) == [
+        {"email_hash": email_hash("grace@example.com", settings.suppression_hash_key), "reason": "bounced"}
+    ]
     assert [(e["type"], e["message_id"]) for e in await events(settings)] == [("bounced", message_id)]
 
 
@@ -162,7 +164,9 @@ async def test_a_complaint_without_a_message_id_suppresses_the_normalized_addres
     response = await client.post("/v1/webhooks/email-events", content=body, headers=signed(body))
 
     assert response.status_code == 200
-    assert await suppressions(settings) == [{"email_hash": email_hash("ada@example.com"), "reason": "complained"}]
+    assert await suppressions(settings) == [
+        {"email_hash": email_hash("ada@example.com", settings.suppression_hash_key), "reason": "complained"}
+    ]
 
 
 async def test_a_transient_bounce_is_recorded_without_suppressing(
@@ -237,7 +241,9 @@ async def test_a_verified_ses_bounce_suppresses_the_recipient(
 
     assert (response.status_code, response.json()) == (200, {"accepted": 1})
     assert aws.fetched == [CERT_URL]
-    assert await suppressions(settings) == [{"email_hash": email_hash("grace@example.com"), "reason": "bounced"}]
+    assert await suppressions(settings) == [
+        {"email_hash": email_hash("grace@example.com", settings.suppression_hash_key), "reason": "bounced"}
+    ]
     assert [(e["type"], e["message_id"]) for e in await events(settings)] == [("bounced", message_id)]
 
 

@@ -36,6 +36,7 @@ CI_VALUES = sorted((CHART / "ci").glob("*-values.yaml"))
 MONITORING_CRDS = Path(__file__).parent / "monitoring-crds.yaml"
 CLUSTER_WIDE_KINDS = {"CustomResourceDefinition", "ClusterRole", "ClusterRoleBinding"}
 HMAC_SECRET = "3f9c1e7a5b2d48c6a0e1f7b9d3c5a7e1b2d4f6a8c0e2b4d6f8a1c3e5b7d9f0a2"
+SUPPRESSION_HASH_KEY = "6b2e9d4a1f7c3e8b5a0d2f6c9e1b4a7d3f8c0e5b2a9d6f1c4e7b0a3d8f5c2e9b"
 
 
 def prepare_namespace(cluster: KubernetesCluster, values: dict[str, Any], database_url: str) -> tuple[str, list[str]]:
@@ -60,6 +61,7 @@ def prepare_namespace(cluster: KubernetesCluster, values: dict[str, Any], databa
             namespace,
             f"--from-literal=DATABASE_URL={database_url}",
             f"--from-literal=HMAC_SECRET={HMAC_SECRET}",
+            f"--from-literal=SUPPRESSION_HASH_KEY={SUPPRESSION_HASH_KEY}",
             "--from-literal=SMTP_URL=smtp://relay.example.com:587",
         )
         return namespace, []

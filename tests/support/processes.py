@@ -33,6 +33,7 @@ def service_env(database_url: str, bootstrap: str, prefix: str, **extra: str) ->
             "SCHEDULER_POLL_INTERVAL_S": "0.2",
             "DB_CONNECT_TIMEOUT_S": "2",
             "HMAC_SECRET": secrets.token_hex(32),
+            "SUPPRESSION_HASH_KEY": secrets.token_hex(32),
             "PUBLIC_BASE_URL": "https://go.example.com",
             "FROM_EMAIL": FROM_EMAIL,
             "FROM_NAME": FROM_NAME,

@@ -50,7 +50,10 @@ def healingwork(*args: str, env: dict[str, str], stdin: str | None = None) -> su
 @pytest.mark.parametrize(
     ("command", "missing"),
     [
-        ("intake", ["DATABASE_URL", "KAFKA_BOOTSTRAP_SERVERS", "HMAC_SECRET", "PUBLIC_BASE_URL"]),
+        (
+            "intake",
+            ["DATABASE_URL", "KAFKA_BOOTSTRAP_SERVERS", "HMAC_SECRET", "PUBLIC_BASE_URL", "SUPPRESSION_HASH_KEY"],
+        ),
         (
             "dispatcher",
             [
@@ -234,6 +237,7 @@ def service_env(**extra: str) -> dict[str, str]:
         DATABASE_URL=UNREACHABLE_DATABASE,
         KAFKA_BOOTSTRAP_SERVERS=f"127.0.0.1:{free_port()}",
         HMAC_SECRET="9f2c4e6a8b0d1f3e5a7c9e1b3d5f7a9c0e2b4d6f8a1c3e5b",
+        SUPPRESSION_HASH_KEY="4b1d8e3a6c9f2e5b8a1d4c7f0e3b6a9d2c5f8e1b4a7d0c3f",
         PUBLIC_BASE_URL="https://go.example.com",
         FROM_EMAIL="team@example.com",
         FROM_NAME="Tests",

@@ -24,6 +24,7 @@ def intake_env(**overrides: str) -> dict[str, str]:
         "KAFKA_BOOTSTRAP_SERVERS": "kafka-0:9092,kafka-1:9092",
         "HMAC_SECRET": secrets.token_hex(32),
         "PUBLIC_BASE_URL": "https://mail.example.com",
+        "SUPPRESSION_HASH_KEY": secrets.token_hex(32),
     }
     env.update(overrides)
     return env
@@ -62,6 +63,7 @@ def test_intake_settings_with_empty_environ_reports_every_required_variable_at_o
         "KAFKA_BOOTSTRAP_SERVERS is required but not set",
         "HMAC_SECRET is required but not set",
         "PUBLIC_BASE_URL is required but not set",
+        "SUPPRESSION_HASH_KEY is required but not set",
     ]
 
 

@@ -44,7 +44,7 @@ app.kubernetes.io/part-of: healingwork
 {{- end }}
 {{- end }}
 
-{{/* The Secret every pod reads DATABASE_URL, HMAC_SECRET and SMTP_URL from. */}}
+{{/* The Secret every pod reads DATABASE_URL, HMAC_SECRET and SMTP_URL from (intake also SUPPRESSION_HASH_KEY). */}}
 {{- define "healingwork.secretName" -}}
 {{- default (include "healingwork.fullname" .) .Values.secrets.existingSecret }}
 {{- end }}
@@ -62,6 +62,7 @@ FROM_NAME: {{ $c.fromName | quote }}
 LOG_LEVEL: {{ $c.logLevel | quote }}
 KAFKA_PARTITIONS: {{ $c.kafkaPartitions | toString | quote }}
 KAFKA_REPLICATION_FACTOR: {{ $c.kafkaReplicationFactor | toString | quote }}
+KAFKA_TOPIC_RETENTION_HOURS: {{ $c.kafkaTopicRetentionHours | toString | quote }}
 TOPIC_LEADS_ACCEPTED: {{ $c.topics.leadsAccepted | quote }}
 TOPIC_EMAIL_DISPATCH: {{ $c.topics.emailDispatch | quote }}
 TOPIC_EMAIL_EVENTS: {{ $c.topics.emailEvents | quote }}
@@ -92,8 +93,8 @@ in one round (the services validate the same settings again at start-up, in more
 {{- $problems = append $problems "config.fromName is required: the sender display name of every email" }}
 {{- end }}
 {{- if $s.existingSecret }}
-{{- if or $s.databaseUrl $s.hmacSecret $s.smtpUrl }}
-{{- $problems = append $problems (printf "secrets.existingSecret (%s) is set, so secrets.databaseUrl, secrets.hmacSecret and secrets.smtpUrl must be empty: put DATABASE_URL, HMAC_SECRET and SMTP_URL in that Secret" $s.existingSecret) }}
+{{- if or $s.databaseUrl $s.hmacSecret $s.smtpUrl $s.suppressionHashKey }}
+{{- $problems = append $problems (printf "secrets.existingSecret (%s) is set, so secrets.databaseUrl, secrets.hmacSecret, secrets.smtpUrl and secrets.suppressionHashKey must be empty: put DATABASE_URL, HMAC_SECRET, SMTP_URL and SUPPRESSION_HASH_KEY in that Secret" $s.existingSecret) }}
 {{- end }}
 {{- else }}
 {{- if not $s.databaseUrl }}
@@ -106,6 +107,11 @@ in one round (the services validate the same settings again at start-up, in more
 {{- end }}
 {{- if not $s.smtpUrl }}
 {{- $problems = append $problems "secrets.smtpUrl is required (or set secrets.existingSecret): smtp://[user:password@]host[:port] or smtps://..." }}
+{{- end }}
+{{- if not $s.suppressionHashKey }}
+{{- $problems = append $problems "secrets.suppressionHashKey is required (or set secrets.existingSecret): generate one with openssl rand -hex 32, and never rotate it" }}
+{{- else if lt (len $s.suppressionHashKey) 32 }}
+{{- $problems = append $problems "secrets.suppressionHashKey must be at least 32 bytes: generate one with openssl rand -hex 32" }}
 {{- end }}
 {{- end }}
 {{- if $problems }}

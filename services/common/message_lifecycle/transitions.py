@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import uuid
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from datetime import datetime, timedelta
 
 from psycopg import sql
@@ -42,6 +42,7 @@ from services.common.message_lifecycle.states import (
     outcome_transition,
 )
 from services.common.outbox import WAKE_RELAYS, enqueue_messages
+from services.common.redaction import redact_addresses
 
 # ---------------------------------------------------------------------------------------------------
 # create: the scheduler's new messages, with their first command.
@@ -316,6 +317,9 @@ async def record_and_claim(
     status that does not end an attempt."""
     for o in outcomes:
         outcome_transition(o.status)
+    # Stored and published texts never carry an address (the dispatcher also removes the recipient's
+    # known values; this catches any other caller).
+    outcomes = [replace(o, detail=redact_addresses(o.detail)) for o in outcomes]
     cursor = await conn.execute(
         _RECORD_AND_CLAIM,
         {
