@@ -18,7 +18,7 @@ from typing import Any
 import kopf
 
 from operators.sequence import metrics
-from operators.sequence.cluster import existing_objects, resource_served
+from operators.sequence.cluster import ResourceNotServed, existing_objects, resource_served
 from operators.sequence.reconcile import (
     Reconciled,
     database_unavailable,
@@ -254,6 +254,9 @@ def register_handlers(registry: kopf.OperatorRegistry, config: OperatorSettings)
                 existing = await existing_objects(settings, resource, namespaces)
                 async with transaction(memo["pool"]) as conn:
                     swept = await mark_vanished_sequences(conn, existing, namespaces, listed_after)
+            except ResourceNotServed:
+                # The CRD is not installed yet: nothing to sweep (the CRD check says so every 10 s).
+                log.info("the sweep of deleted Sequences waits for the CRD")
             except Exception:  # the database or the API unreachable: the next pass repeats it
                 log.warning("the sweep of deleted Sequences failed; retrying later", exc_info=True)
             else:
