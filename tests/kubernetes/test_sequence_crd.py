@@ -11,6 +11,7 @@ from typing import Any
 
 import pytest
 
+from proto.sequence import MAX_BODY_CHARACTERS
 from tests.kubernetes.conftest import valid_sequence
 from tests.support.kubernetes import KubernetesCluster
 
@@ -28,20 +29,20 @@ BROKEN: dict[str, tuple[dict[str, Any], str]] = {
     "trigger-without-sources": (valid_sequence("t", trigger={}), "a trigger needs sources, tags, or all: true"),
     "trigger-all-and-sources": (
         valid_sequence("t", trigger={"all": True, "sources": ["website"]}),
-        "all: true matches every lead; leave sources and tags out",
+        "spec.trigger.all: Invalid value: all: true matches every lead; leave sources and tags out",
     ),
     "duplicate-step-names": (
         valid_sequence("t", steps=[step(text="a"), step(text="b")]),
-        "step names must be unique",
+        'spec.steps[1]: Duplicate value: {"name":"hello"}',
     ),
     "step-without-body": (valid_sequence("t", steps=[step()]), "a step needs html, text or templateRef"),
     "html-inline-and-referenced": (
         valid_sequence("t", steps=[step(html="<p>x</p>", templateRef={"configMap": "c", "htmlKey": "k"})]),
-        "give the HTML body inline or as templateRef.htmlKey, not both",
+        "spec.steps[0].html: Invalid value: give the HTML body inline or as templateRef.htmlKey, not both",
     ),
     "text-inline-and-referenced": (
         valid_sequence("t", steps=[step(text="x", templateRef={"configMap": "c", "textKey": "k"})]),
-        "give the text body inline or as templateRef.textKey, not both",
+        "spec.steps[0].text: Invalid value: give the text body inline or as templateRef.textKey, not both",
     ),
     "template-ref-without-key": (
         valid_sequence("t", steps=[step(templateRef={"configMap": "c"})]),
@@ -49,11 +50,11 @@ BROKEN: dict[str, tuple[dict[str, Any], str]] = {
     ),
     "window-across-midnight": (
         valid_sequence("t", sendWindow={"start": "22:00", "end": "06:00"}),
-        "the window's start must be before its end",
+        "spec.sendWindow.end: Invalid value: the window's start (22:00) must be before its end (06:00)",
     ),
     "fallback-timezone-lead": (
         valid_sequence("t", sendWindow={"fallbackTimezone": "lead"}),
-        "fallbackTimezone must be an IANA time zone, not lead",
+        "spec.sendWindow.fallbackTimezone: Invalid value: fallbackTimezone must be an IANA time zone, not lead",
     ),
     "bad-delay": (valid_sequence("t", steps=[step(text="x", delay="2 days")]), "spec.steps[0].delay: Invalid value"),
     "bad-revision-policy": (
@@ -67,6 +68,19 @@ BROKEN: dict[str, tuple[dict[str, Any], str]] = {
     ),
     "display-name-of-two-lines": (valid_sequence("t", displayName="Tips\nBcc: x@example.com"), "spec.displayName"),
     "double-opt-in-not-a-boolean": (valid_sequence("t", doubleOptIn="yes"), "spec.doubleOptIn"),
+    "step-without-name": (
+        valid_sequence("t", steps=[{"subject": "Hi", "text": "x"}]),
+        "spec.steps[0].name: Required value",
+    ),
+    "html-over-its-maximum": (
+        valid_sequence("t", steps=[step(html="x" * (MAX_BODY_CHARACTERS + 1))]),
+        "spec.steps[0].html: Too long: may not be more than 131072 bytes",
+    ),
+    "inline-bodies-over-the-total": (
+        valid_sequence("t", steps=[step(name=f"s{i}", html="x" * 100_000) for i in range(2)]),
+        "spec.steps: Invalid value: the inline subjects and bodies of all steps exceed 196608 characters in total;"
+        " keep large bodies in ConfigMaps (templateRef)",
+    ),
 }
 
 
