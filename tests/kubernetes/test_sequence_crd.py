@@ -11,7 +11,7 @@ from typing import Any
 
 import pytest
 
-from proto.sequence import MAX_BODY_CHARACTERS
+from proto.sequence import MAX_BODY_CHARACTERS, MAX_INLINE_CHARACTERS
 from tests.kubernetes.conftest import valid_sequence
 from tests.support.kubernetes import KubernetesCluster
 
@@ -157,3 +157,61 @@ def test_kubectl_get_seq_prints_the_crds_columns(kubernetes_cluster: KubernetesC
     ]
     assert wide[1].split()[:8] == ["columns", "True", "1", "5", "2", "true", "3", "Paused"]
     assert "revision 3 is paused" in wide[1]
+
+
+def largest_sequence(name: str, extra_characters: int = 0) -> dict[str, Any]:
+    """A Sequence at every size limit of the CRD at once, in the worst case for its stored size: 100 steps
+    with the longest names, delays and templateRefs, and inline subjects and bodies of exactly
+    MAX_INLINE_CHARACTERS (plus ``extra_characters``) made of ``<``, which JSON stores as ``\\u003c``
+    (6 bytes a character)."""
+    count = 100
+    per_step = MAX_INLINE_CHARACTERS // count
+    steps = [
+        {
+            "name": f"s{index:02d}-" + "x" * 59,
+            "delay": "1d",
+            "subject": "<" * 100,
+            "html": "<" * (per_step - 100),
+            "templateRef": {"configMap": "c" * 253, "textKey": "k" * 253},
+        }
+        for index in range(count)
+    ]
+    steps[0]["html"] += "<" * (MAX_INLINE_CHARACTERS - per_step * count + extra_characters)
+    return valid_sequence(name, trigger={"tags": ["t" * 64] * 1}, steps=steps)
+
+
+def server_side_apply(cluster: KubernetesCluster, manifest: dict[str, Any], namespace: str) -> Any:
+    # Server-side apply: client-side `kubectl apply` would also copy the whole object into the
+    # last-applied-configuration annotation, which caps it at 256 KiB (docs/operator.md, "Size limits").
+    return cluster.kubectl(
+        "apply", "--server-side", "-n", namespace, "-f", "-", input=json.dumps(manifest), check=False
+    )
+
+
+def test_a_sequence_at_the_size_limits_is_stored_by_the_api_server(
+    kubernetes_cluster: KubernetesCluster, sequence_crd: str
+) -> None:
+    namespace = kubernetes_cluster.create_namespace("limits")
+
+    result = server_side_apply(kubernetes_cluster, largest_sequence("largest"), namespace)
+
+    assert result.returncode == 0, result.stderr
+    stored = kubernetes_cluster.get("sequence", "largest", namespace=namespace)
+    assert len(stored["spec"]["steps"]) == 100
+    assert sum(len(s["subject"]) + len(s["html"]) for s in stored["spec"]["steps"]) == MAX_INLINE_CHARACTERS
+
+
+def test_a_sequence_one_character_over_the_limit_is_refused_naming_the_steps(
+    kubernetes_cluster: KubernetesCluster, sequence_crd: str
+) -> None:
+    namespace = kubernetes_cluster.create_namespace("limits")
+
+    result = server_side_apply(kubernetes_cluster, largest_sequence("too-large", extra_characters=1), namespace)
+
+    assert result.returncode != 0
+    assert (
+        f"spec.steps: Invalid value: the inline subjects and bodies of all steps exceed {MAX_INLINE_CHARACTERS}"
+        " characters in total; keep large bodies in ConfigMaps (templateRef)"
+    ) in result.stderr
+    assert "etcdserver" not in result.stderr
+    assert "NotFound" in kubernetes_cluster.kubectl("get", "seq", "too-large", "-n", namespace, check=False).stderr
