@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import copy
 import json
+import re
 from pathlib import Path
 from typing import Any
 
@@ -18,6 +19,7 @@ from tests.support.kubernetes import KubernetesCluster
 pytestmark = pytest.mark.kubernetes
 
 EXAMPLES = Path(__file__).resolve().parents[2] / "k8s" / "examples"
+OPERATOR_DOCS = Path(__file__).resolve().parents[2] / "docs" / "operator.md"
 
 
 def step(**fields: Any) -> dict[str, Any]:
@@ -215,3 +217,25 @@ def test_a_sequence_one_character_over_the_limit_is_refused_naming_the_steps(
     ) in result.stderr
     assert "etcdserver" not in result.stderr
     assert "NotFound" in kubernetes_cluster.kubectl("get", "seq", "too-large", "-n", namespace, check=False).stderr
+
+
+def documented_refusal() -> tuple[str, str]:
+    """The manifest and the output of the first example of docs/operator.md, "What kubectl shows"."""
+    section = OPERATOR_DOCS.read_text().split("## What kubectl shows", 1)[1]
+    [block] = re.findall(r"```\n(.*?)```", section, flags=re.DOTALL)[:1]
+    manifest, output = block.split("$ cat spring-offer.yaml\n", 1)[1].split(
+        "$ kubectl apply -n marketing -f spring-offer.yaml\n"
+    )
+    return manifest, output
+
+
+def test_the_docs_show_a_refused_sequence_as_kubectl_prints_it(
+    kubernetes_cluster: KubernetesCluster, sequence_crd: str
+) -> None:
+    manifest, documented = documented_refusal()
+    namespace = kubernetes_cluster.create_namespace("docs")
+
+    result = kubernetes_cluster.kubectl("apply", "-n", namespace, "-f", "-", input=manifest, check=False)
+
+    assert result.returncode != 0
+    assert result.stdout + result.stderr == documented
