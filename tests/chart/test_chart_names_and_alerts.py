@@ -231,3 +231,18 @@ def test_without_api_server_peers_no_operator_policy_is_rendered() -> None:
     manifests = render_release("healingwork", PRODUCTION, sets=("networkPolicy.apiServer=null",))
 
     assert "healingwork-operator-egress" not in names(manifests, "NetworkPolicy")
+
+
+def test_every_rendered_alert_rule_passes_promtool_check_rules(tmp_path: Path) -> None:
+    if not PROMTOOL.is_file():
+        pytest.skip(f"{PROMTOOL.relative_to(ROOT)} is not built (scripts/tools/promtool.sh)")
+    [rule] = of_kind(render_release(LONG_RELEASE, PRODUCTION), "PrometheusRule")
+    rules_file = tmp_path / "rules.yaml"
+    rules_file.write_text(yaml.safe_dump({"groups": rule["spec"]["groups"]}))
+
+    result = subprocess.run(
+        [PROMTOOL, "check", "rules", rules_file], capture_output=True, text=True, timeout=60, check=False
+    )
+
+    assert result.returncode == 0, result.stdout + result.stderr
+    assert f"SUCCESS: {sum(len(g['rules']) for g in rule['spec']['groups'])} rules found" in result.stdout
