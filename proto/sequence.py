@@ -33,6 +33,15 @@ RevisionPolicy = Literal["Latest", "Pinned"]
 UnsubscribeScope = Literal["Global", "Sequence"]
 # One line of text (a name people read), never a header injection.
 DisplayName = Annotated[str, msgspec.Meta(min_length=1, max_length=100, pattern=r"^[^\r\n]*\Z")]
+# The label a ConfigMap needs for the operator to read it as templates (templateRef); the operator's
+# watch selects on it, so unlabelled ConfigMaps never reach it (docs/operator.md, "ConfigMaps").
+TEMPLATES_LABEL, TEMPLATES_LABEL_VALUE = "healingwork.io/templates", "true"
+# One inline body (html or text), in characters, and all inline subjects and bodies of a Sequence
+# together: one object must fit into etcd (1.5 MiB) even when every character is JSON-escaped to 6
+# bytes (docs/operator.md, "Size limits"). The CRD has the same numbers (maxLength and a CEL rule).
+MAX_BODY_CHARACTERS = 131072
+MAX_INLINE_CHARACTERS = 196608
+Body = Annotated[str, msgspec.Meta(max_length=MAX_BODY_CHARACTERS)]
 
 
 class _Camel(msgspec.Struct, frozen=True, kw_only=True, rename="camel", forbid_unknown_fields=True):
@@ -64,8 +73,8 @@ class Step(_Camel, frozen=True, kw_only=True):
     name: Slug
     delay: Duration = "0s"
     subject: Annotated[str, msgspec.Meta(min_length=1, max_length=998)]
-    html: str | None = None
-    text: str | None = None
+    html: Body | None = None
+    text: Body | None = None
     template_ref: TemplateRef | None = None
 
 

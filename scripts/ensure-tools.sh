@@ -74,6 +74,9 @@ echo "helm $version ($bin/helm)"
 # kube-apiserver and etcd for the kubernetes test suite, built from the Go module proxy.
 "$root/scripts/tools/kubernetes.sh"
 
+# promtool, for the chart tests that evaluate the rendered alert rules (Go module proxy).
+"$root/scripts/tools/promtool.sh"
+
 # The base images the Dockerfile names, built locally (no registry is reachable here), and buildah.
 "$root/scripts/tools/base-images.sh"
 

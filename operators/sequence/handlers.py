@@ -19,6 +19,8 @@ import kopf
 
 from operators.sequence import metrics
 from operators.sequence.cluster import ResourceNotServed, existing_objects, resource_served
+from operators.sequence.config_maps import register_config_map_handlers, watch_only_labelled_config_maps
+from operators.sequence.diffbase import DigestDiffBaseStorage
 from operators.sequence.reconcile import (
     Reconciled,
     database_unavailable,
@@ -26,6 +28,7 @@ from operators.sequence.reconcile import (
     reconcile_failed,
     reconcile_sequence,
 )
+from proto.sequence import TEMPLATES_LABEL, TEMPLATES_LABEL_VALUE
 from services.common.clock import database_now
 from services.common.config import OperatorSettings
 from services.common.db import UNAVAILABLE_ERRORS, open_pool, transaction
@@ -75,6 +78,9 @@ def configure_kopf(settings: kopf.OperatorSettings) -> None:
     (not kopf's per-handler chatter), bounded API calls, and no scanning of namespaces and CRDs, so
     the operator needs no cluster-wide list rights (the CRD must exist before it starts)."""
     settings.persistence.finalizer = FINALIZER
+    # Digests, not kopf's full copy of the spec in an annotation (capped at 256 KiB): see diffbase.py.
+    settings.persistence.diffbase_storage = DigestDiffBaseStorage()
+    watch_only_labelled_config_maps(settings)
     settings.scanning.disabled = True
     settings.posting.level = logging.WARNING
     settings.execution.max_workers = 4
@@ -96,7 +102,9 @@ def register_handlers(registry: kopf.OperatorRegistry, config: OperatorSettings)
         if "pool" in memo:
             await memo["pool"].close()
 
-    @kopf.index("", "v1", "configmaps", registry=registry, id="config_maps")
+    @kopf.index(
+        "", "v1", "configmaps", labels={TEMPLATES_LABEL: TEMPLATES_LABEL_VALUE}, registry=registry, id="config_maps"
+    )
     def config_maps(
         *, namespace: str | None, name: str, body: kopf.Body, **_: Any
     ) -> dict[tuple[str, str], dict[str, str]]:
@@ -164,6 +172,8 @@ def register_handlers(registry: kopf.OperatorRegistry, config: OperatorSettings)
             kopf.event(body, type=result.event.type, reason=result.event.reason, message=result.event.message)
 
     memo_tracker = metrics.ReadinessTracker()
+
+    register_config_map_handlers(registry, reconcile, publish)
 
     @kopf.on.resume(GROUP, VERSION, PLURAL, registry=registry, retries=DB_RETRIES)
     @kopf.on.create(GROUP, VERSION, PLURAL, registry=registry, retries=DB_RETRIES)

@@ -13,7 +13,7 @@ import uuid
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 
-from proto.sequence import SequenceResource
+from proto.sequence import TEMPLATES_LABEL, TEMPLATES_LABEL_VALUE, SequenceResource
 from services.common.compose import ComposeSettings, MessageIdentity, StepContent, compose_email
 from services.common.templates import RenderError, TemplateLead
 
@@ -67,7 +67,10 @@ def resolve_step_bodies(resource: SequenceResource, config_maps: ConfigMapLookup
             where = f"spec.steps[{index}].templateRef"
             data = config_maps(namespace, ref.config_map)
             if data is None:
-                raise InvalidTemplate(f"{where}.configMap: ConfigMap {namespace}/{ref.config_map} not found")
+                raise InvalidTemplate(
+                    f"{where}.configMap: ConfigMap {namespace}/{ref.config_map} not found"
+                    f" (only ConfigMaps labelled {TEMPLATES_LABEL}={TEMPLATES_LABEL_VALUE} are read)"
+                )
             for key, field in ((ref.html_key, "htmlKey"), (ref.text_key, "textKey")):
                 if key is not None and key not in data:
                     raise InvalidTemplate(f"{where}.{field}: ConfigMap {namespace}/{ref.config_map} has no key {key!r}")

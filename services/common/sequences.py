@@ -17,7 +17,7 @@ from pathlib import Path
 import msgspec
 import yaml
 
-from proto.sequence import KIND, SequenceResource
+from proto.sequence import KIND, MAX_INLINE_CHARACTERS, SequenceResource
 from services.common.config import DatabaseSettings, check_email
 from services.common.db import Connection, command_transaction
 from services.common.durations import parse_duration
@@ -92,11 +92,21 @@ def spec_problems(resource: SequenceResource) -> list[str]:
     if not (trigger.all or trigger.sources or trigger.tags):
         problems.append("a trigger needs sources, tags, or all: true - at `$.spec.trigger`")
     if trigger.all and (trigger.sources or trigger.tags):
-        problems.append("all: true matches every lead; leave sources and tags out - at `$.spec.trigger`")
-    names = [step.name for step in spec.steps]
-    duplicates = sorted({n for n in names if names.count(n) > 1})
-    if duplicates:
-        problems.append(f"step names must be unique, repeated: {', '.join(duplicates)} - at `$.spec.steps`")
+        problems.append("all: true matches every lead; leave sources and tags out - at `$.spec.trigger.all`")
+    seen: set[str] = set()
+    for index, step in enumerate(spec.steps):
+        # The CRD's steps are a list-map keyed by name: the API server refuses a repeat the same way.
+        if step.name in seen:
+            problems.append(
+                f"Duplicate value: step name {step.name!r} (step names must be unique) - at `$.spec.steps[{index}]`"
+            )
+        seen.add(step.name)
+    inline = sum(len(step.subject) + len(step.html or "") + len(step.text or "") for step in spec.steps)
+    if inline > MAX_INLINE_CHARACTERS:
+        problems.append(
+            f"the inline subjects and bodies of all steps exceed {MAX_INLINE_CHARACTERS} characters in total"
+            f" ({inline}); keep large bodies in ConfigMaps (templateRef) - at `$.spec.steps`"
+        )
     for index, step in enumerate(spec.steps):
         where = f"`$.spec.steps[{index}]`"
         try:
@@ -110,20 +120,26 @@ def spec_problems(resource: SequenceResource) -> list[str]:
             if ref.html_key is None and ref.text_key is None:
                 problems.append(f"a templateRef needs htmlKey or textKey - at `$.spec.steps[{index}].templateRef`")
             if ref.html_key is not None and step.html is not None:
-                problems.append(f"give the HTML body inline or as templateRef.htmlKey, not both - at {where}")
+                problems.append(
+                    f"give the HTML body inline or as templateRef.htmlKey, not both - at {where[:-1]}.html`"
+                )
             if ref.text_key is not None and step.text is not None:
-                problems.append(f"give the text body inline or as templateRef.textKey, not both - at {where}")
+                problems.append(
+                    f"give the text body inline or as templateRef.textKey, not both - at {where[:-1]}.text`"
+                )
     if spec.from_ is not None and (problem := check_email(spec.from_.email)):
         problems.append(f"{spec.from_.email!r} {problem} - at `$.spec.from.email`")
     window = spec.send_window
     if window is not None:
         if not window.start < window.end:
             problems.append(
-                "the window's start must be before its end (windows across midnight are not supported)"
-                " - at `$.spec.sendWindow`"
+                f"the window's start ({window.start}) must be before its end ({window.end});"
+                " windows across midnight are not supported - at `$.spec.sendWindow.end`"
             )
         if window.fallback_timezone == LEAD:
-            problems.append("fallbackTimezone must be an IANA time zone, not lead - at `$.spec.sendWindow`")
+            problems.append(
+                "fallbackTimezone must be an IANA time zone, not lead - at `$.spec.sendWindow.fallbackTimezone`"
+            )
         for name, value in (("timezone", window.timezone), ("fallbackTimezone", window.fallback_timezone)):
             if value != LEAD and zone(value) is None:
                 problems.append(f"unknown time zone {value!r} - at `$.spec.sendWindow.{name}`")

@@ -25,7 +25,7 @@ DEV_MANIFESTS = sorted((ROOT / "k8s" / "dev").glob("*.yaml"))
 DEV_VALUES = sorted((ROOT / "k8s" / "dev" / "values").glob("*.yaml"))
 # The Kubernetes versions the chart supports and is validated against (docs/deployment.md): the oldest
 # (Chart.yaml kubeVersion), two in between, and the newest the validator knows.
-KUBERNETES_VERSIONS = ("1.27.0", "1.30.0", "1.33.0", None)
+KUBERNETES_VERSIONS = ("1.28.0", "1.30.0", "1.33.0", None)
 # Kinds of the Prometheus Operator's CRDs: kubernetes-validate has no schema for them; the monitoring
 # tests check them instead.
 CUSTOM_RESOURCE_KINDS = {"ServiceMonitor", "PrometheusRule"}

@@ -194,7 +194,10 @@ async def test_a_missing_config_map_is_reported_naming_the_field(
         await api(k8s, "POST", BASE, body)
         await eventually(lambda: condition(k8s, "Valid").get("status") == "False", "Valid=False")
 
-    assert condition(k8s, "Valid")["message"] == "spec.steps[1].templateRef.configMap: ConfigMap default/t not found"
+    assert condition(k8s, "Valid")["message"] == (
+        "spec.steps[1].templateRef.configMap: ConfigMap default/t not found"
+        " (only ConfigMaps labelled healingwork.io/templates=true are read)"
+    )
     assert condition(k8s, "Ready")["status"] == "False"
     assert await revisions(migrated_database_url) == []
 
@@ -209,7 +212,7 @@ async def test_templates_come_from_config_maps_and_counts_are_refreshed(
         {
             "apiVersion": "v1",
             "kind": "ConfigMap",
-            "metadata": {"name": "t", "namespace": "default"},
+            "metadata": {"name": "t", "namespace": "default", "labels": {"healingwork.io/templates": "true"}},
             "data": {"x": "<p>From the map</p>"},
         },
     )

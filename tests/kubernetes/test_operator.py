@@ -279,7 +279,7 @@ def test_config_map_templates_are_stored_and_their_edits_picked_up(
     config_map = {
         "apiVersion": "v1",
         "kind": "ConfigMap",
-        "metadata": {"name": "templates"},
+        "metadata": {"name": "templates", "labels": {"healingwork.io/templates": "true"}},
         "data": {"hello.html": "<p>Hello {{ lead.first_name or 'there' }}</p>"},
     }
     cluster.apply(config_map, namespace=namespace)
@@ -304,7 +304,7 @@ def test_config_map_templates_are_stored_and_their_edits_picked_up(
 
     assert html_of_current_revision() == "<p>Hello {{ lead.first_name or 'there' }}</p>"
 
-    # An edit of the ConfigMap alone (the Sequence unchanged) becomes a new revision on the next refresh.
+    # An edit of the ConfigMap alone (the Sequence unchanged) becomes a new revision.
     config_map["data"] = {"hello.html": "<p>Welcome back</p>"}
     cluster.apply(config_map, namespace=namespace)
     eventually(lambda: revisions(operator_release, "templated") == [1, 2], "revision 2 from the edit", operator)

@@ -69,14 +69,19 @@ def _cel_failures(value: Any, schema: dict[str, Any], path: str) -> list[str]:
     failures = []
     for rule in schema.get("x-kubernetes-validations") or []:
         program = _cel.program(_cel.compile(rule["rule"]), functions=KUBERNETES_CEL_FUNCTIONS)
+        activation = {"self": celpy.json_to_cel(value)}
         try:
-            holds = bool(program.evaluate({"self": celpy.json_to_cel(value)}))
+            holds = bool(program.evaluate(activation))
         except celpy.CELEvalError:
             # cel-python does not short-circuit an error the way Kubernetes' CEL does (a false side of
             # && wins); either way the object is refused, which is what is checked here.
             holds = False
         if not holds:
-            failures.append(f"{path}: {rule['message']}")
+            message = rule["message"]
+            if "messageExpression" in rule:  # the API server prefers it to message
+                expression = _cel.program(_cel.compile(rule["messageExpression"]), functions=KUBERNETES_CEL_FUNCTIONS)
+                message = str(expression.evaluate(activation))
+            failures.append(f"{path}{rule.get('fieldPath', '')}: {message}")
     if isinstance(value, dict):
         for name, sub in (schema.get("properties") or {}).items():
             if name in value:
@@ -85,6 +90,25 @@ def _cel_failures(value: Any, schema: dict[str, Any], path: str) -> list[str]:
         for index, item in enumerate(value):
             failures.extend(_cel_failures(item, schema["items"], f"{path}[{index}]"))
     return failures
+
+
+def _list_map_duplicates(value: Any, schema: dict[str, Any], path: str) -> list[str]:
+    """The API server's check of ``x-kubernetes-list-type: map``: each key tuple at most once."""
+    found = []
+    if isinstance(value, dict):
+        for name, sub in (schema.get("properties") or {}).items():
+            if name in value:
+                found.extend(_list_map_duplicates(value[name], sub, f"{path}.{name}" if path else name))
+    elif isinstance(value, list) and schema.get("x-kubernetes-list-type") == "map":
+        keys = schema["x-kubernetes-list-map-keys"]
+        seen = set()
+        for index, item in enumerate(value):
+            key = tuple(item.get(k) for k in keys)
+            if key in seen:
+                shown = ",".join(f'"{k}":"{v}"' for k, v in zip(keys, key, strict=True))
+                found.append(f"{path}[{index}]: Duplicate value: {{{shown}}}")
+            seen.add(key)
+    return found
 
 
 def crd_problems(document: dict[str, Any]) -> list[str]:
@@ -96,6 +120,7 @@ def crd_problems(document: dict[str, Any]) -> list[str]:
         f"{'.'.join(str(p) for p in error.absolute_path)}: {error.message}"
         for error in validator.iter_errors(defaulted)
     ]
+    problems.extend(_list_map_duplicates(defaulted, schema, ""))
     if problems:  # the API server evaluates CEL only on a document that passed the schema
         return problems
     return _cel_failures(defaulted, schema, "")

@@ -41,6 +41,8 @@ EDGES = {
     "services.jobs.commands",
     "operators.sequence.cluster",
     "operators.sequence.handlers",
+    "operators.sequence.diffbase",
+    "operators.sequence.config_maps",
     "operators.sequence.main",
     "operators.sequence.metrics",
 }

@@ -123,8 +123,17 @@ def _set(path: str, value: Any) -> Change:
 
 _DELETE = object()
 
+
+def _both(first: Change, second: Change) -> Change:
+    def change(document: dict[str, Any]) -> None:
+        first(document)
+        second(document)
+
+    return change
+
+
 INVALID: list[tuple[str, str, Change, str]] = [
-    ("duplicate step names", "welcome", _set("spec.steps.1.name", "hello"), "step names must be unique"),
+    ("duplicate step names", "welcome", _set("spec.steps.1.name", "hello"), "Duplicate value"),
     ("empty trigger", "welcome", _set("spec.trigger", {}), "a trigger needs sources, tags, or all: true"),
     ("all with sources", "welcome", _set("spec.trigger.all", True), "leave sources and tags out"),
     ("step without a body", "welcome", _set("spec.steps.0.html", _DELETE), "a step needs html, text or templateRef"),
@@ -144,7 +153,7 @@ INVALID: list[tuple[str, str, Change, str]] = [
         "window ending before it starts",
         "webinar-follow-up",
         _set("spec.sendWindow.end", "08:00"),
-        "start must be before",
+        "the window's start (09:00) must be before its end (08:00)",
     ),
     (
         "fallback time zone lead",
@@ -164,6 +173,13 @@ INVALID: list[tuple[str, str, Change, str]] = [
     ("unknown unsubscribe scope", "welcome", _set("spec.unsubscribeScope", "Everything"), "unsubscribeScope"),
     ("display name of two lines", "welcome", _set("spec.displayName", "Tips\nBcc: x@example.com"), "displayName"),
     ("empty display name", "welcome", _set("spec.displayName", ""), "displayName"),
+    ("html body over its maximum", "welcome", _set("spec.steps.0.html", "x" * 131073), "html"),
+    (
+        "inline bodies over the total one object can hold",
+        "welcome",
+        _both(_set("spec.steps.0.html", "<" * 100_000), _set("spec.steps.1.html", "<" * 100_000)),
+        "the inline subjects and bodies of all steps exceed 196608 characters in total",
+    ),
 ]
 
 
@@ -206,3 +222,34 @@ def test_display_name_and_unsubscribe_scope_are_optional_with_global_the_default
     assert resource.spec.display_name == "Welcome series <b>&</b>"
     assert resource.spec.unsubscribe_scope == "Global"
     assert parse_sequence_document(document_named("welcome"), "seq.yaml").spec.display_name is None
+
+
+def test_steps_are_a_list_map_keyed_by_name_without_a_pairwise_cel_rule() -> None:
+    steps = openapi_schema()["properties"]["spec"]["properties"]["steps"]
+
+    assert (steps["x-kubernetes-list-type"], steps["x-kubernetes-list-map-keys"]) == ("map", ["name"])
+    assert "name" in steps["items"]["required"]
+    assert "x-kubernetes-validations" not in steps
+
+
+def test_the_size_rule_and_the_struct_share_their_numbers() -> None:
+    from proto.sequence import MAX_BODY_CHARACTERS, MAX_INLINE_CHARACTERS
+
+    spec = openapi_schema()["properties"]["spec"]
+    step = spec["properties"]["steps"]["items"]["properties"]
+    [size_rule] = spec["x-kubernetes-validations"]
+
+    assert step["html"]["maxLength"] == step["text"]["maxLength"] == MAX_BODY_CHARACTERS
+    assert size_rule["rule"].endswith(f"<= {MAX_INLINE_CHARACTERS}")
+    assert size_rule["fieldPath"] == ".steps"
+
+
+def test_a_cel_problem_names_the_field_it_is_about() -> None:
+    document = document_named("webinar-follow-up")
+    document["spec"]["sendWindow"].update(start="22:00", end="06:00", fallbackTimezone="lead")
+
+    assert crd_problems(document) == [
+        ".spec.sendWindow.end: the window's start (22:00) must be before its end (06:00);"
+        " windows across midnight are not supported",
+        ".spec.sendWindow.fallbackTimezone: fallbackTimezone must be an IANA time zone, not lead",
+    ]

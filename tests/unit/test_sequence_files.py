@@ -104,7 +104,7 @@ def test_camel_case_fields_map_to_the_spec() -> None:
     assert resource.spec.paused is True
 
 
-def test_duplicate_step_names_are_rejected_naming_the_steps_field() -> None:
+def test_duplicate_step_names_are_rejected_naming_the_repeated_step() -> None:
     document = minimal_document(
         steps=[
             {"name": "hello", "subject": "A", "text": "a"},
@@ -116,8 +116,8 @@ def test_duplicate_step_names_are_rejected_naming_the_steps_field() -> None:
     message = invalid_message(document)
 
     assert message.startswith("seq.yaml: ")
-    assert "hello" in message
-    assert "`$.spec.steps`" in message
+    assert "Duplicate value: step name 'hello'" in message
+    assert "`$.spec.steps[2]`" in message
 
 
 def test_step_with_neither_html_nor_text_is_rejected_naming_the_step() -> None:

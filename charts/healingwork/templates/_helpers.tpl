@@ -17,6 +17,31 @@
 {{- end }}
 {{- end }}
 
+{{/*
+The name of one of the release's objects, "<fullname>-<component>", fitted to its kind's limit: 63 (a DNS
+label: Services, and a Job's name becomes its pods' job-name label) unless "limit" says less, 52 for a
+CronJob (its Jobs append "-" and 10 digits, within the 63 of a label value). A longer name keeps its
+component and gets a hash of the whole name, "<fullname, cut>-<5 hex>-<component>", so two objects never
+shorten to the same name and the name stays stable across upgrades (the widely used charts' trunc + hash).
+Parameters: root (the chart context), component, limit (optional, default 63).
+*/}}
+{{- define "healingwork.componentName" -}}
+{{- $fullname := include "healingwork.fullname" .root }}
+{{- $name := printf "%s-%s" $fullname .component }}
+{{- $limit := int (default 63 .limit) }}
+{{- if le (len $name) $limit }}
+{{- $name }}
+{{- else }}
+{{- $keep := sub $limit (add (len .component) 7) | int }}
+{{- printf "%s-%s-%s" ($fullname | trunc $keep | trimSuffix "-") ($name | sha256sum | trunc 5) .component }}
+{{- end }}
+{{- end }}
+
+{{/* A CronJob's name: componentName with its limit of 52. */}}
+{{- define "healingwork.cronJobName" -}}
+{{- include "healingwork.componentName" (dict "root" .root "component" .job "limit" 52) }}
+{{- end }}
+
 {{- define "healingwork.chart" -}}
 {{- printf "%s-%s" .Chart.Name .Chart.Version | replace "+" "_" | trunc 63 | trimSuffix "-" }}
 {{- end }}
@@ -152,7 +177,7 @@ calls the Kubernetes API).
 apiVersion: apps/v1
 kind: Deployment
 metadata:
-  name: {{ include "healingwork.fullname" $root }}-{{ .component }}
+  name: {{ include "healingwork.componentName" (dict "root" $root "component" .component) }}
   labels:
     {{- include "healingwork.labels" $root | nindent 4 }}
     app.kubernetes.io/component: {{ .component }}
@@ -277,7 +302,7 @@ readinessProbe:
 
 {{/* The operator's ServiceAccount (and Role) name. */}}
 {{- define "healingwork.operatorServiceAccount" -}}
-{{- include "healingwork.fullname" . }}-operator
+{{- include "healingwork.componentName" (dict "root" . "component" "operator") }}
 {{- end }}
 
 {{/* OPERATOR_NAMESPACES: empty (every namespace) when cluster-wide, else the watched namespaces, the
