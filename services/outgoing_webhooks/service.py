@@ -12,6 +12,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
+from dataclasses import dataclass
 from functools import partial
 
 import psycopg_pool
@@ -101,24 +102,50 @@ def queue_deliveries(pool: psycopg_pool.AsyncConnectionPool[Connection], queued:
     return handle
 
 
+@dataclass(frozen=True)
+class DeliveryRules:
+    """How the deliverer works, from the settings."""
+
+    batch_size: int
+    lease_s: float
+    schedule: list[float]
+    hmac_secrets: list[str]
+
+    @classmethod
+    def of(cls, settings: WebhooksSettings) -> DeliveryRules:
+        return cls(
+            batch_size=settings.webhook_batch_size,
+            lease_s=settings.webhook_timeout_s + LEASE_MARGIN_S,
+            schedule=parse_schedule(settings.webhook_retry_schedule_s),
+            hmac_secrets=[settings.hmac_secret, settings.hmac_secret_previous],
+        )
+
+
+async def deliver_due(
+    pool: psycopg_pool.AsyncConnectionPool[Connection], client: SafeHttpClient, rules: DeliveryRules
+) -> int:
+    """One pass: claim up to a batch of due deliveries, attempt them at once, record each outcome;
+    returns how many were claimed."""
+    async with transaction(pool) as conn:
+        claimed = await claim_due_deliveries(
+            conn, limit=rules.batch_size, lease_s=rules.lease_s, hmac_secrets=rules.hmac_secrets
+        )
+    if claimed:
+        await asyncio.gather(*(_attempt(pool, client, delivery, rules.schedule) for delivery in claimed))
+    return len(claimed)
+
+
 async def _deliver(settings: WebhooksSettings, runtime: Runtime, client: SafeHttpClient, queued: asyncio.Event) -> None:
-    schedule = parse_schedule(settings.webhook_retry_schedule_s)
-    secrets = [settings.hmac_secret, settings.hmac_secret_previous]
-    lease_s = settings.webhook_timeout_s + LEASE_MARGIN_S
+    rules = DeliveryRules.of(settings)
     while not runtime.stop.is_set():
         queued.clear()
-        claimed: list[Claimed] = []
+        claimed = 0
         try:
-            async with transaction(runtime.pool) as conn:
-                claimed = await claim_due_deliveries(
-                    conn, limit=settings.webhook_batch_size, lease_s=lease_s, hmac_secrets=secrets
-                )
-            if claimed:
-                await asyncio.gather(*(_attempt(runtime, client, delivery, schedule) for delivery in claimed))
+            claimed = await deliver_due(runtime.pool, client, rules)
             await _observe_backlog(runtime)
         except UNAVAILABLE_ERRORS as error:
             log.warning("database unavailable; the deliverer will try again", extra={"error": repr(error)})
-        if len(claimed) >= settings.webhook_batch_size:
+        if claimed >= rules.batch_size:
             continue
         waits = [asyncio.create_task(queued.wait()), asyncio.create_task(runtime.stop.wait())]
         await asyncio.wait(waits, timeout=settings.webhook_poll_interval_s, return_when=asyncio.FIRST_COMPLETED)
@@ -138,12 +165,14 @@ async def attempt_delivery(client: SafeHttpClient, delivery: Claimed) -> Outcome
     return Outcome(status=answer.status, body=answer.body, error=None if answer.succeeded else f"HTTP {answer.status}")
 
 
-async def _attempt(runtime: Runtime, client: SafeHttpClient, delivery: Claimed, schedule: list[float]) -> None:
+async def _attempt(
+    pool: psycopg_pool.AsyncConnectionPool[Connection], client: SafeHttpClient, delivery: Claimed, schedule: list[float]
+) -> None:
     started = time.monotonic()
     outcome = await attempt_delivery(client, delivery)
     metrics.OUTGOING_WEBHOOK_SECONDS.observe(time.monotonic() - started)
     try:
-        async with transaction(runtime.pool) as conn:
+        async with transaction(pool) as conn:
             result = await record_outcome(conn, delivery, outcome, schedule=schedule, now=await database_now(conn))
     except UNAVAILABLE_ERRORS as error:
         # The claim's lease runs out and the delivery is attempted again: at least once.
