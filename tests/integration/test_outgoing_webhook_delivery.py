@@ -174,7 +174,7 @@ async def test_persistent_failure_disables_the_endpoint_and_announces_it(
     pool: Pool, receiver: WebhookReceiver, client: SafeHttpClient
 ) -> None:
     failing, _ = await register(pool, receiver.url + "/failing", ["lead.accepted", "webhook_endpoint.disabled"])
-    watcher, watcher_secret = await register(pool, receiver.url + "/watcher", ["webhook_endpoint.disabled"])
+    _, watcher_secret = await register(pool, receiver.url + "/watcher", ["webhook_endpoint.disabled"])
     receiver.default = Answer(status=500)
     await queue(pool, lead_accepted(), lead_accepted())
     receiver.default = Answer(status=500)

@@ -70,7 +70,8 @@ async def webhook_receiver(host: str = "127.0.0.1") -> AsyncIterator[WebhookRece
 
     app = web.Application(client_max_size=1024**2)
     app.router.add_route("*", "/{tail:.*}", handle)
-    runner = web.AppRunner(app, access_log=None)
+    # Handlers still answering (a scripted delay) are cancelled at cleanup, not waited for.
+    runner = web.AppRunner(app, access_log=None, handler_cancellation=True, shutdown_timeout=0.5)
     await runner.setup()
     site = web.TCPSite(runner, host, 0)
     await site.start()
