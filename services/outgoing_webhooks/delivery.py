@@ -23,7 +23,7 @@ from datetime import datetime, timedelta
 from services.common import metrics
 from services.common.db import Connection
 from services.common.webhook_events import ENDPOINT_DISABLED, WebhookEvent
-from services.common.webhook_secrets import decrypt_secret
+from services.common.webhook_secrets import UndecryptableSecret, decrypt_secret, encrypt_secret
 from services.outgoing_webhooks.fanout import fan_out
 
 log = logging.getLogger(__name__)
@@ -45,7 +45,8 @@ class Claimed:
     id: uuid.UUID
     endpoint_id: uuid.UUID
     url: str
-    secret: str
+    # None when no configured HMAC_SECRET decrypts the endpoint's secret: the attempt fails unsent.
+    secret: str | None
     body: bytes
     attempt: int  # 1 for the first
     created_at: datetime
@@ -84,13 +85,48 @@ async def claim_due_deliveries(
                 id=row["id"],  # type: ignore[arg-type]
                 endpoint_id=endpoint_id,
                 url=row["url"],  # type: ignore[arg-type]
-                secret=decrypt_secret(row["secret_ciphertext"], endpoint_id, hmac_secrets),  # type: ignore[arg-type]
+                secret=_decrypted(row["secret_ciphertext"], endpoint_id, hmac_secrets),  # type: ignore[arg-type]
                 body=row["body"],  # type: ignore[arg-type]
                 attempt=row["attempts"],  # type: ignore[arg-type]
                 created_at=row["created_at"],  # type: ignore[arg-type]
             )
         )
     return claimed
+
+
+def _decrypted(stored: bytes, endpoint_id: uuid.UUID, hmac_secrets: list[str]) -> str | None:
+    try:
+        return decrypt_secret(stored, endpoint_id, hmac_secrets)
+    except UndecryptableSecret as error:
+        log.error("cannot sign a webhook", extra={"endpoint": str(endpoint_id), "error": str(error)})
+        return None
+
+
+async def reencrypt_secrets(conn: Connection, *, hmac_secret: str, hmac_secret_previous: str) -> int:
+    """Encrypt again under ``hmac_secret`` every endpoint secret that only ``hmac_secret_previous``
+    decrypts (after a rotation of HMAC_SECRET), so the previous secret can be retired; returns how many."""
+    if not hmac_secret_previous:
+        return 0
+    cursor = await conn.execute("SELECT id, secret_ciphertext FROM webhook_endpoints FOR UPDATE")
+    renewed = 0
+    for row in await cursor.fetchall():
+        endpoint_id: uuid.UUID = row["id"]  # type: ignore[assignment]
+        stored: bytes = row["secret_ciphertext"]  # type: ignore[assignment]
+        try:
+            decrypt_secret(stored, endpoint_id, [hmac_secret])
+            continue
+        except UndecryptableSecret:
+            pass
+        try:
+            secret = decrypt_secret(stored, endpoint_id, [hmac_secret_previous])
+        except UndecryptableSecret:
+            continue  # neither key: reported when its deliveries are attempted
+        await conn.execute(
+            "UPDATE webhook_endpoints SET secret_ciphertext = %s WHERE id = %s",
+            (encrypt_secret(secret, endpoint_id, hmac_secret), endpoint_id),
+        )
+        renewed += 1
+    return renewed
 
 
 @dataclass(frozen=True)

@@ -35,6 +35,7 @@ from services.outgoing_webhooks.delivery import (
     delivery_backlog,
     parse_schedule,
     record_outcome,
+    reencrypt_secrets,
 )
 from services.outgoing_webhooks.fanout import fan_out
 from services.outgoing_webhooks.safe_http import AttemptFailed, Resolver, SafeHttpClient, system_resolver
@@ -137,6 +138,7 @@ async def deliver_due(
 
 async def _deliver(settings: WebhooksSettings, runtime: Runtime, client: SafeHttpClient, queued: asyncio.Event) -> None:
     rules = DeliveryRules.of(settings)
+    await _reencrypt_after_rotation(settings, runtime)
     while not runtime.stop.is_set():
         queued.clear()
         claimed = 0
@@ -155,6 +157,8 @@ async def _deliver(settings: WebhooksSettings, runtime: Runtime, client: SafeHtt
 
 async def attempt_delivery(client: SafeHttpClient, delivery: Claimed) -> Outcome:
     """One signed POST of ``delivery``; never raises for what the endpoint or the network did."""
+    if delivery.secret is None:
+        return Outcome(error="not sent: no configured HMAC_SECRET decrypts the endpoint's signing secret")
     headers = signed_headers(delivery.secret, delivery.webhook_id, int(time.time()), delivery.body)
     try:
         answer = await client.post(delivery.url, delivery.body, headers)
@@ -184,6 +188,21 @@ async def _attempt(
             "webhook attempt failed",
             extra={"delivery": str(delivery.id), "attempt": delivery.attempt, "result": result, "error": outcome.error},
         )
+
+
+async def _reencrypt_after_rotation(settings: WebhooksSettings, runtime: Runtime) -> None:
+    """Once per start (a rotation of HMAC_SECRET restarts the pods): secrets still encrypted under the
+    previous key are encrypted under the current one."""
+    try:
+        async with transaction(runtime.pool) as conn:
+            renewed = await reencrypt_secrets(
+                conn, hmac_secret=settings.hmac_secret, hmac_secret_previous=settings.hmac_secret_previous
+            )
+    except UNAVAILABLE_ERRORS as error:
+        log.warning("could not re-encrypt webhook secrets; next start", extra={"error": repr(error)})
+        return
+    if renewed:
+        log.info("webhook secrets encrypted under the current HMAC_SECRET", extra={"endpoints": renewed})
 
 
 async def _observe_backlog(runtime: Runtime) -> None:

@@ -151,6 +151,15 @@ def test_generated_requests_get_documented_answers(
     # Every documented operation, the tracking and unsubscribe links included.
     assert {"GET /t/o/{token}", "GET /t/c/{token}", "GET /u/{token}", "POST /u/{token}"} <= labels
     assert {"GET /confirm/{token}", "POST /confirm/{token}"} <= labels
+    # The outgoing webhooks' admin API. Registering sends nothing (no delivery service runs here, and
+    # registration never resolves or calls the URL), so generated URLs make no outgoing requests.
+    assert {
+        "POST /v1/webhook-endpoints",
+        "GET /v1/webhook-endpoints",
+        "DELETE /v1/webhook-endpoints/{endpoint_id}",
+        "GET /v1/webhook-endpoints/{endpoint_id}/deliveries",
+        "POST /v1/webhook-endpoints/{endpoint_id}/deliveries/{delivery_id}/retry",
+    } <= labels
     if mode is GenerationMode.POSITIVE:
         # Schema-valid leads are mostly accepted (some fail rules the schema cannot express, such as a
         # real phone number): the generated requests exercise the whole path, not only validation.

@@ -239,3 +239,34 @@ async def test_a_claimed_attempt_that_never_finished_is_attempted_again_after_it
     assert len(receiver.verified(secret)) == 1
     [row] = await deliveries(pool, endpoint)
     assert (row["status"], row["attempts"]) == ("delivered", 2)
+
+
+async def test_after_a_rotation_secrets_are_encrypted_again_under_the_new_hmac_secret(
+    pool: Pool, receiver: WebhookReceiver, client: SafeHttpClient
+) -> None:
+    from services.outgoing_webhooks.delivery import reencrypt_secrets
+
+    endpoint, secret = await register(pool, receiver.url, ["lead.accepted"])
+    rotated = "rotated-" + uuid.uuid4().hex + uuid.uuid4().hex
+    async with transaction(pool) as conn:
+        assert await reencrypt_secrets(conn, hmac_secret=rotated, hmac_secret_previous=HMAC) == 1
+        assert await reencrypt_secrets(conn, hmac_secret=rotated, hmac_secret_previous=HMAC) == 0
+    await queue(pool, lead_accepted())
+    only_new_key = DeliveryRules(batch_size=10, lease_s=60.0, schedule=[0.0], hmac_secrets=[rotated])
+    assert await deliver_due(pool, client, only_new_key) == 1
+    assert len(receiver.verified(secret)) == 1
+    [row] = await deliveries(pool, endpoint)
+    assert row["status"] == "delivered"
+
+
+async def test_a_secret_no_key_decrypts_fails_the_attempt_without_sending(
+    pool: Pool, receiver: WebhookReceiver, client: SafeHttpClient
+) -> None:
+    endpoint, _ = await register(pool, receiver.url, ["lead.accepted"])
+    await queue(pool, lead_accepted())
+    wrong_key = DeliveryRules(batch_size=10, lease_s=60.0, schedule=[60.0], hmac_secrets=["x" * 40])
+    assert await deliver_due(pool, client, wrong_key) == 1
+    assert receiver.received == []
+    [row] = await deliveries(pool, endpoint)
+    assert row["status"] == "pending"
+    assert "no configured HMAC_SECRET decrypts" in str(row["last_error"])
