@@ -215,7 +215,7 @@ class WebhookEndpointRequest(msgspec.Struct, frozen=True, kw_only=True, forbid_u
     """``POST /v1/webhook-endpoints``: where to send which events. ``url`` is http(s) and must not
     point to a loopback, private, link-local or metadata address."""
 
-    url: Annotated[str, msgspec.Meta(min_length=1, max_length=2048)]
+    url: Annotated[str, msgspec.Meta(min_length=1, max_length=2048, pattern="^https?://")]
     events: Annotated[list[WebhookEventType], msgspec.Meta(min_length=1, max_length=64)]
     description: Annotated[str, msgspec.Meta(max_length=500)] = ""
 

@@ -125,6 +125,9 @@ def run_generated_cases(operation: Any, mode: GenerationMode, auth: dict[str, st
     return statuses
 
 
+# 19 operations × 300 examples per mode take about five minutes on a quiet machine: over the default
+# per-test timeout on a loaded one.
+@pytest.mark.timeout(1200)
 @pytest.mark.parametrize("mode", [GenerationMode.POSITIVE, GenerationMode.NEGATIVE])
 def test_generated_requests_get_documented_answers(
     served_intake: tuple[str, dict[str, str]], mode: GenerationMode
