@@ -387,6 +387,9 @@ class WebhooksSettings(BusSettings, frozen=True, kw_only=True):
     # Deliveries claimed per pass (= sent at once), and how often due deliveries are looked for.
     webhook_batch_size: PositiveInt = 50
     webhook_poll_interval_s: PositiveFloat = 1.0
+    # The backstop for events a broker lost: how often the outbox is read again, and how far back at start.
+    webhook_reconcile_interval_s: PositiveFloat = 30.0
+    webhook_reconcile_lookback_s: PositiveFloat = 86400.0
 
 
 class PreviewSettings(msgspec.Struct, frozen=True, kw_only=True):

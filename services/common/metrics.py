@@ -75,3 +75,7 @@ OUTGOING_WEBHOOK_OLDEST_AGE = Gauge(
 OUTGOING_WEBHOOK_ENDPOINTS_DISABLED = Counter(
     "healingwork_outgoing_webhook_endpoints_disabled_total", "Webhook endpoints disabled after persistent failure"
 )
+OUTGOING_WEBHOOK_RECONCILED = Counter(
+    "healingwork_outgoing_webhook_reconciled_total",
+    "Outgoing webhook deliveries made by the reconcile pass (events the consumer never got: a broker lost them)",
+)

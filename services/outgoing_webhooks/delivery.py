@@ -28,8 +28,9 @@ from services.outgoing_webhooks.fanout import fan_out
 
 log = logging.getLogger(__name__)
 
-# What an attempt may take beyond the HTTP timeout before its claim lapses (signing, recording).
-LEASE_MARGIN_S = 50.0
+# What an attempt may take beyond the HTTP timeout before its claim lapses (signing, recording): a delivery
+# whose process died mid-attempt is due again WEBHOOK_TIMEOUT_S + this later.
+LEASE_MARGIN_S = 20.0
 MAX_ERROR_CHARS = 500
 
 

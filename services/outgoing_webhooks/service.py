@@ -1,18 +1,22 @@
 """``healingwork webhooks``: fans the platform's events out to the registered endpoints and delivers them.
 
-Two loops share one process: the consumer (the one consumer loop, over the topics of
+Three loops share one process: the consumer (the one consumer loop, over the topics of
 :func:`services.common.webhook_events.webhook_source_topics`: map a fetch's messages, insert their
 deliveries in one transaction, commit the offsets) and the deliverer, which claims due deliveries
 every poll interval or as soon as the consumer queued some, sends them concurrently and records each
-outcome. Both keep their state in PostgreSQL only, so any number of replicas share the work.
+outcome, and the reconcile pass, which fans out again what the outbox published (the backstop for
+events a broker lost before they were consumed). All keep their state in PostgreSQL only, so any
+number of replicas share the work.
 """
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import time
 from dataclasses import dataclass
+from datetime import datetime, timedelta
 from functools import partial
 
 import psycopg_pool
@@ -38,6 +42,7 @@ from services.outgoing_webhooks.delivery import (
     reencrypt_secrets,
 )
 from services.outgoing_webhooks.fanout import fan_out
+from services.outgoing_webhooks.reconcile import refan_published_events
 from services.outgoing_webhooks.safe_http import AttemptFailed, Resolver, SafeHttpClient, system_resolver
 from services.outgoing_webhooks.signing import signed_headers
 
@@ -81,6 +86,7 @@ async def serve_webhooks(
                 )
             ),
             asyncio.create_task(_deliver(settings, runtime, client, queued)),
+            asyncio.create_task(_reconcile(settings, runtime, queued)),
         ]
         if health is not None:
             health.is_ready = partial(worker_ready, runtime, consumer)
@@ -188,6 +194,35 @@ async def _attempt(
             "webhook attempt failed",
             extra={"delivery": str(delivery.id), "attempt": delivery.attempt, "result": result, "error": outcome.error},
         )
+
+
+RECONCILE_BATCH = 5000
+
+
+async def _reconcile(settings: WebhooksSettings, runtime: Runtime, queued: asyncio.Event) -> None:
+    """Fan out again, every interval, the events the outbox published (see ``reconcile``): what a
+    broker lost before this service consumed it is delivered all the same."""
+    topics = webhook_source_topics(settings)
+    since: datetime | None = None
+    while not runtime.stop.is_set():
+        full = False
+        try:
+            async with transaction(runtime.pool) as conn:
+                now = await database_now(conn)
+                if since is None:
+                    since = now - timedelta(seconds=settings.webhook_reconcile_lookback_s)
+                done = await refan_published_events(conn, topics, since=since, until=now, limit=RECONCILE_BATCH)
+            since, full = done.next_since, done.rows >= RECONCILE_BATCH
+            if done.new_deliveries:
+                metrics.OUTGOING_WEBHOOK_RECONCILED.inc(done.new_deliveries)
+                log.info("reconcile found events the consumer had not", extra={"deliveries": done.new_deliveries})
+                queued.set()
+        except UNAVAILABLE_ERRORS as error:
+            log.warning("database unavailable; the reconcile pass will try again", extra={"error": repr(error)})
+        if full:
+            continue
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(runtime.stop.wait(), timeout=settings.webhook_reconcile_interval_s)
 
 
 async def _reencrypt_after_rotation(settings: WebhooksSettings, runtime: Runtime) -> None:

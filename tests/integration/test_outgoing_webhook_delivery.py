@@ -7,7 +7,7 @@ from __future__ import annotations
 
 import uuid
 from collections.abc import AsyncIterator
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 
 import psycopg_pool
 import pytest
@@ -270,3 +270,34 @@ async def test_a_secret_no_key_decrypts_fails_the_attempt_without_sending(
     [row] = await deliveries(pool, endpoint)
     assert row["status"] == "pending"
     assert "no configured HMAC_SECRET decrypts" in str(row["last_error"])
+
+
+async def test_reconcile_fans_out_published_events_a_broker_lost_once_and_never_history(pool: Pool) -> None:
+    from proto.codec import encode_message
+    from proto.messages import LeadAccepted
+    from services.common.clock import utcnow
+    from services.outgoing_webhooks.reconcile import refan_published_events
+
+    before = utcnow()
+    endpoint, _ = await register(pool, "http://127.0.0.1:9/hook", ["lead.accepted"])
+    older = LeadAccepted(id=uuid.uuid4(), occurred_at=before, lead_id=uuid.uuid4(), source="web")
+    lost = LeadAccepted(id=uuid.uuid4(), occurred_at=utcnow(), lead_id=uuid.uuid4(), source="web")
+    async with transaction(pool) as conn:
+        # Published (the relay marked them), then lost with the broker's memory before anyone consumed them.
+        for message in (older, lost):
+            await conn.execute(
+                "INSERT INTO outbox (topic, key, payload, published_at) VALUES ('t.leads.accepted', 'k', %s, now())",
+                (encode_message(message),),
+            )
+        await conn.execute(
+            "INSERT INTO outbox (topic, key, payload, published_at) VALUES ('t.other', 'k', %s, now())",
+            (encode_message(LeadAccepted(id=uuid.uuid4(), occurred_at=utcnow(), lead_id=uuid.uuid4(), source="x")),),
+        )
+    window = {"since": before - timedelta(minutes=1), "until": utcnow() + timedelta(minutes=1), "limit": 100}
+    async with transaction(pool) as conn:
+        first = await refan_published_events(conn, ["t.leads.accepted"], **window)  # type: ignore[arg-type]
+        again = await refan_published_events(conn, ["t.leads.accepted"], **window)  # type: ignore[arg-type]
+    assert (first.rows, first.new_deliveries) == (2, 1)
+    assert again.new_deliveries == 0
+    [row] = await deliveries(pool, endpoint)
+    assert row["event_id"] == lost.id  # the same id the consumer would have fanned out: one webhook-id
