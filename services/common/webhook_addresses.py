@@ -46,6 +46,8 @@ def check_webhook_url(url: str, *, allow_private_networks: bool) -> str:
     checked here; a name's addresses are checked at every delivery, when it is resolved."""
     if len(url) > MAX_URL_LENGTH:
         raise RefusedWebhookUrl(f"must be at most {MAX_URL_LENGTH} characters")
+    if any(ord(character) <= 0x20 or ord(character) == 0x7F for character in url):
+        raise RefusedWebhookUrl("must not contain spaces or control characters (percent-encode them)")
     try:
         parts = urlsplit(url)
         parts.port  # noqa: B018 - raises ValueError for a port that is not a number

@@ -78,10 +78,15 @@ async def register_endpoint(
 ) -> WebhookEndpointCreated:
     """Store a new endpoint with a fresh secret (kept encrypted); returns it with the secret, which
     is never shown again. Raises :class:`InvalidWebhookEndpoint` for a URL outgoing webhooks refuse."""
+    errors = []
     try:
         url = check_webhook_url(request.url, allow_private_networks=allow_private_networks)
     except RefusedWebhookUrl as error:
-        raise InvalidWebhookEndpoint([FieldError(field="/url", reason=str(error))]) from None
+        errors.append(FieldError(field="/url", reason=str(error)))
+    if any(ord(character) < 0x20 and character not in "\t\n\r" for character in request.description):
+        errors.append(FieldError(field="/description", reason="must not contain control characters"))
+    if errors:
+        raise InvalidWebhookEndpoint(errors)
     endpoint_id = uuid.uuid4()
     secret = new_signing_secret()
     cursor = await conn.execute(

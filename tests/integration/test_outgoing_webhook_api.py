@@ -92,6 +92,8 @@ async def test_private_and_metadata_urls_are_refused_at_registration(
         ({"url": "https://hooks.example.com"}, "/"),
         ({"url": 7, "events": ["lead.accepted"]}, "/url"),
         ({"url": "https://hooks.example.com", "events": ["lead.accepted"], "secret": "mine"}, "/"),
+        ({"url": "https://hooks.example.com/\u0000", "events": ["lead.accepted"]}, "/url"),
+        ({"url": "https://hooks.example.com", "events": ["lead.accepted"], "description": "a\u0000b"}, "/description"),
     ],
 )
 async def test_an_invalid_registration_names_the_field(intake: Intake, body: dict[str, object], field: str) -> None:
