@@ -18,6 +18,7 @@ from __future__ import annotations
 import asyncio
 import ipaddress
 import socket
+import ssl
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from urllib.parse import urlsplit, urlunsplit
@@ -65,8 +66,15 @@ class SafeHttpClient:
     """POSTs webhook bodies by the rules of the module docstring. Use as ``async with``."""
 
     def __init__(
-        self, *, allow_private_networks: bool, timeout_s: float = 10.0, resolver: Resolver = system_resolver
+        self,
+        *,
+        allow_private_networks: bool,
+        timeout_s: float = 10.0,
+        resolver: Resolver = system_resolver,
+        tls: ssl.SSLContext | None = None,
     ) -> None:
+        """``tls``: how certificates are verified (default: the system's trusted CAs; tests pass a
+        context trusting their own CA). The name is always checked against the certificate."""
         self.allow_private_networks = allow_private_networks
         self.timeout_s = timeout_s
         self.resolver = resolver
@@ -75,6 +83,7 @@ class SafeHttpClient:
             timeout=httpx.Timeout(timeout_s),
             trust_env=False,
             limits=httpx.Limits(max_keepalive_connections=0),
+            verify=tls if tls is not None else True,
         )
 
     async def __aenter__(self) -> SafeHttpClient:

@@ -8,9 +8,11 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import ssl
 import uuid
 from collections.abc import AsyncIterator, Callable
-from datetime import datetime
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
 
 import psycopg_pool
 import pytest
@@ -240,3 +242,84 @@ async def test_a_huge_response_body_is_stored_as_its_first_kib_only(
         assert 0 < int(row["size"]) <= 1024  # type: ignore[call-overload]
     finally:
         await pool.close()
+
+
+# --- TLS: connected by address, verified by name ----------------------------------------------------
+
+
+def _certificate_for(name: str) -> tuple[bytes, bytes]:
+    """A self-signed certificate for ``name`` (PEM) and its key (PEM)."""
+    from cryptography import x509
+    from cryptography.hazmat.primitives import hashes, serialization
+    from cryptography.hazmat.primitives.asymmetric import ec
+    from cryptography.x509.oid import NameOID
+
+    key = ec.generate_private_key(ec.SECP256R1())
+    subject = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, name)])
+    now = datetime.now(UTC)
+    certificate = (
+        x509.CertificateBuilder()
+        .subject_name(subject)
+        .issuer_name(subject)
+        .public_key(key.public_key())
+        .serial_number(x509.random_serial_number())
+        .not_valid_before(now - timedelta(minutes=5))
+        .not_valid_after(now + timedelta(days=1))
+        .add_extension(x509.SubjectAlternativeName([x509.DNSName(name)]), critical=False)
+        .add_extension(x509.BasicConstraints(ca=True, path_length=None), critical=True)
+        .sign(key, hashes.SHA256())
+    )
+    return (
+        certificate.public_bytes(serialization.Encoding.PEM),
+        key.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, serialization.NoEncryption()),
+    )
+
+
+@contextlib.asynccontextmanager
+async def tls_receiver(name: str, tmp_path: Path) -> AsyncIterator[tuple[int, ssl.SSLContext, list[str]]]:
+    """An HTTPS server on 127.0.0.1 presenting a certificate for ``name``; yields its port, a client
+    context trusting that certificate, and the server names (SNI) clients asked for."""
+    certificate, key = _certificate_for(name)
+    (tmp_path / "cert.pem").write_bytes(certificate)
+    (tmp_path / "key.pem").write_bytes(key)
+    server_context = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+    server_context.load_cert_chain(tmp_path / "cert.pem", tmp_path / "key.pem")
+    asked: list[str] = []
+    server_context.sni_callback = lambda _sock, server_name, _ctx: asked.append(str(server_name))  # type: ignore[assignment,func-returns-value]
+
+    async def handle(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        with contextlib.suppress(ConnectionError, ssl.SSLError):
+            await reader.readuntil(b"\r\n\r\n")
+            writer.write(b"HTTP/1.1 204 No Content\r\nContent-Length: 0\r\nConnection: close\r\n\r\n")
+            await writer.drain()
+        writer.close()
+
+    server = await asyncio.start_server(handle, "127.0.0.1", 0, ssl=server_context)
+    client_context = ssl.create_default_context(cadata=certificate.decode())
+    try:
+        yield server.sockets[0].getsockname()[1], client_context, asked
+    finally:
+        server.close()
+
+
+async def test_https_connects_to_the_checked_address_with_the_name_as_sni_and_certificate_name(
+    tmp_path: Path,
+) -> None:
+    resolver = test_resolver({"hooks.customer.test": [["127.0.0.1"]]}, [])
+    async with (
+        tls_receiver("hooks.customer.test", tmp_path) as (port, trusted, asked),
+        SafeHttpClient(allow_private_networks=True, resolver=resolver, tls=trusted) as client,
+    ):
+        answer = await client.post(f"https://hooks.customer.test:{port}/hook", BODY, {})
+    assert answer.status == 204
+    assert asked == ["hooks.customer.test"]
+
+
+async def test_https_to_a_name_the_certificate_does_not_name_fails(tmp_path: Path) -> None:
+    resolver = test_resolver({"hooks.attacker.test": [["127.0.0.1"]]}, [])
+    async with (
+        tls_receiver("hooks.customer.test", tmp_path) as (port, trusted, _),
+        SafeHttpClient(allow_private_networks=True, resolver=resolver, tls=trusted) as client,
+    ):
+        with pytest.raises(AttemptFailed, match=r"CERTIFICATE_VERIFY_FAILED|certificate|hostname"):
+            await client.post(f"https://hooks.attacker.test:{port}/hook", BODY, {})
