@@ -341,6 +341,7 @@ def test_the_alerts_cover_the_failures_the_platform_promises_to_report() -> None
         "HealingworkOutboxBacklogOld",
         "HealingworkConsumerLag",
         "HealingworkDeadLetters",
+        "HealingworkWebhookEndpointDisabled",
         "HealingworkSmtpFailureRate",
         "HealingworkCronJobFailed",
         "HealingworkCronJobStale",
