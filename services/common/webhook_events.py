@@ -23,7 +23,7 @@ from typing import get_args
 import msgspec
 
 from proto.http import WebhookEventType
-from proto.messages import AnyMessage, EmailEvent, LeadAccepted
+from proto.messages import AnyMessage, EmailEvent, LeadAccepted, confirmed_lead_message_id
 from services.common.config import BusSettings
 
 # Sent when an endpoint is disabled after persistent failure (to the other endpoints subscribed to it).
@@ -80,20 +80,31 @@ def _email_event(message: AnyMessage) -> dict[str, object]:
     return data
 
 
+def _kind(message: AnyMessage) -> str | None:
+    """What tells apart the messages of one tag: an email event's ``event``; for ``lead.accepted``,
+    ``confirmed`` when a double opt-in confirmation queued it (its id says so); else None."""
+    if isinstance(message, EmailEvent):
+        return message.event
+    if isinstance(message, LeadAccepted) and message.id == confirmed_lead_message_id(message.lead_id):
+        return "confirmed"
+    return None
+
+
 @dataclass(frozen=True)
 class Mapping:
-    """One row: the internal message ``tag`` (and ``event`` of an ``email.event``) → ``webhook_type``."""
+    """One row: the internal message ``tag`` and kind (see :func:`_kind`) → ``webhook_type``."""
 
     tag: str
-    event: str | None
+    kind: str | None
     webhook_type: str
     data: Callable[[AnyMessage], dict[str, object]]
 
 
-# The one table. Not mapped yet (no internal message exists on this branch): lead.confirmed,
-# lead.erased, enrollment.started, enrollment.completed, enrollment.exited, custom lead events.
+# The one table. Not mapped yet (no internal message announces them on this branch): lead.erased,
+# enrollment.started, enrollment.completed, enrollment.exited, custom lead events.
 MAPPINGS: tuple[Mapping, ...] = (
     Mapping("lead.accepted", None, "lead.accepted", _lead_accepted),
+    Mapping("lead.accepted", "confirmed", "lead.confirmed", _lead_accepted),
     Mapping("email.event", "sent", "email.sent", _email_event),
     Mapping("email.event", "opened", "email.opened", _email_event),
     Mapping("email.event", "clicked", "email.clicked", _email_event),
@@ -102,7 +113,7 @@ MAPPINGS: tuple[Mapping, ...] = (
     Mapping("email.event", "unsubscribed", "email.unsubscribed", _email_event),
     Mapping("email.event", "dead", "email.dead", _email_event),
 )
-_BY_KEY = {(m.tag, m.event): m for m in MAPPINGS}
+_BY_KEY = {(m.tag, m.kind): m for m in MAPPINGS}
 
 
 def webhook_source_topics(settings: BusSettings) -> list[str]:
@@ -113,7 +124,7 @@ def webhook_source_topics(settings: BusSettings) -> list[str]:
 def webhook_event_of(message: AnyMessage) -> WebhookEvent | None:
     """The webhook event ``message`` announces, or None when webhooks do not announce it."""
     tag = str(message.__struct_config__.tag)
-    mapping = _BY_KEY.get((tag, message.event if isinstance(message, EmailEvent) else None))
+    mapping = _BY_KEY.get((tag, _kind(message)))
     if mapping is None:
         return None
     return WebhookEvent(

@@ -12,7 +12,7 @@ import msgspec
 import pytest
 from standardwebhooks.webhooks import Webhook, WebhookVerificationError
 
-from proto.messages import EmailEvent, LeadAccepted
+from proto.messages import EmailEvent, LeadAccepted, confirmed_lead_message_id
 from services.common.config import ConfigError, WebhooksSettings, load_settings
 from services.common.webhook_addresses import RefusedWebhookUrl, address_refusal, check_webhook_url
 from services.common.webhook_events import EVENT_TYPES, MAPPINGS, webhook_body, webhook_event_of
@@ -162,6 +162,18 @@ def test_lead_accepted_maps_to_ids_and_facts_without_personal_data() -> None:
         "timestamp": "2026-11-30T04:00:00.000Z",
         "data": {"lead_id": str(lead), "source": "web", "tags": ["a"]},
     }
+
+
+def test_the_lead_accepted_a_confirmation_queues_is_announced_as_lead_confirmed() -> None:
+    lead = uuid.uuid4()
+    confirmed = LeadAccepted(
+        id=confirmed_lead_message_id(lead), occurred_at=datetime.now(UTC), lead_id=lead, source="form"
+    )
+    first = LeadAccepted(id=lead, occurred_at=datetime.now(UTC), lead_id=lead, source="form")
+    assert [e.type if e else None for e in (webhook_event_of(first), webhook_event_of(confirmed))] == [
+        "lead.accepted",
+        "lead.confirmed",
+    ]
 
 
 @pytest.mark.parametrize(
