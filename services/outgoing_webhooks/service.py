@@ -14,8 +14,6 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-import time
-from dataclasses import dataclass
 from datetime import datetime, timedelta
 from functools import partial
 
@@ -31,20 +29,14 @@ from services.common.db import UNAVAILABLE_ERRORS, Connection, transaction
 from services.common.health import HealthServer
 from services.common.runtime import Runtime, service_runtime, supervise, worker_ready
 from services.common.webhook_events import webhook_event_of, webhook_source_topics
+from services.outgoing_webhooks.deliverer import DeliveryRules, deliver_due
 from services.outgoing_webhooks.delivery import (
-    LEASE_MARGIN_S,
-    Claimed,
-    Outcome,
-    claim_due_deliveries,
     delivery_backlog,
-    parse_schedule,
-    record_outcome,
     reencrypt_secrets,
 )
 from services.outgoing_webhooks.fanout import fan_out
 from services.outgoing_webhooks.reconcile import refan_published_events
-from services.outgoing_webhooks.safe_http import AttemptFailed, Resolver, SafeHttpClient, system_resolver
-from services.outgoing_webhooks.signing import signed_headers
+from services.outgoing_webhooks.safe_http import Resolver, SafeHttpClient, system_resolver
 
 log = logging.getLogger(__name__)
 
@@ -65,7 +57,8 @@ async def serve_webhooks(
     *,
     resolver: Resolver = system_resolver,
 ) -> None:
-    """The consumer and the deliverer until ``runtime.stop``; ``resolver`` resolves endpoint names."""
+    """The consumer, the deliverer and the reconcile pass until ``runtime.stop``; ``resolver``
+    resolves endpoint names."""
     queued = asyncio.Event()
     consumer = make_consumer(settings, webhook_source_topics(settings), CONSUMER_GROUP)
     client = SafeHttpClient(
@@ -109,39 +102,6 @@ def queue_deliveries(pool: psycopg_pool.AsyncConnectionPool[Connection], queued:
     return handle
 
 
-@dataclass(frozen=True)
-class DeliveryRules:
-    """How the deliverer works, from the settings."""
-
-    batch_size: int
-    lease_s: float
-    schedule: list[float]
-    hmac_secrets: list[str]
-
-    @classmethod
-    def of(cls, settings: WebhooksSettings) -> DeliveryRules:
-        return cls(
-            batch_size=settings.webhook_batch_size,
-            lease_s=settings.webhook_timeout_s + LEASE_MARGIN_S,
-            schedule=parse_schedule(settings.webhook_retry_schedule_s),
-            hmac_secrets=[settings.hmac_secret, settings.hmac_secret_previous],
-        )
-
-
-async def deliver_due(
-    pool: psycopg_pool.AsyncConnectionPool[Connection], client: SafeHttpClient, rules: DeliveryRules
-) -> int:
-    """One pass: claim up to a batch of due deliveries, attempt them at once, record each outcome;
-    returns how many were claimed."""
-    async with transaction(pool) as conn:
-        claimed = await claim_due_deliveries(
-            conn, limit=rules.batch_size, lease_s=rules.lease_s, hmac_secrets=rules.hmac_secrets
-        )
-    if claimed:
-        await asyncio.gather(*(_attempt(pool, client, delivery, rules.schedule) for delivery in claimed))
-    return len(claimed)
-
-
 async def _deliver(settings: WebhooksSettings, runtime: Runtime, client: SafeHttpClient, queued: asyncio.Event) -> None:
     rules = DeliveryRules.of(settings)
     await _reencrypt_after_rotation(settings, runtime)
@@ -159,41 +119,6 @@ async def _deliver(settings: WebhooksSettings, runtime: Runtime, client: SafeHtt
         await asyncio.wait(waits, timeout=settings.webhook_poll_interval_s, return_when=asyncio.FIRST_COMPLETED)
         for waiter in waits:
             waiter.cancel()
-
-
-async def attempt_delivery(client: SafeHttpClient, delivery: Claimed) -> Outcome:
-    """One signed POST of ``delivery``; never raises for what the endpoint or the network did."""
-    if delivery.secret is None:
-        return Outcome(error="not sent: no configured HMAC_SECRET decrypts the endpoint's signing secret")
-    headers = signed_headers(delivery.secret, delivery.webhook_id, int(time.time()), delivery.body)
-    try:
-        answer = await client.post(delivery.url, delivery.body, headers)
-    except AttemptFailed as failure:
-        if failure.kind == "refused":
-            metrics.OUTGOING_WEBHOOKS.labels("refused").inc()
-        return Outcome(error=str(failure))
-    return Outcome(status=answer.status, body=answer.body, error=None if answer.succeeded else f"HTTP {answer.status}")
-
-
-async def _attempt(
-    pool: psycopg_pool.AsyncConnectionPool[Connection], client: SafeHttpClient, delivery: Claimed, schedule: list[float]
-) -> None:
-    started = time.monotonic()
-    outcome = await attempt_delivery(client, delivery)
-    metrics.OUTGOING_WEBHOOK_SECONDS.observe(time.monotonic() - started)
-    try:
-        async with transaction(pool) as conn:
-            result = await record_outcome(conn, delivery, outcome, schedule=schedule, now=await database_now(conn))
-    except UNAVAILABLE_ERRORS as error:
-        # The claim's lease runs out and the delivery is attempted again: at least once.
-        log.warning("could not record a webhook attempt", extra={"delivery": str(delivery.id), "error": repr(error)})
-        return
-    metrics.OUTGOING_WEBHOOKS.labels(result).inc()
-    if result != "delivered":
-        log.info(
-            "webhook attempt failed",
-            extra={"delivery": str(delivery.id), "attempt": delivery.attempt, "result": result, "error": outcome.error},
-        )
 
 
 RECONCILE_BATCH = 5000

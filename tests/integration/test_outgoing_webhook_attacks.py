@@ -21,9 +21,9 @@ from services.common.config import DatabaseSettings
 from services.common.db import Connection, open_pool, transaction
 from services.common.webhook_events import WebhookEvent
 from services.common.webhook_secrets import encrypt_secret, new_signing_secret
+from services.outgoing_webhooks.deliverer import DeliveryRules, deliver_due
 from services.outgoing_webhooks.fanout import fan_out
 from services.outgoing_webhooks.safe_http import MAX_BODY_BYTES, AttemptFailed, SafeHttpClient
-from services.outgoing_webhooks.service import DeliveryRules, deliver_due
 from tests.support.webhook_receiver import Answer, WebhookReceiver, webhook_receiver
 
 pytestmark = pytest.mark.integration

@@ -17,9 +17,9 @@ from services.common.config import DatabaseSettings
 from services.common.db import Connection, open_pool, transaction
 from services.common.webhook_events import WebhookEvent
 from services.intake.webhook_endpoints import register_endpoint
+from services.outgoing_webhooks.deliverer import DeliveryRules, deliver_due
 from services.outgoing_webhooks.fanout import fan_out
 from services.outgoing_webhooks.safe_http import SafeHttpClient
-from services.outgoing_webhooks.service import DeliveryRules, deliver_due
 from tests.support.platform import fetch_all
 from tests.support.webhook_receiver import Answer, WebhookReceiver, webhook_receiver
 
