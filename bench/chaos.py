@@ -262,6 +262,8 @@ class Platform:
             "KAFKA_BOOTSTRAP_SERVERS": self.broker.bootstrap_servers,
             "SMTP_URL": f"smtp://{self.sink.host}:{self.sink.port}?starttls=never",
             "HMAC_SECRET": secrets.token_hex(32),
+            # Required since keyed address hashes (issue 15); one per run, like HMAC_SECRET.
+            "SUPPRESSION_HASH_KEY": secrets.token_hex(32),
             "PUBLIC_BASE_URL": "http://127.0.0.1:8000",
             "FROM_EMAIL": "chaos@example.com",
             "FROM_NAME": "healingwork chaos",
