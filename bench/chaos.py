@@ -4,7 +4,7 @@ random faults, then an audit of what the SMTP sink received against what Postgre
     uv run python -m bench.chaos                      # 3,000 leads, ~2 minutes of faults
     uv run python -m bench.chaos --leads 300 --duration 20 --seed 7 --scripted
 
-Processes: two replicas each of intake (HTTP + outbox relay), scheduler and dispatcher, started with
+Processes: two replicas each of intake (HTTP + outbox relay), scheduler, dispatcher and webhooks, started with
 ``python -m services <name>`` exactly as in a container, and the batch jobs (``healingwork job ...``) on a
 short schedule, all against an embedded PostgreSQL, a broker (``--broker``: the embedded Tansu broker,
 memory storage, by default; ``kafka``: Apache Kafka from ``.tools``, :mod:`devstack.apache_kafka`) and an
@@ -19,7 +19,9 @@ while faults are injected one after another (and retry-failed runs every ``--job
 * ``broker-restart``: the broker restarted; Tansu's memory storage loses every topic, message and offset
   and the reconcile job (retry-failed) must heal it; Apache Kafka keeps its log (a clean restart);
 * ``postgres-restart``: once per run, PostgreSQL stopped (fast shutdown) and started on the same port;
-* ``smtp-4xx``: the sink answers 451 to every DATA for 1-8 s.
+* ``smtp-4xx``: the sink answers 451 to every DATA for 1-8 s;
+* ``webhook-5xx``: the webhook receiver (:mod:`bench.chaos_webhooks`, registered for ``lead.accepted``
+  and ``email.sent``) answers 503 for 1-8 s.
 
 Throughout, a few chosen addresses (``--rejected``) are answered 550 at RCPT: those messages must end
 ``dead`` and on the dead-letter topic, and nothing else may.
@@ -33,6 +35,9 @@ The audit, after the pipeline drained (or the drain deadline passed):
   are attributed to it, the rest are ``duplicates_outside_window``;
 * ``stuck``: work not finished at the end: leads not enrolled, active enrollments, messages not in a final
   state, unpublished outbox rows;
+* ``webhooks_lost``: accepted leads without a ``lead.accepted`` and sent messages without an ``email.sent``
+  at the webhook receiver; ``webhooks_duplicates_with_another_id``: an event received under two
+  ``webhook-id`` values (copies under one id are the at-least-once kind, allowed); bad signatures;
 * ``dlq_mismatch``: messages dead-lettered (the outbox rows of the dead-letter topic, published) that were
   not permanently rejected, plus permanently rejected ones that were not dead-lettered.
 
@@ -66,6 +71,7 @@ from typing import Any
 import aiohttp
 import psycopg
 
+from bench.chaos_webhooks import WebhookSink, audit_webhooks, pending_webhooks
 from devstack.apache_kafka import ApacheKafkaBroker
 from devstack.embedded import EmbeddedBroker, EmbeddedPostgres, find_free_port
 from devstack.jobs import DevJobs
@@ -86,7 +92,7 @@ spec:
     - {name: three, delay: %(delay3)s, subject: "Three", text: "Step three."}
 """
 STEPS = 3
-SERVICES = ("intake", "scheduler", "dispatcher")
+SERVICES = ("intake", "scheduler", "dispatcher", "webhooks")
 REPLICAS = 2
 IDEMPOTENCY_HEADER = "X-Idempotency-Key"
 IN_FLIGHT = 64
@@ -233,6 +239,7 @@ class Platform:
             else EmbeddedBroker(log_path=self.logs / "broker.log")
         )
         self.sink = SinkProcess(work / "mail", work / "rejected.json")
+        self.webhook_sink = WebhookSink()
         self.rejected: set[str] = set()
         self.services: list[ServiceProcess] = []
         self.jobs: DevJobs | None = None
@@ -248,12 +255,15 @@ class Platform:
         asyncio.run(apply_sequence_files(DatabaseSettings(database_url=self.database_url), [sequence]))
         self.broker.start()
         self.sink.start(self.rejected)
+        self.webhook_sink.start()
         shared = {
             **os.environ,
             "DATABASE_URL": self.database_url,
             "KAFKA_BOOTSTRAP_SERVERS": self.broker.bootstrap_servers,
             "SMTP_URL": f"smtp://{self.sink.host}:{self.sink.port}?starttls=never",
             "HMAC_SECRET": secrets.token_hex(32),
+            # Required since keyed address hashes (issue 15); one per run, like HMAC_SECRET.
+            "SUPPRESSION_HASH_KEY": secrets.token_hex(32),
             "PUBLIC_BASE_URL": "http://127.0.0.1:8000",
             "FROM_EMAIL": "chaos@example.com",
             "FROM_NAME": "healingwork chaos",
@@ -275,6 +285,12 @@ class Platform:
             # Longer: a live dispatcher may hold a message in `sending` while PostgreSQL restarts.
             "STUCK_SENDING_AFTER_S": str(self.args.resend_sending_after),
             "RESEND_STUCK_SENDING": "true",
+            # Outgoing webhooks to the harness's receiver on loopback, retried within the run (production:
+            # 27.5 hours), a killed deliverer's claim due again 25 s later, the outbox re-read every 5 s.
+            "WEBHOOK_ALLOW_PRIVATE_NETWORKS": "true",
+            "WEBHOOK_RETRY_SCHEDULE_S": ",".join(["1", "1", "2", "2"] + ["3"] * 30),
+            "WEBHOOK_TIMEOUT_S": "5",
+            "WEBHOOK_RECONCILE_INTERVAL_S": "5",
         }
         for name in SERVICES:
             for replica in range(REPLICAS):
@@ -290,6 +306,7 @@ class Platform:
         for service in self.services:
             service.start()
         self.wait_ready(90)
+        self.webhook_sink.register(self.intake_urls()[0])
         # During the calm phase the jobs run at a CronJob's cadence (once a minute at most; the chart's
         # defaults are rarer still), so the latency baseline is that of a deployment; from the fault
         # phase on, retry-failed runs every --job-interval seconds, so the healing is seen in minutes.
@@ -333,6 +350,7 @@ class Platform:
             service.stop()
         self.broker.resume()
         self.sink.stop()
+        self.webhook_sink.stop()
         self.broker.stop()
         self.postgres.stop()
 
@@ -353,11 +371,11 @@ def sending_message_ids(database_url: str) -> set[uuid.UUID]:
 async def inject_faults(platform: Platform, run: Run, rng: random.Random, until: float, scripted: bool) -> None:
     """Faults one after another until ``until`` (monotonic); each kind at least once, PostgreSQL once."""
     args = platform.args
-    kinds = ["kill9", "broker-pause", "broker-restart", "postgres-restart", "smtp-4xx"]
+    kinds = ["kill9", "broker-pause", "broker-restart", "postgres-restart", "smtp-4xx", "webhook-5xx"]
     plan = kinds[:] if scripted else []
     if scripted:
         # One kill of each service, then one of every other kind, in a shuffled order.
-        plan = ["kill9:intake", "kill9:scheduler", "kill9:dispatcher", *kinds[1:]]
+        plan = ["kill9:intake", "kill9:scheduler", "kill9:dispatcher", "kill9:webhooks", *kinds[1:]]
         rng.shuffle(plan)
     postgres_done = False
     while time.monotonic() < until or plan or len(run.faults) < args.min_faults:
@@ -365,8 +383,8 @@ async def inject_faults(platform: Platform, run: Run, rng: random.Random, until:
             kind = plan.pop(0)
         else:
             kind = rng.choices(
-                ["kill9", "broker-pause", "broker-restart", "smtp-4xx", "postgres-restart"],
-                weights=[12, 1, 1, 1, 0 if postgres_done else 1],
+                ["kill9", "broker-pause", "broker-restart", "smtp-4xx", "webhook-5xx", "postgres-restart"],
+                weights=[12, 1, 1, 1, 1, 0 if postgres_done else 1],
             )[0]
         if kind.startswith("kill9"):
             _, _, name = kind.partition(":")
@@ -394,6 +412,12 @@ async def inject_faults(platform: Platform, run: Run, rng: random.Random, until:
             await asyncio.to_thread(platform.postgres.restart)
             run.window_message_ids |= await asyncio.to_thread(sending_message_ids, platform.database_url)
             detail = "fast shutdown + start"
+        elif kind == "webhook-5xx":
+            seconds = rng.uniform(1.0, 8.0)
+            platform.webhook_sink.failing.set()
+            await asyncio.sleep(seconds)
+            platform.webhook_sink.failing.clear()
+            detail = f"{seconds:.1f}s"
         else:  # smtp-4xx
             seconds = rng.uniform(1.0, 8.0)
             platform.sink.fail_with(451, "4.3.0 chaos: try again later")
@@ -470,12 +494,12 @@ def drained(database_url: str) -> dict[str, int] | None:
                           (SELECT count(*) FROM messages WHERE status NOT IN ('sent', 'dead', 'skipped')),
                           (SELECT count(*) FROM outbox WHERE published_at IS NULL)"""
             ).fetchone()
+            webhooks = pending_webhooks(conn)
     except psycopg.OperationalError:
         return None
     assert row is not None
-    return dict(
-        zip(("unenrolled_leads", "active_enrollments", "unfinished_messages", "unpublished_outbox"), row, strict=True)
-    )
+    names = ("unenrolled_leads", "active_enrollments", "unfinished_messages", "unpublished_outbox")
+    return {**dict(zip(names, row, strict=True)), "pending_webhooks": webhooks}
 
 
 def received_messages(sink: SinkProcess) -> tuple[Counter[uuid.UUID], dict[uuid.UUID, float]]:
@@ -680,6 +704,7 @@ async def main_async(
         stop.set()
         await supervisor
     result = audit(platform, run, set(calm), clock_offset)
+    result.update(audit_webhooks(platform.webhook_sink, platform.database_url, run.window_message_ids))
     result["drain_s"] = round(drain_s, 1) if drain_s >= 0 else None
     result["calm_leads_per_s"] = round(calm_rate, 1)
     result["service_restarts"] = sum(s.starts - 1 for s in platform.services)

@@ -37,7 +37,7 @@ if TYPE_CHECKING:
     from devstack.apache_kafka import ApacheKafkaBroker
     from devstack.embedded import EmbeddedBroker
 
-SERVICES = ("intake", "scheduler", "dispatcher")
+SERVICES = ("intake", "scheduler", "dispatcher", "webhooks")
 READY_TIMEOUT_S = 90.0
 STOP_TIMEOUT_S = 15.0
 EXAMPLES = Path("k8s/examples")
@@ -150,6 +150,8 @@ def _service_env(
         "KAFKA_SESSION_TIMEOUT_S": os.environ.get("KAFKA_SESSION_TIMEOUT_S", "3"),
         # Everything is local: a few seconds to stop are plenty (and `dev`'s children are gone soon after it).
         "SHUTDOWN_GRACE_S": os.environ.get("SHUTDOWN_GRACE_S", "5"),
+        # Outgoing webhooks may go to local receivers on a developer's machine (refused everywhere else).
+        "WEBHOOK_ALLOW_PRIVATE_NETWORKS": "true",
     }
     return {
         # Authentication is off by default on a developer's machine only (everywhere else "required");
@@ -162,6 +164,7 @@ def _service_env(
         },
         "scheduler": {**shared, "HEALTH_PORT": str(health_ports["scheduler"])},
         "dispatcher": {**shared, "HEALTH_PORT": str(health_ports["dispatcher"])},
+        "webhooks": {**shared, "HEALTH_PORT": str(health_ports["webhooks"])},
     }
 
 
@@ -217,7 +220,7 @@ def run_dev(*, port: int, mail_dir: Path, data_dir: Path, fresh: bool = False, b
             _apply_examples(addresses["DATABASE_URL"])
             from devstack.embedded import find_free_port, parent_death_preexec
 
-            health_ports = {"scheduler": find_free_port(), "dispatcher": find_free_port()}
+            health_ports = {"scheduler": find_free_port(), "dispatcher": find_free_port(), "webhooks": find_free_port()}
             environments = _service_env(addresses, port, health_ports, _suppression_hash_key(data_dir))
             for name in SERVICES:
                 log_file = (logs / f"{name}.log").open("ab")
@@ -231,7 +234,7 @@ def run_dev(*, port: int, mail_dir: Path, data_dir: Path, fresh: bool = False, b
                     preexec_fn=parent_death_preexec(signal.SIGTERM),
                 )
                 log_file.close()
-            _say("starting intake, scheduler and dispatcher ...")
+            _say("starting intake, scheduler, dispatcher and webhooks ...")
             _wait_ready(
                 {
                     "intake": f"http://127.0.0.1:{port}/readyz",

@@ -187,3 +187,86 @@ class AddressExport(msgspec.Struct, frozen=True, kw_only=True):
     exported_at: datetime
     leads: list[ExportedLead]
     suppression: SuppressionView | None = None
+
+
+# --- Outgoing webhooks (services/outgoing_webhooks) ------------------------------------------------
+
+# Every event type an endpoint may subscribe to (services/common/webhook_events.py says which the
+# platform publishes and how each is made).
+WebhookEventType = Literal[
+    "lead.accepted",
+    "lead.confirmed",
+    "lead.erased",
+    "enrollment.started",
+    "enrollment.completed",
+    "enrollment.exited",
+    "email.sent",
+    "email.opened",
+    "email.clicked",
+    "email.bounced",
+    "email.complained",
+    "email.unsubscribed",
+    "email.dead",
+    "webhook_endpoint.disabled",
+]
+
+
+class WebhookEndpointRequest(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=True):
+    """``POST /v1/webhook-endpoints``: where to send which events. ``url`` is http(s) and must not
+    point to a loopback, private, link-local or metadata address."""
+
+    url: Annotated[str, msgspec.Meta(min_length=1, max_length=2048, pattern="^https?://")]
+    events: Annotated[list[WebhookEventType], msgspec.Meta(min_length=1, max_length=64)]
+    description: Annotated[str, msgspec.Meta(max_length=500)] = ""
+
+
+class WebhookEndpointView(msgspec.Struct, frozen=True, kw_only=True):
+    """A registered endpoint (never its secret). ``status`` is ``enabled`` or ``disabled`` (after
+    persistent failure; retrying one of its deliveries enables it again)."""
+
+    id: uuid.UUID
+    url: str
+    events: list[str]
+    description: str
+    status: str
+    disabled_reason: str | None
+    created_at: datetime
+    disabled_at: datetime | None
+
+
+class WebhookEndpointCreated(WebhookEndpointView, frozen=True, kw_only=True):
+    """The answer to ``POST /v1/webhook-endpoints``: the endpoint and its signing secret
+    (``whsec_…``), shown this once."""
+
+    secret: str
+
+
+class WebhookEndpointList(msgspec.Struct, frozen=True, kw_only=True):
+    """``GET /v1/webhook-endpoints``: every endpoint, oldest first."""
+
+    endpoints: list[WebhookEndpointView]
+
+
+class WebhookDeliveryView(msgspec.Struct, frozen=True, kw_only=True):
+    """One event sent (or to be sent) to one endpoint. ``id`` is the ``webhook-id`` header of every
+    attempt. ``status``: ``pending`` (``next_attempt_at`` says when), ``delivered`` or ``failed`` (the
+    retry schedule ran out). The last attempt's HTTP status, first KiB of response body and error are kept."""
+
+    id: uuid.UUID
+    event_id: uuid.UUID
+    event_type: str
+    status: str
+    attempts: int
+    next_attempt_at: datetime | None
+    last_attempt_at: datetime | None
+    response_status: int | None
+    response_body: str | None
+    last_error: str | None
+    created_at: datetime
+    delivered_at: datetime | None
+
+
+class WebhookDeliveryList(msgspec.Struct, frozen=True, kw_only=True):
+    """``GET /v1/webhook-endpoints/{id}/deliveries``: the most recent deliveries, newest first."""
+
+    deliveries: list[WebhookDeliveryView]

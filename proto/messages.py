@@ -33,6 +33,16 @@ class LeadAccepted(Message, frozen=True, kw_only=True, tag="lead.accepted"):
     request_id: str | None = None
 
 
+# The lead.accepted that a double opt-in confirmation queues has an id of its own, uuid5 of this and the
+# lead id (the first one's id is the lead's): consumers tell a confirmation from an acceptance by it.
+CONFIRMED_NAMESPACE = uuid.UUID("5b0f7c1e-3d2a-4e8b-9c61-0a7d4f2e8b13")
+
+
+def confirmed_lead_message_id(lead_id: uuid.UUID) -> uuid.UUID:
+    """The id of the ``lead.accepted`` queued when ``lead_id`` confirmed its address."""
+    return uuid.uuid5(CONFIRMED_NAMESPACE, str(lead_id))
+
+
 class EmailDispatch(Message, frozen=True, kw_only=True, tag="email.dispatch"):
     """Send one step of one enrollment. Key: enrollment id. ``id`` is the message's own id.
 

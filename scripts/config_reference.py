@@ -37,6 +37,7 @@ COMMANDS: dict[str, type[msgspec.Struct]] = {
     "intake": config.IntakeSettings,
     "scheduler": config.SchedulerSettings,
     "dispatcher": config.DispatcherSettings,
+    "webhooks": config.WebhooksSettings,
     "operator": config.OperatorSettings,
     "job *": config.JobSettings,
     "migrate": config.DatabaseSettings,

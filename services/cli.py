@@ -28,6 +28,7 @@ from services.common.config import (
     OperatorSettings,
     PreviewSettings,
     SchedulerSettings,
+    WebhooksSettings,
     load_settings,
 )
 from services.common.db import UNAVAILABLE_ERRORS, DatabaseUnreachable, unreachable_message
@@ -106,6 +107,15 @@ def _dispatcher(args: argparse.Namespace) -> None:
     settings = load_settings(DispatcherSettings)
     configure_logging("dispatcher", settings.log_level)
     run_service(run_dispatcher(settings))
+
+
+def _webhooks(args: argparse.Namespace) -> None:
+    from services.common.shutdown import run_service
+    from services.outgoing_webhooks.service import run_webhooks
+
+    settings = load_settings(WebhooksSettings)
+    configure_logging("webhooks", settings.log_level)
+    run_service(run_webhooks(settings))
 
 
 def _migrate(args: argparse.Namespace) -> None:
@@ -272,6 +282,7 @@ def build_parser() -> argparse.ArgumentParser:
     add("intake", _intake, "Serve the HTTP API (leads, health, metrics) and relay the outbox")
     add("scheduler", _scheduler, "Enroll accepted leads into Sequences and emit due steps")
     add("dispatcher", _dispatcher, "Render and send due emails over SMTP")
+    add("webhooks", _webhooks, "Deliver outgoing webhooks (Standard Webhooks signatures) to the registered endpoints")
     add("operator", _operator, "Reconcile Sequence resources from Kubernetes into PostgreSQL and their status")
     add("migrate", _migrate, "Bring the PostgreSQL schema up to date (safe to run concurrently)")
     add_job_commands(commands)

@@ -161,9 +161,11 @@ class KafkaPublisher:
 METADATA_MAX_AGE_MS = 10_000
 
 
-def make_consumer(settings: BusSettings, topic: str, group_id: str, **overrides: Any) -> AIOKafkaConsumer:
-    """A consumer that never auto-commits: :func:`services.common.consumer.consume` commits offsets
-    after the effect."""
+def make_consumer(
+    settings: BusSettings, topic: str | Sequence[str], group_id: str, **overrides: Any
+) -> AIOKafkaConsumer:
+    """A consumer of ``topic`` (or of several topics) that never auto-commits:
+    :func:`services.common.consumer.consume` commits offsets after the effect."""
     options: dict[str, Any] = {
         "bootstrap_servers": settings.kafka_bootstrap_servers,
         "group_id": settings.kafka_group_prefix + group_id,
@@ -181,4 +183,5 @@ def make_consumer(settings: BusSettings, topic: str, group_id: str, **overrides:
         "client_id": f"healingwork-{group_id}",
     }
     options.update(overrides)
-    return AIOKafkaConsumer(topic, **options)
+    topics = [topic] if isinstance(topic, str) else list(topic)
+    return AIOKafkaConsumer(*topics, **options)

@@ -305,6 +305,8 @@ class IntakeSettings(BusSettings, frozen=True, kw_only=True):
     confirmation_expiry_hours: PositiveFloat = 168.0
     # A resubmitted unconfirmed lead gets another confirmation email no sooner than this.
     confirmation_cooldown_minutes: PositiveFloat = 15.0
+    # Outgoing webhooks: let endpoints be registered on loopback/private/link-local addresses (dev only).
+    webhook_allow_private_networks: bool = False
 
 
 class ClientsSettings(DatabaseSettings, frozen=True, kw_only=True):
@@ -353,6 +355,41 @@ class DispatcherSettings(BusSettings, frozen=True, kw_only=True):
     # one (a ConfigMap mounted as a file, in Kubernetes); see docs/configuration.md.
     confirmation_subject: NonBlank = "Please confirm your subscription"
     confirmation_template_file: str = ""
+
+
+def check_retry_schedule(value: str) -> str | None:
+    try:
+        delays = [float(part) for part in value.split(",")]
+    except ValueError:
+        return "must be comma-separated seconds such as 5,300,1800,7200,18000,36000,36000"
+    if not delays or any(delay < 0 for delay in delays):
+        return "must list at least one delay, none negative"
+    return None
+
+
+RetrySchedule: TypeAlias = Annotated[str, msgspec.Meta(extra={"check": check_retry_schedule})]
+
+
+class WebhooksSettings(BusSettings, frozen=True, kw_only=True):
+    """``healingwork webhooks``: delivers outgoing webhooks (Standard Webhooks signatures)."""
+
+    # The endpoints' signing secrets are stored encrypted under a key derived from this (and the previous one).
+    hmac_secret: HmacSecret
+    hmac_secret_previous: OptionalHmacSecret = ""
+    # Deliver to loopback/private/link-local addresses too (`healingwork dev` and tests only).
+    webhook_allow_private_networks: bool = False
+    # One attempt, from connecting to the last byte read, takes at most this long.
+    webhook_timeout_s: Annotated[float, msgspec.Meta(gt=0, le=10)] = 10.0
+    # Seconds to wait after each failed attempt (the Standard Webhooks recommendation: 8 attempts over
+    # about 27.5 hours); after the last, the delivery fails, and the endpoint is disabled if nothing
+    # reached it since the delivery was created.
+    webhook_retry_schedule_s: RetrySchedule = "5,300,1800,7200,18000,36000,36000"
+    # Deliveries claimed per pass (= sent at once), and how often due deliveries are looked for.
+    webhook_batch_size: PositiveInt = 50
+    webhook_poll_interval_s: PositiveFloat = 1.0
+    # The backstop for events a broker lost: how often the outbox is read again, and how far back at start.
+    webhook_reconcile_interval_s: PositiveFloat = 30.0
+    webhook_reconcile_lookback_s: PositiveFloat = 86400.0
 
 
 class PreviewSettings(msgspec.Struct, frozen=True, kw_only=True):

@@ -55,3 +55,27 @@ SEND_RATE_WAIT_SECONDS = Counter(
 TRACKING = Counter("healingwork_tracking_total", "Tracking requests by kind and outcome", ["kind", "outcome"])
 WEBHOOK_EVENTS = Counter("healingwork_webhook_events_total", "Provider events received", ["adapter", "outcome"])
 SUPPRESSIONS = Counter("healingwork_suppressions_total", "Addresses suppressed", ["reason"])
+OUTGOING_WEBHOOKS = Counter(
+    "healingwork_outgoing_webhook_attempts_total",
+    "Outgoing webhook attempts by result (delivered, retrying, failed: gave up after the schedule; "
+    "refused: the address is not public, counted also as retrying or failed)",
+    ["result"],
+)
+OUTGOING_WEBHOOK_SECONDS = Histogram("healingwork_outgoing_webhook_seconds", "Time of one outgoing webhook attempt")
+OUTGOING_WEBHOOK_BACKLOG = Gauge(
+    "healingwork_outgoing_webhook_backlog",
+    "Outgoing webhook deliveries pending (due or scheduled), per endpoint",
+    ["endpoint"],
+)
+OUTGOING_WEBHOOK_OLDEST_AGE = Gauge(
+    "healingwork_outgoing_webhook_oldest_pending_age_seconds",
+    "Age of the oldest pending outgoing webhook delivery, per endpoint",
+    ["endpoint"],
+)
+OUTGOING_WEBHOOK_ENDPOINTS_DISABLED = Counter(
+    "healingwork_outgoing_webhook_endpoints_disabled_total", "Webhook endpoints disabled after persistent failure"
+)
+OUTGOING_WEBHOOK_RECONCILED = Counter(
+    "healingwork_outgoing_webhook_reconciled_total",
+    "Outgoing webhook deliveries made by the reconcile pass (events the consumer never got: a broker lost them)",
+)

@@ -33,6 +33,7 @@ from services.intake.routes import LEAD_ROUTES
 from services.intake.sns import Fetcher, SnsVerifier, fetch_https
 from services.intake.stats import get_stats
 from services.intake.tracking import TRACKING_ROUTES
+from services.intake.webhook_endpoint_routes import WEBHOOK_ENDPOINT_ROUTES
 from services.intake.webhooks import email_events_webhook
 
 
@@ -85,7 +86,14 @@ def create_app(settings: IntakeSettings, *, sns_fetch: Fetcher = fetch_https) ->
         else None
     )
     return Litestar(
-        route_handlers=[*LEAD_ROUTES, get_stats, *TRACKING_ROUTES, email_events_webhook, *CONFIRMATION_ROUTES],
+        route_handlers=[
+            *LEAD_ROUTES,
+            get_stats,
+            *TRACKING_ROUTES,
+            email_events_webhook,
+            *CONFIRMATION_ROUTES,
+            *WEBHOOK_ENDPOINT_ROUTES,
+        ],
         dependencies=CONTEXT_DEPENDENCIES,
         lifespan=[lifespan],
         # Rate limits are charged by requires_scope once the caller is authenticated (services.intake.auth).

@@ -25,14 +25,12 @@ from datetime import timedelta
 from enum import Enum
 from typing import Literal
 
-from proto.messages import ConfirmationRequested, LeadAccepted
+from proto.messages import ConfirmationRequested, LeadAccepted, confirmed_lead_message_id
 from services.common.clock import utcnow
 from services.common.db import Connection
 from services.common.outbox import enqueue_message
 
 Policy = Literal["public-forms", "all", "off"]
-# The lead.accepted queued by a confirmation has an id of its own (the first one's id is the lead's).
-CONFIRMED_NAMESPACE = uuid.UUID("5b0f7c1e-3d2a-4e8b-9c61-0a7d4f2e8b13")
 USER_AGENT_MAX = 512
 
 
@@ -152,7 +150,7 @@ async def confirm_lead(
     if row is None:
         return await confirmation_state(conn, lead_id, expiry=rules.expiry)
     accepted = LeadAccepted(
-        id=uuid.uuid5(CONFIRMED_NAMESPACE, str(lead_id)),
+        id=confirmed_lead_message_id(lead_id),
         occurred_at=utcnow(),
         lead_id=lead_id,
         source=str(row["source"]),

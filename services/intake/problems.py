@@ -33,6 +33,7 @@ from services.intake.rate_limit import RateLimited
 from services.intake.sns import SnsRejected, SnsUnavailable
 from services.intake.stats_query import InvalidQuery
 from services.intake.validation import InvalidLead
+from services.intake.webhook_endpoints import InvalidWebhookEndpoint, NoSuchWebhookDelivery, NoSuchWebhookEndpoint
 
 log = logging.getLogger(__name__)
 
@@ -131,6 +132,10 @@ DOMAIN_PROBLEMS: dict[type[Exception], Mapped] = {
     InvalidWebhookBody: Mapped(422, title="Invalid webhook body", detail="The events are not valid; see errors."),
     SnsRejected: Mapped(401, detail=lambda error: f"The SNS message is not trusted: {error}."),
     SnsUnavailable: Mapped(503, detail="Amazon SNS is unreachable; retry later.", headers={"Retry-After": "30"}),
+    # Outgoing webhook endpoints (services.intake.webhook_endpoints).
+    InvalidWebhookEndpoint: Mapped(422, title="Invalid webhook endpoint"),
+    NoSuchWebhookEndpoint: Mapped(404),
+    NoSuchWebhookDelivery: Mapped(404),
     # A caller's failure without a row of its own is still the caller's: 400, never a 500.
     CallerError: Mapped(400),
 }

@@ -47,7 +47,7 @@ from services.intake.validation import InvalidLead, normalize_email
 log = logging.getLogger(__name__)
 
 
-def _inlined_schema(kind: type) -> dict[str, Any]:
+def inlined_schema(kind: type) -> dict[str, Any]:
     """The JSON Schema of a msgspec type with every ``$ref`` replaced by its definition (no recursion)."""
     schema = msgspec.json.schema(kind)
     definitions = schema.pop("$defs", {})
@@ -65,7 +65,7 @@ def _inlined_schema(kind: type) -> dict[str, Any]:
     return inlined
 
 
-_LEAD_SCHEMA = _inlined_schema(LeadSubmission)
+_LEAD_SCHEMA = inlined_schema(LeadSubmission)
 
 
 @dataclass

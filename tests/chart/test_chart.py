@@ -138,9 +138,15 @@ def test_skaffold_deploys_the_dev_services_before_the_chart() -> None:
     assert app["build"]["artifacts"][0]["image"] == "healingwork"
 
 
-def test_the_four_services_run_their_commands_with_probes() -> None:
+def test_the_five_services_run_their_commands_with_probes() -> None:
     deployments = {m["metadata"]["name"]: m for m in of_kind(render(MINIMAL), "Deployment")}
-    expected = {"intake": "http", "scheduler": "health", "dispatcher": "health", "operator": "health"}
+    expected = {
+        "intake": "http",
+        "scheduler": "health",
+        "dispatcher": "health",
+        "webhooks": "health",
+        "operator": "health",
+    }
     assert set(deployments) == {f"healingwork-{name}" for name in expected}
     for name, port in expected.items():
         [container] = deployments[f"healingwork-{name}"]["spec"]["template"]["spec"]["containers"]

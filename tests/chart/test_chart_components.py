@@ -251,7 +251,7 @@ def test_an_hpa_owns_the_replica_count_of_intake_and_dispatcher() -> None:
 def test_every_long_running_service_but_the_operator_has_a_disruption_budget() -> None:
     manifests = render(MINIMAL)
     budgets = {p["metadata"]["name"]: p for p in of_kind(manifests, "PodDisruptionBudget")}
-    assert set(budgets) == {f"healingwork-{c}" for c in ("intake", "scheduler", "dispatcher")}
+    assert set(budgets) == {f"healingwork-{c}" for c in ("intake", "scheduler", "dispatcher", "webhooks")}
     for name, budget in budgets.items():
         pod_labels = named(manifests, "Deployment", name)["spec"]["template"]["metadata"]["labels"]
         assert budget["spec"]["selector"]["matchLabels"].items() <= pod_labels.items()
@@ -314,7 +314,7 @@ def test_the_service_monitor_scrapes_every_service_that_serves_metrics() -> None
     selector = monitor["spec"]["selector"]["matchLabels"]
     selected = [s for s in of_kind(manifests, "Service") if selector.items() <= s["metadata"]["labels"].items()]
     components = {s["metadata"]["labels"]["app.kubernetes.io/component"] for s in selected}
-    assert components == {"intake", "scheduler", "dispatcher", "operator"}
+    assert components == {"intake", "scheduler", "dispatcher", "webhooks", "operator"}
     ports = {e["port"] for e in monitor["spec"]["endpoints"]}
     for service in selected:
         [port] = service["spec"]["ports"]
@@ -341,6 +341,7 @@ def test_the_alerts_cover_the_failures_the_platform_promises_to_report() -> None
         "HealingworkOutboxBacklogOld",
         "HealingworkConsumerLag",
         "HealingworkDeadLetters",
+        "HealingworkWebhookEndpointDisabled",
         "HealingworkSmtpFailureRate",
         "HealingworkCronJobFailed",
         "HealingworkCronJobStale",
@@ -384,6 +385,8 @@ def test_the_grafana_dashboard_charts_metrics_the_code_exports() -> None:
         "healingwork_http_requests_total",
         "healingwork_emails_total",
         "healingwork_outbox_oldest_unpublished_age_seconds",
+        "healingwork_outgoing_webhook_attempts_total",
+        "healingwork_outgoing_webhook_backlog",
     } <= used
 
 
@@ -453,3 +456,21 @@ def test_the_cronjob_table_of_docs_jobs_md_matches_the_chart_defaults() -> None:
             f"{values['staleAfterSeconds']} s",
         ]
         assert [cell.strip() for cell in rest.split("|")] == expected, name
+
+
+# --- outgoing webhooks --------------------------------------------------------------------------------
+
+
+def test_the_webhooks_service_gets_the_hmac_secret_that_keys_the_endpoint_secrets() -> None:
+    deployment = named(render(MINIMAL), "Deployment", "healingwork-webhooks")
+    [container] = deployment["spec"]["template"]["spec"]["containers"]
+    env = {e["name"]: e for e in container["env"]}
+    assert env["HMAC_SECRET"]["valueFrom"]["secretKeyRef"]["key"] == "HMAC_SECRET"
+    assert env["HMAC_SECRET_PREVIOUS"]["valueFrom"]["secretKeyRef"]["optional"] is True
+    assert "WEBHOOK_ALLOW_PRIVATE_NETWORKS" not in env  # private addresses stay refused in a cluster
+
+
+def test_the_webhooks_service_can_be_left_out() -> None:
+    manifests = render(MINIMAL, sets=("webhooks.enabled=false",))
+    names = {m["metadata"]["name"] for m in manifests}
+    assert not {n for n in names if "webhooks" in n}

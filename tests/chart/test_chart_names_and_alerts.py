@@ -92,6 +92,7 @@ def test_the_names_of_a_short_release_do_not_change() -> None:
         "healingwork-intake",
         "healingwork-scheduler",
         "healingwork-dispatcher",
+        "healingwork-webhooks",
         "healingwork-operator",
     }
 
@@ -204,8 +205,8 @@ def test_the_consumer_lag_alert_selects_the_releases_own_consumer_groups() -> No
     )
 
     # PromQL matchers are anchored: another release's "<prefix>healingwork-dispatcher" does not match.
-    assert 'consumergroup=~"healingwork-(scheduler|dispatcher)"' in plain["expr"]
-    assert 'consumergroup=~"eu\\.prod-healingwork-(scheduler|dispatcher)"' in prefixed["expr"]
+    assert 'consumergroup=~"healingwork-(scheduler|dispatcher|webhooks)"' in plain["expr"]
+    assert 'consumergroup=~"eu\\.prod-healingwork-(scheduler|dispatcher|webhooks)"' in prefixed["expr"]
     assert plain["labels"]["namespace"] == prefixed["labels"]["namespace"] == "marketing"
 
 

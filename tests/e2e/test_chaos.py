@@ -1,9 +1,10 @@
 """The short chaos run: the platform as separate processes (two replicas of each service, the batch jobs
 on a short schedule), a few hundred leads through a three-step Sequence, and at least one fault of each
-kind (kill -9 of an intake, a scheduler and a dispatcher, a broker pause, a broker restart — Tansu loses
-everything, Apache Kafka keeps its log —, a PostgreSQL restart, an SMTP 4xx period; 550 for chosen
-addresses throughout). On Tansu with 50 faults, on Apache Kafka with 12 (each fault kind is there; the
-run is shorter, so the suite's added time stays modest).
+kind (kill -9 of an intake, a scheduler, a dispatcher and a webhooks deliverer, a broker pause, a broker
+restart — Tansu loses everything, Apache Kafka keeps its log —, a PostgreSQL restart, an SMTP 4xx period,
+the webhook receiver answering 503 for a while; 550 for chosen addresses throughout). On Tansu with 50
+faults, on Apache Kafka with 12 (each fault kind is there; the run is shorter, so the suite's added time
+stays modest).
 
 The assertions are the invariants only, never timings: nothing lost, nothing duplicated outside the
 recorded ``sending`` window, nothing stuck, the dead letters exactly the permanently rejected messages.
@@ -40,9 +41,16 @@ def test_short_chaos_run_loses_nothing_duplicates_nothing_and_leaves_nothing_stu
     assert result["broker"] == broker, context
 
     # Every kind of fault happened, each service process was killed at least once.
-    assert set(result["faults_by_kind"]) == {"kill9", "broker-pause", "broker-restart", "postgres-restart", "smtp-4xx"}
+    assert set(result["faults_by_kind"]) == {
+        "kill9",
+        "broker-pause",
+        "broker-restart",
+        "postgres-restart",
+        "smtp-4xx",
+        "webhook-5xx",
+    }
     assert result["faults"] >= 8, context
-    assert result["service_restarts"] >= 3, context
+    assert result["service_restarts"] >= 4, context
     # Every lead was acknowledged and every step of every deliverable lead arrived exactly once.
     assert result["leads"] == result["leads_acknowledged"] == 300, context
     assert result["emails_expected"] == (300 - 3) * 3, context
@@ -55,3 +63,10 @@ def test_short_chaos_run_loses_nothing_duplicates_nothing_and_leaves_nothing_stu
     assert result["permanently_rejected"] == 9, context
     assert result["dead_lettered"] == 9, context
     assert result["dlq_mismatch"] == 0, context
+    # Outgoing webhooks: every lead.accepted and email.sent reached the receiver, signed, and copies of
+    # one event (at least once) only ever under its one webhook-id.
+    assert result["webhooks_expected"] == 300 + (300 - 3) * 3, context
+    assert result["webhooks_lost"] == 0, context
+    assert result["webhooks_bad_signatures"] == 0, context
+    assert result["webhooks_duplicates_with_another_id"] == 0, context
+    assert result["webhooks_failed"] == result["webhook_endpoints_disabled"] == 0, context

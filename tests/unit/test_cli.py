@@ -67,6 +67,7 @@ def healingwork(*args: str, env: dict[str, str], stdin: str | None = None) -> su
             ],
         ),
         ("scheduler", ["DATABASE_URL", "KAFKA_BOOTSTRAP_SERVERS"]),
+        ("webhooks", ["DATABASE_URL", "KAFKA_BOOTSTRAP_SERVERS", "HMAC_SECRET"]),
         ("migrate", ["DATABASE_URL"]),
         ("operator", ["DATABASE_URL"]),
     ],
@@ -258,7 +259,7 @@ def readiness(url: str) -> int | None:
         return None
 
 
-@pytest.mark.parametrize("command", ["scheduler", "dispatcher", "intake"])
+@pytest.mark.parametrize("command", ["scheduler", "dispatcher", "webhooks", "intake"])
 def test_a_service_starts_without_postgresql_and_kafka_reports_not_ready_says_why_and_stops_when_told(
     command: str,
 ) -> None:
@@ -298,6 +299,7 @@ def test_a_service_starts_without_postgresql_and_kafka_reports_not_ready_says_wh
     [
         ("scheduler", "HEALTH_PORT", "cannot listen on 0.0.0.0:{port} for /healthz, /readyz and /metrics"),
         ("dispatcher", "HEALTH_PORT", "cannot listen on 0.0.0.0:{port} for /healthz, /readyz and /metrics"),
+        ("webhooks", "HEALTH_PORT", "cannot listen on 0.0.0.0:{port} for /healthz, /readyz and /metrics"),
         ("intake", "PORT", "cannot listen on 0.0.0.0:{port}"),
     ],
 )

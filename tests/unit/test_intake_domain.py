@@ -47,6 +47,7 @@ from services.intake.submission import (
     prepare_submission,
 )
 from services.intake.validation import InvalidLead
+from services.intake.webhook_endpoints import InvalidWebhookEndpoint, NoSuchWebhookDelivery, NoSuchWebhookEndpoint
 
 CLIENT = Principal(kind="api_key", scopes=frozenset({"leads:write"}), client_id=uuid.uuid4(), name="crm")
 LEAD = {"email": "ada@example.com", "source": "website", "consent": {"marketing": True}}
@@ -196,6 +197,9 @@ DOMAIN_ERRORS: list[tuple[Exception, int, dict[str, object]]] = [
     (InvalidWebhookBody(FieldError(field="/events", reason="bad")), 422, {}),
     (SnsRejected("bad signature"), 401, {}),
     (SnsUnavailable("timed out"), 503, {"retry-after": "30"}),
+    (InvalidWebhookEndpoint([FieldError(field="/url", reason="points to 127.0.0.1")]), 422, {}),
+    (NoSuchWebhookEndpoint(), 404, {}),
+    (NoSuchWebhookDelivery(), 404, {}),
 ]
 
 

@@ -1,0 +1,150 @@
+"""``/v1/webhook-endpoints``: the admin API of outgoing webhooks (scope ``admin``).
+
+Thin handlers over :mod:`services.intake.webhook_endpoints`; its domain errors become problem
+documents (``services.intake.problems``).
+"""
+
+from __future__ import annotations
+
+import uuid
+from dataclasses import dataclass
+from typing import Annotated, Any
+
+from litestar import Request, Response, delete, get, post
+from litestar.openapi.spec import OpenAPIMediaType, Operation, RequestBody
+from litestar.params import FromPath, QueryParameter
+
+from proto.http import (
+    WebhookDeliveryList,
+    WebhookDeliveryView,
+    WebhookEndpointCreated,
+    WebhookEndpointList,
+    WebhookEndpointRequest,
+)
+from services.common.db import transaction
+from services.intake.auth import requires_scope
+from services.intake.bodies import decode_json
+from services.intake.injection import Ctx
+from services.intake.problems import ProblemError, problem_responses
+from services.intake.routes import inlined_schema
+from services.intake.webhook_endpoints import (
+    MAX_DELIVERIES_LISTED,
+    delete_endpoint,
+    list_deliveries,
+    list_endpoints,
+    parse_endpoint_request,
+    register_endpoint,
+    retry_delivery,
+)
+
+_REQUEST_SCHEMA = inlined_schema(WebhookEndpointRequest)
+
+
+@dataclass
+class _EndpointBodyOperation(Operation):
+    """Documents the JSON body that ``create_webhook_endpoint`` parses itself (to name the bad field)."""
+
+    def __post_init__(self) -> None:
+        self.request_body = RequestBody(
+            content={"application/json": OpenAPIMediaType(schema=_REQUEST_SCHEMA)},  # type: ignore[arg-type]
+            required=True,
+        )
+
+
+@post(
+    "/v1/webhook-endpoints",
+    status_code=201,
+    summary="Register an outgoing webhook endpoint",
+    description=(
+        "Events of the listed types are POSTed to url, signed per the Standard Webhooks specification "
+        "(headers webhook-id, webhook-timestamp, webhook-signature) with the secret in the answer, which is "
+        "shown only this once. The url must be http(s) and not point to a loopback, private, link-local or "
+        "metadata address (checked again at every delivery). Needs admin."
+    ),
+    guards=[requires_scope("admin")],
+    operation_class=_EndpointBodyOperation,
+    responses=problem_responses(400, 401, 403, 413, 415, 422, 429, 503),
+)
+async def create_webhook_endpoint(request: Request[Any, Any, Any], ctx: Ctx) -> WebhookEndpointCreated:
+    if request.content_type[0] != "application/json":
+        raise ProblemError(415, "Send the endpoint as a JSON object with Content-Type: application/json.")
+    endpoint = parse_endpoint_request(decode_json(await request.body()))
+    async with transaction(ctx.pool) as conn:
+        return await register_endpoint(
+            conn,
+            endpoint,
+            hmac_secret=ctx.settings.hmac_secret,
+            allow_private_networks=ctx.settings.webhook_allow_private_networks,
+        )
+
+
+@get(
+    "/v1/webhook-endpoints",
+    summary="List outgoing webhook endpoints",
+    description="Every registered endpoint with its status (never its secret). Needs admin.",
+    guards=[requires_scope("admin")],
+    responses=problem_responses(401, 403, 429, 503),
+)
+async def get_webhook_endpoints(ctx: Ctx) -> WebhookEndpointList:
+    async with ctx.pool.connection() as conn:
+        return WebhookEndpointList(endpoints=await list_endpoints(conn))
+
+
+@delete(
+    "/v1/webhook-endpoints/{endpoint_id:uuid}",
+    summary="Delete an outgoing webhook endpoint",
+    description="Deletes the endpoint and its delivery records; nothing more is sent to it. Needs admin.",
+    guards=[requires_scope("admin")],
+    responses=problem_responses(400, 401, 403, 404, 429, 503),
+)
+async def delete_webhook_endpoint(endpoint_id: FromPath[uuid.UUID], ctx: Ctx) -> None:
+    async with transaction(ctx.pool) as conn:
+        await delete_endpoint(conn, endpoint_id)
+
+
+@get(
+    "/v1/webhook-endpoints/{endpoint_id:uuid}/deliveries",
+    summary="Recent deliveries of an outgoing webhook endpoint",
+    description=(
+        "The most recent deliveries, newest first, with status (pending, delivered, failed), attempts, the "
+        "last response status and the first KiB of its body. A delivery's id is its webhook-id header. "
+        "Needs admin."
+    ),
+    guards=[requires_scope("admin")],
+    responses=problem_responses(400, 401, 403, 404, 429, 503),
+)
+async def get_webhook_deliveries(
+    endpoint_id: FromPath[uuid.UUID],
+    ctx: Ctx,
+    limit: Annotated[int, QueryParameter(ge=1, le=MAX_DELIVERIES_LISTED, description="at most this many")] = 50,
+) -> WebhookDeliveryList:
+    async with ctx.pool.connection() as conn:
+        return WebhookDeliveryList(deliveries=await list_deliveries(conn, endpoint_id, limit=limit))
+
+
+@post(
+    "/v1/webhook-endpoints/{endpoint_id:uuid}/deliveries/{delivery_id:uuid}/retry",
+    status_code=202,
+    summary="Retry a delivery",
+    description=(
+        "Makes the delivery due now with a fresh retry schedule (the same body and webhook-id), and enables "
+        "its endpoint again if it was disabled after persistent failure. Needs admin."
+    ),
+    guards=[requires_scope("admin")],
+    responses=problem_responses(400, 401, 403, 404, 429, 503),
+)
+async def retry_webhook_delivery(
+    endpoint_id: FromPath[uuid.UUID], delivery_id: FromPath[uuid.UUID], ctx: Ctx
+) -> Response[WebhookDeliveryView]:
+    async with transaction(ctx.pool) as conn:
+        delivery = await retry_delivery(conn, endpoint_id, delivery_id)
+    return Response(delivery, status_code=202)
+
+
+WEBHOOK_ENDPOINT_ROUTES = [
+    create_webhook_endpoint,
+    get_webhook_endpoints,
+    delete_webhook_endpoint,
+    get_webhook_deliveries,
+    retry_webhook_delivery,
+]

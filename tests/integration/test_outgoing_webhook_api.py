@@ -1,0 +1,208 @@
+"""The admin API of outgoing webhooks over real HTTP (``/v1/webhook-endpoints``), and the delivery
+service end to end: a lead submitted to the intake reaches a receiver as a signed ``lead.accepted``
+through the outbox, the broker and ``healingwork webhooks``."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import uuid
+from collections.abc import AsyncIterator
+
+import pytest
+
+from proto.messages import EmailEvent
+from services.common.clock import utcnow
+from services.common.config import DatabaseSettings, WebhooksSettings
+from services.common.db import open_pool, transaction
+from services.common.outbox import enqueue_message
+from services.common.runtime import service_runtime
+from services.outgoing_webhooks.service import serve_webhooks
+from tests.support.intake import Intake, create_api_client, running_intake
+from tests.support.platform import fetch_all, make_settings
+from tests.support.webhook_receiver import Answer, WebhookReceiver, webhook_receiver
+
+pytestmark = pytest.mark.integration
+
+LEAD = {
+    "email": "grace@example.com",
+    "source": "website",
+    "consent": {"marketing": True, "text": "Yes, send me the newsletter."},
+}
+
+
+@pytest.fixture
+async def intake(migrated_database_url: str, kafka_bootstrap_servers: str, topic_prefix: str) -> AsyncIterator[Intake]:
+    async with running_intake(
+        migrated_database_url, kafka_bootstrap_servers, topic_prefix, webhook_allow_private_networks=True
+    ) as running:
+        yield running
+
+
+@pytest.fixture
+async def receiver() -> AsyncIterator[WebhookReceiver]:
+    async with webhook_receiver() as running:
+        yield running
+
+
+async def test_registering_an_endpoint_shows_its_secret_once(intake: Intake, receiver: WebhookReceiver) -> None:
+    response = await intake.http.post(
+        "/v1/webhook-endpoints",
+        json={"url": receiver.url + "/hook", "events": ["lead.accepted", "email.sent"], "description": "CRM"},
+    )
+    assert response.status_code == 201, response.text
+    created = response.json()
+    assert created["secret"].startswith("whsec_")
+    assert (created["url"], created["events"], created["status"]) == (
+        receiver.url + "/hook",
+        ["lead.accepted", "email.sent"],
+        "enabled",
+    )
+
+    listed = (await intake.http.get("/v1/webhook-endpoints")).json()["endpoints"]
+    assert [e["id"] for e in listed] == [created["id"]]
+    assert "secret" not in listed[0]
+    assert created["secret"][6:] not in (await intake.http.get("/v1/webhook-endpoints")).text
+    [row] = await fetch_all(intake.settings.database_url, "SELECT secret_ciphertext FROM webhook_endpoints")
+    assert created["secret"].encode() not in bytes(row["secret_ciphertext"])  # type: ignore[arg-type]
+    assert created["secret"][6:].encode() not in bytes(row["secret_ciphertext"])  # type: ignore[arg-type]
+
+
+@pytest.mark.parametrize(
+    "url",
+    ["http://127.0.0.1:8080/hook", "http://169.254.169.254/latest/meta-data/", "http://10.20.30.40/hook"],
+)
+async def test_private_and_metadata_urls_are_refused_at_registration(
+    migrated_database_url: str, kafka_bootstrap_servers: str, topic_prefix: str, url: str
+) -> None:
+    async with running_intake(migrated_database_url, kafka_bootstrap_servers, topic_prefix) as intake:
+        response = await intake.http.post("/v1/webhook-endpoints", json={"url": url, "events": ["lead.accepted"]})
+    assert response.status_code == 422
+    assert response.headers["content-type"] == "application/problem+json"
+    [error] = response.json()["errors"]
+    assert error["field"] == "/url"
+    assert await fetch_all(migrated_database_url, "SELECT id FROM webhook_endpoints") == []
+
+
+@pytest.mark.parametrize(
+    ("body", "field"),
+    [
+        ({"url": "https://hooks.example.com", "events": ["lead.exploded"]}, "/events/0"),
+        ({"url": "https://hooks.example.com", "events": []}, "/events"),
+        ({"url": "https://hooks.example.com"}, "/"),
+        ({"url": 7, "events": ["lead.accepted"]}, "/url"),
+        ({"url": "https://hooks.example.com", "events": ["lead.accepted"], "secret": "mine"}, "/"),
+        ({"url": "https://hooks.example.com/\u0000", "events": ["lead.accepted"]}, "/url"),
+        ({"url": "https://hooks.example.com", "events": ["lead.accepted"], "description": "a\u0000b"}, "/description"),
+    ],
+)
+async def test_an_invalid_registration_names_the_field(intake: Intake, body: dict[str, object], field: str) -> None:
+    response = await intake.http.post("/v1/webhook-endpoints", json=body)
+    assert response.status_code == 422, response.text
+    assert [e["field"] for e in response.json()["errors"]] == [field]
+
+
+async def test_the_endpoints_api_needs_the_admin_scope(intake: Intake) -> None:
+    _, key = await create_api_client(intake.settings.database_url, "reader", ["leads:read", "leads:write"])
+    async with intake.anonymous(headers={"Authorization": f"Bearer {key}"}) as reader:
+        assert (await reader.get("/v1/webhook-endpoints")).status_code == 403
+        response = await reader.post(
+            "/v1/webhook-endpoints", json={"url": "https://hooks.example.com", "events": ["lead.accepted"]}
+        )
+        assert response.status_code == 403
+    async with intake.anonymous() as anonymous:
+        assert (await anonymous.get("/v1/webhook-endpoints")).status_code == 401
+
+
+async def test_deleting_an_endpoint_removes_it_and_an_unknown_one_is_404(intake: Intake) -> None:
+    created = (
+        await intake.http.post(
+            "/v1/webhook-endpoints", json={"url": "https://hooks.example.com/a", "events": ["lead.accepted"]}
+        )
+    ).json()
+    assert (await intake.http.delete(f"/v1/webhook-endpoints/{created['id']}")).status_code == 204
+    assert (await intake.http.get("/v1/webhook-endpoints")).json()["endpoints"] == []
+    assert (await intake.http.delete(f"/v1/webhook-endpoints/{created['id']}")).status_code == 404
+    assert (await intake.http.get(f"/v1/webhook-endpoints/{uuid.uuid4()}/deliveries")).status_code == 404
+
+
+async def settled_deliveries(intake: Intake, endpoint: str, *, count: int) -> list[dict[str, object]]:
+    """The endpoint's deliveries once ``count`` of them are no longer pending (the receiver answers
+    before the outcome is committed)."""
+    async with asyncio.timeout(60):
+        while True:
+            listed = (await intake.http.get(f"/v1/webhook-endpoints/{endpoint}/deliveries")).json()["deliveries"]
+            if len([d for d in listed if d["status"] != "pending"]) >= count:
+                return list(listed)
+            await asyncio.sleep(0.1)
+
+
+@contextlib.asynccontextmanager
+async def running_webhooks(intake: Intake, **overrides: object) -> AsyncIterator[None]:
+    """``healingwork webhooks`` in this process, on the intake's database, broker and topics."""
+    prefix = intake.settings.topic_leads_accepted.removesuffix("leads.accepted")
+    settings = make_settings(
+        WebhooksSettings,
+        intake.settings.database_url,
+        intake.settings.kafka_bootstrap_servers,
+        prefix,
+        hmac_secret=intake.settings.hmac_secret,
+        webhook_allow_private_networks=True,
+        webhook_poll_interval_s=0.2,
+        **overrides,
+    )
+    async with service_runtime(settings, handle_signals=False) as runtime:
+        task = asyncio.create_task(serve_webhooks(settings, runtime))
+        try:
+            yield
+        finally:
+            runtime.stop.set()
+            await task
+
+
+async def test_a_submitted_lead_reaches_the_endpoint_signed_and_deliveries_can_be_listed_and_retried(
+    intake: Intake, receiver: WebhookReceiver
+) -> None:
+    created = (
+        await intake.http.post(
+            "/v1/webhook-endpoints", json={"url": receiver.url + "/crm", "events": ["lead.accepted", "email.opened"]}
+        )
+    ).json()
+    async with running_webhooks(intake, webhook_retry_schedule_s="0.2"):
+        lead = (await intake.http.post("/v1/leads", json=LEAD)).json()["id"]
+        pool = await open_pool(DatabaseSettings(database_url=intake.settings.database_url))
+        async with transaction(pool) as conn:
+            await enqueue_message(
+                conn,
+                intake.settings.topic_email_events,
+                "m",
+                EmailEvent(
+                    id=uuid.uuid4(),
+                    occurred_at=utcnow(),
+                    message_id=uuid.uuid4(),
+                    event="opened",
+                    lead_id=uuid.UUID(lead),
+                    automated=True,
+                ),
+            )
+        await pool.close()
+        await receiver.wait_for(2)
+        payloads = sorted(receiver.verified(created["secret"]), key=lambda p: str(p["type"]))
+        assert [p["type"] for p in payloads] == ["email.opened", "lead.accepted"]
+        assert payloads[1]["data"] == {"lead_id": lead, "source": "website", "tags": []}
+        assert payloads[0]["data"]["automated"] is True  # type: ignore[index]
+
+        deliveries = await settled_deliveries(intake, created["id"], count=2)
+        assert {d["status"] for d in deliveries} == {"delivered"}
+        assert {d["response_status"] for d in deliveries} == {200}
+        assert {d["id"] for d in deliveries} == {r.headers["webhook-id"] for r in receiver.received}
+
+        receiver.answers.append(Answer(status=200))
+        first = deliveries[0]
+        retried = await intake.http.post(f"/v1/webhook-endpoints/{created['id']}/deliveries/{first['id']}/retry")
+        assert retried.status_code == 202
+        assert retried.json()["status"] == "pending"
+        await receiver.wait_for(3)
+        assert receiver.received[2].headers["webhook-id"] == first["id"]
+    missing = await intake.http.post(f"/v1/webhook-endpoints/{created['id']}/deliveries/{uuid.uuid4()}/retry")
+    assert missing.status_code == 404
