@@ -223,7 +223,8 @@ def _sequences_preview(args: argparse.Namespace) -> None:
 def _clients(args: argparse.Namespace) -> None:
     from services.intake.clients_command import run_clients_command
 
-    settings = load_settings(ClientsSettings if args.client_command == "create" else DatabaseSettings)
+    signing = args.client_command in ("create", "signing-secret")
+    settings = load_settings(ClientsSettings if signing else DatabaseSettings)
     configure_logging("clients", settings.log_level)
     try:
         print(asyncio.run(run_clients_command(settings, args)))
@@ -316,6 +317,12 @@ def build_parser() -> argparse.ArgumentParser:
     revoke = client_commands.add_parser("revoke", help="Revoke a client's key and signing secret at once")
     revoke.add_argument("name")
     revoke.set_defaults(run=_clients)
+    reissue = client_commands.add_parser(
+        "signing-secret",
+        help="Print a client's request-signing secret under the current REQUEST_SIGNING_KEYS key (after a rotation)",
+    )
+    reissue.add_argument("name")
+    reissue.set_defaults(run=_clients)
 
     dlq = commands.add_parser("dlq", help="Inspect and re-drive dead letters (messages that will not be delivered)")
     dlq_commands = dlq.add_subparsers(dest="sequence_command", required=True, metavar="<action>")

@@ -157,8 +157,35 @@ def check_optional_domain(value: str) -> str | None:
         return None
     return "must be a lowercase domain name such as lists.example.com (or empty)"
 
+_SIGNING_KEY_ID = re.compile(r"[A-Za-z0-9._-]{1,32}")
+
+
+def signing_key_entries(value: str) -> list[tuple[str, str]]:
+    """``REQUEST_SIGNING_KEYS`` as ``(key id, secret)`` pairs, the current key first; raises ValueError
+    saying what is wrong (the secrets themselves are never in the message)."""
+    entries: list[tuple[str, str]] = []
+    for item in filter(None, (part.strip() for part in value.split(","))):
+        key_id, colon, secret = item.partition(":")
+        if not colon or not _SIGNING_KEY_ID.fullmatch(key_id.strip()):
+            raise ValueError("must list <key id>:<secret> entries, comma-separated (key id: 1-32 of A-Z a-z 0-9 . _ -)")
+        if problem := check_hmac_secret(secret.strip()):
+            raise ValueError(f"has the key {key_id.strip()!r} whose secret {problem}")
+        entries.append((key_id.strip(), secret.strip()))
+    if len({key_id for key_id, _ in entries}) != len(entries):
+        raise ValueError("lists a key id twice")
+    return entries
+
+
+def check_signing_keys(value: str) -> str | None:
+    try:
+        signing_key_entries(value)
+    except ValueError as error:
+        return str(error)
+    return None
+
 
 HmacSecret: TypeAlias = Annotated[str, msgspec.Meta(extra={"check": check_hmac_secret})]
+SigningKeys: TypeAlias = Annotated[str, msgspec.Meta(extra={"check": check_signing_keys})]
 EmailAddress: TypeAlias = Annotated[str, msgspec.Meta(extra={"check": check_email})]
 HttpUrl: TypeAlias = Annotated[str, msgspec.Meta(extra={"check": check_http_url})]
 PostgresUrl: TypeAlias = Annotated[str, msgspec.Meta(extra={"check": check_postgres_url})]
@@ -210,9 +237,29 @@ def load_settings(kind: type[S], environ: Mapping[str, str] | None = None) -> S:
         failures = [message for check in _checks_of(hints[field.name]) if (message := check(value))]
         problems.extend(f"{name} {message}" for message in failures)
         values[field.name] = value
+    problems.extend(_cross_field_problems(values))
     if problems:
         raise ConfigError(problems)
     return msgspec.convert(values, kind)
+
+
+def _cross_field_problems(values: Mapping[str, Any]) -> list[str]:
+    """Problems no single variable shows: request-signing keys must be their own key material (the
+    dispatcher holds ``HMAC_SECRET``; a client secret derivable from it would let that pod mint admin
+    requests)."""
+    problems: list[str] = []
+    link_secrets = {values.get("hmac_secret"), values.get("hmac_secret_previous")} - {None, ""}
+    signing_keys = values.get("request_signing_keys")
+    if signing_keys and link_secrets:
+        try:
+            reused = [key_id for key_id, secret in signing_key_entries(signing_keys) if secret in link_secrets]
+        except ValueError:
+            reused = []  # reported by the field's own check
+        if reused:
+            problems.append(
+                f"REQUEST_SIGNING_KEYS key {reused[0]!r} reuses HMAC_SECRET; generate its own (openssl rand -hex 32)"
+            )
+    return problems
 
 
 def _shown(name: str, raw: str) -> str:
@@ -287,6 +334,11 @@ class IntakeSettings(BusSettings, frozen=True, kw_only=True):
     # Authentication: "required" everywhere but `healingwork dev`, which sets "disabled".
     auth_mode: Literal["required", "disabled"] = "required"
     signature_tolerance_s: PositiveFloat = 300.0
+    # Signed requests: "<key id>:<secret>" entries, the current key first; every listed key verifies
+    # (rotation). Its own key material, never HMAC_SECRET. Empty: signed requests are refused.
+    request_signing_keys: SigningKeys = ""
+    # Also accept the old "t=<unix>,v1=<HMAC of '<t>.<body>'>" signatures (secrets derived from HMAC_SECRET).
+    signature_v1_compat: bool = False
     idempotency_ttl_hours: PositiveFloat = 24.0
     # Group commit: leads per transaction at most, and transactions of leads in flight at once.
     lead_batch_max_size: PositiveInt = 64
@@ -308,9 +360,10 @@ class IntakeSettings(BusSettings, frozen=True, kw_only=True):
 
 
 class ClientsSettings(DatabaseSettings, frozen=True, kw_only=True):
-    """``healingwork clients create|list|revoke``: API clients and their keys."""
+    """``healingwork clients create|signing-secret``: API clients, their keys and signing secrets."""
 
-    hmac_secret: HmacSecret
+    # The intake's REQUEST_SIGNING_KEYS: a client's signing secret is derived from the current (first) key.
+    request_signing_keys: SigningKeys = ""
 
 
 class SchedulerSettings(BusSettings, frozen=True, kw_only=True):

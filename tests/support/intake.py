@@ -15,9 +15,9 @@ from typing import Any
 
 import httpx
 
-from services.common.config import DatabaseSettings, IntakeSettings
+from services.common.config import DatabaseSettings, IntakeSettings, signing_key_entries
 from services.common.db import connect
-from services.common.signatures import timestamped_signature
+from services.common.signatures import canonical_request, request_signature
 from services.intake.clients import ApiClient, create_client, signing_secret
 from tests.support.platform import make_settings, serve_intake
 
@@ -35,13 +35,37 @@ def bearer(key: str) -> dict[str, str]:
     return {"Authorization": f"Bearer {key}"}
 
 
-def sign(settings: IntakeSettings, client_id: uuid.UUID, body: bytes, at: float | None = None) -> dict[str, str]:
-    """Headers of a request signed as client ``client_id`` at unix time ``at`` (default: now)."""
-    timestamp = int(time.time() if at is None else at)
-    digest = timestamped_signature(signing_secret(settings.hmac_secret, client_id), timestamp, body)
+def sign(
+    settings: IntakeSettings,
+    client_id: uuid.UUID,
+    body: bytes,
+    at: float | None = None,
+    *,
+    method: str = "POST",
+    path: str = "/v1/leads",
+    query: str = "",
+    nonce: str | None = None,
+    key_id: str | None = None,
+) -> dict[str, str]:
+    """Headers of a request signed (scheme v2) as client ``client_id`` at unix time ``at`` (default: now)
+    with a fresh nonce (unless given) under the current key of ``REQUEST_SIGNING_KEYS`` (or ``key_id``)."""
+    keys = signing_key_entries(settings.request_signing_keys)
+    key_id = key_id or keys[0][0]
+    timestamp, nonce = str(int(time.time() if at is None else at)), nonce or uuid.uuid4().hex
+    canonical = canonical_request(
+        method=method,
+        path=path,
+        query=query,
+        body=body,
+        timestamp=timestamp,
+        nonce=nonce,
+        client_id=str(client_id),
+        key_id=key_id,
+    )
+    signature = request_signature(signing_secret(dict(keys)[key_id], client_id), canonical)
     return {
         "X-Client-Id": str(client_id),
-        "X-Signature": f"t={timestamp},v1={digest}",
+        "X-Signature": f"keyid={key_id},t={timestamp},nonce={nonce},v2={signature}",
         "Content-Type": "application/json",
     }
 
