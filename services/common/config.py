@@ -331,6 +331,16 @@ class IntakeSettings(BusSettings, frozen=True, kw_only=True):
     webhook_tolerance_s: PositiveFloat = 300.0
     # SES via SNS: the topic ARNs whose notifications are accepted; empty: the SNS adapter is off.
     sns_topic_arns: str = ""
+    # SNS messages whose Timestamp is older than this are refused (SNS retries a delivery for up to an hour
+    # with its default policy; a captured message replayed later is refused).
+    sns_max_age_s: PositiveFloat = 3600.0
+    # Per-process limits of the unauthenticated write routes (see docs/security.md): provider webhook
+    # requests per client IP (429 beyond), and tracked opens/clicks per client IP (beyond: the pixel or
+    # redirect is still served, nothing is recorded).
+    webhook_rate_limit_per_minute: PositiveInt = 600
+    tracking_rate_limit_per_minute: PositiveInt = 600
+    # Repeated opens/clicks of one message (same type, URL and automated flag) within this window are one event.
+    tracking_dedupe_window_s: PositiveFloat = 60.0
     # Authentication: "required" everywhere but `healingwork dev`, which sets "disabled".
     auth_mode: Literal["required", "disabled"] = "required"
     signature_tolerance_s: PositiveFloat = 300.0

@@ -25,6 +25,7 @@ from services.intake.confirmation import CONFIRMATION_ROUTES, confirmation_rules
 from services.intake.context import STATE_KEY, IntakeContext
 from services.intake.hash_upgrade import keep_hashes_keyed
 from services.intake.injection import CONTEXT_DEPENDENCIES
+from services.intake.keyed_limits import KeyedLimiter
 from services.intake.leads import lead_committer
 from services.intake.observability import request_context_middleware
 from services.intake.problems import EXCEPTION_HANDLERS
@@ -58,10 +59,15 @@ def create_app(settings: IntakeSettings, *, sns_fetch: Fetcher = fetch_https) ->
                     hash_key=settings.suppression_hash_key,
                 ),
                 sns_verifier=SnsVerifier(
-                    [a.strip() for a in settings.sns_topic_arns.split(",") if a.strip()], sns_fetch
+                    [a.strip() for a in settings.sns_topic_arns.split(",") if a.strip()],
+                    sns_fetch,
+                    max_age_s=settings.sns_max_age_s,
                 ),
                 relay_failed=lambda: runtime.relay_failed,
                 limits=RequestLimits.of(settings.rate_limit_per_minute, settings.form_rate_limit_per_minute),
+
+                webhook_limiter=KeyedLimiter(settings.webhook_rate_limit_per_minute),
+                tracking_limiter=KeyedLimiter(settings.tracking_rate_limit_per_minute),
             )
             setattr(app.state, STATE_KEY, context)
             rehash = asyncio.create_task(keep_hashes_keyed(runtime.pool, settings.suppression_hash_key))

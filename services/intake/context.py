@@ -19,6 +19,7 @@ from services.common.clock import Clock, unix_now
 from services.common.config import IntakeSettings
 from services.common.db import Connection
 from services.intake.batching import GroupCommitter
+from services.intake.keyed_limits import KeyedLimiter
 from services.intake.leads import LeadJob
 from services.intake.rate_limit import RequestLimits
 from services.intake.sns import SnsVerifier
@@ -38,6 +39,10 @@ class IntakeContext:
     relay_failed: Callable[[], bool]
     # Per-caller request budgets (services.intake.rate_limit), charged once the caller is known.
     limits: RequestLimits
+
+    # Bounds on the unauthenticated write routes, per client IP (services.intake.keyed_limits).
+    webhook_limiter: KeyedLimiter
+    tracking_limiter: KeyedLimiter
     clock: Clock = unix_now
 
 
