@@ -243,11 +243,23 @@ def load_settings(kind: type[S], environ: Mapping[str, str] | None = None) -> S:
     return msgspec.convert(values, kind)
 
 
+def _sends_auth_in_clear(smtp_url: str) -> bool:
+    parts = urlsplit(smtp_url)
+    starttls = parse_qs(parts.query).get("starttls", ["auto"])
+    return parts.scheme == "smtp" and parts.username is not None and starttls == ["never"]
+
+
 def _cross_field_problems(values: Mapping[str, Any]) -> list[str]:
     """Problems no single variable shows: request-signing keys must be their own key material (the
     dispatcher holds ``HMAC_SECRET``; a client secret derivable from it would let that pod mint admin
     requests)."""
     problems: list[str] = []
+    smtp_url = values.get("smtp_url")
+    if smtp_url and not values.get("smtp_allow_plaintext_auth") and _sends_auth_in_clear(smtp_url):
+        problems.append(
+            "SMTP_URL has credentials and starttls=never: the password would cross the network in clear; "
+            "use STARTTLS (the default) or smtps://, or set SMTP_ALLOW_PLAINTEXT_AUTH=true for a local relay"
+        )
     link_secrets = {values.get("hmac_secret"), values.get("hmac_secret_previous")} - {None, ""}
     signing_keys = values.get("request_signing_keys")
     if signing_keys and link_secrets:
@@ -391,6 +403,9 @@ class DispatcherSettings(BusSettings, frozen=True, kw_only=True):
     from_email: EmailAddress
     from_name: NonBlank
     smtp_url: SmtpUrl
+    # Send SMTP AUTH on an unencrypted session (a relay on the same host or pod only); otherwise
+    # credentials go only over TLS (smtps://, or STARTTLS, which then is required).
+    smtp_allow_plaintext_auth: bool = False
     smtp_timeout_s: PositiveFloat = 30.0
     max_attempts: PositiveInt = 8
     retry_base_delay_s: PositiveFloat = 60.0
