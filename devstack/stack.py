@@ -154,11 +154,16 @@ def _service_env(
     return {
         # Authentication is off by default on a developer's machine only (everywhere else "required");
         # AUTH_MODE=required in the environment turns it on, to try keys, forms and double opt-in.
+
+        # Authentication is off on a developer's machine only: the default everywhere else is "required".
         "intake": {
             **shared,
             "HOST": "127.0.0.1",
             "PORT": str(port),
             "AUTH_MODE": os.environ.get("AUTH_MODE", "disabled"),
+
+            "AUTH_MODE": "disabled",
+            "HEALTH_PORT": str(health_ports["intake"]),
         },
         "scheduler": {**shared, "HEALTH_PORT": str(health_ports["scheduler"])},
         "dispatcher": {**shared, "HEALTH_PORT": str(health_ports["dispatcher"])},
@@ -217,7 +222,7 @@ def run_dev(*, port: int, mail_dir: Path, data_dir: Path, fresh: bool = False, b
             _apply_examples(addresses["DATABASE_URL"])
             from devstack.embedded import find_free_port, parent_death_preexec
 
-            health_ports = {"scheduler": find_free_port(), "dispatcher": find_free_port()}
+            health_ports = {name: find_free_port() for name in SERVICES}
             environments = _service_env(addresses, port, health_ports, _suppression_hash_key(data_dir))
             for name in SERVICES:
                 log_file = (logs / f"{name}.log").open("ab")
@@ -235,7 +240,7 @@ def run_dev(*, port: int, mail_dir: Path, data_dir: Path, fresh: bool = False, b
             _wait_ready(
                 {
                     "intake": f"http://127.0.0.1:{port}/readyz",
-                    **{name: f"http://127.0.0.1:{p}/readyz" for name, p in health_ports.items()},
+                    **{name: f"http://127.0.0.1:{p}/readyz" for name, p in health_ports.items() if name != "intake"},
                 },
                 processes,
                 logs,
@@ -243,6 +248,8 @@ def run_dev(*, port: int, mail_dir: Path, data_dir: Path, fresh: bool = False, b
             )
             if not stop.is_set():
                 _print_quick_start(port, mail_dir, logs, environments["intake"])
+
+                _print_quick_start(port, health_ports["intake"], mail_dir, logs)
             jobs = DevJobs(environments["scheduler"], logs / "jobs.log")
             while not stop.wait(0.5):
                 jobs.tick()
@@ -279,6 +286,8 @@ def _apply_examples(database_url: str) -> None:
 
 
 def _print_quick_start(port: int, mail_dir: Path, logs: Path, intake_env: dict[str, str]) -> None:
+
+def _print_quick_start(port: int, metrics_port: int, mail_dir: Path, logs: Path) -> None:
     base = f"http://127.0.0.1:{port}"
     auth = intake_env.get("AUTH_MODE", "disabled")
     origins = [o.strip() for o in intake_env.get("PUBLIC_FORM_ORIGINS", "").split(",") if o.strip()]
@@ -299,7 +308,7 @@ def _print_quick_start(port: int, mail_dir: Path, logs: Path, intake_env: dict[s
 healingwork is running.
 
   API        {base}/v1/leads      docs: {base}/schema/swagger
-  health     {base}/readyz        metrics: {base}/metrics
+  health     {base}/readyz        metrics: http://127.0.0.1:{metrics_port}/metrics
   mail       every email lands in {mail_dir.resolve()} as an .eml file
   logs       {logs.resolve()}/*.log
   access     {who}

@@ -62,8 +62,14 @@ def _intake(args: argparse.Namespace) -> None:
                 arm_exit_watchdog(shutdown.deadline())
             super().handle_exit(sig, frame)
 
+    api_socket = _listening_socket(settings.host, settings.port)
+    metrics_socket = (
+        _listening_socket(settings.host, settings.health_port, "/healthz, /readyz and /metrics")
+        if settings.health_port
+        else None
+    )
     config = uvicorn.Config(
-        create_app(settings),
+        create_app(settings, metrics_socket=metrics_socket),
         host=settings.host,
         port=settings.port,
         log_config=None,
@@ -73,11 +79,11 @@ def _intake(args: argparse.Namespace) -> None:
         # Requests in flight get the grace period less the part kept for closing the clients.
         timeout_graceful_shutdown=max(1, int(shutdown.drain_s)),
     )
-    IntakeServer(config).run(sockets=[_listening_socket(settings.host, settings.port)])
+    IntakeServer(config).run(sockets=[api_socket])
 
 
-def _listening_socket(host: str, port: int) -> socket.socket:
-    """Bind intake's port before anything else starts: a port that is taken is one line, not a log."""
+def _listening_socket(host: str, port: int, serving: str = "") -> socket.socket:
+    """Bind one of intake's ports before anything else starts: a port that is taken is one line, not a log."""
     family = socket.AF_INET6 if ":" in host else socket.AF_INET
     sock = socket.socket(family, socket.SOCK_STREAM)
     sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
@@ -85,7 +91,8 @@ def _listening_socket(host: str, port: int) -> socket.socket:
         sock.bind((host, port))
     except OSError as error:
         sock.close()
-        raise CommandError(f"cannot listen on {host}:{port}: {error.strerror}") from error
+        where = f"{host}:{port} for {serving}" if serving else f"{host}:{port}"
+        raise CommandError(f"cannot listen on {where}: {error.strerror}") from error
     sock.set_inheritable(True)
     return sock
 

@@ -317,7 +317,8 @@ class BusSettings(DatabaseSettings, frozen=True, kw_only=True):
     outbox_batch_size: PositiveInt = 200
     outbox_poll_interval_s: PositiveFloat = 0.5
     relay_enabled: bool = True
-    # Workers (scheduler, dispatcher) serve /healthz, /readyz and /metrics here; 0 turns it off.
+    # /healthz, /readyz and /metrics on a port of their own (the intake's API port never serves /metrics);
+    # 0 turns it off.
     health_port: Annotated[int, msgspec.Meta(ge=0, le=65535)] = 8080
     # On SIGTERM the process exits within this long, whatever is unreachable: work in flight may finish
     # until the last min(5 s, a quarter) of it, which is kept for closing the Kafka and PostgreSQL clients.
@@ -334,6 +335,8 @@ class IntakeSettings(BusSettings, frozen=True, kw_only=True):
     suppression_hash_key: HmacSecret
     host: str = "0.0.0.0"  # noqa: S104 - a container listens on all its interfaces
     port: Annotated[int, msgspec.Meta(ge=1, le=65535)] = 8000
+    # The OpenAPI document and its UIs under /schema (Swagger, Redoc, ...); the chart turns them off.
+    openapi_enabled: bool = True
     duplicate_window_hours: PositiveFloat = 24.0
     max_body_bytes: PositiveInt = 65536
     # Tracking links keep working while the key rotates: tokens signed with the previous secret verify.

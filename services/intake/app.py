@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import socket
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from datetime import timedelta
@@ -22,6 +23,11 @@ from services.common.config import IntakeSettings
 from services.common.runtime import service_runtime
 from services.intake.authentication import form_origins
 from services.intake.confirmation import CONFIRMATION_ROUTES, confirmation_rules
+
+from services.common.health import HealthServer
+from services.common.runtime import Runtime, service_runtime
+from services.intake.auth import NO_RATE_LIMIT, is_public_form_submission, rate_limit_identity
+from services.intake.authentication import form_origins, trusted_networks
 from services.intake.context import STATE_KEY, IntakeContext
 from services.intake.hash_upgrade import keep_hashes_keyed
 from services.intake.injection import CONTEXT_DEPENDENCIES
@@ -36,15 +42,70 @@ from services.intake.stats import get_stats
 from services.intake.tracking import TRACKING_ROUTES
 from services.intake.webhooks import email_events_webhook
 
+HEALTH_PATHS = ["/healthz", "/readyz", "/schema"]
 
-def create_app(settings: IntakeSettings, *, sns_fetch: Fetcher = fetch_https) -> Litestar:
-    """The intake application. Its lifespan opens the pool and, when enabled, runs the outbox relay.
-    ``sns_fetch`` fetches SNS signing certificates (injected by tests, which cannot reach AWS)."""
+
+def rate_limits(settings: IntakeSettings) -> list[RateLimitConfig]:
+    """Per-process limits (see docs/configuration.md): every request per API key, signing client or
+    else client IP; public form submissions (POST /v1/leads without credentials) per client IP with
+    the stricter form limit instead."""
+    forms_apply = settings.auth_mode == "required"
+    identify = rate_limit_identity(trusted_networks(settings))
+    return [
+        RateLimitConfig(
+            rate_limit=("minute", settings.rate_limit_per_minute),
+            identifier_for_request=identify,
+            check_throttle_handler=lambda request: not (forms_apply and is_public_form_submission(request)),
+            exclude=HEALTH_PATHS,
+            exclude_opt_key=NO_RATE_LIMIT,
+            store="rate_limit",
+        ),
+        RateLimitConfig(
+            rate_limit=("minute", settings.form_rate_limit_per_minute),
+            identifier_for_request=identify,
+            check_throttle_handler=lambda request: forms_apply and is_public_form_submission(request),
+            exclude=HEALTH_PATHS,
+            exclude_opt_key=NO_RATE_LIMIT,
+            store="rate_limit_forms",
+        ),
+    ]
+
+
+@asynccontextmanager
+async def metrics_port(
+    settings: IntakeSettings, runtime: Runtime, sock: socket.socket | None = None
+) -> AsyncIterator[None]:
+    """``/metrics`` (with ``/healthz``, ``/readyz``) on ``HEALTH_PORT``, apart from the API's port, for the
+    block; ``HEALTH_PORT=0`` turns it off. ``sock`` is the port bound already (by the CLI, so a taken
+    port is one line at start-up)."""
+    if not settings.health_port and sock is None:
+        yield
+        return
+    health = await HealthServer.bind(settings.health_port, settings.host, sock=sock)
+    health.is_ready = lambda: not runtime.relay_failed
+    stop = asyncio.Event()
+    task = asyncio.create_task(health.serve(stop))
+    try:
+        yield
+    finally:
+        stop.set()
+        await task
+
+
+def create_app(
+    settings: IntakeSettings, *, sns_fetch: Fetcher = fetch_https, metrics_socket: socket.socket | None = None
+) -> Litestar:
+    """The intake application. Its lifespan opens the pool, serves the metrics port and, when enabled,
+    runs the outbox relay. ``sns_fetch`` fetches SNS signing certificates (injected by tests, which
+    cannot reach AWS); ``metrics_socket`` is ``HEALTH_PORT`` bound already."""
 
     @asynccontextmanager
     async def lifespan(app: Litestar) -> AsyncIterator[None]:
         # uvicorn owns the signals of the intake process; it ends the lifespan on SIGTERM.
-        async with service_runtime(settings, handle_signals=False) as runtime:
+        async with (
+            service_runtime(settings, handle_signals=False) as runtime,
+            metrics_port(settings, runtime, metrics_socket),
+        ):
             context = IntakeContext(
                 settings=settings,
                 pool=runtime.pool,
@@ -102,5 +163,6 @@ def create_app(settings: IntakeSettings, *, sns_fetch: Fetcher = fetch_https) ->
         # replace it with its own plain-text root handler at INFO.
         logging_config=None,
         request_max_body_size=settings.max_body_bytes,
-        openapi_config=OpenAPIConfig(title="healingwork intake", version="1.0.0"),
+        # OPENAPI_ENABLED=false (the chart's default) serves no /schema routes at all.
+        openapi_config=OpenAPIConfig(title="healingwork intake", version="1.0.0") if settings.openapi_enabled else None,
     )

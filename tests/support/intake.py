@@ -19,7 +19,7 @@ from services.common.config import DatabaseSettings, IntakeSettings, signing_key
 from services.common.db import connect
 from services.common.signatures import canonical_request, request_signature
 from services.intake.clients import ApiClient, create_client, signing_secret
-from tests.support.platform import make_settings, serve_intake
+from tests.support.platform import free_port, make_settings, serve_intake
 
 ALL_SCOPES = ["leads:write", "leads:read", "admin"]
 
@@ -80,6 +80,11 @@ class Intake:
     key: str
     client: ApiClient
 
+    @property
+    def metrics_url(self) -> str:
+        """Where this intake serves /metrics: its HEALTH_PORT, never the API's port."""
+        return f"http://127.0.0.1:{self.settings.health_port}/metrics"
+
     def anonymous(self, **kwargs: Any) -> httpx.AsyncClient:
         """An httpx client without credentials (close it, or use it in ``async with``)."""
         return httpx.AsyncClient(base_url=self.base_url, timeout=30, **kwargs)
@@ -91,7 +96,9 @@ async def running_intake(
 ) -> AsyncIterator[Intake]:
     """Serve intake on a free port with ``overrides`` applied to its settings; yield it with a client
     holding ``scopes`` (default: every scope)."""
-    settings = make_settings(IntakeSettings, database_url, bootstrap, prefix, **overrides)
+    settings = make_settings(
+        IntakeSettings, database_url, bootstrap, prefix, **{"health_port": free_port(), **overrides}
+    )
     client, key = await create_api_client(database_url, f"tests-{uuid.uuid4().hex[:8]}", scopes or ALL_SCOPES)
     async with (
         serve_intake(settings) as base_url,
