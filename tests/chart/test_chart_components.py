@@ -7,6 +7,7 @@ Helm comes from ``scripts/ensure-tools.sh`` (see test_chart.py).
 
 from __future__ import annotations
 
+import ipaddress
 import json
 import re
 import tarfile
@@ -306,6 +307,15 @@ def test_metrics_and_the_schema_stay_off_the_public_port() -> None:
     with_docs = named(render(MINIMAL, sets=("intake.openapi=true",)), "Deployment", "healingwork-intake")
     [container] = with_docs["spec"]["template"]["spec"]["containers"]
     assert {e["name"]: e.get("value") for e in container["env"]}["OPENAPI_ENABLED"] == "true"
+
+
+def test_the_production_example_trusts_only_the_ingress_controllers_addresses() -> None:
+    # Trusting a whole pod network (10.0.0.0/8) let any pod write its own X-Forwarded-For.
+    config = named(render(PRODUCTION), "ConfigMap", "healingwork")["data"]
+    networks = [ipaddress.ip_network(part.strip()) for part in config["TRUSTED_PROXIES"].split(",")]
+
+    assert networks
+    assert all(network.num_addresses <= 256 for network in networks), networks
 
 
 def test_network_policies_admit_only_the_configured_peers() -> None:
