@@ -157,6 +157,7 @@ def check_optional_domain(value: str) -> str | None:
         return None
     return "must be a lowercase domain name such as lists.example.com (or empty)"
 
+
 _SIGNING_KEY_ID = re.compile(r"[A-Za-z0-9._-]{1,32}")
 
 

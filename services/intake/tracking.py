@@ -2,12 +2,9 @@
 
 Thin handlers: verify the token for its purpose, call one function of ``services.intake.engagement``
 or ``services.intake.preferences`` in a transaction, answer. A token that does not verify (tampered,
-truncated, another purpose, an unknown key) changes nothing and gets 404.
-
-in a transaction, answer. A token that does not verify (tampered, truncated, another purpose, an
-unknown key) changes nothing and gets 404. Opens and clicks are bounded: repeats of one within
-``TRACKING_DEDUPE_WINDOW_S`` are one event, and each client IP records at most
-``TRACKING_RATE_LIMIT_PER_MINUTE`` of them per process (docs/security.md).
+truncated, another purpose, an unknown key) changes nothing and gets 404. Opens and clicks are
+bounded: repeats of one within ``TRACKING_DEDUPE_WINDOW_S`` are one event, and each client IP records at
+most ``TRACKING_RATE_LIMIT_PER_MINUTE`` of them per process (docs/security.md).
 """
 
 from __future__ import annotations
@@ -23,12 +20,9 @@ from litestar.params import FromPath
 from services.common import metrics
 from services.common.db import transaction
 from services.common.tokens import InvalidToken, Purpose, verify_token
-from services.intake.auth import NO_RATE_LIMIT
-from services.intake.engagement import is_automated, record_engagement
-
 from services.intake.auth import NO_RATE_LIMIT, client_ip
 from services.intake.authentication import trusted_networks
-from services.intake.engagement import is_automated, record_engagement, unsubscribe
+from services.intake.engagement import is_automated, record_engagement
 from services.intake.injection import Ctx
 from services.intake.preference_page import (
     EVERYTHING_FIELD,
