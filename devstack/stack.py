@@ -154,15 +154,11 @@ def _service_env(
     return {
         # Authentication is off by default on a developer's machine only (everywhere else "required");
         # AUTH_MODE=required in the environment turns it on, to try keys, forms and double opt-in.
-
-        # Authentication is off on a developer's machine only: the default everywhere else is "required".
         "intake": {
             **shared,
             "HOST": "127.0.0.1",
             "PORT": str(port),
             "AUTH_MODE": os.environ.get("AUTH_MODE", "disabled"),
-
-            "AUTH_MODE": "disabled",
             "HEALTH_PORT": str(health_ports["intake"]),
         },
         "scheduler": {**shared, "HEALTH_PORT": str(health_ports["scheduler"])},
@@ -247,9 +243,7 @@ def run_dev(*, port: int, mail_dir: Path, data_dir: Path, fresh: bool = False, b
                 stop,
             )
             if not stop.is_set():
-                _print_quick_start(port, mail_dir, logs, environments["intake"])
-
-                _print_quick_start(port, health_ports["intake"], mail_dir, logs)
+                _print_quick_start(port, health_ports["intake"], mail_dir, logs, environments["intake"])
             jobs = DevJobs(environments["scheduler"], logs / "jobs.log")
             while not stop.wait(0.5):
                 jobs.tick()
@@ -285,9 +279,7 @@ def _apply_examples(database_url: str) -> None:
         _say(f"sequence {sequence.namespace}/{sequence.name} at revision {sequence.revision}")
 
 
-def _print_quick_start(port: int, mail_dir: Path, logs: Path, intake_env: dict[str, str]) -> None:
-
-def _print_quick_start(port: int, metrics_port: int, mail_dir: Path, logs: Path) -> None:
+def _print_quick_start(port: int, metrics_port: int, mail_dir: Path, logs: Path, intake_env: dict[str, str]) -> None:
     base = f"http://127.0.0.1:{port}"
     auth = intake_env.get("AUTH_MODE", "disabled")
     origins = [o.strip() for o in intake_env.get("PUBLIC_FORM_ORIGINS", "").split(",") if o.strip()]

@@ -20,55 +20,22 @@ from litestar.config.cors import CORSConfig
 from litestar.openapi import OpenAPIConfig
 
 from services.common.config import IntakeSettings
-from services.common.runtime import service_runtime
-from services.intake.authentication import form_origins
-from services.intake.confirmation import CONFIRMATION_ROUTES, confirmation_rules
-
 from services.common.health import HealthServer
 from services.common.runtime import Runtime, service_runtime
-from services.intake.auth import NO_RATE_LIMIT, is_public_form_submission, rate_limit_identity
-from services.intake.authentication import form_origins, trusted_networks
+from services.intake.authentication import form_origins
+from services.intake.confirmation import CONFIRMATION_ROUTES, confirmation_rules
 from services.intake.context import STATE_KEY, IntakeContext
 from services.intake.hash_upgrade import keep_hashes_keyed
 from services.intake.injection import CONTEXT_DEPENDENCIES
-from services.intake.keyed_limits import KeyedLimiter
 from services.intake.leads import lead_committer
 from services.intake.observability import request_context_middleware
 from services.intake.problems import EXCEPTION_HANDLERS
-from services.intake.rate_limit import RequestLimits
+from services.intake.rate_limit import KeyedRateLimiter, RequestLimits
 from services.intake.routes import LEAD_ROUTES
 from services.intake.sns import Fetcher, SnsVerifier, fetch_https
 from services.intake.stats import get_stats
 from services.intake.tracking import TRACKING_ROUTES
 from services.intake.webhooks import email_events_webhook
-
-HEALTH_PATHS = ["/healthz", "/readyz", "/schema"]
-
-
-def rate_limits(settings: IntakeSettings) -> list[RateLimitConfig]:
-    """Per-process limits (see docs/configuration.md): every request per API key, signing client or
-    else client IP; public form submissions (POST /v1/leads without credentials) per client IP with
-    the stricter form limit instead."""
-    forms_apply = settings.auth_mode == "required"
-    identify = rate_limit_identity(trusted_networks(settings))
-    return [
-        RateLimitConfig(
-            rate_limit=("minute", settings.rate_limit_per_minute),
-            identifier_for_request=identify,
-            check_throttle_handler=lambda request: not (forms_apply and is_public_form_submission(request)),
-            exclude=HEALTH_PATHS,
-            exclude_opt_key=NO_RATE_LIMIT,
-            store="rate_limit",
-        ),
-        RateLimitConfig(
-            rate_limit=("minute", settings.form_rate_limit_per_minute),
-            identifier_for_request=identify,
-            check_throttle_handler=lambda request: forms_apply and is_public_form_submission(request),
-            exclude=HEALTH_PATHS,
-            exclude_opt_key=NO_RATE_LIMIT,
-            store="rate_limit_forms",
-        ),
-    ]
 
 
 @asynccontextmanager
@@ -126,9 +93,8 @@ def create_app(
                 ),
                 relay_failed=lambda: runtime.relay_failed,
                 limits=RequestLimits.of(settings.rate_limit_per_minute, settings.form_rate_limit_per_minute),
-
-                webhook_limiter=KeyedLimiter(settings.webhook_rate_limit_per_minute),
-                tracking_limiter=KeyedLimiter(settings.tracking_rate_limit_per_minute),
+                webhook_limiter=KeyedRateLimiter(settings.webhook_rate_limit_per_minute),
+                tracking_limiter=KeyedRateLimiter(settings.tracking_rate_limit_per_minute),
             )
             setattr(app.state, STATE_KEY, context)
             rehash = asyncio.create_task(keep_hashes_keyed(runtime.pool, settings.suppression_hash_key))

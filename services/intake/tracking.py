@@ -38,6 +38,7 @@ from services.intake.preference_page import (
 )
 from services.intake.preferences import Topics, apply_preferences, load_preferences, one_click_unsubscribe
 from services.intake.problems import problem_responses
+from services.intake.rate_limit import ip_key
 
 # A transparent 1x1 GIF.
 PIXEL = (
@@ -50,7 +51,7 @@ NO_STORE = {"Cache-Control": "no-store, private", "Referrer-Policy": "no-referre
 async def _record(ctx: Ctx, request: Request[Any, Any, Any], message_id: uuid.UUID, event: str, detail: str) -> None:
     """Record an open or click, within the per-IP limit (beyond it nothing is written, but the person
     still gets the pixel or the redirect: the limit bounds the rows one token can add, never a link)."""
-    if not ctx.tracking_limiter.allow(client_ip(request, trusted_networks(ctx.settings))):
+    if ctx.tracking_limiter.take(ip_key(client_ip(request, trusted_networks(ctx.settings)))) > 0.0:
         metrics.TRACKING.labels(event, "rate_limited").inc()
         return
     automated = is_automated(request.headers.get("user-agent"), request.method)

@@ -24,8 +24,9 @@ from services.intake.auth import NO_RATE_LIMIT, client_ip
 from services.intake.authentication import trusted_networks
 from services.intake.generic_webhook import parse_generic, verify_generic_request
 from services.intake.injection import Ctx
-from services.intake.problems import ProblemError, problem_responses
+from services.intake.problems import problem_responses
 from services.intake.provider_events import AdapterNotConfigured, ProviderEvent, apply_provider_events
+from services.intake.rate_limit import ip_key
 from services.intake.sns import receive_sns
 
 
@@ -70,12 +71,8 @@ async def email_events_webhook(
         str | None, HeaderParameter(name="x-amz-sns-message-type", description="Set by Amazon SNS")
     ] = None,
 ) -> Response[WebhookReceipt]:
-    ip = client_ip(request, trusted_networks(ctx.settings))
-    if not ctx.webhook_limiter.allow(ip):
-        retry_after = str(ctx.webhook_limiter.retry_after(ip))
-        raise ProblemError(
-            429, "Too many webhook requests from this address; retry later.", {"Retry-After": retry_after}
-        )
+    # RateLimited (429 + Retry-After) before any signature is verified or certificate fetched.
+    ctx.webhook_limiter.check(ip_key(client_ip(request, trusted_networks(ctx.settings))))
     body = await request.body()
     if sns_message_type:
         adapter, events = "ses", await receive_sns(ctx.sns_verifier, body)
