@@ -161,6 +161,7 @@ def _service_env(
             "HOST": "127.0.0.1",
             "PORT": str(port),
             "AUTH_MODE": os.environ.get("AUTH_MODE", "disabled"),
+            "HEALTH_PORT": str(health_ports["intake"]),
         },
         "scheduler": {**shared, "HEALTH_PORT": str(health_ports["scheduler"])},
         "dispatcher": {**shared, "HEALTH_PORT": str(health_ports["dispatcher"])},
@@ -220,7 +221,7 @@ def run_dev(*, port: int, mail_dir: Path, data_dir: Path, fresh: bool = False, b
             _apply_examples(addresses["DATABASE_URL"])
             from devstack.embedded import find_free_port, parent_death_preexec
 
-            health_ports = {"scheduler": find_free_port(), "dispatcher": find_free_port(), "webhooks": find_free_port()}
+            health_ports = {name: find_free_port() for name in SERVICES}
             environments = _service_env(addresses, port, health_ports, _suppression_hash_key(data_dir))
             for name in SERVICES:
                 log_file = (logs / f"{name}.log").open("ab")
@@ -238,14 +239,14 @@ def run_dev(*, port: int, mail_dir: Path, data_dir: Path, fresh: bool = False, b
             _wait_ready(
                 {
                     "intake": f"http://127.0.0.1:{port}/readyz",
-                    **{name: f"http://127.0.0.1:{p}/readyz" for name, p in health_ports.items()},
+                    **{name: f"http://127.0.0.1:{p}/readyz" for name, p in health_ports.items() if name != "intake"},
                 },
                 processes,
                 logs,
                 stop,
             )
             if not stop.is_set():
-                _print_quick_start(port, mail_dir, logs, environments["intake"])
+                _print_quick_start(port, health_ports["intake"], mail_dir, logs, environments["intake"])
             jobs = DevJobs(environments["scheduler"], logs / "jobs.log")
             while not stop.wait(0.5):
                 jobs.tick()
@@ -281,7 +282,7 @@ def _apply_examples(database_url: str) -> None:
         _say(f"sequence {sequence.namespace}/{sequence.name} at revision {sequence.revision}")
 
 
-def _print_quick_start(port: int, mail_dir: Path, logs: Path, intake_env: dict[str, str]) -> None:
+def _print_quick_start(port: int, metrics_port: int, mail_dir: Path, logs: Path, intake_env: dict[str, str]) -> None:
     base = f"http://127.0.0.1:{port}"
     auth = intake_env.get("AUTH_MODE", "disabled")
     origins = [o.strip() for o in intake_env.get("PUBLIC_FORM_ORIGINS", "").split(",") if o.strip()]
@@ -302,7 +303,7 @@ def _print_quick_start(port: int, mail_dir: Path, logs: Path, intake_env: dict[s
 healingwork is running.
 
   API        {base}/v1/leads      docs: {base}/schema/swagger
-  health     {base}/readyz        metrics: {base}/metrics
+  health     {base}/readyz        metrics: http://127.0.0.1:{metrics_port}/metrics
   mail       every email lands in {mail_dir.resolve()} as an .eml file
   logs       {logs.resolve()}/*.log
   access     {who}

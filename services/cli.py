@@ -63,8 +63,14 @@ def _intake(args: argparse.Namespace) -> None:
                 arm_exit_watchdog(shutdown.deadline())
             super().handle_exit(sig, frame)
 
+    api_socket = _listening_socket(settings.host, settings.port)
+    metrics_socket = (
+        _listening_socket(settings.host, settings.health_port, "/healthz, /readyz and /metrics")
+        if settings.health_port
+        else None
+    )
     config = uvicorn.Config(
-        create_app(settings),
+        create_app(settings, metrics_socket=metrics_socket),
         host=settings.host,
         port=settings.port,
         log_config=None,
@@ -74,11 +80,11 @@ def _intake(args: argparse.Namespace) -> None:
         # Requests in flight get the grace period less the part kept for closing the clients.
         timeout_graceful_shutdown=max(1, int(shutdown.drain_s)),
     )
-    IntakeServer(config).run(sockets=[_listening_socket(settings.host, settings.port)])
+    IntakeServer(config).run(sockets=[api_socket])
 
 
-def _listening_socket(host: str, port: int) -> socket.socket:
-    """Bind intake's port before anything else starts: a port that is taken is one line, not a log."""
+def _listening_socket(host: str, port: int, serving: str = "") -> socket.socket:
+    """Bind one of intake's ports before anything else starts: a port that is taken is one line, not a log."""
     family = socket.AF_INET6 if ":" in host else socket.AF_INET
     sock = socket.socket(family, socket.SOCK_STREAM)
     sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
@@ -86,7 +92,8 @@ def _listening_socket(host: str, port: int) -> socket.socket:
         sock.bind((host, port))
     except OSError as error:
         sock.close()
-        raise CommandError(f"cannot listen on {host}:{port}: {error.strerror}") from error
+        where = f"{host}:{port} for {serving}" if serving else f"{host}:{port}"
+        raise CommandError(f"cannot listen on {where}: {error.strerror}") from error
     sock.set_inheritable(True)
     return sock
 
@@ -233,7 +240,8 @@ def _sequences_preview(args: argparse.Namespace) -> None:
 def _clients(args: argparse.Namespace) -> None:
     from services.intake.clients_command import run_clients_command
 
-    settings = load_settings(ClientsSettings if args.client_command == "create" else DatabaseSettings)
+    signing = args.client_command in ("create", "signing-secret")
+    settings = load_settings(ClientsSettings if signing else DatabaseSettings)
     configure_logging("clients", settings.log_level)
     try:
         print(asyncio.run(run_clients_command(settings, args)))
@@ -327,6 +335,12 @@ def build_parser() -> argparse.ArgumentParser:
     revoke = client_commands.add_parser("revoke", help="Revoke a client's key and signing secret at once")
     revoke.add_argument("name")
     revoke.set_defaults(run=_clients)
+    reissue = client_commands.add_parser(
+        "signing-secret",
+        help="Print a client's request-signing secret under the current REQUEST_SIGNING_KEYS key (after a rotation)",
+    )
+    reissue.add_argument("name")
+    reissue.set_defaults(run=_clients)
 
     dlq = commands.add_parser("dlq", help="Inspect and re-drive dead letters (messages that will not be delivered)")
     dlq_commands = dlq.add_subparsers(dest="sequence_command", required=True, metavar="<action>")

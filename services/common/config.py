@@ -158,7 +158,35 @@ def check_optional_domain(value: str) -> str | None:
     return "must be a lowercase domain name such as lists.example.com (or empty)"
 
 
+_SIGNING_KEY_ID = re.compile(r"[A-Za-z0-9._-]{1,32}")
+
+
+def signing_key_entries(value: str) -> list[tuple[str, str]]:
+    """``REQUEST_SIGNING_KEYS`` as ``(key id, secret)`` pairs, the current key first; raises ValueError
+    saying what is wrong (the secrets themselves are never in the message)."""
+    entries: list[tuple[str, str]] = []
+    for item in filter(None, (part.strip() for part in value.split(","))):
+        key_id, colon, secret = item.partition(":")
+        if not colon or not _SIGNING_KEY_ID.fullmatch(key_id.strip()):
+            raise ValueError("must list <key id>:<secret> entries, comma-separated (key id: 1-32 of A-Z a-z 0-9 . _ -)")
+        if problem := check_hmac_secret(secret.strip()):
+            raise ValueError(f"has the key {key_id.strip()!r} whose secret {problem}")
+        entries.append((key_id.strip(), secret.strip()))
+    if len({key_id for key_id, _ in entries}) != len(entries):
+        raise ValueError("lists a key id twice")
+    return entries
+
+
+def check_signing_keys(value: str) -> str | None:
+    try:
+        signing_key_entries(value)
+    except ValueError as error:
+        return str(error)
+    return None
+
+
 HmacSecret: TypeAlias = Annotated[str, msgspec.Meta(extra={"check": check_hmac_secret})]
+SigningKeys: TypeAlias = Annotated[str, msgspec.Meta(extra={"check": check_signing_keys})]
 EmailAddress: TypeAlias = Annotated[str, msgspec.Meta(extra={"check": check_email})]
 HttpUrl: TypeAlias = Annotated[str, msgspec.Meta(extra={"check": check_http_url})]
 PostgresUrl: TypeAlias = Annotated[str, msgspec.Meta(extra={"check": check_postgres_url})]
@@ -210,9 +238,41 @@ def load_settings(kind: type[S], environ: Mapping[str, str] | None = None) -> S:
         failures = [message for check in _checks_of(hints[field.name]) if (message := check(value))]
         problems.extend(f"{name} {message}" for message in failures)
         values[field.name] = value
+    problems.extend(_cross_field_problems(values))
     if problems:
         raise ConfigError(problems)
     return msgspec.convert(values, kind)
+
+
+def _sends_auth_in_clear(smtp_url: str) -> bool:
+    parts = urlsplit(smtp_url)
+    starttls = parse_qs(parts.query).get("starttls", ["auto"])
+    return parts.scheme == "smtp" and parts.username is not None and starttls == ["never"]
+
+
+def _cross_field_problems(values: Mapping[str, Any]) -> list[str]:
+    """Problems no single variable shows: request-signing keys must be their own key material (the
+    dispatcher holds ``HMAC_SECRET``; a client secret derivable from it would let that pod mint admin
+    requests)."""
+    problems: list[str] = []
+    smtp_url = values.get("smtp_url")
+    if smtp_url and not values.get("smtp_allow_plaintext_auth") and _sends_auth_in_clear(smtp_url):
+        problems.append(
+            "SMTP_URL has credentials and starttls=never: the password would cross the network in clear; "
+            "use STARTTLS (the default) or smtps://, or set SMTP_ALLOW_PLAINTEXT_AUTH=true for a local relay"
+        )
+    link_secrets = {values.get("hmac_secret"), values.get("hmac_secret_previous")} - {None, ""}
+    signing_keys = values.get("request_signing_keys")
+    if signing_keys and link_secrets:
+        try:
+            reused = [key_id for key_id, secret in signing_key_entries(signing_keys) if secret in link_secrets]
+        except ValueError:
+            reused = []  # reported by the field's own check
+        if reused:
+            problems.append(
+                f"REQUEST_SIGNING_KEYS key {reused[0]!r} reuses HMAC_SECRET; generate its own (openssl rand -hex 32)"
+            )
+    return problems
 
 
 def _shown(name: str, raw: str) -> str:
@@ -258,7 +318,8 @@ class BusSettings(DatabaseSettings, frozen=True, kw_only=True):
     outbox_batch_size: PositiveInt = 200
     outbox_poll_interval_s: PositiveFloat = 0.5
     relay_enabled: bool = True
-    # Workers (scheduler, dispatcher) serve /healthz, /readyz and /metrics here; 0 turns it off.
+    # /healthz, /readyz and /metrics on a port of their own (the intake's API port never serves /metrics);
+    # 0 turns it off.
     health_port: Annotated[int, msgspec.Meta(ge=0, le=65535)] = 8080
     # On SIGTERM the process exits within this long, whatever is unreachable: work in flight may finish
     # until the last min(5 s, a quarter) of it, which is kept for closing the Kafka and PostgreSQL clients.
@@ -275,6 +336,8 @@ class IntakeSettings(BusSettings, frozen=True, kw_only=True):
     suppression_hash_key: HmacSecret
     host: str = "0.0.0.0"  # noqa: S104 - a container listens on all its interfaces
     port: Annotated[int, msgspec.Meta(ge=1, le=65535)] = 8000
+    # The OpenAPI document and its UIs under /schema (Swagger, Redoc, ...); the chart turns them off.
+    openapi_enabled: bool = True
     duplicate_window_hours: PositiveFloat = 24.0
     max_body_bytes: PositiveInt = 65536
     # Tracking links keep working while the key rotates: tokens signed with the previous secret verify.
@@ -284,9 +347,24 @@ class IntakeSettings(BusSettings, frozen=True, kw_only=True):
     webhook_tolerance_s: PositiveFloat = 300.0
     # SES via SNS: the topic ARNs whose notifications are accepted; empty: the SNS adapter is off.
     sns_topic_arns: str = ""
+    # SNS messages whose Timestamp is older than this are refused (SNS retries a delivery for up to an hour
+    # with its default policy; a captured message replayed later is refused).
+    sns_max_age_s: PositiveFloat = 3600.0
+    # Per-process limits of the unauthenticated write routes (see docs/security.md): provider webhook
+    # requests per client IP (429 beyond), and tracked opens/clicks per client IP (beyond: the pixel or
+    # redirect is still served, nothing is recorded).
+    webhook_rate_limit_per_minute: PositiveInt = 600
+    tracking_rate_limit_per_minute: PositiveInt = 600
+    # Repeated opens/clicks of one message (same type, URL and automated flag) within this window are one event.
+    tracking_dedupe_window_s: PositiveFloat = 60.0
     # Authentication: "required" everywhere but `healingwork dev`, which sets "disabled".
     auth_mode: Literal["required", "disabled"] = "required"
     signature_tolerance_s: PositiveFloat = 300.0
+    # Signed requests: "<key id>:<secret>" entries, the current key first; every listed key verifies
+    # (rotation). Its own key material, never HMAC_SECRET. Empty: signed requests are refused.
+    request_signing_keys: SigningKeys = ""
+    # Also accept the old "t=<unix>,v1=<HMAC of '<t>.<body>'>" signatures (secrets derived from HMAC_SECRET).
+    signature_v1_compat: bool = False
     idempotency_ttl_hours: PositiveFloat = 24.0
     # Group commit: leads per transaction at most, and transactions of leads in flight at once.
     lead_batch_max_size: PositiveInt = 64
@@ -310,9 +388,10 @@ class IntakeSettings(BusSettings, frozen=True, kw_only=True):
 
 
 class ClientsSettings(DatabaseSettings, frozen=True, kw_only=True):
-    """``healingwork clients create|list|revoke``: API clients and their keys."""
+    """``healingwork clients create|signing-secret``: API clients, their keys and signing secrets."""
 
-    hmac_secret: HmacSecret
+    # The intake's REQUEST_SIGNING_KEYS: a client's signing secret is derived from the current (first) key.
+    request_signing_keys: SigningKeys = ""
 
 
 class SchedulerSettings(BusSettings, frozen=True, kw_only=True):
@@ -330,6 +409,9 @@ class DispatcherSettings(BusSettings, frozen=True, kw_only=True):
     from_email: EmailAddress
     from_name: NonBlank
     smtp_url: SmtpUrl
+    # Send SMTP AUTH on an unencrypted session (a relay on the same host or pod only); otherwise
+    # credentials go only over TLS (smtps://, or STARTTLS, which then is required).
+    smtp_allow_plaintext_auth: bool = False
     smtp_timeout_s: PositiveFloat = 30.0
     max_attempts: PositiveInt = 8
     retry_base_delay_s: PositiveFloat = 60.0

@@ -1,11 +1,14 @@
-"""A tiny HTTP server for worker processes (scheduler, dispatcher): ``/healthz`` (alive), ``/readyz`` (ready)
-and ``/metrics``, so Kubernetes probes and Prometheus see workers the way they see the intake."""
+"""A tiny HTTP server on a port of its own: ``/healthz`` (alive), ``/readyz`` (ready) and ``/metrics``.
+
+The workers (scheduler, dispatcher) have no other port; the intake serves it beside its public API port,
+so ``/metrics`` is never reachable where the API is (ingress, public NetworkPolicy rule)."""
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
 import os
+import socket
 from collections.abc import Callable
 
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
@@ -29,8 +32,8 @@ class HealthServer:
         self.is_alive: Callable[[], bool] = lambda: True
 
     @classmethod
-    async def bind(cls, port: int, host: str = "0.0.0.0") -> HealthServer:  # noqa: S104
-        """Listen on ``host:port`` or raise :class:`CannotListen`."""
+    async def bind(cls, port: int, host: str = "0.0.0.0", *, sock: socket.socket | None = None) -> HealthServer:  # noqa: S104
+        """Listen on ``host:port`` (or on ``sock``, bound already) or raise :class:`CannotListen`."""
         health: HealthServer | None = None
 
         async def handle(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
@@ -38,7 +41,11 @@ class HealthServer:
             await _answer(reader, writer, health.is_ready, health.is_alive)
 
         try:
-            server = await asyncio.start_server(handle, host, port)
+            server = await (
+                asyncio.start_server(handle, sock=sock)
+                if sock is not None
+                else asyncio.start_server(handle, host, port)
+            )
         except OSError as error:
             where = f"{host}:{port} for /healthz, /readyz and /metrics"
             reason = os.strerror(error.errno) if error.errno else str(error)

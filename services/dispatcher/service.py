@@ -50,7 +50,7 @@ async def run_dispatcher(settings: DispatcherSettings, *, handle_signals: bool =
 
 async def serve_dispatcher(settings: DispatcherSettings, runtime: Runtime, health: HealthServer | None = None) -> None:
     smtp = SmtpPool(
-        SmtpTarget.from_url(settings.smtp_url),
+        SmtpTarget.from_url(settings.smtp_url, allow_plaintext_auth=settings.smtp_allow_plaintext_auth),
         settings.smtp_timeout_s,
         size=settings.dispatch_concurrency,
         throttle_pause_s=settings.smtp_throttle_pause_s,

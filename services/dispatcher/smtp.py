@@ -6,6 +6,11 @@ A failure is *transient* (4xx replies, timeouts, refused or dropped connections:
 keeps saying so, instead of hammering it with the rest of the batch. Replies to sends that were already
 in flight when the pool paused belong to the same burst and do not double it again (with eight
 connections, one burst used to multiply the pause by 128).
+
+Credentials never cross the network in clear: when SMTP_URL carries a user, AUTH is sent only on a
+session that is encrypted (``smtps://``, or after STARTTLS), whatever ``starttls=`` says — a
+man-in-the-middle that strips STARTTLS from the server's EHLO gets a refused connection, not the
+password — unless ``SMTP_ALLOW_PLAINTEXT_AUTH`` says the relay is local.
 """
 
 from __future__ import annotations
@@ -47,9 +52,11 @@ class SmtpTarget:
     password: str | None
     implicit_tls: bool
     starttls: bool | None  # None: use STARTTLS when the server offers it
+    # AUTH on an unencrypted session: only for a relay on the same host or pod (SMTP_ALLOW_PLAINTEXT_AUTH).
+    allow_plaintext_auth: bool = False
 
     @classmethod
-    def from_url(cls, url: str) -> SmtpTarget:
+    def from_url(cls, url: str, *, allow_plaintext_auth: bool = False) -> SmtpTarget:
         """``smtp://[user:pass@]host[:port][?starttls=required|never]`` or ``smtps://...`` (implicit TLS)."""
         parts = urlsplit(url)
         implicit = parts.scheme == "smtps"
@@ -64,11 +71,19 @@ class SmtpTarget:
             password=unquote(parts.password) if parts.password else None,
             implicit_tls=implicit,
             starttls=None if implicit or mode == "auto" else mode == "required",
+            allow_plaintext_auth=allow_plaintext_auth,
         )
+
+
+class TlsRequiredForAuth(aiosmtplib.SMTPException):
+    """The session is not encrypted and SMTP_URL has credentials: AUTH is not sent (a transient failure:
+    the message is retried, then dead-lettered, per its lifecycle)."""
 
 
 def classify(error: BaseException) -> SendError:
     """The one mapping from what aiosmtplib raises to a transient or permanent :class:`SendError`."""
+    if isinstance(error, TlsRequiredForAuth):
+        return SendError(str(error), permanent=False)
     if isinstance(error, aiosmtplib.SMTPRecipientsRefused):
         codes = [refusal.code for refusal in error.recipients]
         reason = "; ".join(f"{r.code} {r.message}" for r in error.recipients)
@@ -104,21 +119,35 @@ class SmtpConnection:
         if self._client is not None and self._client.is_connected:
             return self._client
         target = self._target
+        # No credentials for aiosmtplib: it would log in on connect whether or not STARTTLS happened.
         client = aiosmtplib.SMTP(
             hostname=target.hostname,
             port=target.port,
-            username=target.username,
-            password=target.password,
             use_tls=target.implicit_tls,
             start_tls=False if target.implicit_tls else target.starttls,
             timeout=self._timeout_s,
         )
-        await client.connect()  # also STARTTLS and AUTH, as configured
+        await client.connect()  # also STARTTLS, as configured
+        if target.username is not None:
+            await self._login(client)
         if client.is_ehlo_or_helo_needed:  # once per session, not per transaction
             await client.ehlo()
         self._client = client
         metrics.SMTP_CONNECTS.inc()
         return client
+
+    async def _login(self, client: aiosmtplib.SMTP) -> None:
+        target = self._target
+        encrypted = client.get_transport_info("sslcontext") is not None
+        if not encrypted and not target.allow_plaintext_auth:
+            client.close()
+            reason = (
+                f"SMTP server {target.hostname}:{target.port} offered no STARTTLS: credentials not sent "
+                "(a man in the middle may have stripped it; SMTP_ALLOW_PLAINTEXT_AUTH=true only for a local relay)"
+            )
+            log.error("SMTP AUTH refused without TLS", extra={"reason": reason})
+            raise TlsRequiredForAuth(reason)
+        await client.login(target.username or "", target.password or "")
 
     async def close(self) -> None:
         client, self._client = self._client, None

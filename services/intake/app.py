@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import socket
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from datetime import timedelta
@@ -19,7 +20,8 @@ from litestar.config.cors import CORSConfig
 from litestar.openapi import OpenAPIConfig
 
 from services.common.config import IntakeSettings
-from services.common.runtime import service_runtime
+from services.common.health import HealthServer
+from services.common.runtime import Runtime, service_runtime
 from services.intake.authentication import form_origins
 from services.intake.confirmation import CONFIRMATION_ROUTES, confirmation_rules
 from services.intake.context import STATE_KEY, IntakeContext
@@ -28,7 +30,7 @@ from services.intake.injection import CONTEXT_DEPENDENCIES
 from services.intake.leads import lead_committer
 from services.intake.observability import request_context_middleware
 from services.intake.problems import EXCEPTION_HANDLERS
-from services.intake.rate_limit import RequestLimits
+from services.intake.rate_limit import KeyedRateLimiter, RequestLimits
 from services.intake.routes import LEAD_ROUTES
 from services.intake.sns import Fetcher, SnsVerifier, fetch_https
 from services.intake.stats import get_stats
@@ -37,14 +39,41 @@ from services.intake.webhook_endpoint_routes import WEBHOOK_ENDPOINT_ROUTES
 from services.intake.webhooks import email_events_webhook
 
 
-def create_app(settings: IntakeSettings, *, sns_fetch: Fetcher = fetch_https) -> Litestar:
-    """The intake application. Its lifespan opens the pool and, when enabled, runs the outbox relay.
-    ``sns_fetch`` fetches SNS signing certificates (injected by tests, which cannot reach AWS)."""
+@asynccontextmanager
+async def metrics_port(
+    settings: IntakeSettings, runtime: Runtime, sock: socket.socket | None = None
+) -> AsyncIterator[None]:
+    """``/metrics`` (with ``/healthz``, ``/readyz``) on ``HEALTH_PORT``, apart from the API's port, for the
+    block; ``HEALTH_PORT=0`` turns it off. ``sock`` is the port bound already (by the CLI, so a taken
+    port is one line at start-up)."""
+    if not settings.health_port and sock is None:
+        yield
+        return
+    health = await HealthServer.bind(settings.health_port, settings.host, sock=sock)
+    health.is_ready = lambda: not runtime.relay_failed
+    stop = asyncio.Event()
+    task = asyncio.create_task(health.serve(stop))
+    try:
+        yield
+    finally:
+        stop.set()
+        await task
+
+
+def create_app(
+    settings: IntakeSettings, *, sns_fetch: Fetcher = fetch_https, metrics_socket: socket.socket | None = None
+) -> Litestar:
+    """The intake application. Its lifespan opens the pool, serves the metrics port and, when enabled,
+    runs the outbox relay. ``sns_fetch`` fetches SNS signing certificates (injected by tests, which
+    cannot reach AWS); ``metrics_socket`` is ``HEALTH_PORT`` bound already."""
 
     @asynccontextmanager
     async def lifespan(app: Litestar) -> AsyncIterator[None]:
         # uvicorn owns the signals of the intake process; it ends the lifespan on SIGTERM.
-        async with service_runtime(settings, handle_signals=False) as runtime:
+        async with (
+            service_runtime(settings, handle_signals=False) as runtime,
+            metrics_port(settings, runtime, metrics_socket),
+        ):
             context = IntakeContext(
                 settings=settings,
                 pool=runtime.pool,
@@ -59,10 +88,14 @@ def create_app(settings: IntakeSettings, *, sns_fetch: Fetcher = fetch_https) ->
                     hash_key=settings.suppression_hash_key,
                 ),
                 sns_verifier=SnsVerifier(
-                    [a.strip() for a in settings.sns_topic_arns.split(",") if a.strip()], sns_fetch
+                    [a.strip() for a in settings.sns_topic_arns.split(",") if a.strip()],
+                    sns_fetch,
+                    max_age_s=settings.sns_max_age_s,
                 ),
                 relay_failed=lambda: runtime.relay_failed,
                 limits=RequestLimits.of(settings.rate_limit_per_minute, settings.form_rate_limit_per_minute),
+                webhook_limiter=KeyedRateLimiter(settings.webhook_rate_limit_per_minute),
+                tracking_limiter=KeyedRateLimiter(settings.tracking_rate_limit_per_minute),
             )
             setattr(app.state, STATE_KEY, context)
             rehash = asyncio.create_task(keep_hashes_keyed(runtime.pool, settings.suppression_hash_key))
@@ -104,5 +137,6 @@ def create_app(settings: IntakeSettings, *, sns_fetch: Fetcher = fetch_https) ->
         # replace it with its own plain-text root handler at INFO.
         logging_config=None,
         request_max_body_size=settings.max_body_bytes,
-        openapi_config=OpenAPIConfig(title="healingwork intake", version="1.0.0"),
+        # OPENAPI_ENABLED=false (the chart's default) serves no /schema routes at all.
+        openapi_config=OpenAPIConfig(title="healingwork intake", version="1.0.0") if settings.openapi_enabled else None,
     )

@@ -90,6 +90,9 @@ def requires_scope(scope: str) -> Guard:
             client_id=connection.headers.get("x-client-id"),
             origin=connection.headers.get("origin"),
             body=request.body,
+            method=str(connection.scope.get("method", "GET")),
+            path=connection.scope["path"],
+            query=connection.scope.get("query_string", b"").decode("latin-1"),
         )
         try:
             principal = await authenticate(context.pool, credentials, context.settings, now=context.clock())

@@ -7,9 +7,12 @@ error below, mapped to its problem document by ``services.intake.problems``.
 Credentials, in order of precedence:
 
 * ``Authorization: Bearer hw_…`` (or ``X-API-Key: hw_…``): an API key.
-* ``X-Client-Id: <client id>`` + ``X-Signature: t=<unix seconds>,v1=<hex HMAC-SHA256 of "<t>.<body>">``
-  keyed with the client's signing secret; the timestamp must be within ``SIGNATURE_TOLERANCE_S`` and a
-  signature is accepted once.
+* ``X-Client-Id: <client id>`` + ``X-Signature: keyid=<key id>,t=<unix seconds>,nonce=<nonce>,v2=<hex>``:
+  the HMAC-SHA256 of the canonical request (method, path, query, body digest, timestamp, nonce, client,
+  key id: :func:`services.common.signatures.canonical_request`) with the client's signing secret under
+  that key of ``REQUEST_SIGNING_KEYS``; the timestamp must be within ``SIGNATURE_TOLERANCE_S`` and a
+  client's nonce is accepted once. The old ``t=<unix>,v1=<hex of "<t>.<body>">`` only with
+  ``SIGNATURE_V1_COMPAT=true``.
 * none, with an ``Origin`` in ``PUBLIC_FORM_ORIGINS``: a public form, allowed ``leads:write`` only.
 
 With ``AUTH_MODE=disabled`` (``healingwork dev`` only) every caller is anonymous and holds every scope.
@@ -26,18 +29,34 @@ from typing import Literal
 
 import psycopg_pool
 
-from services.common.config import IntakeSettings
+from services.common.config import IntakeSettings, signing_key_entries
 from services.common.db import Connection, transaction
 from services.common.errors import CallerError
-from services.common.signatures import SignatureTexts, verify_timestamped_signature
-from services.intake.clients import SCOPES, find_client_by_id, find_client_by_key, record_signature, signing_secret
+from services.common.signatures import (
+    SignatureTexts,
+    canonical_request,
+    verify_request_signature,
+    verify_timestamped_signature,
+)
+from services.intake.clients import (
+    SCOPES,
+    find_client_by_id,
+    find_client_by_key,
+    legacy_signing_secret,
+    record_nonce,
+    record_signature,
+    signing_secret,
+)
 
 Network = ipaddress.IPv4Network | ipaddress.IPv6Network
 Kind = Literal["api_key", "signature", "public_form", "anonymous"]
-SIGNATURE_PATTERN = re.compile(r"t=([0-9]{1,12}),v1=([0-9a-f]{64})")
+V1_SIGNATURE_PATTERN = re.compile(r"t=([0-9]{1,12}),v1=([0-9a-f]{64})")
+V2_SIGNATURE_PATTERN = re.compile(
+    r"keyid=([A-Za-z0-9._-]{1,32}),t=([0-9]{1,12}),nonce=([A-Za-z0-9_-]{16,64}),v2=([0-9a-f]{64})"
+)
 REQUEST_SIGNATURE_TEXTS = SignatureTexts(
     expired="The signature's timestamp is more than {tolerance_s:g} s off.",
-    mismatch="The signature does not match the body (or the client id).",
+    mismatch="The signature does not match the request (method, path, query, body, client id or key).",
 )
 
 
@@ -67,6 +86,10 @@ class Credentials:
     client_id: str | None
     origin: str | None
     body: Callable[[], Awaitable[bytes]]
+    # What a signed request's signature covers besides the body (the path as routed, the raw query).
+    method: str = "GET"
+    path: str = "/"
+    query: str = ""
 
 
 # --- the failures a caller can cause -------------------------------------------------------------
@@ -87,7 +110,19 @@ class UnknownApiKey(AuthenticationFailed):
 
 
 class MalformedSignature(AuthenticationFailed):
-    message = "X-Signature must read t=<unix seconds>,v1=<64 hex digits>."
+    message = "X-Signature must read keyid=<key id>,t=<unix seconds>,nonce=<16-64 of A-Z a-z 0-9 _ ->,v2=<64 hex>."
+
+
+class LegacySignatureRefused(AuthenticationFailed):
+    message = "The t=...,v1=... signature scheme is turned off: sign the canonical request (v2, docs/security.md)."
+
+
+class SigningNotConfigured(AuthenticationFailed):
+    message = "Signed requests are not configured on this server (REQUEST_SIGNING_KEYS): use an API key."
+
+
+class UnknownSigningKey(AuthenticationFailed):
+    message = "The signature's keyid is not a current signing key: get a new signing secret for this client."
 
 
 class MissingClientId(AuthenticationFailed):
@@ -99,7 +134,7 @@ class UnknownClient(AuthenticationFailed):
 
 
 class ReplayedSignature(AuthenticationFailed):
-    message = "This signature was used before: sign every request afresh."
+    message = "This nonce (or signature) was used before: sign every request afresh with a new nonce."
 
 
 class MissingScope(Exception):
@@ -177,9 +212,7 @@ async def authenticate(
             raise UnknownApiKey
         return Principal(kind="api_key", scopes=client.scopes, client_id=client.id, name=client.name)
     if credentials.signature is not None:
-        return await verify_signed_request(
-            pool, credentials.signature, credentials.client_id, await credentials.body(), settings, now=now
-        )
+        return await verify_signed_request(pool, credentials, settings, now=now)
     origin = (credentials.origin or "").rstrip("/")
     if origin and origin in form_origins(settings):
         return PUBLIC_FORM
@@ -188,28 +221,82 @@ async def authenticate(
 
 async def verify_signed_request(
     pool: psycopg_pool.AsyncConnectionPool[Connection],
-    signature_header: str,
-    client_id_header: str | None,
-    body: bytes,
+    credentials: Credentials,
     settings: IntakeSettings,
     *,
     now: float,
 ) -> Principal:
-    """The live client whose signing secret signed ``body`` recently, recording the signature so it is
-    accepted once; raises an :class:`AuthenticationFailed` (or a ``SignatureRejected``) otherwise."""
-    match = SIGNATURE_PATTERN.fullmatch(signature_header.replace(" ", ""))
+    """The live client whose signing secret signed this request recently, recording its nonce so it is
+    accepted once; raises an :class:`AuthenticationFailed` (or a ``SignatureRejected``) otherwise.
+    Nothing is written before the signature verifies."""
+    header = (credentials.signature or "").replace(" ", "")
+    legacy = V1_SIGNATURE_PATTERN.fullmatch(header)
+    if legacy is not None:
+        if not settings.signature_v1_compat:
+            raise LegacySignatureRefused
+        return await _verify_v1(pool, legacy, credentials, settings, now=now)
+    match = V2_SIGNATURE_PATTERN.fullmatch(header)
     if match is None:
         raise MalformedSignature
+    client_id = _client_id(credentials)
+    key_id, timestamp, nonce, given = match.groups()
+    keys = dict(signing_key_entries(settings.request_signing_keys))
+    if not keys:
+        raise SigningNotConfigured
+    if key_id not in keys:
+        raise UnknownSigningKey
+    canonical = canonical_request(
+        method=credentials.method,
+        path=credentials.path,
+        query=credentials.query,
+        body=await credentials.body(),
+        timestamp=timestamp,
+        nonce=nonce,
+        client_id=str(client_id),
+        key_id=key_id,
+    )
+    verify_request_signature(
+        signing_secret(keys[key_id], client_id),
+        canonical,
+        timestamp,
+        given,
+        tolerance_s=settings.signature_tolerance_s,
+        now=now,
+        texts=REQUEST_SIGNATURE_TEXTS,
+    )
+    async with transaction(pool) as conn:
+        client = await find_client_by_id(conn, client_id)
+        if client is None:
+            raise UnknownClient
+        if not await record_nonce(conn, client_id, nonce, settings.signature_tolerance_s):
+            raise ReplayedSignature
+    return Principal(kind="signature", scopes=client.scopes, client_id=client.id, name=client.name)
+
+
+def _client_id(credentials: Credentials) -> uuid.UUID:
     try:
-        client_id = uuid.UUID(client_id_header or "")
+        return uuid.UUID(credentials.client_id or "")
     except ValueError:
         raise MissingClientId from None
+
+
+async def _verify_v1(
+    pool: psycopg_pool.AsyncConnectionPool[Connection],
+    match: re.Match[str],
+    credentials: Credentials,
+    settings: IntakeSettings,
+    *,
+    now: float,
+) -> Principal:
+    """The old scheme (``SIGNATURE_V1_COMPAT=true`` only): ``"<t>.<body>"`` signed with a secret derived
+    from ``HMAC_SECRET``, each signature accepted once."""
+    client_id = _client_id(credentials)
     timestamp, given = match.group(1), match.group(2)
     verify_timestamped_signature(
-        signing_secret(settings.hmac_secret, client_id),
+        legacy_signing_secret(settings.hmac_secret, client_id),
         timestamp,
         [given],
-        body,
+        await credentials.body(),
         tolerance_s=settings.signature_tolerance_s,
         now=now,
         texts=REQUEST_SIGNATURE_TEXTS,

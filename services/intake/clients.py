@@ -1,8 +1,10 @@
 """API clients: named credentials with scopes. Keys are shown once and stored only as SHA-256.
 
 A key reads ``hw_<prefix>_<secret>``: the 12-hex-digit prefix finds the row, the hash of the whole key
-proves it. A client also has a request-signing secret for HMAC-signed requests, derived from the
-deployment's ``HMAC_SECRET`` and the client's id, so it is never stored either.
+proves it. A client also has a request-signing secret for signed requests, derived from one of the
+deployment's ``REQUEST_SIGNING_KEYS`` (its own key material: never ``HMAC_SECRET``, which the dispatcher
+holds) and the client's id, so it is never stored either. The key id travels in every signature, so
+while a new key is rolled out both the old and the new secrets of a client verify.
 """
 
 from __future__ import annotations
@@ -47,8 +49,15 @@ def key_prefix(key: str) -> str | None:
     return match.group(1) if match else None
 
 
-def signing_secret(hmac_secret: str, client_id: uuid.UUID) -> str:
-    """The client's request-signing secret: HMAC-SHA256(HMAC_SECRET, "client-signing:" + id), hex."""
+def signing_secret(signing_key: str, client_id: uuid.UUID) -> str:
+    """The client's request-signing secret under one of ``REQUEST_SIGNING_KEYS``:
+    HMAC-SHA256(key, "client-signing:v2:" + id), hex."""
+    return hmac.new(signing_key.encode(), f"client-signing:v2:{client_id}".encode(), hashlib.sha256).hexdigest()
+
+
+def legacy_signing_secret(hmac_secret: str, client_id: uuid.UUID) -> str:
+    """The secret of the old ``t=…,v1=…`` scheme, derived from ``HMAC_SECRET`` (verified only with
+    ``SIGNATURE_V1_COMPAT=true``, for clients not yet moved to the canonical-request scheme)."""
     return hmac.new(hmac_secret.encode(), f"client-signing:{client_id}".encode(), hashlib.sha256).hexdigest()
 
 
@@ -127,8 +136,36 @@ async def find_client_by_id(conn: Connection, client_id: uuid.UUID) -> ApiClient
     return _client(row) if row else None
 
 
+async def record_nonce(conn: Connection, client_id: uuid.UUID, nonce: str, tolerance_s: float) -> bool:
+    """Remember a client's request nonce; False if this client used it within the tolerance window (a
+    replay). Keyed on (client, nonce), not on the signature: two different requests never collide.
+
+    Nonces older than twice the tolerance are forgotten on the way: a request carrying one can no longer
+    verify, because its timestamp is outside the window.
+    """
+    await conn.execute(
+        "DELETE FROM used_request_nonces WHERE seen_at < now() - make_interval(secs => %s)", (2 * tolerance_s,)
+    )
+    cursor = await conn.execute(
+        """INSERT INTO used_request_nonces (client_id, nonce) VALUES (%s, %s)
+           ON CONFLICT DO NOTHING RETURNING nonce""",
+        (client_id, nonce),
+    )
+    return await cursor.fetchone() is not None
+
+
+async def find_client_by_name(conn: Connection, name: str) -> ApiClient | None:
+    """The live client with this name, else None."""
+    cursor = await conn.execute(
+        "SELECT id, name, scopes, created_at, revoked_at FROM api_clients WHERE name = %s AND revoked_at IS NULL",
+        (name,),
+    )
+    row = await cursor.fetchone()
+    return _client(row) if row else None
+
+
 async def record_signature(conn: Connection, signature: str, tolerance_s: float) -> bool:
-    """Remember a signature; False if it was seen within the tolerance window (a replay).
+    """Remember a signature of the old v1 scheme; False if it was seen within the tolerance window.
 
     Signatures older than twice the tolerance are forgotten on the way: they can no longer be replayed,
     because their timestamp is outside the window.

@@ -1,12 +1,31 @@
-"""``healingwork clients create|list|revoke``: the command side of API clients."""
+"""``healingwork clients create|list|revoke|signing-secret``: the command side of API clients."""
 
 from __future__ import annotations
 
 import argparse
 
-from services.common.config import ClientsSettings, DatabaseSettings
+from services.common.config import ClientsSettings, DatabaseSettings, signing_key_entries
 from services.common.db import command_transaction
-from services.intake.clients import InvalidClient, create_client, list_clients, revoke_client, signing_secret
+from services.intake.clients import (
+    ApiClient,
+    InvalidClient,
+    create_client,
+    find_client_by_name,
+    list_clients,
+    revoke_client,
+    signing_secret,
+)
+
+NO_SIGNING_KEYS = "not configured (set REQUEST_SIGNING_KEYS to sign requests; the API key works without it)"
+
+
+def signing_lines(settings: ClientsSettings, client: ApiClient) -> list[str]:
+    """The key id and the client's signing secret under the current (first) ``REQUEST_SIGNING_KEYS`` key."""
+    keys = signing_key_entries(settings.request_signing_keys)
+    if not keys:
+        return [f"signing secret: {NO_SIGNING_KEYS}"]
+    key_id, key = keys[0]
+    return [f"signing key id: {key_id}", f"signing secret: {signing_secret(key, client.id)}"]
 
 
 async def run_clients_command(settings: DatabaseSettings, args: argparse.Namespace) -> str:
@@ -24,9 +43,17 @@ async def run_clients_command(settings: DatabaseSettings, args: argparse.Namespa
                     f"id:             {client.id}",
                     f"scopes:         {' '.join(sorted(client.scopes))}",
                     f"api key:        {key}",
-                    f"signing secret: {signing_secret(settings.hmac_secret, client.id)}",
-                    "Store both now: they are not shown again (only their hash is kept).",
+                    *signing_lines(settings, client),
+                    "Store them now: they are not shown again (only the key's hash is kept).",
                 ]
+            )
+        if args.client_command == "signing-secret":
+            assert isinstance(settings, ClientsSettings)
+            found = await find_client_by_name(conn, args.name)
+            if found is None:
+                raise ValueError(f"no active client named {args.name!r}")
+            return "\n".join(
+                [f"client:         {found.name}", f"id:             {found.id}", *signing_lines(settings, found)]
             )
         if args.client_command == "list":
             clients = await list_clients(conn)

@@ -20,7 +20,7 @@ from services.common.config import IntakeSettings
 from services.common.db import Connection
 from services.intake.batching import GroupCommitter
 from services.intake.leads import LeadJob
-from services.intake.rate_limit import RequestLimits
+from services.intake.rate_limit import KeyedRateLimiter, RequestLimits
 from services.intake.sns import SnsVerifier
 
 STATE_KEY = "intake_context"
@@ -38,6 +38,10 @@ class IntakeContext:
     relay_failed: Callable[[], bool]
     # Per-caller request budgets (services.intake.rate_limit), charged once the caller is known.
     limits: RequestLimits
+    # Bounds on the unauthenticated write routes, per client IP: provider webhooks
+    # (WEBHOOK_RATE_LIMIT_PER_MINUTE) and recorded opens/clicks (TRACKING_RATE_LIMIT_PER_MINUTE).
+    webhook_limiter: KeyedRateLimiter
+    tracking_limiter: KeyedRateLimiter
     clock: Clock = unix_now
 
 

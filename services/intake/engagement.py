@@ -8,6 +8,7 @@ link, often with HEAD. The list is a heuristic by nature; it is kept here, in on
 
 from __future__ import annotations
 
+import hashlib
 import re
 import uuid
 
@@ -39,18 +40,43 @@ def is_automated(user_agent: str | None, method: str) -> bool:
     return agent == _APPLE_MPP_AGENT or _AUTOMATED_AGENTS.search(agent) is not None
 
 
+def engagement_dedupe_key(
+    message_id: uuid.UUID, event: str, *, automated: bool, url: str, now: float, window_s: float
+) -> str:
+    """The key that makes repeats of one open or click within a window one event: the message, the event,
+    whether it was automated, the URL's digest (not the URL: it may carry personal parameters) and the
+    number of the ``window_s`` window ``now`` falls in. Held by a unique index, so every replica agrees."""
+    url_digest = hashlib.sha256(url.encode()).hexdigest()[:16]
+    who = "automated" if automated else "person"
+    return f"{message_id}/{event}/{who}/{url_digest}/{int(now // window_s)}"
+
+
 async def record_engagement(
-    conn: Connection, message_id: uuid.UUID, event: str, *, automated: bool, detail: str, topic: str
+    conn: Connection,
+    message_id: uuid.UUID,
+    event: str,
+    *,
+    automated: bool,
+    detail: str,
+    topic: str,
+    now: float,
+    dedupe_window_s: float,
 ) -> bool:
-    """Record an ``opened`` or ``clicked`` event; returns False when the message no longer exists."""
+    """Record an ``opened`` or ``clicked`` event, unless the same one (message, event, URL, automated) was
+    recorded in the same ``dedupe_window_s`` window; returns whether a new event was recorded (False
+    also when the message no longer exists)."""
     found = await find_message(conn, message_id)
     if found is None:
         metrics.TRACKING.labels(event, "unknown_message").inc()
         return False
     ref, _ = found
+    # The key from the URL as clicked (as a digest), the row with the URL as it may be stored.
+    key = engagement_dedupe_key(message_id, event, automated=automated, url=detail, now=now, window_s=dedupe_window_s)
     if event == "clicked":
         detail = await _stored_click_target(conn, ref.lead_id, detail)
-    await record_event(conn, ref, event, topic=topic, detail=detail, automated=automated)
+    if not await record_event(conn, ref, event, topic=topic, detail=detail, automated=automated, dedupe_key=key):
+        metrics.TRACKING.labels(event, "repeat").inc()
+        return False
     metrics.TRACKING.labels(event, "automated" if automated else "recorded").inc()
     return True
 

@@ -23,7 +23,7 @@ log = logging.getLogger("services.intake.access")
 
 REQUEST_ID_KEY = "healingwork.request_id"
 REQUEST_ID_PATTERN = re.compile(r"[A-Za-z0-9._:-]{1,128}")
-QUIET_ROUTES = frozenset({"/healthz", "/readyz", "/metrics"})
+QUIET_ROUTES = frozenset({"/healthz", "/readyz"})
 
 HTTP_REQUESTS = Counter(
     "healingwork_http_requests_total", "HTTP requests served by intake", ["method", "route", "status"]

@@ -130,7 +130,8 @@ DOMAIN_PROBLEMS: dict[type[Exception], Mapped] = {
     UnsignedWebhook: Mapped(401),
     MalformedWebhookTimestamp: Mapped(401),
     InvalidWebhookBody: Mapped(422, title="Invalid webhook body", detail="The events are not valid; see errors."),
-    SnsRejected: Mapped(401, detail=lambda error: f"The SNS message is not trusted: {error}."),
+    # One answer for every refusal (the reason is logged): no probing which topics are accepted.
+    SnsRejected: Mapped(401, detail="The SNS message is not trusted."),
     SnsUnavailable: Mapped(503, detail="Amazon SNS is unreachable; retry later.", headers={"Retry-After": "30"}),
     # Outgoing webhook endpoints (services.intake.webhook_endpoints).
     InvalidWebhookEndpoint: Mapped(422, title="Invalid webhook endpoint"),

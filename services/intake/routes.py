@@ -1,4 +1,5 @@
-"""The intake's own HTTP routes: leads (submit, read, timeline, export, erase), health and metrics.
+"""The intake's own HTTP routes: leads (submit, read, timeline, export, erase) and health (``/metrics`` is on
+its own port).
 
 Thin handlers: parse, call one function, map the result. They get what they work with as an
 :class:`~services.intake.context.IntakeContext` (``ctx``, injected); failures are domain errors that
@@ -18,7 +19,6 @@ from litestar import Request, Response, delete, get, post
 from litestar.openapi import ResponseSpec
 from litestar.openapi.spec import OpenAPIMediaType, Operation, RequestBody
 from litestar.params import FromPath, HeaderParameter, QueryParameter
-from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
 from proto.http import (
     AddressExport,
@@ -260,11 +260,6 @@ async def healthz() -> dict[str, str]:
     return {"status": "ok"}
 
 
-@get("/metrics", summary="Prometheus metrics", include_in_schema=False)
-async def prometheus_metrics() -> Response[bytes]:
-    return Response(generate_latest(), media_type=CONTENT_TYPE_LATEST)
-
-
 LEAD_ROUTES = [
     submit_lead_handler,
     read_lead,
@@ -274,5 +269,4 @@ LEAD_ROUTES = [
     erase_lead_by_email,
     healthz,
     readyz,
-    prometheus_metrics,
 ]

@@ -10,6 +10,9 @@ from proto.http import FieldError
 DEFAULT_RANGE_DAYS = 30
 MAX_RANGE_DAYS = 366
 DEFAULT_NAMESPACE = "default"
+# Days outside these cannot hold stats, and date arithmetic near year 1 or 9999 overflows (a 500 before).
+EARLIEST_DAY = date(1970, 1, 1)
+LATEST_DAY = date(9999, 12, 30)
 
 
 class InvalidQuery(Exception):
@@ -28,17 +31,21 @@ def parse_range(from_text: str | None, to_text: str | None, today: date) -> tupl
         if text is None:
             return None
         try:
-            return date.fromisoformat(text)
+            day = date.fromisoformat(text)
         except ValueError:
             errors.append(FieldError(field=field, reason="must be a date as YYYY-MM-DD"))
             return None
+        if not EARLIEST_DAY <= day <= LATEST_DAY:
+            errors.append(FieldError(field=field, reason=f"must be between {EARLIEST_DAY} and {LATEST_DAY}"))
+            return None
+        return day
 
     to_day = parse("to", to_text)
     from_day = parse("from", from_text)
     if errors:
         raise InvalidQuery(errors)
     to_day = to_day or today
-    from_day = from_day or to_day - timedelta(days=DEFAULT_RANGE_DAYS - 1)
+    from_day = from_day or max(EARLIEST_DAY, to_day - timedelta(days=DEFAULT_RANGE_DAYS - 1))
     if from_day > to_day:
         raise InvalidQuery([FieldError(field="from", reason="must not be after 'to'")])
     if (to_day - from_day).days + 1 > MAX_RANGE_DAYS:

@@ -2,7 +2,9 @@
 
 Thin handlers: verify the token for its purpose, call one function of ``services.intake.engagement``
 or ``services.intake.preferences`` in a transaction, answer. A token that does not verify (tampered,
-truncated, another purpose, an unknown key) changes nothing and gets 404.
+truncated, another purpose, an unknown key) changes nothing and gets 404. Opens and clicks are
+bounded: repeats of one within ``TRACKING_DEDUPE_WINDOW_S`` are one event, and each client IP records at
+most ``TRACKING_RATE_LIMIT_PER_MINUTE`` of them per process (docs/security.md).
 """
 
 from __future__ import annotations
@@ -15,9 +17,11 @@ from urllib.parse import parse_qs
 from litestar import HttpMethod, Request, Response, get, post, route
 from litestar.params import FromPath
 
+from services.common import metrics
 from services.common.db import transaction
 from services.common.tokens import InvalidToken, Purpose, verify_token
-from services.intake.auth import NO_RATE_LIMIT
+from services.intake.auth import NO_RATE_LIMIT, client_ip
+from services.intake.authentication import trusted_networks
 from services.intake.engagement import is_automated, record_engagement
 from services.intake.injection import Ctx
 from services.intake.preference_page import (
@@ -34,6 +38,7 @@ from services.intake.preference_page import (
 )
 from services.intake.preferences import Topics, apply_preferences, load_preferences, one_click_unsubscribe
 from services.intake.problems import problem_responses
+from services.intake.rate_limit import ip_key
 
 # A transparent 1x1 GIF.
 PIXEL = (
@@ -41,6 +46,26 @@ PIXEL = (
     b",\x00\x00\x00\x00\x01\x00\x01\x00\x00\x02\x02D\x01\x00;"
 )
 NO_STORE = {"Cache-Control": "no-store, private", "Referrer-Policy": "no-referrer"}
+
+
+async def _record(ctx: Ctx, request: Request[Any, Any, Any], message_id: uuid.UUID, event: str, detail: str) -> None:
+    """Record an open or click, within the per-IP limit (beyond it nothing is written, but the person
+    still gets the pixel or the redirect: the limit bounds the rows one token can add, never a link)."""
+    if ctx.tracking_limiter.take(ip_key(client_ip(request, trusted_networks(ctx.settings)))) > 0.0:
+        metrics.TRACKING.labels(event, "rate_limited").inc()
+        return
+    automated = is_automated(request.headers.get("user-agent"), request.method)
+    async with transaction(ctx.pool) as conn:
+        await record_engagement(
+            conn,
+            message_id,
+            event,
+            automated=automated,
+            detail=detail,
+            topic=ctx.settings.topic_email_events,
+            now=ctx.clock(),
+            dedupe_window_s=ctx.settings.tracking_dedupe_window_s,
+        )
 
 
 def _verified(ctx: Ctx, token: str, purpose: Purpose) -> tuple[uuid.UUID, str | None]:
@@ -63,11 +88,7 @@ def _verified(ctx: Ctx, token: str, purpose: Purpose) -> tuple[uuid.UUID, str | 
 )
 async def track_open(token: FromPath[str], request: Request[Any, Any, Any], ctx: Ctx) -> Response[bytes]:
     message_id, _ = _verified(ctx, token, Purpose.OPEN)
-    automated = is_automated(request.headers.get("user-agent"), request.method)
-    async with transaction(ctx.pool) as conn:
-        await record_engagement(
-            conn, message_id, "opened", automated=automated, detail="", topic=ctx.settings.topic_email_events
-        )
+    await _record(ctx, request, message_id, "opened", "")
     return Response(PIXEL, media_type="image/gif", headers=NO_STORE)
 
 
@@ -85,11 +106,7 @@ async def track_click(token: FromPath[str], request: Request[Any, Any, Any], ctx
     message_id, url = _verified(ctx, token, Purpose.CLICK)
     if not url or not url.lower().startswith(("http://", "https://")):
         raise InvalidToken  # the only redirects are to web pages
-    automated = is_automated(request.headers.get("user-agent"), request.method)
-    async with transaction(ctx.pool) as conn:
-        await record_engagement(
-            conn, message_id, "clicked", automated=automated, detail=url, topic=ctx.settings.topic_email_events
-        )
+    await _record(ctx, request, message_id, "clicked", url)
     # The only place a click may go is the URL bound into the signed token: no open redirect.
     return Response(b"", status_code=302, media_type="text/plain", headers={**NO_STORE, "Location": url})
 

@@ -20,11 +20,13 @@ import msgspec
 from litestar import Request, Response, post
 from litestar.params import HeaderParameter
 
-from services.intake.auth import NO_RATE_LIMIT
+from services.intake.auth import NO_RATE_LIMIT, client_ip
+from services.intake.authentication import trusted_networks
 from services.intake.generic_webhook import parse_generic, verify_generic_request
 from services.intake.injection import Ctx
 from services.intake.problems import problem_responses
 from services.intake.provider_events import AdapterNotConfigured, ProviderEvent, apply_provider_events
+from services.intake.rate_limit import ip_key
 from services.intake.sns import receive_sns
 
 
@@ -44,9 +46,11 @@ def _generic_events(ctx: Ctx, timestamp: str | None, signature: str | None, body
 
 @post(
     "/v1/webhooks/email-events",
+    # Not the request-level limit (keyed on API credentials, which providers do not send): its own,
+    # per client IP, checked before any signature is verified or certificate fetched.
     opt={NO_RATE_LIMIT: True},
     status_code=200,
-    responses=problem_responses(400, 401, 404, 413, 422, 503),
+    responses=problem_responses(400, 401, 404, 413, 422, 429, 503),
     summary="Bounces and complaints from the mail provider",
     description=(
         "A generic HMAC-signed JSON format (Webhook-Timestamp, Webhook-Signature: v1=<hex>), or Amazon SES "
@@ -67,6 +71,8 @@ async def email_events_webhook(
         str | None, HeaderParameter(name="x-amz-sns-message-type", description="Set by Amazon SNS")
     ] = None,
 ) -> Response[WebhookReceipt]:
+    # RateLimited (429 + Retry-After) before any signature is verified or certificate fetched.
+    ctx.webhook_limiter.check(ip_key(client_ip(request, trusted_networks(ctx.settings))))
     body = await request.body()
     if sns_message_type:
         adapter, events = "ses", await receive_sns(ctx.sns_verifier, body)

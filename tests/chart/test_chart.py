@@ -153,7 +153,9 @@ def test_the_five_services_run_their_commands_with_probes() -> None:
         assert container["args"] == [name]
         assert container["livenessProbe"]["httpGet"] == {"path": "/healthz", "port": port}
         assert container["readinessProbe"]["httpGet"] == {"path": "/readyz", "port": port}
-        assert {p["name"]: p["containerPort"] for p in container["ports"]} == {port: 8000 if name == "intake" else 8080}
+        # Every service has its health port (8080, where /metrics is); the intake also its API port.
+        expected_ports = {"http": 8000, "health": 8080} if name == "intake" else {"health": 8080}
+        assert {p["name"]: p["containerPort"] for p in container["ports"]} == expected_ports
 
 
 def test_intake_service_exposes_port_8000() -> None:
@@ -324,6 +326,7 @@ def test_key_rotation_and_webhook_secrets_reach_intake_only_when_given() -> None
     assert optional == {
         "HMAC_SECRET_PREVIOUS": {"name": "healingwork", "key": "HMAC_SECRET_PREVIOUS", "optional": True},
         "WEBHOOK_SECRET": {"name": "healingwork", "key": "WEBHOOK_SECRET", "optional": True},
+        "REQUEST_SIGNING_KEYS": {"name": "healingwork", "key": "REQUEST_SIGNING_KEYS", "optional": True},
     }
 
     [without] = [m for m in of_kind(render(MINIMAL), "Secret") if m["metadata"]["name"] == "healingwork"]

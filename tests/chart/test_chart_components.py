@@ -7,6 +7,7 @@ Helm comes from ``scripts/ensure-tools.sh`` (see test_chart.py).
 
 from __future__ import annotations
 
+import ipaddress
 import json
 import re
 import tarfile
@@ -271,13 +272,50 @@ def test_the_ingress_routes_only_the_public_paths_of_its_hosts_to_the_intake() -
     [rule] = ingress["spec"]["rules"]
     assert rule["host"] == "mail.example.com"
     paths = rule["http"]["paths"]
-    # The API and webhooks, tracking, unsubscribe, the schema; never /metrics or the probes.
-    assert [p["path"] for p in paths] == ["/v1", "/t", "/u", "/schema"]
+    # The API and webhooks, tracking, unsubscribe; never the probes, nor /schema unless asked for.
+    assert [p["path"] for p in paths] == ["/v1", "/t", "/u"]
     for path in paths:
         assert path["pathType"] == "Prefix"
         assert path["backend"] == {"service": {"name": "healingwork-intake", "port": {"name": "http"}}}
     assert ingress["spec"]["tls"] == [{"secretName": "mail-example-com-tls", "hosts": ["mail.example.com"]}]
     assert ingress["spec"]["ingressClassName"] == "nginx"
+
+
+def test_request_signing_keys_have_their_own_secret_key_mounted_into_the_intake_only() -> None:
+    keys = "2026-11:" + "k" * 20 + "0123456789abcdef"
+    manifests = render(MINIMAL, sets=(f"secrets.requestSigningKeys={keys}",))
+    [secret] = [m for m in of_kind(manifests, "Secret") if m["metadata"]["name"] == "healingwork"]
+    assert secret["stringData"]["REQUEST_SIGNING_KEYS"] == keys
+    holders = {
+        d["metadata"]["name"]
+        for d in [*of_kind(manifests, "Deployment"), *of_kind(manifests, "CronJob"), *of_kind(manifests, "Job")]
+        if "REQUEST_SIGNING_KEYS" in json.dumps(d)
+    }
+    assert holders == {"healingwork-intake"}
+
+
+def test_metrics_and_the_schema_stay_off_the_public_port() -> None:
+    manifests = render(MINIMAL)
+    intake = named(manifests, "Deployment", "healingwork-intake")
+    [container] = intake["spec"]["template"]["spec"]["containers"]
+    env = {e["name"]: e.get("value") for e in container["env"]}
+    assert (env["PORT"], env["HEALTH_PORT"], env["OPENAPI_ENABLED"]) == ("8000", "8080", "false")
+    public = named(manifests, "Service", "healingwork-intake")
+    assert [p["targetPort"] for p in public["spec"]["ports"]] == ["http"]
+    assert "healingwork.io/metrics" not in public["metadata"]["labels"]
+
+    with_docs = named(render(MINIMAL, sets=("intake.openapi=true",)), "Deployment", "healingwork-intake")
+    [container] = with_docs["spec"]["template"]["spec"]["containers"]
+    assert {e["name"]: e.get("value") for e in container["env"]}["OPENAPI_ENABLED"] == "true"
+
+
+def test_the_production_example_trusts_only_the_ingress_controllers_addresses() -> None:
+    # Trusting a whole pod network (10.0.0.0/8) let any pod write its own X-Forwarded-For.
+    config = named(render(PRODUCTION), "ConfigMap", "healingwork")["data"]
+    networks = [ipaddress.ip_network(part.strip()) for part in config["TRUSTED_PROXIES"].split(",")]
+
+    assert networks
+    assert all(network.num_addresses <= 256 for network in networks), networks
 
 
 def test_network_policies_admit_only_the_configured_peers() -> None:
@@ -291,6 +329,11 @@ def test_network_policies_admit_only_the_configured_peers() -> None:
         p.get("podSelector", {}).get("matchLabels", {}).get("app.kubernetes.io/component") == "test" for p in peers
     )
     assert metrics["from"] == [{"namespaceSelector": {"matchLabels": {"kubernetes.io/metadata.name": "monitoring"}}}]
+    # /metrics is on the health port: the monitoring peers reach that port, the ingress peers the API port.
+    assert (http["ports"], metrics["ports"]) == (
+        [{"port": "http", "protocol": "TCP"}],
+        [{"port": "health", "protocol": "TCP"}],
+    )
     workers = named(manifests, "NetworkPolicy", "healingwork-workers")
     assert workers["spec"]["podSelector"]["matchExpressions"] == [
         {"key": "app.kubernetes.io/component", "operator": "NotIn", "values": ["intake"]}

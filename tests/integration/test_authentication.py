@@ -17,16 +17,19 @@ from services.intake.authentication import (
     PUBLIC_FORM,
     AuthenticationFailed,
     Credentials,
+    LegacySignatureRefused,
     MalformedSignature,
     MissingClientId,
     MissingCredentials,
     ReplayedSignature,
+    SigningNotConfigured,
     UnknownApiKey,
     UnknownClient,
+    UnknownSigningKey,
     authenticate,
 )
-from services.intake.clients import ApiClient, signing_secret
-from tests.support.intake import create_api_client
+from services.intake.clients import ApiClient, legacy_signing_secret
+from tests.support.intake import create_api_client, sign
 from tests.support.platform import make_settings
 
 pytestmark = pytest.mark.integration
@@ -64,10 +67,33 @@ def credentials(
     return Credentials(api_key=api_key, signature=signature, client_id=client_id, origin=origin, body=body)
 
 
-def signed(settings: IntakeSettings, client: ApiClient, at: float = NOW, client_id: str | None = None) -> Credentials:
+def signed(
+    settings: IntakeSettings, client: ApiClient, at: float = NOW, client_id: str | None = None, nonce: str | None = None
+) -> Credentials:
+    headers = sign(settings, client.id, BODY, at=at, nonce=nonce)
+    return Credentials(
+        api_key=None,
+        signature=headers["X-Signature"],
+        client_id=client_id or str(client.id),
+        origin=None,
+        body=body,
+        method="POST",
+        path="/v1/leads",
+    )
+
+
+def signed_v1(settings: IntakeSettings, client: ApiClient, at: float = NOW) -> Credentials:
     timestamp = str(int(at))
-    signature = timestamped_signature(signing_secret(settings.hmac_secret, client.id), timestamp, BODY)
-    return credentials(signature=f"t={timestamp},v1={signature}", client_id=client_id or str(client.id))
+    signature = timestamped_signature(legacy_signing_secret(settings.hmac_secret, client.id), timestamp, BODY)
+    return Credentials(
+        api_key=None,
+        signature=f"t={timestamp},v1={signature}",
+        client_id=str(client.id),
+        origin=None,
+        body=body,
+        method="POST",
+        path="/v1/leads",
+    )
 
 
 async def test_an_api_key_authenticates_its_client(
@@ -81,11 +107,44 @@ async def test_an_api_key_authenticates_its_client(
 async def test_a_signed_request_authenticates_once(
     pool: Pool, settings: IntakeSettings, client: tuple[ApiClient, str]
 ) -> None:
-    principal = await authenticate(pool, signed(settings, client[0]), settings, now=NOW)
+    principal = await authenticate(pool, signed(settings, client[0], nonce="n" * 16), settings, now=NOW)
 
     assert (principal.kind, principal.client_id) == ("signature", client[0].id)
     with pytest.raises(ReplayedSignature, match="used before"):
-        await authenticate(pool, signed(settings, client[0]), settings, now=NOW)
+        await authenticate(pool, signed(settings, client[0], nonce="n" * 16), settings, now=NOW)
+
+
+async def test_the_old_signature_scheme_is_refused_unless_compatibility_is_on(
+    pool: Pool, settings: IntakeSettings, client: tuple[ApiClient, str]
+) -> None:
+    with pytest.raises(LegacySignatureRefused):
+        await authenticate(pool, signed_v1(settings, client[0]), settings, now=NOW)
+
+    compatible = msgspec.structs.replace(settings, signature_v1_compat=True)
+    principal = await authenticate(pool, signed_v1(settings, client[0]), compatible, now=NOW)
+
+    assert (principal.kind, principal.client_id) == ("signature", client[0].id)
+    with pytest.raises(ReplayedSignature):
+        await authenticate(pool, signed_v1(settings, client[0]), compatible, now=NOW)
+
+
+async def test_without_signing_keys_signed_requests_are_refused(
+    pool: Pool, settings: IntakeSettings, client: tuple[ApiClient, str]
+) -> None:
+    presented = signed(settings, client[0])
+
+    with pytest.raises(SigningNotConfigured):
+        await authenticate(pool, presented, msgspec.structs.replace(settings, request_signing_keys=""), now=NOW)
+
+
+async def test_a_key_id_that_was_rotated_out_is_refused(
+    pool: Pool, settings: IntakeSettings, client: tuple[ApiClient, str]
+) -> None:
+    presented = signed(settings, client[0])
+    rotated = msgspec.structs.replace(settings, request_signing_keys=f"next:{'9f8e7d6c' * 8}")
+
+    with pytest.raises(UnknownSigningKey):
+        await authenticate(pool, presented, rotated, now=NOW)
 
 
 async def test_a_public_form_and_a_disabled_auth_need_no_credentials(pool: Pool, settings: IntakeSettings) -> None:
@@ -116,9 +175,11 @@ async def test_each_failure_is_its_own_domain_error(
         "foreign-origin": credentials(origin="https://evil.example.net"),
         "unknown-key": credentials(api_key="hw_0123456789ab_" + "x" * 43),
         "garbled-signature": credentials(signature="v1=deadbeef", client_id=str(client[0].id)),
-        "no-client-id": credentials(signature=f"t={int(NOW)},v1={'0' * 64}"),
+        "no-client-id": credentials(signature=f"keyid=test-key,t={int(NOW)},nonce={'n' * 16},v2={'0' * 64}"),
         "stale": signed(settings, client[0], at=NOW - settings.signature_tolerance_s - 5),
-        "other-body": credentials(signature=f"t={int(NOW)},v1={'0' * 64}", client_id=str(client[0].id)),
+        "other-body": credentials(
+            signature=f"keyid=test-key,t={int(NOW)},nonce={'n' * 16},v2={'0' * 64}", client_id=str(client[0].id)
+        ),
         # Signed with one client's secret, claimed for another id: the secret is per id, so no match.
         "unknown-client": signed(settings, client[0], client_id=str(uuid.uuid4())),
     }[case]
@@ -145,5 +206,8 @@ def test_every_authentication_failure_is_one_family() -> None:
         MissingClientId,
         UnknownClient,
         ReplayedSignature,
+        LegacySignatureRefused,
+        SigningNotConfigured,
+        UnknownSigningKey,
     ):
         assert issubclass(kind, AuthenticationFailed)

@@ -1,4 +1,4 @@
-"""``healingwork clients create|list|revoke`` as a process, against a real PostgreSQL."""
+"""``healingwork clients create|list|revoke|signing-secret`` as a process, against a real PostgreSQL."""
 
 from __future__ import annotations
 
@@ -18,8 +18,8 @@ pytestmark = pytest.mark.integration
 
 
 def test_create_list_and_revoke_a_client(migrated_database_url: str) -> None:
-    hmac_secret = secrets.token_hex(32)
-    env = clean_env(DATABASE_URL=migrated_database_url, HMAC_SECRET=hmac_secret)
+    signing_key = secrets.token_hex(32)
+    env = clean_env(DATABASE_URL=migrated_database_url, REQUEST_SIGNING_KEYS=f"k1:{signing_key}")
 
     created = healingwork("clients", "create", "crm", "--scope", "leads:write", "--scope", "leads:read", env=env)
 
@@ -27,7 +27,8 @@ def test_create_list_and_revoke_a_client(migrated_database_url: str) -> None:
     fields = dict(re.findall(r"^([a-z ]+):\s+(\S+)$", created.stdout, re.MULTILINE))
     key, client_id = fields["api key"], uuid.UUID(fields["id"])
     assert re.fullmatch(r"hw_[0-9a-f]{12}_[A-Za-z0-9_-]{43}", key)
-    assert fields["signing secret"] == signing_secret(hmac_secret, client_id)
+    assert fields["signing key id"] == "k1"
+    assert fields["signing secret"] == signing_secret(signing_key, client_id)
     [row] = asyncio.run(fetch_all(migrated_database_url, "SELECT key_hash, scopes FROM api_clients"))
     assert row == {"key_hash": hashlib.sha256(key.encode()).hexdigest(), "scopes": ["leads:read", "leads:write"]}
 
@@ -42,13 +43,28 @@ def test_create_list_and_revoke_a_client(migrated_database_url: str) -> None:
     assert re.search(r"^crm\s+.*revoked \d{4}-\d\d-\d\d", listed.stdout, re.MULTILINE)
 
 
-def test_create_defaults_to_the_write_scope(migrated_database_url: str) -> None:
-    env = clean_env(DATABASE_URL=migrated_database_url, HMAC_SECRET=secrets.token_hex(32))
+def test_create_defaults_to_the_write_scope_and_needs_no_signing_keys(migrated_database_url: str) -> None:
+    env = clean_env(DATABASE_URL=migrated_database_url)
 
     created = healingwork("clients", "create", "forms", env=env)
 
     assert created.returncode == 0
     assert "scopes:         leads:write\n" in created.stdout
+    assert "signing secret: not configured" in created.stdout
+
+
+def test_signing_secret_after_a_rotation_is_derived_from_the_new_key(migrated_database_url: str) -> None:
+    old, new = secrets.token_hex(32), secrets.token_hex(32)
+    before = clean_env(DATABASE_URL=migrated_database_url, REQUEST_SIGNING_KEYS=f"2026-05:{old}")
+    during = clean_env(DATABASE_URL=migrated_database_url, REQUEST_SIGNING_KEYS=f"2026-11:{new},2026-05:{old}")
+    created = healingwork("clients", "create", "crm", env=before)
+    client_id = uuid.UUID(dict(re.findall(r"^([a-z ]+):\s+(\S+)$", created.stdout, re.MULTILINE))["id"])
+
+    reissued = healingwork("clients", "signing-secret", "crm", env=during)
+
+    assert reissued.returncode == 0, reissued.stderr
+    fields = dict(re.findall(r"^([a-z ]+):\s+(\S+)$", reissued.stdout, re.MULTILINE))
+    assert (fields["signing key id"], fields["signing secret"]) == ("2026-11", signing_secret(new, client_id))
 
 
 @pytest.mark.parametrize(
@@ -57,10 +73,11 @@ def test_create_defaults_to_the_write_scope(migrated_database_url: str) -> None:
         (["clients", "create", "crm"], "a client named 'crm' exists already"),
         (["clients", "create", "Bad Name"], "invalid name 'Bad Name'"),
         (["clients", "revoke", "nobody"], "no client named 'nobody'"),
+        (["clients", "signing-secret", "nobody"], "no active client named 'nobody'"),
     ],
 )
 def test_mistakes_are_one_message_and_exit_1(migrated_database_url: str, args: list[str], message: str) -> None:
-    env = clean_env(DATABASE_URL=migrated_database_url, HMAC_SECRET=secrets.token_hex(32))
+    env = clean_env(DATABASE_URL=migrated_database_url, REQUEST_SIGNING_KEYS=f"k1:{secrets.token_hex(32)}")
     assert healingwork("clients", "create", "crm", env=env).returncode == 0
 
     result = healingwork(*args, env=env)
@@ -72,7 +89,7 @@ def test_mistakes_are_one_message_and_exit_1(migrated_database_url: str, args: l
 
 
 def test_unknown_scope_is_refused_by_the_parser(migrated_database_url: str) -> None:
-    env = clean_env(DATABASE_URL=migrated_database_url, HMAC_SECRET=secrets.token_hex(32))
+    env = clean_env(DATABASE_URL=migrated_database_url)
 
     result = healingwork("clients", "create", "crm", "--scope", "leads:delete", env=env)
 
@@ -80,8 +97,10 @@ def test_unknown_scope_is_refused_by_the_parser(migrated_database_url: str) -> N
     assert "invalid choice: 'leads:delete'" in result.stderr
 
 
-def test_create_needs_the_hmac_secret(migrated_database_url: str) -> None:
-    result = healingwork("clients", "create", "crm", env=clean_env(DATABASE_URL=migrated_database_url))
+def test_create_refuses_signing_keys_that_are_not_secrets(migrated_database_url: str) -> None:
+    env = clean_env(DATABASE_URL=migrated_database_url, REQUEST_SIGNING_KEYS="k1:changeme")
+
+    result = healingwork("clients", "create", "crm", env=env)
 
     assert result.returncode == 2
-    assert "HMAC_SECRET is required" in result.stderr
+    assert "REQUEST_SIGNING_KEYS has the key 'k1' whose secret must be at least 32 bytes" in result.stderr

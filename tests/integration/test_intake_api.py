@@ -128,11 +128,39 @@ async def test_database_outage_answers_503_with_retry_after(kafka_bootstrap_serv
     assert health.status_code == 503
 
 
-async def test_health_metrics_and_openapi_are_served(intake: tuple[httpx.AsyncClient, IntakeSettings]) -> None:
+async def test_health_and_openapi_are_served(intake: tuple[httpx.AsyncClient, IntakeSettings]) -> None:
     client, _ = intake
 
     assert (await client.get("/readyz")).status_code == 200
     assert (await client.get("/healthz")).status_code == 200
-    assert "healingwork_leads_total" in (await client.get("/metrics")).text
     openapi = (await client.get("/schema/openapi.json")).json()
     assert "/v1/leads" in openapi["paths"]
+
+
+async def test_metrics_are_served_on_their_own_port_never_on_the_api_port(
+    intake: tuple[httpx.AsyncClient, IntakeSettings],
+) -> None:
+    client, settings = intake
+    await client.post("/v1/leads", json=LEAD)
+
+    public = await client.get("/metrics")
+    metrics = await client.get(f"http://127.0.0.1:{settings.health_port}/metrics")
+    ready = await client.get(f"http://127.0.0.1:{settings.health_port}/readyz")
+
+    assert public.status_code == 404
+    assert metrics.status_code == 200
+    assert 'healingwork_leads_total{outcome="accepted"}' in metrics.text
+    assert ready.status_code == 200
+
+
+async def test_with_openapi_disabled_no_schema_route_is_served(
+    migrated_database_url: str, kafka_bootstrap_servers: str, topic_prefix: str
+) -> None:
+    async with running_intake(
+        migrated_database_url, kafka_bootstrap_servers, topic_prefix, openapi_enabled=False
+    ) as intake:
+        answers = [await intake.http.get(path) for path in ("/schema", "/schema/openapi.json", "/schema/swagger")]
+        lead = await intake.http.post("/v1/leads", json=LEAD)
+
+    assert [a.status_code for a in answers] == [404, 404, 404]
+    assert lead.status_code == 202

@@ -303,7 +303,7 @@ async def test_metrics_count_requests_by_route_and_status_and_lead_outcomes(inta
     await intake.http.post("/v1/leads", json=LEAD)
     await intake.http.post("/v1/leads", json={"email": "nope"})
 
-    text = (await intake.http.get("/metrics")).text
+    text = (await intake.http.get(intake.metrics_url)).text
 
     assert 'healingwork_http_requests_total{method="POST",route="/v1/leads",status="202"}' in text
     assert 'healingwork_http_requests_total{method="POST",route="/v1/leads",status="422"}' in text

@@ -76,6 +76,9 @@ def served_intake(postgres_url: str, kafka_bootstrap_servers: str) -> Iterator[t
         "PORT": str(port),
         "RATE_LIMIT_PER_MINUTE": "1000000",
         "FORM_RATE_LIMIT_PER_MINUTE": "1000000",
+        # The chart turns /schema off; the test reads the document the intake serves, so it turns it on.
+        "OPENAPI_ENABLED": "true",
+        "HEALTH_PORT": "0",
         "LOG_LEVEL": "WARNING",
         **{k.upper(): v for k, v in topics_for(unique_topic_prefix()).items()},
     }

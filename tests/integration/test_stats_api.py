@@ -94,6 +94,10 @@ async def test_stats_without_a_sequence_cover_every_sequence_and_default_to_rece
         ({"sequence": "a/b/c"}, "sequence"),
         ({"sequence": "wel\x00come"}, "sequence"),
         ({"sequence": "Welcome Series"}, "sequence"),
+        # Date arithmetic at the ends of the calendar overflowed into a 500 before.
+        ({"to": "0001-01-05"}, "to"),
+        ({"from": "0001-01-01", "to": "2026-01-02"}, "from"),
+        ({"to": "9999-12-31"}, "to"),
     ],
 )
 async def test_invalid_query_is_a_422_naming_the_parameter(

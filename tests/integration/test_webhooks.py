@@ -74,7 +74,7 @@ def sns_message(kind: str, message: str, *, version: str = "1", **extra: Any) ->
         "MessageId": str(uuid.uuid4()),
         "TopicArn": TOPIC_ARN,
         "Message": message,
-        "Timestamp": "2026-11-26T12:00:00.000Z",
+        "Timestamp": datetime.datetime.now(datetime.UTC).isoformat(timespec="milliseconds").replace("+00:00", "Z"),
         "SignatureVersion": version,
         "SigningCertURL": CERT_URL,
         **extra,

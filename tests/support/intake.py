@@ -15,11 +15,11 @@ from typing import Any
 
 import httpx
 
-from services.common.config import DatabaseSettings, IntakeSettings
+from services.common.config import DatabaseSettings, IntakeSettings, signing_key_entries
 from services.common.db import connect
-from services.common.signatures import timestamped_signature
+from services.common.signatures import canonical_request, request_signature
 from services.intake.clients import ApiClient, create_client, signing_secret
-from tests.support.platform import make_settings, serve_intake
+from tests.support.platform import free_port, make_settings, serve_intake
 
 ALL_SCOPES = ["leads:write", "leads:read", "admin"]
 
@@ -35,13 +35,37 @@ def bearer(key: str) -> dict[str, str]:
     return {"Authorization": f"Bearer {key}"}
 
 
-def sign(settings: IntakeSettings, client_id: uuid.UUID, body: bytes, at: float | None = None) -> dict[str, str]:
-    """Headers of a request signed as client ``client_id`` at unix time ``at`` (default: now)."""
-    timestamp = int(time.time() if at is None else at)
-    digest = timestamped_signature(signing_secret(settings.hmac_secret, client_id), timestamp, body)
+def sign(
+    settings: IntakeSettings,
+    client_id: uuid.UUID,
+    body: bytes,
+    at: float | None = None,
+    *,
+    method: str = "POST",
+    path: str = "/v1/leads",
+    query: str = "",
+    nonce: str | None = None,
+    key_id: str | None = None,
+) -> dict[str, str]:
+    """Headers of a request signed (scheme v2) as client ``client_id`` at unix time ``at`` (default: now)
+    with a fresh nonce (unless given) under the current key of ``REQUEST_SIGNING_KEYS`` (or ``key_id``)."""
+    keys = signing_key_entries(settings.request_signing_keys)
+    key_id = key_id or keys[0][0]
+    timestamp, nonce = str(int(time.time() if at is None else at)), nonce or uuid.uuid4().hex
+    canonical = canonical_request(
+        method=method,
+        path=path,
+        query=query,
+        body=body,
+        timestamp=timestamp,
+        nonce=nonce,
+        client_id=str(client_id),
+        key_id=key_id,
+    )
+    signature = request_signature(signing_secret(dict(keys)[key_id], client_id), canonical)
     return {
         "X-Client-Id": str(client_id),
-        "X-Signature": f"t={timestamp},v1={digest}",
+        "X-Signature": f"keyid={key_id},t={timestamp},nonce={nonce},v2={signature}",
         "Content-Type": "application/json",
     }
 
@@ -56,6 +80,11 @@ class Intake:
     key: str
     client: ApiClient
 
+    @property
+    def metrics_url(self) -> str:
+        """Where this intake serves /metrics: its HEALTH_PORT, never the API's port."""
+        return f"http://127.0.0.1:{self.settings.health_port}/metrics"
+
     def anonymous(self, **kwargs: Any) -> httpx.AsyncClient:
         """An httpx client without credentials (close it, or use it in ``async with``)."""
         return httpx.AsyncClient(base_url=self.base_url, timeout=30, **kwargs)
@@ -67,7 +96,9 @@ async def running_intake(
 ) -> AsyncIterator[Intake]:
     """Serve intake on a free port with ``overrides`` applied to its settings; yield it with a client
     holding ``scopes`` (default: every scope)."""
-    settings = make_settings(IntakeSettings, database_url, bootstrap, prefix, **overrides)
+    settings = make_settings(
+        IntakeSettings, database_url, bootstrap, prefix, **{"health_port": free_port(), **overrides}
+    )
     client, key = await create_api_client(database_url, f"tests-{uuid.uuid4().hex[:8]}", scopes or ALL_SCOPES)
     async with (
         serve_intake(settings) as base_url,

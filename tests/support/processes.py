@@ -39,6 +39,8 @@ def service_env(database_url: str, bootstrap: str, prefix: str, **extra: str) ->
             "FROM_NAME": FROM_NAME,
             "SMTP_URL": "smtp://127.0.0.1:1?starttls=never",
             "LOG_LEVEL": "INFO",
+            # No metrics port unless a test asks for one (with a free port): 8080 is shared by every test.
+            "HEALTH_PORT": "0",
             **{name.upper(): value for name, value in topics_for(prefix).items()},
             **extra,
         }

@@ -266,7 +266,9 @@ def test_a_service_starts_without_postgresql_and_kafka_reports_not_ready_says_wh
     """A Kubernetes pod whose dependencies are down stays up, unready, and names what it waits for; it
     is ready as soon as they answer, without the restart delays of a crash loop."""
     port = free_port()
-    env = service_env(HEALTH_PORT=str(port), PORT=str(port), HOST="127.0.0.1")
+    # The intake serves /healthz on its API port and /metrics on HEALTH_PORT: two ports of its own.
+    health_port = free_port() if command == "intake" else port
+    env = service_env(HEALTH_PORT=str(health_port), PORT=str(port), HOST="127.0.0.1")
     process = subprocess.Popen(
         [sys.executable, "-m", "services", command], env=env, cwd=ROOT, stderr=subprocess.PIPE, text=True
     )
@@ -301,6 +303,7 @@ def test_a_service_starts_without_postgresql_and_kafka_reports_not_ready_says_wh
         ("dispatcher", "HEALTH_PORT", "cannot listen on 0.0.0.0:{port} for /healthz, /readyz and /metrics"),
         ("webhooks", "HEALTH_PORT", "cannot listen on 0.0.0.0:{port} for /healthz, /readyz and /metrics"),
         ("intake", "PORT", "cannot listen on 0.0.0.0:{port}"),
+        ("intake", "HEALTH_PORT", "cannot listen on 0.0.0.0:{port} for /healthz, /readyz and /metrics"),
     ],
 )
 def test_a_service_whose_port_is_taken_says_so_in_one_line_and_exits_1(

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from services.common.config import ClientsSettings, IntakeSettings, load_settings
+from services.common.config import ClientsSettings, IntakeSettings, load_settings, signing_key_entries
 from tests.unit.test_config import intake_env, only_problem_of, problems_of
 
 
@@ -42,8 +42,41 @@ def test_form_origins_must_be_origins(value: str) -> None:
     assert only_problem_of(IntakeSettings, intake_env(PUBLIC_FORM_ORIGINS=value)).startswith("PUBLIC_FORM_ORIGINS")
 
 
-def test_clients_create_needs_a_real_hmac_secret() -> None:
-    problems = problems_of(ClientsSettings, {"DATABASE_URL": "postgresql://u@db/hw", "HMAC_SECRET": "changeme"})
+def test_clients_create_needs_real_signing_keys() -> None:
+    problems = problems_of(ClientsSettings, {"DATABASE_URL": "postgresql://u@db/hw", "REQUEST_SIGNING_KEYS": "k:x"})
 
     assert len(problems) == 1
-    assert problems[0].startswith("HMAC_SECRET")
+    assert problems[0].startswith("REQUEST_SIGNING_KEYS has the key 'k' whose secret must be at least 32 bytes")
+
+
+def test_signing_keys_list_key_ids_and_secrets_current_first() -> None:
+    value = f"2026-11:{'a1b2c3d4' * 8}, 2026-05:{'e5f6a7b8' * 8}"
+
+    settings = load_settings(IntakeSettings, intake_env(REQUEST_SIGNING_KEYS=value))
+
+    assert signing_key_entries(settings.request_signing_keys) == [
+        ("2026-11", "a1b2c3d4" * 8),
+        ("2026-05", "e5f6a7b8" * 8),
+    ]
+
+
+@pytest.mark.parametrize(
+    ("value", "problem"),
+    [
+        ("no-colon", "must list <key id>:<secret> entries"),
+        (f"bad id!:{'a1b2c3d4' * 8}", "must list <key id>:<secret> entries"),
+        (f"k:{'a1b2c3d4' * 8},k:{'e5f6a7b8' * 8}", "lists a key id twice"),
+    ],
+)
+def test_malformed_signing_keys_are_named(value: str, problem: str) -> None:
+    assert only_problem_of(IntakeSettings, intake_env(REQUEST_SIGNING_KEYS=value)).startswith(
+        f"REQUEST_SIGNING_KEYS {problem}"
+    )
+
+
+def test_a_signing_key_may_not_reuse_hmac_secret() -> None:
+    env = intake_env()
+    problem = only_problem_of(IntakeSettings, {**env, "REQUEST_SIGNING_KEYS": f"k1:{env['HMAC_SECRET']}"})
+
+    assert problem == "REQUEST_SIGNING_KEYS key 'k1' reuses HMAC_SECRET; generate its own (openssl rand -hex 32)"
+    assert env["HMAC_SECRET"] not in problem

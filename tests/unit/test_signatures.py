@@ -2,12 +2,17 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import pytest
 
 from services.common.signatures import (
     SignatureExpired,
     SignatureMismatch,
     SignatureTexts,
+    canonical_query,
+    canonical_request,
+    request_signature,
     timestamped_signature,
     verify_timestamped_signature,
 )
@@ -99,3 +104,36 @@ def test_a_stale_webhook_is_expired_and_a_forged_one_mismatched_in_the_webhooks_
         verify_webhook(stale, f"v1={timestamped_signature(SECRET, stale, BODY)}")
     with pytest.raises(SignatureMismatch, match=r"^The signature does not match\.$"):
         verify_webhook(str(int(NOW)), "v1=" + "0" * 64)
+
+
+def test_the_worked_example_of_docs_security_md() -> None:
+    canonical = canonical_request(
+        method="delete",
+        path="/v1/leads",
+        query="email=ada@example.com",
+        body=b"",
+        timestamp="1800000000",
+        nonce="q2Zb7Hf0TQmW3x1kP9sLrA",
+        client_id="6f1c2a9e-3b4d-4c5e-8f70-123456789abc",
+        key_id="2026-11",
+    )
+    signature = request_signature("d6c1b0a1e5f24c3a9b8e7d6c5b4a39281706f5e4d3c2b1a09f8e7d6c5b4a3928", canonical)
+    document = (Path(__file__).parents[2] / "docs" / "security.md").read_text()
+
+    assert canonical.decode() in document
+    assert signature == "79b055e589fea19dd98259ecd9e1a8bcadf439a81a4761be2959d2b0bda119cf"
+    assert f"v2={signature}" in document
+
+
+@pytest.mark.parametrize(
+    ("query", "canonical"),
+    [
+        ("", ""),
+        ("b=2&a=1", "a=1&b=2"),
+        ("email=ada@example.com", "email=ada%40example.com"),
+        ("q=a+b&q=a%20a", "q=a%20a&q=a%20b"),
+        ("flag", "flag="),
+    ],
+)
+def test_the_canonical_query_is_sorted_and_rfc3986_encoded(query: str, canonical: str) -> None:
+    assert canonical_query(query) == canonical

@@ -4,8 +4,9 @@ from __future__ import annotations
 
 import pytest
 
-from services.common.config import check_smtp_url
+from services.common.config import DispatcherSettings, check_smtp_url, load_settings
 from services.dispatcher.smtp import SmtpTarget
+from tests.unit.test_config import dispatcher_env, only_problem_of
 
 
 def test_plain_smtp_url_uses_the_submission_port_and_opportunistic_starttls() -> None:
@@ -67,3 +68,28 @@ def test_mistyped_starttls_option_is_rejected_not_treated_as_never(mode: str) ->
     with pytest.raises(ValueError, match="starttls"):
         SmtpTarget.from_url(f"smtp://user:secret@mail.example.com?starttls={mode}")
     assert check_smtp_url(f"smtp://mail.example.com?starttls={mode}") is not None
+
+
+def test_credentials_with_starttls_never_are_refused_at_start_up_in_one_line() -> None:
+    env = dispatcher_env(SMTP_URL="smtp://mailer:pw@relay.example.com:25?starttls=never")
+
+    problem = only_problem_of(DispatcherSettings, env)
+
+    assert problem.startswith("SMTP_URL has credentials and starttls=never: the password would cross the network")
+    assert ":pw@" not in problem  # the URL holds a password: never echoed
+    assert "\n" not in problem
+
+
+@pytest.mark.parametrize(
+    ("url", "allow"),
+    [
+        ("smtp://mailer:pw@relay.local:25?starttls=never", "true"),  # a local relay, said explicitly
+        ("smtp://relay.local:25?starttls=never", "false"),  # no credentials to protect
+        ("smtp://mailer:pw@smtp.example.com:587", "false"),  # STARTTLS, required at connect (credentials)
+        ("smtps://mailer:pw@smtp.example.com", "false"),
+    ],
+)
+def test_settings_that_never_send_credentials_in_clear_are_accepted(url: str, allow: str) -> None:
+    settings = load_settings(DispatcherSettings, dispatcher_env(SMTP_URL=url, SMTP_ALLOW_PLAINTEXT_AUTH=allow))
+
+    assert settings.smtp_url == url
