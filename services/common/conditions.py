@@ -155,6 +155,20 @@ class ConditionFacts:
         return self._activation
 
 
+_STEP_NAMED = re.compile(
+    r"\.step\s*==\s*(?:'([^'\\]*)'|\"([^\"\\]*)\")|(?:'([^'\\]*)'|\"([^\"\\]*)\")\s*==\s*[A-Za-z_][A-Za-z0-9_]*\.step\b"
+)
+
+
+def named_steps(source: str) -> set[str]:
+    """The step names ``source`` compares an event's ``step`` with (``e.step == 'hello'``), so that
+    applying a Sequence can refuse a name it does not have. An expression that also compares an
+    event's ``sequence`` may name another Sequence's steps: none are returned for it."""
+    if re.search(r"\.sequence\b", source):
+        return set()
+    return {next(group for group in match.groups() if group is not None) for match in _STEP_NAMED.finditer(source)}
+
+
 def condition_problem(source: str) -> str | None:
     """Why ``source`` cannot be a condition (too large, does not compile, not a boolean, a ``lead``
     field that does not exist), or None when it can."""
