@@ -44,7 +44,7 @@ class EmittedStep:
 CLAIM_DUE = """
 SELECT e.id, e.lead_id, e.sequence_id, e.revision, e.next_step,
        r.send_window::text AS send_window, e.timezone, nxt.delay_s AS next_delay_s,
-       r.has_rules, e.resume_at, e.wait_deadline
+       r.has_rules, r.created_at AS revision_created_at, e.resume_at, e.wait_deadline
 FROM enrollments e
 JOIN sequences s ON s.id = e.sequence_id
 JOIN sequence_revisions r ON r.sequence_id = e.sequence_id AND r.revision = e.revision
@@ -101,7 +101,7 @@ async def emit_due_steps(conn: Connection, *, limit: int, topic: str, now: datet
         [
             r["lead_id"]  # type: ignore[misc]
             for r in rows
-            if r["has_rules"] and rules[(r["sequence_id"], int(r["revision"]))].needs_facts(int(r["next_step"]))  # type: ignore[index, call-overload]
+            if r["has_rules"] and rules[revision_key(r)].needs_facts(int(r["next_step"]))  # type: ignore[call-overload]
         ],
         now,
     )
@@ -116,7 +116,7 @@ async def emit_due_steps(conn: Connection, *, limit: int, topic: str, now: datet
         resume_at: datetime | None = row["resume_at"]  # type: ignore[assignment]
         wait_deadline: datetime | None = row["wait_deadline"]  # type: ignore[assignment]
         variant: str | None = None
-        revision_rules_ = rules.get((sequence, revision))
+        revision_rules_ = rules.get(revision_key(row)) if row["has_rules"] else None
         if revision_rules_ is not None and position < len(revision_rules_.steps):
             decision = decide_step(
                 revision_rules_,

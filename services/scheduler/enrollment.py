@@ -50,23 +50,25 @@ def window_of(send_window_json: str | None) -> Window | None:
 
 
 # Revisions are immutable, so their parsed rules are kept for the life of the process (bounded).
-_RULES: dict[tuple[uuid.UUID, int], RevisionRules] = {}
+_RULES: dict[RevisionKey, RevisionRules] = {}
 _RULES_KEPT = 4096
 
 
-def revision_key(row: dict[str, object]) -> tuple[uuid.UUID, int]:
-    """The (sequence, revision) of a row that has both columns."""
-    return row["sequence_id"], int(row["revision"])  # type: ignore[return-value, call-overload]
+RevisionKey = tuple[uuid.UUID, int, datetime]
 
 
-async def revision_rules(
-    conn: Connection, keys: set[tuple[uuid.UUID, int]]
-) -> dict[tuple[uuid.UUID, int], RevisionRules]:
+def revision_key(row: dict[str, object]) -> RevisionKey:
+    """A revision's key in the rules cache: its (sequence, revision) and the time it was stored (a
+    revision is immutable, but a database built again, as in tests, reuses the numbers)."""
+    return row["sequence_id"], int(row["revision"]), row["revision_created_at"]  # type: ignore[return-value, call-overload]
+
+
+async def revision_rules(conn: Connection, keys: set[RevisionKey]) -> dict[RevisionKey, RevisionRules]:
     """The conditions and variants of each (sequence, revision), parsed once per process."""
     missing = [key for key in keys if key not in _RULES]
     if missing:
         cursor = await conn.execute(
-            """SELECT r.sequence_id, r.revision, r.spec::text AS spec
+            """SELECT r.sequence_id, r.revision, r.created_at AS revision_created_at, r.spec::text AS spec
                FROM sequence_revisions r
                JOIN unnest(%s::uuid[], %s::int[]) AS k(sequence_id, revision)
                  ON k.sequence_id = r.sequence_id AND k.revision = r.revision""",
@@ -75,7 +77,7 @@ async def revision_rules(
         if len(_RULES) > _RULES_KEPT:
             _RULES.clear()
         for row in await cursor.fetchall():
-            _RULES[(row["sequence_id"], int(row["revision"]))] = rules_of_stored_spec(str(row["spec"]))  # type: ignore[index, call-overload]
+            _RULES[revision_key(row)] = rules_of_stored_spec(str(row["spec"]))
     return {key: _RULES[key] for key in keys if key in _RULES}
 
 
@@ -95,7 +97,8 @@ async def enroll_lead(conn: Connection, lead_id: uuid.UUID, *, now: datetime | N
     now = now or await database_now(conn)
     cursor = await conn.execute(
         """SELECT s.id AS sequence_id, s.current_revision AS revision, st.delay_s,
-                  r.send_window::text AS send_window, l.timezone, r.has_rules
+                  r.send_window::text AS send_window, l.timezone, r.has_rules,
+                  r.created_at AS revision_created_at
            FROM leads l
            JOIN sequence_revisions r ON (
                 r.trigger_all OR l.source = ANY (r.trigger_sources) OR l.tags && r.trigger_tags)
@@ -117,7 +120,7 @@ async def enroll_lead(conn: Connection, lead_id: uuid.UUID, *, now: datetime | N
     gated = [rule for rule in rules.values() if rule.trigger_when is not None]
     facts = (await load_condition_facts(conn, [lead_id], now)).get(lead_id) if gated else None
     for row in rows:
-        rule = rules.get((row["sequence_id"], int(row["revision"])))  # type: ignore[arg-type, call-overload]
+        rule = rules.get(revision_key(row))
         if rule is not None and rule.trigger_when is not None:
             try:
                 if facts is None or not evaluate(rule.trigger_when, facts):

@@ -54,13 +54,16 @@ ALTER TABLE api_clients ADD CONSTRAINT api_clients_scopes_check CHECK (
 -- due time kept in resume_at, and the scheduler's next tick evaluates exitWhen and waitFor for them.
 -- A trigger, so no writer of events (tracking, webhooks, the events API) can forget it. The row lock
 -- of an enrollment being processed by the ticker makes this wait for that transaction, then apply to
--- the enrollment as the ticker left it.
+-- the enrollment as the ticker left it (which is why the WHERE does not test next_run_at: a due
+-- enrollment being sent right now is matched, and its next due time is seen after the wait).
 CREATE OR REPLACE FUNCTION events_wake_enrollments() RETURNS trigger LANGUAGE plpgsql AS $$
 BEGIN
     UPDATE enrollments e
-    SET resume_at = COALESCE(e.resume_at, e.next_run_at), next_run_at = now(), updated_at = now()
+    SET resume_at = CASE WHEN e.next_run_at > now() THEN COALESCE(e.resume_at, e.next_run_at) ELSE e.resume_at END,
+        next_run_at = LEAST(e.next_run_at, now()),
+        updated_at = now()
     FROM sequence_revisions r
-    WHERE e.lead_id = NEW.lead_id AND e.status = 'active' AND e.next_run_at > now()
+    WHERE e.lead_id = NEW.lead_id AND e.status = 'active'
       AND r.sequence_id = e.sequence_id AND r.revision = e.revision AND r.reacts_to_events;
     RETURN NULL;
 END $$;
