@@ -28,6 +28,7 @@ STEPS_EMITTED = Counter("healingwork_steps_emitted_total", "Sequence steps queue
 STEPS_NOT_SENT = Counter(
     "healingwork_steps_not_sent_total", "Sequence steps skipped by a condition or failed by one", ["outcome"]
 )
+CUSTOM_EVENTS = Counter("healingwork_custom_events_total", "Custom events received", ["outcome"])
 ENROLLMENT_EXITS = Counter("healingwork_enrollment_exits_total", "Enrollments ended early", ["reason"])
 ENROLLMENTS_NOT_TRIGGERED = Counter(
     "healingwork_enrollments_not_triggered_total", "Leads a trigger.when kept out (false, or failed)", ["outcome"]
