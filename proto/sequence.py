@@ -101,13 +101,22 @@ class Step(_Camel, frozen=True, kw_only=True):
 
     name: Slug
     delay: Duration = "0s"
-    subject: Annotated[str, msgspec.Meta(min_length=1, max_length=998)]
+    # Required unless every variant gives its own subject.
+    subject: Annotated[str, msgspec.Meta(min_length=1, max_length=998)] | None = None
     html: Body | None = None
     text: Body | None = None
     template_ref: TemplateRef | None = None
     when: Expression | None = None
     wait_for: WaitFor | None = None
     variants: Annotated[list[Variant], msgspec.Meta(max_length=10)] = []
+
+    @property
+    def base_subject(self) -> str:
+        """The step's subject, or (when only its variants have one) the first variant's: what is stored
+        as the step's own and shown where no variant applies."""
+        subject = self.subject or next((v.subject for v in self.variants if v.subject), None)
+        assert subject is not None, "checked by spec_problems: a step or each of its variants has a subject"
+        return subject
 
 
 class SendWindow(_Camel, frozen=True, kw_only=True):

@@ -174,6 +174,10 @@ def condition_problems(resource: SequenceResource) -> list[str]:
         if unknown:
             problems.append(f"no step named {', '.join(map(repr, unknown))} in this Sequence - at `{where}`")
     for index, step in enumerate(spec.steps):
+        if step.subject is None and not (step.variants and all(v.subject for v in step.variants)):
+            problems.append(
+                f"a step needs a subject, or a subject in each of its variants - at `$.spec.steps[{index}]`"
+            )
         names = [variant.name for variant in step.variants]
         if len(set(names)) != len(names):
             problems.append(f"variant names must be unique - at `$.spec.steps[{index}].variants`")
