@@ -19,10 +19,12 @@ import psycopg_pool
 import pytest
 
 from services.common.config import DatabaseSettings
+from services.common.daily_stats import read_stats
 from services.common.db import Connection, open_pool, transaction
 from services.common.sequences import InvalidSequence, apply_sequence, parse_sequence_document
 from services.common.step_rules import choose_variant, rules_of_spec
 from services.dispatcher.dispatch import load_jobs
+from services.jobs.aggregate_stats import rollup_day
 from services.scheduler.due import emit_due_steps
 from services.scheduler.enrollment import enroll_lead
 from tests.support.platform import fetch_all
@@ -425,3 +427,55 @@ def test_an_expression_that_does_not_compile_or_names_a_missing_step_is_refused_
 def test_an_exit_when_that_does_not_compile_is_refused_with_its_field() -> None:
     with pytest.raises(InvalidSequence, match=r"at `\$\.spec\.exitWhen`"):
         sequence([step("hello")], exitWhen="lead.email == 'x'")
+
+
+# --- stats ----------------------------------------------------------------------------------------------
+
+
+async def test_daily_rollups_count_skips_exits_and_each_variants_sent_opens_and_clicks(
+    pool: Pool, now: datetime
+) -> None:
+    resource = sequence(
+        [
+            step("hello", variants=[{"name": "a", "subject": "A"}, {"name": "b", "subject": "B"}]),
+            step("reminder", "1d", when="!events.exists(e, e.type == 'opened' && e.step == 'hello')"),
+            step("last", "1d"),
+        ],
+        exitWhen=GOAL,
+    )
+    await apply(pool, resource)
+    leads = [await add_lead(pool) for _ in range(12)]
+    for lead in leads:
+        await enroll(pool, lead, now)
+    await emit(pool, now)
+    async with transaction(pool) as conn:
+        # Every message sent; leads 0-5 open theirs (their reminder is skipped), lead 0 clicks too.
+        await conn.execute("INSERT INTO events (message_id, lead_id, type) SELECT id, lead_id, 'sent' FROM messages")
+        await conn.execute(
+            """INSERT INTO events (message_id, lead_id, sequence_id, revision, step_position, type)
+               SELECT id, lead_id, sequence_id, revision, step_position, kind FROM messages,
+                      unnest(ARRAY['opened', 'clicked']) AS kind
+               WHERE lead_id = ANY(%s) AND (kind = 'opened' OR lead_id = %s)""",
+            (leads[:6], leads[0]),
+        )
+    await add_event(pool, leads[11], "purchased")
+    day = now + timedelta(days=1)
+    await emit(pool, day)
+    async with transaction(pool) as conn:
+        for rollup in {now.date(), day.date()}:
+            await rollup_day(conn, rollup)
+        report = await read_stats(conn, from_day=now.date(), to_day=day.date(), sequence_id=None)
+
+    [stats] = report.sequences
+    assert stats.totals.skipped == 6
+    assert stats.totals.exited_goal == 1
+    variants = [v for row in stats.rows for v in row.variants]
+    expected = {}
+    rules = rules_of_spec(resource.spec)
+    seq = (await fetch_all(pool.conninfo, "SELECT id FROM sequences"))[0]["id"]
+    for index, lead in enumerate(leads):
+        arm = choose_variant(lead, seq, rules.steps[0])  # type: ignore[arg-type]
+        sent, opens, clicks = expected.get(arm, (0, 0, 0))
+        expected[arm] = (sent + 1, opens + (index < 6), clicks + (index == 0))
+    assert {v.variant: (v.sent, v.unique_opens, v.unique_clicks) for v in variants} == expected
+    assert all(v.open == round(v.unique_opens / v.sent, 4) for v in variants)

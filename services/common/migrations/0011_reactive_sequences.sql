@@ -72,3 +72,25 @@ CREATE TRIGGER events_wake AFTER INSERT ON events FOR EACH ROW
     WHEN (NEW.type NOT IN ('sent', 'failed', 'dead', 'skipped', 'replayed',
                            'step.skipped', 'step.failed', 'enrollment.exited'))
     EXECUTE FUNCTION events_wake_enrollments();
+
+-- Daily rollups of what conditions did: steps skipped (when false, a wait timed out with onTimeout
+-- skip), steps failed by a condition that could not be evaluated, enrollments that reached their goal.
+ALTER TABLE daily_stats
+    ADD COLUMN IF NOT EXISTS skipped           integer NOT NULL DEFAULT 0 CHECK (skipped >= 0),
+    ADD COLUMN IF NOT EXISTS condition_failures integer NOT NULL DEFAULT 0 CHECK (condition_failures >= 0),
+    ADD COLUMN IF NOT EXISTS exited_goal       integer NOT NULL DEFAULT 0 CHECK (exited_goal >= 0);
+
+-- Per A/B variant of a step and UTC day: what a user compares to pick the winner.
+CREATE TABLE IF NOT EXISTS daily_variant_stats (
+    day           date NOT NULL,
+    sequence_id   uuid NOT NULL REFERENCES sequences (id) ON DELETE CASCADE,
+    revision      integer NOT NULL,
+    step_position integer NOT NULL CHECK (step_position >= 0),
+    variant       text NOT NULL,
+    sent          integer NOT NULL DEFAULT 0 CHECK (sent >= 0),
+    unique_opens  integer NOT NULL DEFAULT 0 CHECK (unique_opens >= 0),
+    unique_clicks integer NOT NULL DEFAULT 0 CHECK (unique_clicks >= 0),
+    updated_at    timestamptz NOT NULL DEFAULT now(),
+    PRIMARY KEY (sequence_id, day, revision, step_position, variant)
+);
+CREATE INDEX IF NOT EXISTS daily_variant_stats_day_idx ON daily_variant_stats (day);
