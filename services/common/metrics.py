@@ -29,6 +29,13 @@ STEPS_NOT_SENT = Counter(
     "healingwork_steps_not_sent_total", "Sequence steps skipped by a condition or failed by one", ["outcome"]
 )
 CUSTOM_EVENTS = Counter("healingwork_custom_events_total", "Custom events received", ["outcome"])
+# A/B variants: steps queued per variant (scheduler) and human opens and clicks per variant (intake
+# tracking); the exact unique rates per day are in daily_variant_stats (GET /v1/stats).
+VARIANT_EVENTS = Counter(
+    "healingwork_variant_events_total",
+    "Steps queued, opened and clicked per A/B variant",
+    ["sequence", "step", "variant", "event"],
+)
 ENROLLMENT_EXITS = Counter("healingwork_enrollment_exits_total", "Enrollments ended early", ["reason"])
 ENROLLMENTS_NOT_TRIGGERED = Counter(
     "healingwork_enrollments_not_triggered_total", "Leads a trigger.when kept out (false, or failed)", ["outcome"]

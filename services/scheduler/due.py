@@ -44,7 +44,8 @@ class EmittedStep:
 CLAIM_DUE = """
 SELECT e.id, e.lead_id, e.sequence_id, e.revision, e.next_step,
        r.send_window::text AS send_window, e.timezone, nxt.delay_s AS next_delay_s,
-       r.has_rules, r.created_at AS revision_created_at, e.resume_at, e.wait_deadline
+       r.has_rules, r.created_at AS revision_created_at, e.resume_at, e.wait_deadline,
+       s.namespace || '/' || s.name AS sequence_name
 FROM enrollments e
 JOIN sequences s ON s.id = e.sequence_id
 JOIN sequence_revisions r ON r.sequence_id = e.sequence_id AND r.revision = e.revision
@@ -151,6 +152,10 @@ async def emit_due_steps(conn: Connection, *, limit: int, topic: str, now: datet
                 _advance(updates, enrollment, position, row["next_delay_s"], now, window, timezone)  # type: ignore[arg-type]
                 continue
             variant = choose_variant(lead, sequence, revision_rules_.steps[position])
+            if variant is not None:
+                metrics.VARIANT_EVENTS.labels(
+                    row["sequence_name"], revision_rules_.steps[position].name, variant, "queued"
+                ).inc()
         send_at = next_send_time(now, window, timezone)
         if send_at > now:
             _add(updates, enrollment, position, send_at, "active", wait_deadline=wait_deadline)
