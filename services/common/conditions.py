@@ -90,8 +90,8 @@ class EventFact:
             "sequence": self.sequence,
             "variant": self.variant,
             "automated": self.automated,
-            "at": _rfc3339(self.at),
-            "properties": dict(self.properties),
+            "at": self.at.isoformat(),
+            "properties": _plain_dict(self.properties),
         }
 
 
@@ -116,12 +116,12 @@ class LeadFact:
             "first_name": self.first_name or "",
             "last_name": self.last_name or "",
             "source": self.source,
-            "tags": list(self.tags),
-            "utm": dict(self.utm),
+            "tags": self.tags if isinstance(self.tags, list) else list(self.tags),
+            "utm": _plain_dict(self.utm),
             "locale": self.locale or "",
             "timezone": self.timezone or "",
-            "metadata": dict(self.metadata),
-            "accepted_at": _rfc3339(self.accepted_at),
+            "metadata": _plain_dict(self.metadata),
+            "accepted_at": self.accepted_at.isoformat(),
         }
 
 
@@ -228,5 +228,6 @@ def _compile_message(message: str) -> str:
     return " ".join(line.strip() for line in message.splitlines() if line.strip() and not line.strip().startswith("|"))
 
 
-def _rfc3339(moment: datetime) -> str:
-    return moment.isoformat().replace("+00:00", "Z")
+def _plain_dict(mapping: Mapping[str, object]) -> dict[str, object]:
+    # The CEL runtime converts dicts and lists only; copy anything else (a frozen mapping).
+    return mapping if isinstance(mapping, dict) else dict(mapping)
