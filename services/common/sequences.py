@@ -320,9 +320,9 @@ async def apply_sequence(
     if stored["trigger"].get("when") is None:
         stored["trigger"].pop("when", None)
     for stored_step in stored["steps"]:
-        for added_field, default in (("when", None), ("waitFor", None), ("variants", [])):
-            if stored_step.get(added_field, default) == default:
-                stored_step.pop(added_field, None)
+        for step_field in ("when", "waitFor", "variants"):
+            if not stored_step.get(step_field):
+                stored_step.pop(step_field, None)
     spec_json = msgspec.json.encode(stored).decode()
     await conn.execute(
         """INSERT INTO sequences (id, namespace, name, current_revision, paused)
