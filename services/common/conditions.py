@@ -134,7 +134,8 @@ def email_domain(email: str) -> str:
 class ConditionFacts:
     """Everything one evaluation sees: one lead and that lead's events (newest first)."""
 
-    lead: LeadFact
+    # None when no condition to evaluate names ``lead`` (its conversion is skipped).
+    lead: LeadFact | None
     events: Sequence[EventFact]
     now: datetime
     # cel_expr_python's Activation (not exported by name): the converted variables.
@@ -144,13 +145,13 @@ class ConditionFacts:
         """The variables converted into CEL values once, however many conditions are evaluated over
         them (the conversion costs several times one evaluation)."""
         if self._activation is None:
-            built = _ENVIRONMENT.Activation(
-                {
-                    "lead": self.lead.as_cel(),
-                    "events": [event.as_cel() for event in self.events[:MAX_EVENTS]],
-                    "now": self.now,
-                }
-            )
+            variables: dict[str, object] = {
+                "events": [event.as_cel() for event in self.events[:MAX_EVENTS]],
+                "now": self.now,
+            }
+            if self.lead is not None:
+                variables["lead"] = self.lead.as_cel()
+            built = _ENVIRONMENT.Activation(variables)
             object.__setattr__(self, "_activation", built)
         return self._activation
 
@@ -167,6 +168,11 @@ def named_steps(source: str) -> set[str]:
     if re.search(r"\.sequence\b", source):
         return set()
     return {next(group for group in match.groups() if group is not None) for match in _STEP_NAMED.finditer(source)}
+
+
+def names_lead(source: str) -> bool:
+    """Whether ``source`` reads the ``lead`` variable (string literals aside)."""
+    return re.search(r"\blead\b", _STRING_LITERAL.sub("''", source)) is not None
 
 
 def condition_problem(source: str) -> str | None:

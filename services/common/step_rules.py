@@ -23,6 +23,7 @@ from services.common.conditions import (
     ConditionFacts,
     compile_condition,
     evaluate,
+    names_lead,
 )
 from services.common.durations import parse_duration
 
@@ -71,6 +72,15 @@ class RevisionRules:
             or self.exit_when is not None
             or any(step.needs_facts or step.variants for step in self.steps)
         )
+
+    @property
+    def names_lead(self) -> bool:
+        """Whether any condition past enrollment reads ``lead`` (else its row is not even read)."""
+        conditions = [self.exit_when]
+        for step in self.steps:
+            conditions.append(step.when)
+            conditions.append(step.wait_for.condition if step.wait_for else None)
+        return any(names_lead(c.source) for c in conditions if c is not None)
 
     def needs_facts(self, position: int) -> bool:
         return self.exit_when is not None or (position < len(self.steps) and self.steps[position].needs_facts)

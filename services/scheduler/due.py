@@ -97,14 +97,12 @@ async def emit_due_steps(conn: Connection, *, limit: int, topic: str, now: datet
     updates: Updates = ([], [], [], [], [], [])
     records: list[tuple[uuid.UUID, uuid.UUID, uuid.UUID, int, int, str, str]] = []
     rules = await revision_rules(conn, {revision_key(r) for r in rows if r["has_rules"]})
+    with_facts = [r for r in rows if r["has_rules"] and rules[revision_key(r)].needs_facts(int(r["next_step"]))]  # type: ignore[call-overload]
     facts = await load_condition_facts(
         conn,
-        [
-            r["lead_id"]  # type: ignore[misc]
-            for r in rows
-            if r["has_rules"] and rules[revision_key(r)].needs_facts(int(r["next_step"]))  # type: ignore[call-overload]
-        ],
+        [r["lead_id"] for r in with_facts],  # type: ignore[misc]
         now,
+        lead_rows=[r["lead_id"] for r in with_facts if rules[revision_key(r)].names_lead],  # type: ignore[misc]
     )
     for row in rows:
         enrollment: uuid.UUID = row["id"]  # type: ignore[assignment]

@@ -17,9 +17,14 @@ from services.common.db import Connection
 # the scheduler's records.
 HIDDEN_EVENT_TYPES = ["failed", "dead", "skipped", "replayed", "step.skipped", "step.failed", "enrollment.exited"]
 
+# Every lead's existence; the columns only where a condition reads ``lead``.
 _LEADS = """
-SELECT id, email_normalized, first_name, last_name, source, tags, utm, locale, timezone, metadata, created_at
-FROM leads WHERE id = ANY(%s)
+SELECT l.id, w.wanted,
+       CASE WHEN w.wanted THEN l.email_normalized END AS email_normalized,
+       l.first_name, l.last_name, l.source, l.tags, CASE WHEN w.wanted THEN l.utm END AS utm, l.locale,
+       l.timezone, CASE WHEN w.wanted THEN l.metadata END AS metadata, l.created_at
+FROM unnest(%s::uuid[], %s::bool[]) AS w(id, wanted)
+JOIN leads l ON l.id = w.id
 """
 
 _EVENTS = """
@@ -41,11 +46,13 @@ ORDER BY l.id, ev.occurred_at DESC
 
 
 async def load_condition_facts(
-    conn: Connection, lead_ids: Collection[uuid.UUID], now: datetime
+    conn: Connection, lead_ids: Collection[uuid.UUID], now: datetime, *, lead_rows: Collection[uuid.UUID] | None = None
 ) -> dict[uuid.UUID, ConditionFacts]:
-    """The facts of each lead that still exists (an erased lead has none)."""
+    """The facts of each lead that still exists (an erased lead has none). ``lead_rows``: the leads
+    whose conditions read ``lead`` (default: all); the others get their events only."""
     if not lead_ids:
         return {}
+    wanted = set(lead_ids) if lead_rows is None else set(lead_rows)
     ids = list(set(lead_ids))
     events: dict[uuid.UUID, list[EventFact]] = {lead: [] for lead in ids}
     cursor = await conn.execute(_EVENTS, {"leads": ids, "hidden": HIDDEN_EVENT_TYPES, "limit": MAX_EVENTS})
@@ -61,9 +68,12 @@ async def load_condition_facts(
                 properties=row["properties"] or {},  # type: ignore[arg-type]
             )
         )
-    cursor = await conn.execute(_LEADS, (ids,))
+    cursor = await conn.execute(_LEADS, (ids, [lead in wanted for lead in ids]))
     facts: dict[uuid.UUID, ConditionFacts] = {}
     for row in await cursor.fetchall():
+        if not row["wanted"]:
+            facts[row["id"]] = ConditionFacts(None, events[row["id"]], now)  # type: ignore[index]
+            continue
         lead = LeadFact(
             domain=email_domain(str(row["email_normalized"])),
             source=row["source"],  # type: ignore[arg-type]
