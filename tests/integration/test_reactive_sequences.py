@@ -160,6 +160,21 @@ async def test_trigger_when_enrolls_only_the_leads_it_is_true_for(pool: Pool, no
     assert await enroll(pool, english, now) == []
 
 
+async def test_a_trigger_when_that_fails_to_evaluate_enrolls_nobody_and_the_other_sequences_still_enroll(
+    pool: Pool, now: datetime
+) -> None:
+    failing = {"sources": ["website"], "when": "lead.metadata.plan == 'pro'"}
+    await apply(pool, sequence([step("hello")], name="gated", trigger=failing))
+    await apply(pool, sequence([step("hello")], name="open"))
+    lead = await add_lead(pool)
+
+    [enrolled] = await enroll(pool, lead, now)
+
+    rows = await fetch_all(pool.conninfo, "SELECT s.name FROM enrollments e JOIN sequences s ON s.id = e.sequence_id")
+    assert rows == [{"name": "open"}]
+    assert enrolled is not None
+
+
 async def test_a_step_whose_when_is_false_at_its_due_time_is_skipped_recorded_and_the_next_delay_runs_from_then(
     pool: Pool, now: datetime
 ) -> None:
