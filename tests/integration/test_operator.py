@@ -288,6 +288,8 @@ async def test_a_condition_that_does_not_compile_is_reported_valid_false_naming_
     async with operator(k8s, migrated_database_url):
         await api(k8s, "POST", BASE, body)
         await eventually(lambda: condition(k8s, "Valid").get("status") == "False", "Valid=False")
+        # The Event is posted after the status.
+        await eventually(lambda: any(e["type"] == "Warning" for e in events(k8s)), "a Warning event")
 
     message = condition(k8s, "Valid")["message"]
     assert "undeclared reference to 'nosuch'" in message
