@@ -166,6 +166,12 @@ def condition_problems(resource: SequenceResource) -> list[str]:
             expressions.append((f"$.spec.steps[{index}].waitFor.condition", step.wait_for.condition))
     steps = {step.name for step in spec.steps}
     problems = []
+    for index, step in enumerate(spec.steps):
+        if step.wait_for is not None:
+            try:
+                parse_duration(step.wait_for.timeout)
+            except ValueError as error:
+                problems.append(f"{error} - at `$.spec.steps[{index}].waitFor.timeout`")
     for where, source in expressions:
         if problem := condition_problem(source):
             problems.append(f"{problem} - at `{where}`")

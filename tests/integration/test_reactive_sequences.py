@@ -494,3 +494,8 @@ async def test_daily_rollups_count_skips_exits_and_each_variants_sent_opens_and_
         expected[arm] = (sent + 1, opens + (index < 6), clicks + (index == 0))
     assert {v.variant: (v.sent, v.unique_opens, v.unique_clicks) for v in variants} == expected
     assert all(v.open == round(v.unique_opens / v.sent, 4) for v in variants)
+
+
+def test_a_wait_longer_than_a_year_is_refused_with_its_field() -> None:
+    with pytest.raises(InvalidSequence, match=r"at `\$\.spec\.steps\[1\]\.waitFor\.timeout`"):
+        sequence([step("hello"), step("reminder", "1d", waitFor={**WAIT, "timeout": "99999999999999999999d"})])
