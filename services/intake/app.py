@@ -25,8 +25,8 @@ from services.common.runtime import Runtime, service_runtime
 from services.intake.authentication import form_origins
 from services.intake.confirmation import CONFIRMATION_ROUTES, confirmation_rules
 from services.intake.context import STATE_KEY, IntakeContext
-from services.intake.hash_upgrade import keep_hashes_keyed
 from services.intake.event_routes import EVENT_ROUTES
+from services.intake.hash_upgrade import keep_hashes_keyed
 from services.intake.injection import CONTEXT_DEPENDENCIES
 from services.intake.leads import lead_committer
 from services.intake.observability import request_context_middleware
