@@ -104,7 +104,16 @@ def spec_problems(resource: SequenceResource) -> list[str]:
                 f"Duplicate value: step name {step.name!r} (step names must be unique) - at `$.spec.steps[{index}]`"
             )
         seen.add(step.name)
-    inline = sum(len(step.subject) + len(step.html or "") + len(step.text or "") for step in spec.steps)
+    inline = sum(
+        len(part or "")
+        for step in spec.steps
+        for part in (
+            step.subject,
+            step.html,
+            step.text,
+            *(p for v in step.variants for p in (v.subject, v.html, v.text)),
+        )
+    )
     if inline > MAX_INLINE_CHARACTERS:
         problems.append(
             f"the inline subjects and bodies of all steps exceed {MAX_INLINE_CHARACTERS} characters in total"
