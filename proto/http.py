@@ -270,6 +270,8 @@ class WebhookDeliveryList(msgspec.Struct, frozen=True, kw_only=True):
     """``GET /v1/webhook-endpoints/{id}/deliveries``: the most recent deliveries, newest first."""
 
     deliveries: list[WebhookDeliveryView]
+
+
 # A custom event's type: a lower-case name without dots (dotted names are the platform's records).
 EventType = Annotated[str, msgspec.Meta(pattern=r"^[a-z][a-z0-9_-]{0,63}\Z")]
 
