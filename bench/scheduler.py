@@ -9,6 +9,13 @@ benchmark creates and drops its own database). The last output line is one JSON 
   says what the scheduler's own logic costs on top of the writes it must do.
 * ``scan_ms_10k`` / ``scan_ms_1m``: median time of the claim query (``LIMIT 1000 ... SKIP LOCKED``, rolled
   back) with 1,000 due enrollments among 10,000 and among 1,000,000 rows; ``scan_ratio`` = 1M over 10k.
+* ``conditions_due_steps_per_s``: the same drain of 20,000 due enrollments of Sequences with conditions
+  on every step (``exitWhen`` and a step ``when`` over the lead's events, each lead with 3 events), so
+  every due step reads its lead's facts and evaluates two CEL conditions (issue 16's verdict: at least
+  10,000 due steps/s); ``conditions_vs_plain`` = that over ``due_steps_per_s``.
+* ``event_wake_ms_10k`` / ``event_wake_ms_1m``: median time of recording one event for a lead (the row
+  and the trigger that wakes that lead's reacting enrollments, rolled back) among 10,000 and 1,000,000
+  enrollments, 1% of them of reacting Sequences; ``wake_ratio`` = 1M over 10k (flat: indexed by lead).
 """
 
 from __future__ import annotations
@@ -40,29 +47,39 @@ BATCH = 1_000
 SEQUENCES = 10
 
 
-def sequence_document(index: int) -> dict[str, object]:
-    return {
+PLAIN, REACTING = "bench", "bench-c"
+NOT_PURCHASED = "!events.exists(e, e.type == 'purchased')"
+
+
+def sequence_document(index: int, prefix: str = PLAIN) -> dict[str, object]:
+    conditions = prefix == REACTING
+    document: dict[str, object] = {
         "apiVersion": "healingwork.io/v1alpha1",
         "kind": "Sequence",
-        "metadata": {"name": f"bench-{index}"},
+        "metadata": {"name": f"{prefix}-{index}"},
         "spec": {
-            "trigger": {"sources": [f"bench-{index}"]},
+            "trigger": {"sources": [f"{prefix}-{index}"]},
             "steps": [
-                {"name": "first", "delay": "0s", "subject": "One", "text": "1"},
-                {"name": "second", "delay": "2d", "subject": "Two", "text": "2"},
+                {"name": "first", "delay": "0s", "subject": "One", "text": "1"}
+                | ({"when": NOT_PURCHASED} if conditions else {}),
+                {"name": "second", "delay": "2d", "subject": "Two", "text": "2"}
+                | ({"when": "events.exists(e, e.type == 'sent' && e.step == 'first')"} if conditions else {}),
             ],
-        },
+        }
+        | ({"exitWhen": "events.exists(e, e.type == 'purchased')"} if conditions else {}),
     }
+    return document
 
 
 async def prepare(url: str) -> None:
     conn = await connect(DatabaseSettings(database_url=url, db_statement_timeout_s=600))
     async with conn, conn.transaction():
-        for index in range(SEQUENCES):
-            await apply_sequence(conn, parse_sequence_document(sequence_document(index), "bench"))
+        for prefix in (PLAIN, REACTING):
+            for index in range(SEQUENCES):
+                await apply_sequence(conn, parse_sequence_document(sequence_document(index, prefix), "bench"))
 
 
-async def add_enrollments(url: str, count: int, *, due: bool) -> None:
+async def add_enrollments(url: str, count: int, *, due: bool, prefix: str = PLAIN) -> None:
     """``count`` enrollments spread over the Sequences: due now, or active and due in the future."""
     per_sequence = count // SEQUENCES
     conn = await connect(DatabaseSettings(database_url=url, db_statement_timeout_s=600))
@@ -81,7 +98,13 @@ async def add_enrollments(url: str, count: int, *, due: bool) -> None:
                                    ELSE %(now)s + interval '1 hour' + random() * interval '30 days' END,
                               'active'
                        FROM new_leads l, sequences s WHERE s.name = %(name)s""",
-                    {"source": f"bench-{index}", "n": per_sequence, "due": due, "now": NOW, "name": f"bench-{index}"},
+                    {
+                        "source": f"{prefix}-{index}",
+                        "n": per_sequence,
+                        "due": due,
+                        "now": NOW,
+                        "name": f"{prefix}-{index}",
+                    },
                 )
         await conn.execute("ANALYZE")
 
@@ -98,6 +121,42 @@ async def drain(url: str) -> tuple[int, float]:
             if len(batch) < BATCH:
                 break
         return emitted, time.perf_counter() - started
+
+
+async def add_history(url: str, per_lead: int) -> None:
+    """``per_lead`` events for every lead (type ``viewed``, which conditions read like any other)."""
+    conn = await connect(DatabaseSettings(database_url=url, db_statement_timeout_s=600))
+    async with conn, conn.transaction():
+        await conn.execute(
+            """INSERT INTO events (lead_id, type, occurred_at)
+               SELECT l.id, 'sent', %s - make_interval(mins => g) FROM leads l, generate_series(1, %s) g""",
+            (NOW, per_lead),
+        )
+        await conn.execute("ANALYZE events")
+
+
+async def event_wake_ms(url: str, repeats: int = 100) -> float:
+    """Median time of recording one event (which wakes its lead's reacting enrollments), rolled back."""
+    conn = await connect(DatabaseSettings(database_url=url, db_statement_timeout_s=600))
+    timings = []
+    async with conn:
+        cursor = await conn.execute(
+            """SELECT e.lead_id FROM enrollments e JOIN sequences s ON s.id = e.sequence_id
+               WHERE s.name LIKE 'bench-c-%%' ORDER BY random() LIMIT %s""",
+            (repeats,),
+        )
+        leads = [row["lead_id"] for row in await cursor.fetchall()]
+        for lead in leads:
+            async with conn.transaction():
+                started = time.perf_counter()
+                woken = await conn.execute(
+                    "INSERT INTO events (lead_id, type) VALUES (%s, 'purchased')",
+                    (lead,),
+                )
+                timings.append((time.perf_counter() - started) * 1000)
+                assert woken.rowcount == 1
+                raise psycopg.Rollback()
+    return statistics.median(timings)
 
 
 async def baseline_inserts(url: str, rows: int) -> float:
@@ -173,15 +232,29 @@ async def measure(server_url: str) -> dict[str, object]:
             await conn.execute("DELETE FROM enrollments")
             await conn.execute("DELETE FROM leads")
             await conn.execute("VACUUM ANALYZE")
+        await add_enrollments(url, DUE_FOR_THROUGHPUT, due=True, prefix=REACTING)
+        await add_history(url, 3)
+        emitted_c, seconds_c = await drain(url)
+        assert emitted_c == DUE_FOR_THROUGHPUT, emitted_c
+        print(f"emitted {emitted_c} due steps with conditions in {seconds_c:.2f} s")
+        async with await psycopg.AsyncConnection.connect(url, autocommit=True) as conn:
+            for table in ("events", "outbox", "messages", "enrollments", "leads"):
+                await conn.execute(sql.SQL("DELETE FROM {}").format(sql.Identifier(table)))
+            await conn.execute("VACUUM ANALYZE")
+
         await add_enrollments(url, DUE_FOR_SCAN, due=True)
-        await add_enrollments(url, 10_000 - DUE_FOR_SCAN, due=False)
+        await add_enrollments(url, 10_000 - DUE_FOR_SCAN - 100, due=False)
+        await add_enrollments(url, 100, due=False, prefix=REACTING)
         scan_10k = await scan_ms(url)
-        print(f"due scan with 10,000 enrollments: {scan_10k:.2f} ms")
-        await add_enrollments(url, 1_000_000 - 10_000, due=False)
+        wake_10k = await event_wake_ms(url)
+        print(f"due scan with 10,000 enrollments: {scan_10k:.2f} ms; one event's wake-up {wake_10k:.2f} ms")
+        await add_enrollments(url, 1_000_000 - 10_000 - 9_900, due=False)
+        await add_enrollments(url, 9_900, due=False, prefix=REACTING)
         async with await psycopg.AsyncConnection.connect(url, autocommit=True) as conn:
             await conn.execute("VACUUM ANALYZE enrollments")
         scan_1m = await scan_ms(url)
-        print(f"due scan with 1,000,000 enrollments: {scan_1m:.2f} ms")
+        wake_1m = await event_wake_ms(url)
+        print(f"due scan with 1,000,000 enrollments: {scan_1m:.2f} ms; one event's wake-up {wake_1m:.2f} ms")
     finally:
         drop_database(server_url, url)
     return {
@@ -191,6 +264,11 @@ async def measure(server_url: str) -> dict[str, object]:
         "scan_ms_10k": round(scan_10k, 3),
         "scan_ms_1m": round(scan_1m, 3),
         "scan_ratio": round(scan_1m / scan_10k, 3),
+        "conditions_due_steps_per_s": round(emitted_c / seconds_c),
+        "conditions_vs_plain": round((emitted_c / seconds_c) / (emitted / seconds), 3),
+        "event_wake_ms_10k": round(wake_10k, 3),
+        "event_wake_ms_1m": round(wake_1m, 3),
+        "wake_ratio": round(wake_1m / wake_10k, 3),
         "batch": BATCH,
         "cpus": os.cpu_count(),
     }

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import uuid
 from datetime import datetime
-from typing import Annotated, Literal
+from typing import Annotated, Any, Literal
 
 import msgspec
 
@@ -270,3 +270,26 @@ class WebhookDeliveryList(msgspec.Struct, frozen=True, kw_only=True):
     """``GET /v1/webhook-endpoints/{id}/deliveries``: the most recent deliveries, newest first."""
 
     deliveries: list[WebhookDeliveryView]
+
+
+# A custom event's type: a lower-case name without dots (dotted names are the platform's records).
+EventType = Annotated[str, msgspec.Meta(pattern=r"^[a-z][a-z0-9_-]{0,63}\Z")]
+
+
+class CustomEventSubmission(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=True):
+    """The body of ``POST /v1/leads/{id}/events`` and ``POST /v1/events`` (which also takes ``email``):
+    something the lead did that Sequences' conditions may react to (``purchased``, ``trial-started``)."""
+
+    type: EventType
+    properties: Annotated[dict[str, Any], msgspec.Meta(max_length=50)] = {}
+    occurred_at: datetime | None = None
+    email: Annotated[str, msgspec.Meta(max_length=320)] | None = None
+
+
+class EventReceipt(msgspec.Struct, frozen=True, kw_only=True):
+    """The answer to a custom event: its id and lead, and whether it repeats an earlier request
+    (same Idempotency-Key and body)."""
+
+    id: int
+    lead_id: uuid.UUID
+    duplicate: bool

@@ -42,6 +42,10 @@ TEMPLATES_LABEL, TEMPLATES_LABEL_VALUE = "healingwork.io/templates", "true"
 MAX_BODY_CHARACTERS = 131072
 MAX_INLINE_CHARACTERS = 196608
 Body = Annotated[str, msgspec.Meta(max_length=MAX_BODY_CHARACTERS)]
+# A CEL expression over ``lead``, ``events`` and ``now`` (services.common.conditions), compiled and
+# type-checked when the Sequence is applied.
+Expression = Annotated[str, msgspec.Meta(min_length=1, max_length=2048)]
+OnTimeout = Literal["skip", "send"]
 
 
 class _Camel(msgspec.Struct, frozen=True, kw_only=True, rename="camel", forbid_unknown_fields=True):
@@ -54,6 +58,9 @@ class Trigger(_Camel, frozen=True, kw_only=True):
     sources: list[Slug] = []
     tags: list[Annotated[str, msgspec.Meta(min_length=1, max_length=64)]] = []
     all: bool = False
+    # Of the leads the above matches, only those for which this is true enroll (evaluated once, at
+    # enrollment, over the lead and its events so far).
+    when: Expression | None = None
 
 
 class TemplateRef(_Camel, frozen=True, kw_only=True):
@@ -64,18 +71,52 @@ class TemplateRef(_Camel, frozen=True, kw_only=True):
     text_key: ConfigMapKey | None = None
 
 
+class WaitFor(_Camel, frozen=True, kw_only=True):
+    """Hold a due step until ``condition`` holds (re-evaluated when an event arrives for the lead), at
+    most ``timeout``; then ``onTimeout`` skips the step or sends it anyway."""
+
+    condition: Expression
+    timeout: Duration
+    on_timeout: OnTimeout = "skip"
+
+
+class Variant(_Camel, frozen=True, kw_only=True):
+    """One arm of an A/B test of a step: what it overrides of the step, and its share by ``weight``."""
+
+    name: Slug
+    weight: Annotated[int, msgspec.Meta(ge=1, le=1000)] = 1
+    subject: Annotated[str, msgspec.Meta(min_length=1, max_length=998)] | None = None
+    html: Body | None = None
+    text: Body | None = None
+    template_ref: TemplateRef | None = None
+
+
 class Step(_Camel, frozen=True, kw_only=True):
     """One email of the sequence, sent ``delay`` after the previous step (or after enrollment).
 
     The body is ``html`` and/or ``text`` inline, or from ``templateRef`` (not both for the same part).
+    ``when`` false at the due time skips the step; ``waitFor`` holds it until its condition holds;
+    ``variants`` split leads deterministically (per lead and step, by weight) between versions of it.
     """
 
     name: Slug
     delay: Duration = "0s"
-    subject: Annotated[str, msgspec.Meta(min_length=1, max_length=998)]
+    # Required unless every variant gives its own subject.
+    subject: Annotated[str, msgspec.Meta(min_length=1, max_length=998)] | None = None
     html: Body | None = None
     text: Body | None = None
     template_ref: TemplateRef | None = None
+    when: Expression | None = None
+    wait_for: WaitFor | None = None
+    variants: Annotated[list[Variant], msgspec.Meta(max_length=10)] = []
+
+    @property
+    def base_subject(self) -> str:
+        """The step's subject, or (when only its variants have one) the first variant's: what is stored
+        as the step's own and shown where no variant applies."""
+        subject = self.subject or next((v.subject for v in self.variants if v.subject), None)
+        assert subject is not None, "checked by spec_problems: a step or each of its variants has a subject"
+        return subject
 
 
 class SendWindow(_Camel, frozen=True, kw_only=True):
@@ -123,6 +164,9 @@ class SequenceSpec(_Camel, frozen=True, kw_only=True):
     # What subscribers see on the preference page; the Sequence's name when absent.
     display_name: DisplayName | None = None
     unsubscribe_scope: UnsubscribeScope = "Global"
+    # The goal: once true (checked before each step and whenever an event arrives for the lead), the
+    # enrollment ends with reason ``goal``.
+    exit_when: Expression | None = None
 
 
 class ObjectMeta(msgspec.Struct, frozen=True, kw_only=True):

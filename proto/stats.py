@@ -20,6 +20,10 @@ class Counts(msgspec.Struct, frozen=True, kw_only=True):
     unsubscribes: int = 0
     bounces: int = 0
     complaints: int = 0
+    # What conditions did (issue 16): steps skipped, steps failed by a condition, goals reached.
+    skipped: int = 0
+    condition_failures: int = 0
+    exited_goal: int = 0
 
 
 class Rates(msgspec.Struct, frozen=True, kw_only=True):
@@ -36,8 +40,19 @@ class Rates(msgspec.Struct, frozen=True, kw_only=True):
     bounce: float | None
 
 
+class VariantStats(msgspec.Struct, frozen=True, kw_only=True):
+    """One A/B variant of a step on one day: sent, unique opens and clicks, and their rates per sent."""
+
+    variant: str
+    sent: int
+    unique_opens: int
+    unique_clicks: int
+    open: float | None
+    click: float | None
+
+
 class StatsRow(msgspec.Struct, frozen=True, kw_only=True):
-    """One day of one step of one Sequence revision."""
+    """One day of one step of one Sequence revision (with its A/B variants, if the step has any)."""
 
     day: date
     revision: int
@@ -45,6 +60,7 @@ class StatsRow(msgspec.Struct, frozen=True, kw_only=True):
     step_name: str
     counts: Counts
     rates: Rates
+    variants: list[VariantStats] = []
 
 
 class SequenceStats(msgspec.Struct, frozen=True, kw_only=True):

@@ -204,7 +204,7 @@ def _sequences_preview(args: argparse.Namespace) -> None:
     from datetime import UTC, datetime
 
     from services.common.clock import utcnow
-    from services.common.sequence_preview import parse_preview_lead, preview_sequence
+    from services.common.sequence_preview import parse_preview_events, parse_preview_lead, preview_sequence
     from services.common.sequences import InvalidSequence, load_manifests
 
     try:
@@ -216,14 +216,21 @@ def _sequences_preview(args: argparse.Namespace) -> None:
     settings = load_settings(PreviewSettings)
     try:
         lead = parse_preview_lead(args.lead)
+        events = parse_preview_events(args.events)
         manifests = load_manifests(_sequence_paths(args))
         if not manifests.sequences:
             raise CommandError("no Sequence found in the given files")
         for resource in manifests.sequences:
             print(f"# sequence {resource.metadata.namespace}/{resource.metadata.name}")
-            steps = preview_sequence(resource, lead, start, manifests.config_map, settings)
+            steps = preview_sequence(resource, lead, start, manifests.config_map, settings, events)
+            if not steps:
+                print("not enrolled: trigger.when is false for this lead")
             for number, step in enumerate(steps, start=1):
                 print(f"\n## step {number}/{len(steps)} {step.name}")
+                print(f"outcome: {step.outcome}" + (f" (variant {step.variant})" if step.variant else ""))
+                if step.outcome.startswith(("skip", "exit", "fail")):
+                    print(f"at: {step.send_at.astimezone(UTC).isoformat()} (UTC)")
+                    continue
                 print(f"sends at: {step.send_at.astimezone(UTC).isoformat()} (UTC)")
                 print(f"          {step.local_send_at.isoformat()} ({step.zone_label})")
                 for name, value in step.headers:
@@ -315,6 +322,11 @@ def build_parser() -> argparse.ArgumentParser:
         "--lead", required=True, help='the lead as JSON: {"first_name": "Ada", "timezone": "Europe/Berlin", ...}'
     )
     preview.add_argument("--at", help="enrollment time, ISO 8601 with offset (default: now)")
+    preview.add_argument(
+        "--events",
+        help='the lead\'s events for conditions, as JSON: [{"type": "opened", "step": "hello"}, ...] (at: the'
+        " enrollment time unless given)",
+    )
     preview.set_defaults(run=_sequences_preview)
 
     clients = commands.add_parser("clients", help="Manage API clients (keys, scopes) of the intake API")

@@ -7,14 +7,14 @@ from datetime import date
 
 import msgspec
 
-from proto.stats import Counts, Rates, SequenceStats, StatsReport, StatsRow
+from proto.stats import Counts, Rates, SequenceStats, StatsReport, StatsRow, VariantStats
 from services.common.db import Connection
 
 # Served by daily_stats' primary key (sequence_id, day, ...).
 READ_ROLLUPS = """SELECT s.id AS sequence_id, s.namespace, s.name, d.day, d.revision, d.step_position,
            coalesce(st.name, '') AS step_name,
            d.leads_accepted, d.enrolled, d.sent, d.failed, d.dead, d.unique_opens, d.unique_clicks,
-           d.unsubscribes, d.bounces, d.complaints
+           d.unsubscribes, d.bounces, d.complaints, d.skipped, d.condition_failures, d.exited_goal
     FROM daily_stats d
     JOIN sequences s ON s.id = d.sequence_id
     LEFT JOIN sequence_steps st
@@ -22,6 +22,12 @@ READ_ROLLUPS = """SELECT s.id AS sequence_id, s.namespace, s.name, d.day, d.revi
     WHERE d.day BETWEEN %(from)s AND %(to)s
       AND (%(sequence)s::uuid IS NULL OR d.sequence_id = %(sequence)s::uuid)
     ORDER BY s.namespace, s.name, d.day, d.revision, d.step_position"""
+
+# Served by daily_variant_stats' primary key.
+READ_VARIANT_ROLLUPS = """SELECT sequence_id, day, revision, step_position, variant, sent, unique_opens, unique_clicks
+    FROM daily_variant_stats
+    WHERE day BETWEEN %(from)s AND %(to)s AND (%(sequence)s::uuid IS NULL OR sequence_id = %(sequence)s::uuid)
+    ORDER BY sequence_id, day, revision, step_position, variant"""
 
 COUNT_FIELDS = tuple(field.name for field in msgspec.structs.fields(Counts))
 
@@ -55,7 +61,24 @@ async def find_sequence(conn: Connection, namespace: str, name: str) -> uuid.UUI
 
 async def read_stats(conn: Connection, *, from_day: date, to_day: date, sequence_id: uuid.UUID | None) -> StatsReport:
     """The rollups of ``[from_day, to_day]`` (of one Sequence, or all), grouped by Sequence, with totals."""
-    cursor = await conn.execute(READ_ROLLUPS, {"from": from_day, "to": to_day, "sequence": sequence_id})
+    params = {"from": from_day, "to": to_day, "sequence": sequence_id}
+    variants: dict[tuple[object, ...], list[VariantStats]] = {}
+    cursor = await conn.execute(READ_VARIANT_ROLLUPS, params)
+    for row in await cursor.fetchall():
+        sent = int(row["sent"])  # type: ignore[call-overload]
+        opens, clicks = int(row["unique_opens"]), int(row["unique_clicks"])  # type: ignore[call-overload]
+        key = (row["sequence_id"], row["day"], row["revision"], row["step_position"])
+        variants.setdefault(key, []).append(
+            VariantStats(
+                variant=str(row["variant"]),
+                sent=sent,
+                unique_opens=opens,
+                unique_clicks=clicks,
+                open=_ratio(opens, sent),
+                click=_ratio(clicks, sent),
+            )
+        )
+    cursor = await conn.execute(READ_ROLLUPS, params)
     grouped: dict[object, tuple[str, str, list[StatsRow]]] = {}
     for row in await cursor.fetchall():
         counts = Counts(**{name: int(row[name]) for name in COUNT_FIELDS})  # type: ignore[call-overload]
@@ -68,6 +91,7 @@ async def read_stats(conn: Connection, *, from_day: date, to_day: date, sequence
                 step_name=str(row["step_name"]),
                 counts=counts,
                 rates=derive_rates(counts),
+                variants=variants.get((row["sequence_id"], row["day"], row["revision"], row["step_position"]), []),
             )
         )
     sequences = []

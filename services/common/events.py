@@ -28,15 +28,20 @@ class MessageRef:
     revision: int
     step_position: int
     step: str
+    # Read by find_message for the per-variant metrics of tracking (issue 16); empty elsewhere.
+    sequence_name: str = ""
+    variant: str | None = None
 
 
 async def find_message(conn: Connection, message_id: uuid.UUID) -> tuple[MessageRef, str] | None:
     """The message and its recipient's normalized address (to hash with ``identity.email_hash``), or None
     when it no longer exists (erased)."""
     cursor = await conn.execute(
-        """SELECT m.id, m.lead_id, m.sequence_id, m.revision, m.step_position, st.name, l.email_normalized
+        """SELECT m.id, m.lead_id, m.sequence_id, m.revision, m.step_position, st.name, l.email_normalized,
+                  m.variant, s.namespace || '/' || s.name AS sequence_name
            FROM messages m
            JOIN leads l ON l.id = m.lead_id
+           JOIN sequences s ON s.id = m.sequence_id
            JOIN sequence_steps st
              ON st.sequence_id = m.sequence_id AND st.revision = m.revision AND st.position = m.step_position
            WHERE m.id = %s""",
@@ -52,6 +57,8 @@ async def find_message(conn: Connection, message_id: uuid.UUID) -> tuple[Message
         revision=row["revision"],  # type: ignore[arg-type]
         step_position=row["step_position"],  # type: ignore[arg-type]
         step=row["name"],  # type: ignore[arg-type]
+        sequence_name=str(row["sequence_name"]),
+        variant=row["variant"],  # type: ignore[arg-type]
     )
     return ref, str(row["email_normalized"])
 

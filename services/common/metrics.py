@@ -25,6 +25,21 @@ CONSUMED = Counter("healingwork_consumed_total", "Kafka records handled", ["cons
 CONSUMER_FAILURES = Counter("healingwork_consumer_failures_total", "Kafka records not handled", ["consumer", "reason"])
 ENROLLMENTS = Counter("healingwork_enrollments_total", "Enrollments created")
 STEPS_EMITTED = Counter("healingwork_steps_emitted_total", "Sequence steps queued for sending")
+STEPS_NOT_SENT = Counter(
+    "healingwork_steps_not_sent_total", "Sequence steps skipped by a condition or failed by one", ["outcome"]
+)
+CUSTOM_EVENTS = Counter("healingwork_custom_events_total", "Custom events received", ["outcome"])
+# A/B variants: steps queued per variant (scheduler) and human opens and clicks per variant (intake
+# tracking); the exact unique rates per day are in daily_variant_stats (GET /v1/stats).
+VARIANT_EVENTS = Counter(
+    "healingwork_variant_events_total",
+    "Steps queued, opened and clicked per A/B variant",
+    ["sequence", "step", "variant", "event"],
+)
+ENROLLMENT_EXITS = Counter("healingwork_enrollment_exits_total", "Enrollments ended early", ["reason"])
+ENROLLMENTS_NOT_TRIGGERED = Counter(
+    "healingwork_enrollments_not_triggered_total", "Leads a trigger.when kept out (false, or failed)", ["outcome"]
+)
 EMAILS = Counter("healingwork_emails_total", "Email send outcomes", ["outcome"])
 CONFIRMATION_EMAILS = Counter(
     "healingwork_confirmation_emails_total", "Double opt-in confirmation email outcomes", ["outcome"]

@@ -76,7 +76,7 @@ def resolve_step_bodies(resource: SequenceResource, config_maps: ConfigMapLookup
                     raise InvalidTemplate(f"{where}.{field}: ConfigMap {namespace}/{ref.config_map} has no key {key!r}")
             html = data[ref.html_key] if ref.html_key is not None else html
             text = data[ref.text_key] if ref.text_key is not None else text
-        bodies.append(StepBody(step.name, step.delay, step.subject, html, text))
+        bodies.append(StepBody(step.name, step.delay, step.base_subject, html, text))
     return bodies
 
 

@@ -18,6 +18,7 @@ import msgspec
 import yaml
 
 from proto.sequence import KIND, MAX_INLINE_CHARACTERS, SequenceResource
+from services.common.conditions import condition_problem, named_steps
 from services.common.config import DatabaseSettings, check_email
 from services.common.db import Connection, command_transaction
 from services.common.durations import parse_duration
@@ -26,10 +27,12 @@ from services.common.send_window import LEAD, zone
 from services.common.sequence_templates import (
     ConfigMapLookup,
     InvalidTemplate,
+    StepBody,
     check_step_bodies,
     no_config_maps,
     resolve_step_bodies,
 )
+from services.common.step_rules import rules_of_spec
 
 SEQUENCE_NAMESPACE_UUID = uuid.UUID("5b0f9c52-3f3c-4a51-9a36-0f3e3c1c7a11")
 
@@ -101,7 +104,16 @@ def spec_problems(resource: SequenceResource) -> list[str]:
                 f"Duplicate value: step name {step.name!r} (step names must be unique) - at `$.spec.steps[{index}]`"
             )
         seen.add(step.name)
-    inline = sum(len(step.subject) + len(step.html or "") + len(step.text or "") for step in spec.steps)
+    inline = sum(
+        len(part or "")
+        for step in spec.steps
+        for part in (
+            step.subject,
+            step.html,
+            step.text,
+            *(p for v in step.variants for p in (v.subject, v.html, v.text)),
+        )
+    )
     if inline > MAX_INLINE_CHARACTERS:
         problems.append(
             f"the inline subjects and bodies of all steps exceed {MAX_INLINE_CHARACTERS} characters in total"
@@ -127,6 +139,7 @@ def spec_problems(resource: SequenceResource) -> list[str]:
                 problems.append(
                     f"give the text body inline or as templateRef.textKey, not both - at {where[:-1]}.text`"
                 )
+    problems.extend(condition_problems(resource))
     if spec.from_ is not None and (problem := check_email(spec.from_.email)):
         problems.append(f"{spec.from_.email!r} {problem} - at `$.spec.from.email`")
     window = spec.send_window
@@ -143,6 +156,55 @@ def spec_problems(resource: SequenceResource) -> list[str]:
         for name, value in (("timezone", window.timezone), ("fallbackTimezone", window.fallback_timezone)):
             if value != LEAD and zone(value) is None:
                 problems.append(f"unknown time zone {value!r} - at `$.spec.sendWindow.{name}`")
+    return problems
+
+
+def condition_problems(resource: SequenceResource) -> list[str]:
+    """Each CEL expression of the Sequence that does not compile against the condition environment,
+    or that names a step (``e.step == 'name'``) the Sequence does not have; each names its field."""
+    spec = resource.spec
+    expressions: list[tuple[str, str]] = []
+    if spec.trigger.when is not None:
+        expressions.append(("$.spec.trigger.when", spec.trigger.when))
+    if spec.exit_when is not None:
+        expressions.append(("$.spec.exitWhen", spec.exit_when))
+    for index, step in enumerate(spec.steps):
+        if step.when is not None:
+            expressions.append((f"$.spec.steps[{index}].when", step.when))
+        if step.wait_for is not None:
+            expressions.append((f"$.spec.steps[{index}].waitFor.condition", step.wait_for.condition))
+    steps = {step.name for step in spec.steps}
+    problems = []
+    for index, step in enumerate(spec.steps):
+        if step.wait_for is not None:
+            try:
+                parse_duration(step.wait_for.timeout)
+            except ValueError as error:
+                problems.append(f"{error} - at `$.spec.steps[{index}].waitFor.timeout`")
+    for where, source in expressions:
+        if problem := condition_problem(source):
+            problems.append(f"{problem} - at `{where}`")
+            continue
+        unknown = sorted(named_steps(source) - steps)
+        if unknown:
+            problems.append(f"no step named {', '.join(map(repr, unknown))} in this Sequence - at `{where}`")
+    for index, step in enumerate(spec.steps):
+        if step.subject is None and not (step.variants and all(v.subject for v in step.variants)):
+            problems.append(
+                f"a step needs a subject, or a subject in each of its variants - at `$.spec.steps[{index}]`"
+            )
+        names = [variant.name for variant in step.variants]
+        if len(set(names)) != len(names):
+            problems.append(f"variant names must be unique - at `$.spec.steps[{index}].variants`")
+        for number, variant in enumerate(step.variants):
+            ref = variant.template_ref
+            where = f"`$.spec.steps[{index}].variants[{number}]`"
+            if ref is not None and ref.html_key is None and ref.text_key is None:
+                problems.append(f"a templateRef needs htmlKey or textKey - at {where}")
+            if ref is not None and ref.html_key is not None and variant.html is not None:
+                problems.append(f"give the HTML body inline or as templateRef.htmlKey, not both - at {where}")
+            if ref is not None and ref.text_key is not None and variant.text is not None:
+                problems.append(f"give the text body inline or as templateRef.textKey, not both - at {where}")
     return problems
 
 
@@ -244,17 +306,38 @@ async def apply_sequence(
     try:
         bodies = resolve_step_bodies(resource, config_maps)
         check_step_bodies(bodies, meta.name)
+        variants = resolve_variant_bodies(resource, bodies, config_maps)
+        for position, _, index, body in variants:
+            try:
+                check_step_bodies([body], meta.name)
+            except InvalidTemplate as error:
+                detail = str(error).split(": ", 1)[-1]
+                raise InvalidTemplate(f"spec.steps[{position}].variants[{index}] ({body.name}): {detail}") from None
     except InvalidTemplate as error:
         raise InvalidSequence(f"{origin}: {error}") from error
+    rules = rules_of_spec(spec)
     stored = msgspec.to_builtins(spec)
     for step, body in zip(stored["steps"], bodies, strict=True):
         # The resolved bodies are part of what a revision is: a ConfigMap edit is a change.
         step["html"], step["text"] = body.html, body.text
+    for position, _, index, body in variants:
+        stored["steps"][position]["variants"][index].update(html=body.html, text=body.text)
     # Fields added after a Sequence was first stored are left out at their defaults, so re-applying an
     # unchanged Sequence keeps its revision instead of making a new one for a field it never set.
-    for added_field, default in (("displayName", None), ("unsubscribeScope", "Global"), ("doubleOptIn", False)):
+    for added_field, default in (
+        ("displayName", None),
+        ("unsubscribeScope", "Global"),
+        ("doubleOptIn", False),
+        ("exitWhen", None),
+    ):
         if stored.get(added_field, default) == default:
             stored.pop(added_field, None)
+    if stored["trigger"].get("when") is None:
+        stored["trigger"].pop("when", None)
+    for stored_step in stored["steps"]:
+        for step_field in ("when", "waitFor", "variants"):
+            if not stored_step.get(step_field):
+                stored_step.pop(step_field, None)
     spec_json = msgspec.json.encode(stored).decode()
     await conn.execute(
         """INSERT INTO sequences (id, namespace, name, current_revision, paused)
@@ -282,8 +365,8 @@ async def apply_sequence(
         """INSERT INTO sequence_revisions
                (sequence_id, revision, spec, trigger_sources, trigger_tags, trigger_all, require_consent,
                 send_window, from_email, from_name, revision_policy, generation, display_name, unsubscribe_scope,
-                double_opt_in, resource_uid)
-           VALUES (%s, %s, %s::jsonb, %s, %s, %s, %s, %s::jsonb, %s, %s, %s, %s, %s, %s, %s, %s)""",
+                double_opt_in, resource_uid, has_rules, reacts_to_events)
+           VALUES (%s, %s, %s::jsonb, %s, %s, %s, %s, %s::jsonb, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s)""",
         (
             seq_id,
             revision,
@@ -301,6 +384,8 @@ async def apply_sequence(
             spec.unsubscribe_scope,
             spec.double_opt_in,
             meta.uid,
+            rules.has_rules,
+            rules.reacts_to_events,
         ),
     )
     async with conn.cursor() as cur:
@@ -321,6 +406,17 @@ async def apply_sequence(
                 for position, body in enumerate(bodies)
             ],
         )
+    if variants:
+        async with conn.cursor() as cur:
+            await cur.executemany(
+                """INSERT INTO sequence_step_variants
+                       (sequence_id, revision, position, name, weight, subject, html, text)
+                   VALUES (%s, %s, %s, %s, %s, %s, %s, %s)""",
+                [
+                    (seq_id, revision, position, body.name, weight, body.subject, body.html, body.text)
+                    for position, weight, _, body in variants
+                ],
+            )
     await conn.execute(
         """UPDATE sequences SET current_revision = %s, paused = %s, deleted_at = NULL, updated_at = now()
            WHERE id = %s""",
@@ -330,6 +426,41 @@ async def apply_sequence(
     if spec.revision_policy == "Latest" and current is not None:
         moved, completed = await _move_enrollments_to_revision(conn, seq_id, revision)
     return AppliedSequence(meta.namespace, meta.name, revision, changed=True, moved=moved, completed=completed)
+
+
+def resolve_variant_bodies(
+    resource: SequenceResource, bodies: list[StepBody], config_maps: ConfigMapLookup
+) -> list[tuple[int, int, int, StepBody]]:
+    """Each A/B variant's whole body (its overrides over its step's resolved body) as
+    ``(position, weight, index, body)``, the body named after the variant; raises InvalidTemplate
+    naming ``spec.steps[i].variants[j].templateRef`` for a missing ConfigMap or key."""
+    resolved = []
+    namespace = resource.metadata.namespace
+    for position, (step, base) in enumerate(zip(resource.spec.steps, bodies, strict=True)):
+        for index, variant in enumerate(step.variants):
+            html, text = variant.html, variant.text
+            ref = variant.template_ref
+            if ref is not None:
+                where = f"spec.steps[{position}].variants[{index}].templateRef"
+                data = config_maps(namespace, ref.config_map)
+                if data is None:
+                    raise InvalidTemplate(f"{where}.configMap: ConfigMap {namespace}/{ref.config_map} not found")
+                for key, name in ((ref.html_key, "htmlKey"), (ref.text_key, "textKey")):
+                    if key is not None and key not in data:
+                        raise InvalidTemplate(
+                            f"{where}.{name}: ConfigMap {namespace}/{ref.config_map} has no key {key!r}"
+                        )
+                html = data[ref.html_key] if ref.html_key is not None else html
+                text = data[ref.text_key] if ref.text_key is not None else text
+            body = StepBody(
+                variant.name,
+                base.delay,
+                variant.subject or base.subject,
+                html if html is not None else base.html,
+                text if text is not None else base.text,
+            )
+            resolved.append((position, variant.weight, index, body))
+    return resolved
 
 
 async def _move_enrollments_to_revision(conn: Connection, seq_id: uuid.UUID, revision: int) -> tuple[int, int]:

@@ -86,7 +86,8 @@ class SendJob:
 _LOAD_JOBS = f"""SELECT m.id, m.enrollment_id, m.lead_id, m.sequence_id, m.revision, m.step_position, m.attempts,
           l.email, l.first_name, l.last_name, l.source,
           s.name AS sequence_name, s.namespace AS sequence_namespace,
-          st.name AS step_name, st.subject, st.html, st.text,
+          st.name AS step_name, COALESCE(v.subject, st.subject) AS subject,
+          COALESCE(v.html, st.html) AS html, COALESCE(v.text, st.text) AS text,
           r.spec -> 'from' ->> 'email' AS from_email, r.spec -> 'from' ->> 'name' AS from_name,
           ({LEAD_IS_SUPPRESSED_SQL}
            OR EXISTS (SELECT 1 FROM sequence_unsubscribes u
@@ -97,6 +98,10 @@ _LOAD_JOBS = f"""SELECT m.id, m.enrollment_id, m.lead_id, m.sequence_id, m.revis
    JOIN sequence_revisions r ON r.sequence_id = m.sequence_id AND r.revision = m.revision
    JOIN sequence_steps st
      ON st.sequence_id = m.sequence_id AND st.revision = m.revision AND st.position = m.step_position
+   -- The A/B variant the scheduler chose for this lead overrides the step's parts.
+   LEFT JOIN sequence_step_variants v
+     ON v.sequence_id = m.sequence_id AND v.revision = m.revision AND v.position = m.step_position
+        AND v.name = m.variant
    WHERE m.id = ANY(%s)
      AND m.status = ANY(%s)
      AND (m.next_attempt_at IS NULL OR m.next_attempt_at <= now())"""  # noqa: S608 - constant fragments only

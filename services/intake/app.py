@@ -25,6 +25,7 @@ from services.common.runtime import Runtime, service_runtime
 from services.intake.authentication import form_origins
 from services.intake.confirmation import CONFIRMATION_ROUTES, confirmation_rules
 from services.intake.context import STATE_KEY, IntakeContext
+from services.intake.event_routes import EVENT_ROUTES
 from services.intake.hash_upgrade import keep_hashes_keyed
 from services.intake.injection import CONTEXT_DEPENDENCIES
 from services.intake.leads import lead_committer
@@ -121,6 +122,7 @@ def create_app(
     return Litestar(
         route_handlers=[
             *LEAD_ROUTES,
+            *EVENT_ROUTES,
             get_stats,
             *TRACKING_ROUTES,
             email_events_webhook,

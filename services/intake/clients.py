@@ -21,7 +21,7 @@ from psycopg import errors
 
 from services.common.db import Connection
 
-SCOPES = ("leads:write", "leads:read", "admin")
+SCOPES = ("leads:write", "leads:read", "events:write", "admin")
 NAME_PATTERN = re.compile(r"[a-z0-9]([a-z0-9._-]{0,62}[a-z0-9])?")
 KEY_PATTERN = re.compile(r"hw_([0-9a-f]{12})_[A-Za-z0-9_-]{43}")
 

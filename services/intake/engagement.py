@@ -78,6 +78,8 @@ async def record_engagement(
         metrics.TRACKING.labels(event, "repeat").inc()
         return False
     metrics.TRACKING.labels(event, "automated" if automated else "recorded").inc()
+    if ref.variant is not None and not automated:
+        metrics.VARIANT_EVENTS.labels(ref.sequence_name, ref.step, ref.variant, event).inc()
     return True
 
 

@@ -4,6 +4,12 @@ One claim query takes a batch of due enrollments with ``FOR UPDATE SKIP LOCKED``
 work without blocking each other), then three statements write the whole batch: the message rows,
 their ``email.dispatch`` outbox rows, and the advanced enrollments. The send window is checked again at
 claim time, so a step held by a pause or an outage past its window waits for the next opening.
+
+Enrollments of revisions with rules (conditions or A/B variants) take a second path inside the same
+batch: their leads' facts are read in two queries, and :func:`services.common.step_rules.decide_step`
+says for each whether to exit, skip, wait, fail or send (and which variant); skips, failures and exits
+are recorded as ``events`` rows (``step.skipped``, ``step.failed``, ``enrollment.exited``) that a lead's
+timeline reads. Revisions without rules never pay for any of it.
 """
 
 from __future__ import annotations
@@ -18,8 +24,10 @@ from services.common.db import Connection
 from services.common.durations import due_after
 from services.common.message_lifecycle import transitions as lifecycle
 from services.common.message_lifecycle.transitions import NewMessage
-from services.common.send_window import next_send_time
-from services.scheduler.enrollment import message_id, window_of
+from services.common.send_window import Window, next_send_time
+from services.common.step_rules import Action, choose_variant, decide_step
+from services.scheduler.enrollment import message_id, revision_key, revision_rules, window_of
+from services.scheduler.facts import load_condition_facts
 
 
 @dataclass(frozen=True)
@@ -35,7 +43,9 @@ class EmittedStep:
 # the small sequence tables (the lead's time zone is copied onto the enrollment when it is created).
 CLAIM_DUE = """
 SELECT e.id, e.lead_id, e.sequence_id, e.revision, e.next_step,
-       r.send_window::text AS send_window, e.timezone, nxt.delay_s AS next_delay_s
+       r.send_window::text AS send_window, e.timezone, nxt.delay_s AS next_delay_s,
+       r.has_rules, r.created_at AS revision_created_at, e.resume_at, e.wait_deadline,
+       s.namespace || '/' || s.name AS sequence_name
 FROM enrollments e
 JOIN sequences s ON s.id = e.sequence_id
 JOIN sequence_revisions r ON r.sequence_id = e.sequence_id AND r.revision = e.revision
@@ -49,10 +59,21 @@ FOR UPDATE OF e SKIP LOCKED
 
 ADVANCE_ENROLLMENTS = """
 UPDATE enrollments e
-SET next_step = u.next_step, next_run_at = u.next_run_at, status = u.status, updated_at = now()
-FROM unnest(%s::uuid[], %s::int[], %s::timestamptz[], %s::text[]) AS u(id, next_step, next_run_at, status)
+SET next_step = u.next_step, next_run_at = u.next_run_at, status = u.status, updated_at = now(),
+    resume_at = NULL, wait_deadline = u.wait_deadline, exit_reason = u.exit_reason
+FROM unnest(%s::uuid[], %s::int[], %s::timestamptz[], %s::text[], %s::timestamptz[], %s::text[])
+     AS u(id, next_step, next_run_at, status, wait_deadline, exit_reason)
 WHERE e.id = u.id
 """
+
+# The scheduler's records of what it did instead of sending: read by a lead's timeline and by stats.
+RECORD_ENROLLMENT_EVENTS = """
+INSERT INTO events (lead_id, enrollment_id, sequence_id, revision, step_position, type, detail, occurred_at)
+SELECT * FROM unnest(%s::uuid[], %s::uuid[], %s::uuid[], %s::int[], %s::int[], %s::text[], %s::text[],
+                     %s::timestamptz[])
+"""
+
+Updates = tuple[list[uuid.UUID], list[int], list[datetime | None], list[str], list[datetime | None], list[str | None]]
 
 
 async def emit_due_steps(conn: Connection, *, limit: int, topic: str, now: datetime | None = None) -> list[EmittedStep]:
@@ -72,25 +93,76 @@ async def emit_due_steps(conn: Connection, *, limit: int, topic: str, now: datet
     candidates: list[EmittedStep] = []
     lead_of: dict[uuid.UUID, uuid.UUID] = {}
     sequence_of: dict[uuid.UUID, uuid.UUID] = {}
-    updates: tuple[list[uuid.UUID], list[int], list[datetime | None], list[str]] = ([], [], [], [])
+    variant_of: dict[uuid.UUID, str | None] = {}
+    updates: Updates = ([], [], [], [], [], [])
+    records: list[tuple[uuid.UUID, uuid.UUID, uuid.UUID, int, int, str, str]] = []
+    rules = await revision_rules(conn, {revision_key(r) for r in rows if r["has_rules"]})
+    with_facts = [r for r in rows if r["has_rules"] and rules[revision_key(r)].needs_facts(int(r["next_step"]))]  # type: ignore[call-overload]
+    facts = await load_condition_facts(
+        conn,
+        [r["lead_id"] for r in with_facts],  # type: ignore[misc]
+        now,
+        lead_rows=[r["lead_id"] for r in with_facts if rules[revision_key(r)].names_lead],  # type: ignore[misc]
+    )
     for row in rows:
         enrollment: uuid.UUID = row["id"]  # type: ignore[assignment]
+        lead: uuid.UUID = row["lead_id"]  # type: ignore[assignment]
+        sequence: uuid.UUID = row["sequence_id"]  # type: ignore[assignment]
         position = int(row["next_step"])  # type: ignore[call-overload]
         revision = int(row["revision"])  # type: ignore[call-overload]
         window = window_of(row["send_window"])
         timezone: str | None = row["timezone"]  # type: ignore[assignment]
+        resume_at: datetime | None = row["resume_at"]  # type: ignore[assignment]
+        wait_deadline: datetime | None = row["wait_deadline"]  # type: ignore[assignment]
+        variant: str | None = None
+        revision_rules_ = rules.get(revision_key(row)) if row["has_rules"] else None
+        if revision_rules_ is not None and position < len(revision_rules_.steps):
+            decision = decide_step(
+                revision_rules_,
+                position,
+                facts.get(lead),
+                now=now,
+                woken_early=resume_at is not None and resume_at > now,
+                wait_deadline=wait_deadline,
+            )
+            if decision.action is Action.EXIT:
+                _add(updates, enrollment, position, None, "completed", exit_reason="goal")
+                records.append((lead, enrollment, sequence, revision, position, "enrollment.exited", "goal"))
+                metrics.ENROLLMENT_EXITS.labels("goal").inc()
+                continue
+            if decision.action is Action.RESTORE:
+                _add(updates, enrollment, position, resume_at, "active", wait_deadline=wait_deadline)
+                continue
+            if decision.action is Action.WAIT:
+                _add(
+                    updates,
+                    enrollment,
+                    position,
+                    decision.wait_deadline,
+                    "active",
+                    wait_deadline=decision.wait_deadline,
+                )
+                continue
+            if decision.action in (Action.SKIP, Action.FAIL):
+                kind = "step.skipped" if decision.action is Action.SKIP else "step.failed"
+                records.append((lead, enrollment, sequence, revision, position, kind, decision.reason))
+                metrics.STEPS_NOT_SENT.labels(decision.action.value).inc()
+                _advance(updates, enrollment, position, row["next_delay_s"], now, window, timezone)  # type: ignore[arg-type]
+                continue
+            variant = choose_variant(lead, sequence, revision_rules_.steps[position])
+            if variant is not None:
+                metrics.VARIANT_EVENTS.labels(
+                    row["sequence_name"], revision_rules_.steps[position].name, variant, "queued"
+                ).inc()
         send_at = next_send_time(now, window, timezone)
         if send_at > now:
-            _add(updates, enrollment, position, send_at, "active")
+            _add(updates, enrollment, position, send_at, "active", wait_deadline=wait_deadline)
             continue
         candidates.append(EmittedStep(enrollment, message_id(enrollment, position, revision), position, revision))
-        lead_of[enrollment] = row["lead_id"]  # type: ignore[assignment]
-        sequence_of[enrollment] = row["sequence_id"]  # type: ignore[assignment]
-        if row["next_delay_s"] is None:
-            _add(updates, enrollment, position + 1, None, "completed")
-        else:
-            due = due_after(now, int(row["next_delay_s"]))  # type: ignore[call-overload]
-            _add(updates, enrollment, position + 1, next_send_time(due, window, timezone), "active")
+        lead_of[enrollment] = lead
+        sequence_of[enrollment] = sequence
+        variant_of[enrollment] = variant
+        _advance(updates, enrollment, position, row["next_delay_s"], now, window, timezone)  # type: ignore[arg-type]
     emitted: list[EmittedStep] = []
     if candidates:
         inserted = await lifecycle.create(
@@ -103,6 +175,7 @@ async def emit_due_steps(conn: Connection, *, limit: int, topic: str, now: datet
                     sequence_of[c.enrollment_id],
                     c.revision,
                     c.step_position,
+                    variant_of[c.enrollment_id],
                 )
                 for c in candidates
             ],
@@ -112,19 +185,44 @@ async def emit_due_steps(conn: Connection, *, limit: int, topic: str, now: datet
         # A message that already exists was queued by an earlier run: its command went out with it.
         emitted = [c for c in candidates if c.message_id in inserted]
     await conn.execute(ADVANCE_ENROLLMENTS, updates)
+    if records:
+        await conn.execute(RECORD_ENROLLMENT_EVENTS, [*map(list, zip(*records, strict=True)), [now] * len(records)])
     metrics.STEPS_EMITTED.inc(len(emitted))
     return emitted
 
 
+def _advance(
+    updates: Updates,
+    enrollment: uuid.UUID,
+    position: int,
+    next_delay_s: int | None,
+    now: datetime,
+    window: Window | None,
+    timezone: str | None,
+) -> None:
+    """Move on from the step at ``position`` (sent, skipped or failed): the next step is due its delay
+    after ``now``, moved into the window; after the last step the enrollment completes."""
+    if next_delay_s is None:
+        _add(updates, enrollment, position + 1, None, "completed")
+    else:
+        due = due_after(now, int(next_delay_s))
+        _add(updates, enrollment, position + 1, next_send_time(due, window, timezone), "active")
+
+
 def _add(
-    updates: tuple[list[uuid.UUID], list[int], list[datetime | None], list[str]],
+    updates: Updates,
     enrollment: uuid.UUID,
     next_step: int,
     next_run_at: datetime | None,
     status: str,
+    *,
+    wait_deadline: datetime | None = None,
+    exit_reason: str | None = None,
 ) -> None:
-    ids, steps, runs, statuses = updates
+    ids, steps, runs, statuses, deadlines, reasons = updates
     ids.append(enrollment)
     steps.append(next_step)
     runs.append(next_run_at)
     statuses.append(status)
+    deadlines.append(wait_deadline)
+    reasons.append(exit_reason)

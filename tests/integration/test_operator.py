@@ -277,3 +277,25 @@ async def test_restarting_the_operator_changes_nothing_but_refreshes_counts(
     assert {**after, "activeEnrollments": 0} == before
     assert len(events(k8s)) == events_before
     assert await revisions(migrated_database_url) == [1]
+
+
+async def test_a_condition_that_does_not_compile_is_reported_valid_false_naming_the_field(
+    k8s: ApiServerEmulator, migrated_database_url: str
+) -> None:
+    body = sequence_body()
+    body["spec"]["steps"][1]["when"] = "!events.exists(e, e.type == 'opened' && e.step == 'helo')"
+    body["spec"]["exitWhen"] = "events.exists(e, e.type == 'purchased') && nosuch"
+    async with operator(k8s, migrated_database_url):
+        await api(k8s, "POST", BASE, body)
+        await eventually(lambda: condition(k8s, "Valid").get("status") == "False", "Valid=False")
+        # The Event is posted after the status.
+        await eventually(lambda: any(e["type"] == "Warning" for e in events(k8s)), "a Warning event")
+
+    message = condition(k8s, "Valid")["message"]
+    assert "undeclared reference to 'nosuch'" in message
+    assert "at `$.spec.exitWhen`" in message
+    assert "no step named 'helo'" in message
+    assert "at `$.spec.steps[1].when`" in message
+    [warning] = [e for e in events(k8s) if e["type"] == "Warning"]
+    assert warning["reason"] == "InvalidSpec"
+    assert await revisions(migrated_database_url) == []

@@ -25,6 +25,7 @@ def test_apply_stores_every_example_and_is_idempotent(migrated_database_url: str
     assert sorted(first.stdout.splitlines()) == [
         "sequence default/re-engagement: revision 1",
         "sequence default/webinar-follow-up: revision 1",
+        "sequence default/welcome-ab: revision 1",
         "sequence default/welcome: revision 1",
     ]
     assert all(line.endswith("(unchanged)") for line in again.stdout.splitlines())
@@ -223,3 +224,48 @@ def test_preview_with_a_bad_lead_names_the_problem(lead: str, message: str) -> N
     assert result.returncode == 1
     assert "Traceback" not in result.stderr
     assert message in result.stderr
+
+
+def test_preview_with_events_shows_sent_skipped_waited_and_the_variant() -> None:
+    opened = '[{"type": "opened", "step": "hello"}]'
+    result = healingwork(
+        "sequences",
+        "preview",
+        "k8s/examples/welcome-ab.yaml",
+        "--lead",
+        '{"locale": "de-DE", "id": "00000000-0000-0000-0000-000000000001"}',
+        "--at",
+        "2026-03-27T08:00:00+00:00",
+        "--events",
+        opened,
+        env=clean_env(),
+    )
+
+    assert result.returncode == 0, result.stderr
+    outcomes = [line for line in result.stdout.splitlines() if line.startswith("outcome:")]
+    assert outcomes[0] in ("outcome: send (variant a)", "outcome: send (variant b)")
+    assert outcomes[1:] == ["outcome: skip: when is false", "outcome: wait until 2026-04-01T08:00:00+00:00, then skip"]
+
+
+def test_preview_of_a_lead_that_trigger_when_keeps_out_says_so() -> None:
+    result = healingwork(
+        "sequences", "preview", "k8s/examples/welcome-ab.yaml", "--lead", '{"locale": "en"}', env=clean_env()
+    )
+
+    assert result.returncode == 0, result.stderr
+    assert "not enrolled: trigger.when is false for this lead" in result.stdout
+
+
+async def test_apply_and_preview_refuse_an_expression_that_does_not_compile(
+    migrated_database_url: str, tmp_path: Path
+) -> None:
+    broken = tmp_path / "broken.yaml"
+    broken.write_text(
+        (ROOT / "k8s/examples/welcome-ab.yaml").read_text().replace("lead.locale.startsWith('de')", "lead.locale.+")
+    )
+
+    for command in (("apply",), ("preview", "--lead", "{}")):
+        result = healingwork("sequences", *command, str(broken), env=clean_env(DATABASE_URL=migrated_database_url))
+        assert result.returncode != 0
+        assert "at `$.spec.trigger.when`" in result.stderr
+    assert await fetch_all(migrated_database_url, "SELECT 1 FROM sequences") == []

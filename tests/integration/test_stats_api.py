@@ -78,8 +78,8 @@ async def test_stats_without_a_sequence_cover_every_sequence_and_default_to_rece
 
     # Every example Sequence has rows on 2 days x steps 0 and 1 (the fixture writes them for each).
     sequences = everything.json()["sequences"]
-    assert [s["name"] for s in sequences] == ["re-engagement", "webinar-follow-up", "welcome"]
-    assert [len(s["rows"]) for s in sequences] == [4, 4, 4]
+    assert [s["name"] for s in sequences] == ["re-engagement", "webinar-follow-up", "welcome", "welcome-ab"]
+    assert [len(s["rows"]) for s in sequences] == [4, 4, 4, 4]
     assert recent.status_code == 200
     assert recent.json()["sequences"] == []  # the fixture's days are long past the default 30 days
 

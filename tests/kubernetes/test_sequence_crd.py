@@ -94,6 +94,7 @@ def test_the_examples_are_accepted(kubernetes_cluster: KubernetesCluster, sequen
         "sequence.healingwork.io/re-engagement",
         "sequence.healingwork.io/webinar-follow-up",
         "sequence.healingwork.io/welcome",
+        "sequence.healingwork.io/welcome-ab",
     ]
     # The defaults of the schema are applied by the API server.
     welcome = kubernetes_cluster.get("sequence", "welcome", namespace="default")

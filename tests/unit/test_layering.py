@@ -30,6 +30,7 @@ EDGES = {
     "services.intake.injection",
     "services.intake.observability",
     "services.intake.problems",
+    "services.intake.event_routes",
     "services.intake.routes",
     "services.intake.stats",
     "services.intake.tracking",

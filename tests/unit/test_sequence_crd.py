@@ -86,7 +86,18 @@ def test_the_crd_spec_has_exactly_the_fields_of_the_structs() -> None:
 
 
 def test_there_are_at_least_three_examples() -> None:
-    assert {"welcome", "webinar-follow-up", "re-engagement"} <= {d["metadata"]["name"] for d in example_documents()}
+    assert {"welcome", "webinar-follow-up", "re-engagement", "welcome-ab"} <= {
+        d["metadata"]["name"] for d in example_documents()
+    }
+
+
+def test_the_reacting_examples_use_every_condition_field() -> None:
+    re_engagement, ab = document_named("re-engagement"), document_named("welcome-ab")
+    assert "purchased" in re_engagement["spec"]["exitWhen"]
+    assert ab["spec"]["trigger"]["when"]
+    assert ab["spec"]["steps"][0]["variants"]
+    assert ab["spec"]["steps"][1]["when"]
+    assert ab["spec"]["steps"][2]["waitFor"]
 
 
 @pytest.mark.parametrize("document", example_documents(), ids=lambda d: d["metadata"]["name"])

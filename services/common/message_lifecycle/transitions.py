@@ -56,13 +56,14 @@ class NewMessage:
     sequence_id: uuid.UUID
     revision: int
     step_position: int
+    variant: str | None = None  # the A/B variant of the step this lead gets
 
 
 _CREATE = """
-INSERT INTO messages (id, enrollment_id, lead_id, sequence_id, revision, step_position, status)
-SELECT m.id, m.enrollment_id, m.lead_id, m.sequence_id, m.revision, m.step_position, %s
-FROM unnest(%s::uuid[], %s::uuid[], %s::uuid[], %s::uuid[], %s::int[], %s::int[])
-     AS m(id, enrollment_id, lead_id, sequence_id, revision, step_position)
+INSERT INTO messages (id, enrollment_id, lead_id, sequence_id, revision, step_position, status, variant)
+SELECT m.id, m.enrollment_id, m.lead_id, m.sequence_id, m.revision, m.step_position, %s, m.variant
+FROM unnest(%s::uuid[], %s::uuid[], %s::uuid[], %s::uuid[], %s::int[], %s::int[], %s::text[])
+     AS m(id, enrollment_id, lead_id, sequence_id, revision, step_position, variant)
 ON CONFLICT (id) DO NOTHING
 RETURNING id
 """
@@ -86,6 +87,7 @@ async def create(
             [m.sequence_id for m in messages],
             [m.revision for m in messages],
             [m.step_position for m in messages],
+            [m.variant for m in messages],
         ),
     )
     inserted = {row["id"] for row in await cursor.fetchall()}
