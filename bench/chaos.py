@@ -120,6 +120,8 @@ class ServiceProcess:
     env: dict[str, str]
     log_path: Path
     ready_url: str
+    # The intake's API (its health port, of ready_url, serves no API); None for the workers.
+    api_url: str | None = None
     process: subprocess.Popen[bytes] | None = None
     starts: int = 0
 
@@ -296,11 +298,19 @@ class Platform:
             for replica in range(REPLICAS):
                 port = find_free_port()
                 env = {**shared, "HEALTH_PORT": str(port)}
+                api_url = None
                 if name == "intake":
-                    env.update({"HOST": "127.0.0.1", "PORT": str(port), "AUTH_MODE": "disabled"})
+                    api_port = find_free_port()
+                    env.update({"HOST": "127.0.0.1", "PORT": str(api_port), "AUTH_MODE": "disabled"})
+                    api_url = f"http://127.0.0.1:{api_port}"
                 self.services.append(
                     ServiceProcess(
-                        name, replica, env, self.logs / f"{name}-{replica}.log", f"http://127.0.0.1:{port}/readyz"
+                        name,
+                        replica,
+                        env,
+                        self.logs / f"{name}-{replica}.log",
+                        f"http://127.0.0.1:{port}/readyz",
+                        api_url,
                     )
                 )
         for service in self.services:
@@ -317,7 +327,7 @@ class Platform:
         self.jobs.reschedule({"retry-failed": self.args.job_interval, "aggregate-stats": 20.0, "purge": 60.0})
 
     def intake_urls(self) -> list[str]:
-        return [s.ready_url.removesuffix("/readyz") for s in self.services if s.name == "intake"]
+        return [s.api_url for s in self.services if s.api_url is not None]
 
     def wait_ready(self, timeout: float) -> None:
         deadline = time.monotonic() + timeout
