@@ -199,6 +199,7 @@ def main() -> None:
                 "KAFKA_BOOTSTRAP_SERVERS": broker.bootstrap_servers,
                 "KAFKA_PARTITIONS": "3",
                 "HMAC_SECRET": secrets.token_hex(32),
+                "SUPPRESSION_HASH_KEY": secrets.token_hex(32),
                 "PUBLIC_BASE_URL": f"http://127.0.0.1:{port}",
                 "HOST": "127.0.0.1",
                 "PORT": str(port),
