@@ -112,6 +112,12 @@ async def accept_lead(
         row = await cursor.fetchone()
         assert row is not None, "the conflicting identity row exists: it blocked our insert"
         existing: uuid.UUID = row["lead_id"]  # type: ignore[assignment]
+        # Counted for the lead's timeline (the submission itself is not stored: it may differ in nothing
+        # but its timing, and storing each would let anyone grow the table).
+        await conn.execute(
+            "UPDATE leads SET duplicate_count = duplicate_count + 1, last_duplicate_at = now() WHERE id = %s",
+            (existing,),
+        )
         if confirmation is not None:
             await resend_confirmation_if_cooled_down(conn, existing, rules=confirmation)
         return LeadReceipt(id=existing, duplicate=True)

@@ -50,15 +50,12 @@ class TimelineSource:
 TIMELINE_SOURCES: tuple[TimelineSource, ...] = (
     TimelineSource(
         "accepted",
-        # Duplicates of the lead within the window are folded in: those intake recorded (requests with an
-        # Idempotency-Key answered with this lead) are counted here.
+        # Duplicates of the lead within the window (answered with this lead's id) are folded in: counted.
         """SELECT l.created_at AS at, l.id::text AS key, 'lead.accepted' AS kind,
                   jsonb_build_object(
                       'source', l.source, 'tags', to_jsonb(l.tags), 'client_id', l.client_id,
                       'request_id', l.request_id,
-                      'duplicates', (SELECT count(*) FROM idempotency_keys k WHERE k.lead_id = l.id AND k.duplicate),
-                      'last_duplicate_at', (SELECT max(k.created_at) FROM idempotency_keys k
-                                            WHERE k.lead_id = l.id AND k.duplicate)) AS properties
+                      'duplicates', l.duplicate_count, 'last_duplicate_at', l.last_duplicate_at) AS properties
            FROM leads l WHERE l.id = %(lead_id)s""",
     ),
     TimelineSource(

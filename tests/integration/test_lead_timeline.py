@@ -125,6 +125,24 @@ async def test_the_timeline_shows_everything_that_happened_in_order(platform: Pl
     assert suppressed["properties"]["reason"] == "unsubscribed"
 
 
+async def test_duplicate_submissions_are_folded_into_accepted_with_or_without_an_idempotency_key(
+    platform: Platform,
+) -> None:
+    lead_id = await submit(platform, "ada@example.com")
+    body = {"email": "Ada@Example.com", "source": "website", "consent": {"marketing": True}}
+    for headers in ({"Idempotency-Key": uuid.uuid4().hex}, {}):
+        again = await platform.intake.http.post("/v1/leads", json=body, headers=headers)
+        assert again.status_code == 200, again.text
+        assert again.json() == {"id": str(lead_id), "duplicate": True}
+
+    response = await platform.intake.http.get(f"/v1/leads/{lead_id}/timeline")
+
+    assert response.status_code == 200, response.text
+    [accepted] = [e for e in response.json()["entries"] if e["kind"] == "lead.accepted"]
+    assert accepted["properties"]["duplicates"] == 2
+    assert accepted["properties"]["last_duplicate_at"] >= accepted["at"]
+
+
 async def test_the_timeline_pages_with_a_cursor_and_loses_nothing(platform: Platform) -> None:
     lead_id = await engaged_lead(platform)
     whole = (await platform.intake.http.get(f"/v1/leads/{lead_id}/timeline")).json()["entries"]
