@@ -255,9 +255,7 @@ def by_type(payloads: list[dict[str, object]]) -> dict[str, dict[str, object]]:
 async def test_an_enrollment_that_starts_completes_and_whose_lead_is_erased_reaches_the_endpoint_signed(
     intake: Intake, receiver: WebhookReceiver
 ) -> None:
-    sequence = await apply_one(
-        intake, one_sequence("single", [{"name": "only", "subject": "Hi", "html": "<p>Hi</p>"}])
-    )
+    sequence = await apply_one(intake, one_sequence("single", [{"name": "only", "subject": "Hi", "html": "<p>Hi</p>"}]))
     secret = await register_for(intake, receiver, ["enrollment.started", "enrollment.completed", "lead.erased"])
     async with running_webhooks(intake), running(run_scheduler, scheduler_of(intake)):
         lead = (await intake.http.post("/v1/leads", json=LEAD)).json()["id"]
