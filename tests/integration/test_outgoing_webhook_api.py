@@ -24,6 +24,7 @@ from services.outgoing_webhooks.service import serve_webhooks
 from services.scheduler.service import run_scheduler
 from tests.support.intake import Intake, bearer, create_api_client, running_intake
 from tests.support.platform import fetch_all, make_settings, running, wait_until
+from tests.support.preferences import COURSE, TIPS, apply_sequences, enrolled_lead, page_path
 from tests.support.webhook_receiver import Answer, WebhookReceiver, webhook_receiver
 
 pytestmark = pytest.mark.integration
@@ -321,4 +322,37 @@ async def test_a_custom_event_that_reaches_the_goal_is_announced_and_so_is_the_e
             "revision": enrollment["revision"],
             "reason": "goal",
         },
+    }
+
+
+async def test_leaving_a_sequence_on_the_preference_page_reaches_the_endpoint_as_exited_unsubscribed(
+    intake: Intake, receiver: WebhookReceiver
+) -> None:
+    url = intake.settings.database_url
+    await apply_sequences(url, [TIPS, COURSE])
+    sent = await enrolled_lead(url)
+    secret = await register_for(intake, receiver, ["enrollment.exited"])
+    keep_course = f"form=preferences&keep={sequence_id('default', 'course')}"
+    async with running_webhooks(intake):
+        async with intake.anonymous() as subscriber:
+            left = await subscriber.post(
+                page_path(intake.settings, sent["tips"]),
+                content=keep_course,
+                headers={"Content-Type": "application/x-www-form-urlencoded"},
+            )
+        assert left.status_code == 200
+        await receiver.wait_for(1)
+    [tips] = await fetch_all(
+        url,
+        """SELECT e.id, e.lead_id, e.revision FROM enrollments e JOIN sequences s ON s.id = e.sequence_id
+           WHERE s.name = 'tips'""",
+    )
+    [payload] = receiver.verified(secret)
+    assert payload["type"] == "enrollment.exited"
+    assert payload["data"] == {
+        "enrollment_id": str(tips["id"]),
+        "lead_id": str(tips["lead_id"]),
+        "sequence_id": str(sequence_id("default", "tips")),
+        "revision": tips["revision"],
+        "reason": "unsubscribed",
     }
