@@ -197,6 +197,7 @@ WebhookEventType = Literal[
     "lead.accepted",
     "lead.confirmed",
     "lead.erased",
+    "lead.custom_event",
     "enrollment.started",
     "enrollment.completed",
     "enrollment.exited",

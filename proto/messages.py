@@ -104,4 +104,58 @@ class LeadSuppressed(Message, frozen=True, kw_only=True, tag="lead.suppressed"):
     reason: str
 
 
-AnyMessage = LeadAccepted | EmailDispatch | ConfirmationRequested | EmailEvent | EmailDeadLettered | LeadSuppressed
+class LeadErased(Message, frozen=True, kw_only=True, tag="lead.erased"):
+    """A lead was erased (GDPR): its rows are gone, only a keyed-hash suppression stays. Key: lead id.
+
+    Carries the lead id alone, written after the erasure's scrub of the outbox, so it survives it: the
+    id names no one once the lead is gone, and a receiver needs it to erase its own copy.
+    """
+
+    lead_id: uuid.UUID
+
+
+class EnrollmentStarted(Message, frozen=True, kw_only=True, tag="enrollment.started"):
+    """A lead was enrolled into a Sequence. Key: lead id."""
+
+    enrollment_id: uuid.UUID
+    lead_id: uuid.UUID
+    sequence_id: uuid.UUID
+    revision: int
+
+
+class EnrollmentEnded(Message, frozen=True, kw_only=True, tag="enrollment.ended"):
+    """An enrollment ended. Key: lead id. ``outcome`` is ``completed`` (its last step was queued) or
+    ``exited`` (it left early; ``reason`` says why: ``goal``, ``unsubscribed``)."""
+
+    enrollment_id: uuid.UUID
+    lead_id: uuid.UUID
+    sequence_id: uuid.UUID
+    revision: int
+    outcome: str
+    reason: str | None = None
+
+
+class LeadCustomEvent(Message, frozen=True, kw_only=True, tag="lead.custom_event"):
+    """A customer's system told about a lead (``POST /v1/leads/{id}/events``). Key: lead id.
+
+    Its ``events`` row id and type only: the properties are the customer's free-form JSON (they may
+    name the person) and stay in PostgreSQL, within erasure's reach.
+    """
+
+    event_id: int
+    lead_id: uuid.UUID
+    event: str
+
+
+AnyMessage = (
+    LeadAccepted
+    | EmailDispatch
+    | ConfirmationRequested
+    | EmailEvent
+    | EmailDeadLettered
+    | LeadSuppressed
+    | LeadErased
+    | EnrollmentStarted
+    | EnrollmentEnded
+    | LeadCustomEvent
+)

@@ -29,6 +29,7 @@ def all_topics(settings: BusSettings) -> list[str]:
         settings.topic_email_events,
         settings.topic_email_dlq,
         settings.topic_leads_suppressed,
+        settings.topic_lifecycle_events,
     ]
 
 

@@ -313,6 +313,9 @@ class BusSettings(DatabaseSettings, frozen=True, kw_only=True):
     topic_email_events: NonBlank = "email.events"
     topic_email_dlq: NonBlank = "email.dispatch.dlq"
     topic_leads_suppressed: NonBlank = "leads.suppressed"
+    # What happens to leads and enrollments beyond emails: lead.erased, enrollment.started/ended,
+    # lead.custom_event (key: lead id); read by the webhooks service.
+    topic_lifecycle_events: NonBlank = "lifecycle.events"
     # Prepended to consumer group ids, so two installations (or test runs) can share one Kafka cluster.
     kafka_group_prefix: str = ""
     outbox_batch_size: PositiveInt = 200

@@ -23,7 +23,16 @@ from typing import get_args
 import msgspec
 
 from proto.http import WebhookEventType
-from proto.messages import AnyMessage, EmailEvent, LeadAccepted, confirmed_lead_message_id
+from proto.messages import (
+    AnyMessage,
+    EmailEvent,
+    EnrollmentEnded,
+    EnrollmentStarted,
+    LeadAccepted,
+    LeadCustomEvent,
+    LeadErased,
+    confirmed_lead_message_id,
+)
 from services.common.config import BusSettings
 
 # Sent when an endpoint is disabled after persistent failure (to the other endpoints subscribed to it).
@@ -80,11 +89,37 @@ def _email_event(message: AnyMessage) -> dict[str, object]:
     return data
 
 
+def _lead_erased(message: AnyMessage) -> dict[str, object]:
+    assert isinstance(message, LeadErased)  # the table pairs the tag with this function
+    return {"lead_id": str(message.lead_id)}
+
+
+def _enrollment(message: AnyMessage) -> dict[str, object]:
+    assert isinstance(message, EnrollmentStarted | EnrollmentEnded)  # the table pairs the tags with this
+    data: dict[str, object] = {
+        "enrollment_id": str(message.enrollment_id),
+        "lead_id": str(message.lead_id),
+        "sequence_id": str(message.sequence_id),
+        "revision": message.revision,
+    }
+    if isinstance(message, EnrollmentEnded) and message.outcome == "exited":
+        data["reason"] = message.reason
+    return data
+
+
+def _custom_event(message: AnyMessage) -> dict[str, object]:
+    assert isinstance(message, LeadCustomEvent)  # the table pairs the tag with this function
+    return {"event_id": message.event_id, "lead_id": str(message.lead_id), "event": message.event}
+
+
 def _kind(message: AnyMessage) -> str | None:
-    """What tells apart the messages of one tag: an email event's ``event``; for ``lead.accepted``,
-    ``confirmed`` when a double opt-in confirmation queued it (its id says so); else None."""
+    """What tells apart the messages of one tag: an email event's ``event``; an ended enrollment's
+    ``outcome``; for ``lead.accepted``, ``confirmed`` when a double opt-in confirmation queued it (its
+    id says so); else None."""
     if isinstance(message, EmailEvent):
         return message.event
+    if isinstance(message, EnrollmentEnded):
+        return message.outcome
     if isinstance(message, LeadAccepted) and message.id == confirmed_lead_message_id(message.lead_id):
         return "confirmed"
     return None
@@ -100,11 +135,15 @@ class Mapping:
     data: Callable[[AnyMessage], dict[str, object]]
 
 
-# The one table. Not mapped yet (no internal message announces them on this branch): lead.erased,
-# enrollment.started, enrollment.completed, enrollment.exited, custom lead events.
+# The one table: every type of EVENT_TYPES but webhook_endpoint.disabled (the delivery service's own).
 MAPPINGS: tuple[Mapping, ...] = (
     Mapping("lead.accepted", None, "lead.accepted", _lead_accepted),
     Mapping("lead.accepted", "confirmed", "lead.confirmed", _lead_accepted),
+    Mapping("lead.erased", None, "lead.erased", _lead_erased),
+    Mapping("lead.custom_event", None, "lead.custom_event", _custom_event),
+    Mapping("enrollment.started", None, "enrollment.started", _enrollment),
+    Mapping("enrollment.ended", "completed", "enrollment.completed", _enrollment),
+    Mapping("enrollment.ended", "exited", "enrollment.exited", _enrollment),
     Mapping("email.event", "sent", "email.sent", _email_event),
     Mapping("email.event", "opened", "email.opened", _email_event),
     Mapping("email.event", "clicked", "email.clicked", _email_event),
@@ -118,7 +157,7 @@ _BY_KEY = {(m.tag, m.kind): m for m in MAPPINGS}
 
 def webhook_source_topics(settings: BusSettings) -> list[str]:
     """The topics whose messages :data:`MAPPINGS` maps."""
-    return [settings.topic_leads_accepted, settings.topic_email_events]
+    return [settings.topic_leads_accepted, settings.topic_email_events, settings.topic_lifecycle_events]
 
 
 def webhook_event_of(message: AnyMessage) -> WebhookEvent | None:

@@ -17,7 +17,9 @@ from datetime import datetime, timedelta
 import msgspec
 
 from proto.http import CustomEventSubmission, EventReceipt, FieldError
+from proto.messages import LeadCustomEvent
 from services.common.db import Connection
+from services.common.outbox import enqueue_message
 from services.intake.idempotency import IdempotencyKeyReused
 from services.intake.validation import InvalidLead
 
@@ -26,6 +28,8 @@ RESERVED_EVENT_TYPES = frozenset(
     {"sent", "opened", "clicked", "bounced", "complained", "unsubscribed", "failed", "dead", "skipped", "replayed"}
 )
 MAX_PROPERTIES_BYTES = 8192
+# The id of a custom event's lead.custom_event message derives from its events row.
+ANNOUNCEMENT_NAMESPACE = uuid.UUID("9c2e4f81-5a7d-4b36-8e10-d3f6a2b9c745")
 # A custom event may say it happened earlier (an import), not later than a clock skew allows.
 MAX_FUTURE_SKEW = timedelta(minutes=5)
 
@@ -69,10 +73,11 @@ def request_hash(body: bytes) -> str:
     return hashlib.sha256(body).hexdigest()
 
 
-async def record_custom_event(conn: Connection, request: EventRequest) -> EventReceipt:
-    """Store the event for its lead, inside the caller's transaction; a repeated Idempotency-Key
-    returns the first event (:class:`IdempotencyKeyReused` when the body differs). Raises
-    :class:`UnknownLead` when no lead matches."""
+async def record_custom_event(conn: Connection, request: EventRequest, *, announce_topic: str) -> EventReceipt:
+    """Store the event for its lead and queue its ``lead.custom_event`` on ``announce_topic`` (its id,
+    lead and type; never its properties), inside the caller's transaction; a repeated Idempotency-Key
+    returns the first event and announces nothing (:class:`IdempotencyKeyReused` when the body
+    differs). Raises :class:`UnknownLead` when no lead matches."""
     lead_id = request.lead_id
     if lead_id is None:
         cursor = await conn.execute(
@@ -99,7 +104,7 @@ async def record_custom_event(conn: Connection, request: EventRequest) -> EventR
     cursor = await conn.execute(
         """INSERT INTO events (lead_id, type, properties, occurred_at, detail, dedupe_key)
            SELECT l.id, %s, %s::jsonb, COALESCE(%s, now()), %s, %s FROM leads l WHERE l.id = %s
-           RETURNING id""",
+           RETURNING id, occurred_at""",
         (
             submission.type,
             msgspec.json.encode(submission.properties).decode(),
@@ -112,4 +117,17 @@ async def record_custom_event(conn: Connection, request: EventRequest) -> EventR
     inserted = await cursor.fetchone()
     if inserted is None:
         raise UnknownLead
+    event_id = int(inserted["id"])  # type: ignore[call-overload]
+    await enqueue_message(
+        conn,
+        announce_topic,
+        str(lead_id),
+        LeadCustomEvent(
+            id=uuid.uuid5(ANNOUNCEMENT_NAMESPACE, str(event_id)),
+            occurred_at=inserted["occurred_at"],  # type: ignore[arg-type]
+            event_id=event_id,
+            lead_id=lead_id,  # type: ignore[arg-type]
+            event=submission.type,
+        ),
+    )
     return EventReceipt(id=inserted["id"], lead_id=lead_id, duplicate=False)  # type: ignore[arg-type]

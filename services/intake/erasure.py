@@ -11,6 +11,13 @@ What stays: a ``suppressions`` row keyed by the HMAC of the normalized address (
 with reason ``erased`` and no detail, so the address is never mailed again and cannot be confirmed
 from a dump. What was already published to Kafka is bounded by the topics' retention (docs/security.md).
 Erasing twice, or erasing what never existed, is a no-op.
+
+What is announced: a ``lead.erased`` per erased lead (its id only), queued in the outbox *after* the
+scrub, in the same transaction, so it is published only if the erasure commits and the scrub (which
+deletes outbox rows keyed by the lead's ids) does not take it. A lead id is a random UUID: once the
+lead's rows are gone it names no one, and receivers of webhooks need it to erase their own copy. So
+the announcement row is the one place the id stays in the database, until the outbox's retention
+(``OUTBOX_RETENTION_HOURS``) purges it.
 """
 
 from __future__ import annotations
@@ -18,8 +25,14 @@ from __future__ import annotations
 import uuid
 from dataclasses import dataclass
 
+from proto.messages import LeadErased
+from services.common.clock import utcnow
 from services.common.db import Connection
 from services.common.identity import email_hash, legacy_email_hash
+from services.common.outbox import enqueue_messages
+
+# The id of a lead's lead.erased message derives from the lead (a lead is erased once).
+ERASED_NAMESPACE = uuid.UUID("0f6c2b7e-84d1-4a53-9e2f-6b1d3c8a5e47")
 
 
 @dataclass(frozen=True)
@@ -116,9 +129,10 @@ async def _subject(conn: Connection, email_key: str, hash_key: str) -> ErasureSu
     )
 
 
-async def erase_address(conn: Connection, email_key: str, *, hash_key: str) -> int:
+async def erase_address(conn: Connection, email_key: str, *, hash_key: str, announce_topic: str) -> int:
     """Erase every lead of the normalized address ``email_key`` and everything :data:`PERSONAL_DATA`
-    lists about it, then suppress it under its keyed hash; returns leads erased."""
+    lists about it, then suppress it under its keyed hash and queue a ``lead.erased`` on
+    ``announce_topic`` for each lead; returns leads erased."""
     subject = await _subject(conn, email_key, hash_key)
     parameters = subject.parameters()
     for holder in PERSONAL_DATA:
@@ -129,13 +143,26 @@ async def erase_address(conn: Connection, email_key: str, *, hash_key: str) -> i
            ON CONFLICT (email_hash) DO UPDATE SET reason = 'erased', detail = '', keyed = true""",
         (subject.keyed_hash,),
     )
+    # After the scrub: it deletes outbox rows keyed by these lead ids, this announcement included.
+    now = utcnow()
+    await enqueue_messages(
+        conn,
+        [
+            (
+                announce_topic,
+                str(lead_id),
+                LeadErased(id=uuid.uuid5(ERASED_NAMESPACE, str(lead_id)), occurred_at=now, lead_id=lead_id),
+            )
+            for lead_id in subject.lead_ids
+        ],
+    )
     return len(subject.lead_ids)
 
 
-async def erase_lead(conn: Connection, lead_id: uuid.UUID, *, hash_key: str) -> int:
+async def erase_lead(conn: Connection, lead_id: uuid.UUID, *, hash_key: str, announce_topic: str) -> int:
     """Erase the person behind ``lead_id``: every lead of its address. Unknown ids erase nothing."""
     cursor = await conn.execute("SELECT email_normalized FROM leads WHERE id = %s FOR UPDATE", (lead_id,))
     row = await cursor.fetchone()
     if row is None:
         return 0
-    return await erase_address(conn, str(row["email_normalized"]), hash_key=hash_key)
+    return await erase_address(conn, str(row["email_normalized"]), hash_key=hash_key, announce_topic=announce_topic)

@@ -69,7 +69,7 @@ async def _record(
     event = EventRequest(submission, lead_id, email_normalized, idempotency, request_hash(body))
     try:
         async with transaction(ctx.pool) as conn:
-            receipt = await record_custom_event(conn, event)
+            receipt = await record_custom_event(conn, event, announce_topic=ctx.settings.topic_lifecycle_events)
     except UnknownLead:
         raise ProblemError(404, "No such lead (it may have been erased).") from None
     metrics.CUSTOM_EVENTS.labels("duplicate" if receipt.duplicate else "recorded").inc()

@@ -16,6 +16,7 @@ from typing import Literal
 
 from services.common import metrics
 from services.common.db import Connection
+from services.common.enrollment_events import ENROLLMENT_COLUMNS, EnrollmentRef, announce_ended
 from services.common.events import find_message, record_event
 from services.common.identity import email_hash as keyed_email_hash
 from services.common.suppressions import LEAD_IS_SUPPRESSED_SQL
@@ -99,22 +100,29 @@ async def load_preferences(conn: Connection, message_id: uuid.UUID) -> Preferenc
     )
 
 
-async def leave_sequence(conn: Connection, email_hash: str, sequence_id: uuid.UUID, *, detail: str) -> int:
+async def leave_sequence(
+    conn: Connection, email_hash: str, sequence_id: uuid.UUID, *, detail: str, lifecycle_topic: str
+) -> int:
     """The address leaves one Sequence: recorded (idempotent) and its active enrollments there cancelled
-    in the caller's transaction; returns how many enrollments ended. Other Sequences are untouched."""
+    in the caller's transaction, each announced on ``lifecycle_topic`` as exited (``unsubscribed``);
+    returns how many enrollments ended. Other Sequences are untouched."""
     await conn.execute(
         """INSERT INTO sequence_unsubscribes (email_hash, sequence_id, detail) VALUES (%s, %s, %s)
            ON CONFLICT (email_hash, sequence_id) DO NOTHING""",
         (email_hash, sequence_id, detail[:500]),
     )
-    result = await conn.execute(
+    cursor = await conn.execute(
         """UPDATE enrollments e
            SET status = 'cancelled', next_run_at = NULL, updated_at = now()
            FROM leads l
-           WHERE l.email_hash = %s AND e.lead_id = l.id AND e.sequence_id = %s AND e.status = 'active'""",
+           WHERE l.email_hash = %s AND e.lead_id = l.id AND e.sequence_id = %s AND e.status = 'active'
+           RETURNING """  # noqa: S608 - a constant column list, no input
+        + ENROLLMENT_COLUMNS,
         (email_hash, sequence_id),
     )
-    return result.rowcount
+    ended = [EnrollmentRef.of(row) for row in await cursor.fetchall()]
+    await announce_ended(conn, lifecycle_topic, ended, outcome="exited", reason="unsubscribed")
+    return len(ended)
 
 
 async def _keyed_hash_of(conn: Connection, recipient: dict[str, object], topics: Topics) -> str:
@@ -132,12 +140,15 @@ class Topics:
     events: str
     suppressed: str
     hash_key: str  # SUPPRESSION_HASH_KEY
+    lifecycle: str  # enrollment.ended of an enrollment left
 
 
 async def _leave_and_record(
     conn: Connection, message_id: uuid.UUID, email_hash: str, sequence_id: uuid.UUID, topics: Topics
 ) -> None:
-    await leave_sequence(conn, email_hash, sequence_id, detail=f"link in message {message_id}")
+    await leave_sequence(
+        conn, email_hash, sequence_id, detail=f"link in message {message_id}", lifecycle_topic=topics.lifecycle
+    )
     found = await find_message(conn, message_id)
     if found is not None and found[0].sequence_id == sequence_id:
         # The message whose link was used belongs to this Sequence: its stats count the unsubscribe.

@@ -218,7 +218,12 @@ async def export_lead_data(
 )
 async def erase_lead_by_id(lead_id: FromPath[uuid.UUID], ctx: Ctx) -> None:
     async with transaction(ctx.pool) as conn:
-        erased = await erase_lead(conn, lead_id, hash_key=ctx.settings.suppression_hash_key)
+        erased = await erase_lead(
+            conn,
+            lead_id,
+            hash_key=ctx.settings.suppression_hash_key,
+            announce_topic=ctx.settings.topic_lifecycle_events,
+        )
     metrics.LEADS_ERASED.inc(erased)
 
 
@@ -238,7 +243,12 @@ async def erase_lead_by_email(ctx: Ctx, email: Annotated[str, QueryParameter(nam
     except ValueError as error:
         raise InvalidLead([FieldError(field="email", reason=str(error))]) from None
     async with transaction(ctx.pool) as conn:
-        erased = await erase_address(conn, email_key, hash_key=ctx.settings.suppression_hash_key)
+        erased = await erase_address(
+            conn,
+            email_key,
+            hash_key=ctx.settings.suppression_hash_key,
+            announce_topic=ctx.settings.topic_lifecycle_events,
+        )
     metrics.LEADS_ERASED.inc(erased)
 
 

@@ -124,6 +124,7 @@ def _topics(ctx: Ctx) -> Topics:
         events=ctx.settings.topic_email_events,
         suppressed=ctx.settings.topic_leads_suppressed,
         hash_key=ctx.settings.suppression_hash_key,
+        lifecycle=ctx.settings.topic_lifecycle_events,
     )
 
 

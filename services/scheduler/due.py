@@ -15,6 +15,7 @@ timeline reads. Revisions without rules never pay for any of it.
 from __future__ import annotations
 
 import uuid
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from datetime import datetime
 
@@ -22,6 +23,7 @@ from services.common import metrics
 from services.common.clock import database_now
 from services.common.db import Connection
 from services.common.durations import due_after
+from services.common.enrollment_events import EnrollmentRef, announce_ended
 from services.common.message_lifecycle import transitions as lifecycle
 from services.common.message_lifecycle.transitions import NewMessage
 from services.common.send_window import Window, next_send_time
@@ -76,14 +78,17 @@ SELECT * FROM unnest(%s::uuid[], %s::uuid[], %s::uuid[], %s::int[], %s::int[], %
 Updates = tuple[list[uuid.UUID], list[int], list[datetime | None], list[str], list[datetime | None], list[str | None]]
 
 
-async def emit_due_steps(conn: Connection, *, limit: int, topic: str, now: datetime | None = None) -> list[EmittedStep]:
+async def emit_due_steps(
+    conn: Connection, *, limit: int, topic: str, now: datetime | None = None, lifecycle_topic: str | None = None
+) -> list[EmittedStep]:
     """Claim up to ``limit`` enrollments whose next step is due at ``now`` (default: the database's
     time), queue each step's message and its ``email.dispatch`` command, and advance the enrollment
     (or complete it after its last step); all inside the caller's transaction.
 
     Enrollments of paused Sequences are held, never skipped. A step due outside its send window is
     not sent: its enrollment moves to the window's next opening. The next step is due its delay after
-    ``now``, moved into the window.
+    ``now``, moved into the window. With ``lifecycle_topic``, every enrollment ended here is announced
+    there (``enrollment.ended``: completed, or exited with its reason, e.g. ``goal``).
     """
     now = now or await database_now(conn)
     cursor = await conn.execute(CLAIM_DUE, {"now": now, "limit": limit})
@@ -185,10 +190,29 @@ async def emit_due_steps(conn: Connection, *, limit: int, topic: str, now: datet
         # A message that already exists was queued by an earlier run: its command went out with it.
         emitted = [c for c in candidates if c.message_id in inserted]
     await conn.execute(ADVANCE_ENROLLMENTS, updates)
+    if lifecycle_topic is not None:
+        await _announce_ends(conn, lifecycle_topic, rows, updates)
     if records:
         await conn.execute(RECORD_ENROLLMENT_EVENTS, [*map(list, zip(*records, strict=True)), [now] * len(records)])
     metrics.STEPS_EMITTED.inc(len(emitted))
     return emitted
+
+
+async def _announce_ends(conn: Connection, topic: str, rows: Sequence[Mapping[str, object]], updates: Updates) -> None:
+    """Announce the enrollments this batch ended: completed after the last step, or exited (its reason)."""
+    claimed = {row["id"]: row for row in rows}
+    ended: dict[str | None, list[EnrollmentRef]] = {}
+    ids, _, _, statuses, _, reasons = updates
+    for enrollment, status, reason in zip(ids, statuses, reasons, strict=True):
+        if status == "completed":
+            row = claimed[enrollment]
+            ref = EnrollmentRef(enrollment, row["lead_id"], row["sequence_id"], int(row["revision"]))  # type: ignore[arg-type, call-overload]
+            ended.setdefault(reason, []).append(ref)
+    for reason, enrollments in ended.items():
+        if reason is None:
+            await announce_ended(conn, topic, enrollments, outcome="completed")
+        else:
+            await announce_ended(conn, topic, enrollments, outcome="exited", reason=reason)
 
 
 def _advance(

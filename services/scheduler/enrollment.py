@@ -20,6 +20,7 @@ from services.common.clock import database_now
 from services.common.conditions import ConditionError, evaluate
 from services.common.db import Connection
 from services.common.durations import due_after
+from services.common.enrollment_events import EnrollmentRef, announce_started
 from services.common.send_window import Window, next_send_time
 from services.common.step_rules import RevisionRules, rules_of_stored_spec
 from services.common.suppressions import LEAD_IS_SUPPRESSED_SQL
@@ -81,7 +82,9 @@ async def revision_rules(conn: Connection, keys: set[RevisionKey]) -> dict[Revis
     return {key: _RULES[key] for key in keys if key in _RULES}
 
 
-async def enroll_lead(conn: Connection, lead_id: uuid.UUID, *, now: datetime | None = None) -> list[uuid.UUID]:
+async def enroll_lead(
+    conn: Connection, lead_id: uuid.UUID, *, now: datetime | None = None, lifecycle_topic: str | None = None
+) -> list[uuid.UUID]:
     """Enroll the lead into every live Sequence whose trigger matches it; returns the new enrollments.
 
     A Sequence that requires consent enrolls only leads with marketing consent; a lead that must confirm
@@ -92,7 +95,8 @@ async def enroll_lead(conn: Connection, lead_id: uuid.UUID, *, now: datetime | N
     delay counted from ``now`` (default: the database's time), moved into the send window. The lead's
     time zone is copied onto the enrollment: send windows use the zone the lead had when enrolled.
     A Sequence with ``trigger.when`` enrolls the lead only when it is true over the lead and its events
-    so far; one that fails to evaluate enrolls nobody (logged and counted).
+    so far; one that fails to evaluate enrolls nobody (logged and counted). With ``lifecycle_topic``,
+    each new enrollment is announced there (``enrollment.started``).
     """
     now = now or await database_now(conn)
     cursor = await conn.execute(
@@ -114,7 +118,7 @@ async def enroll_lead(conn: Connection, lead_id: uuid.UUID, *, now: datetime | N
         + LEAD_IS_SUPPRESSED_SQL,
         (lead_id,),
     )
-    created = []
+    created: list[EnrollmentRef] = []
     rows = await cursor.fetchall()
     rules = await revision_rules(conn, {revision_key(r) for r in rows if r["has_rules"]})
     gated = [rule for rule in rules.values() if rule.trigger_when is not None]
@@ -140,7 +144,9 @@ async def enroll_lead(conn: Connection, lead_id: uuid.UUID, *, now: datetime | N
             (new_id, lead_id, row["sequence_id"], row["revision"], first_run, row["timezone"]),
         )
         if inserted.rowcount:
-            created.append(new_id)
+            created.append(EnrollmentRef(new_id, lead_id, row["sequence_id"], int(row["revision"])))  # type: ignore[arg-type, call-overload]
     await conn.execute("UPDATE leads SET enrolled_at = now() WHERE id = %s AND enrolled_at IS NULL", (lead_id,))
+    if lifecycle_topic is not None:
+        await announce_started(conn, lifecycle_topic, created)
     metrics.ENROLLMENTS.inc(len(created))
-    return created
+    return [e.enrollment_id for e in created]

@@ -45,7 +45,7 @@ async def serve_scheduler(settings: SchedulerSettings, runtime: Runtime, health:
         asyncio.create_task(
             consume(
                 consumer,
-                enroll_accepted_leads(runtime.pool, due),
+                enroll_accepted_leads(runtime.pool, due, settings.topic_lifecycle_events),
                 stop=runtime.stop,
                 name="scheduler",
                 shutdown=runtime.shutdown,
@@ -61,9 +61,12 @@ async def serve_scheduler(settings: SchedulerSettings, runtime: Runtime, health:
     await supervise(runtime.stop, tasks, runtime.shutdown)
 
 
-def enroll_accepted_leads(pool: psycopg_pool.AsyncConnectionPool[Connection], due: asyncio.Event) -> BatchHandler:
+def enroll_accepted_leads(
+    pool: psycopg_pool.AsyncConnectionPool[Connection], due: asyncio.Event, lifecycle_topic: str
+) -> BatchHandler:
     """Enroll the leads of a fetch's ``lead.accepted`` records in one transaction (a transaction per
-    record cost more than the enrollment itself); sets ``due`` when anyone was enrolled. A lead that
+    record cost more than the enrollment itself), announcing each new enrollment on ``lifecycle_topic``;
+    sets ``due`` when anyone was enrolled. A lead that
     fails the batch is found by the consumer loop, which then hands the records over one at a time."""
 
     async def handle(messages: list[AnyMessage]) -> None:
@@ -72,7 +75,7 @@ def enroll_accepted_leads(pool: psycopg_pool.AsyncConnectionPool[Connection], du
             return
         async with transaction(pool) as conn:
             now = await database_now(conn)
-            enrolled = [await enroll_lead(conn, lead, now=now) for lead in leads]
+            enrolled = [await enroll_lead(conn, lead, now=now, lifecycle_topic=lifecycle_topic) for lead in leads]
         if any(enrolled):
             due.set()
 
@@ -86,7 +89,10 @@ async def _tick(settings: SchedulerSettings, runtime: Runtime, due: asyncio.Even
             while True:
                 async with transaction(runtime.pool) as conn:
                     emitted = await emit_due_steps(
-                        conn, limit=settings.scheduler_batch_size, topic=settings.topic_email_dispatch
+                        conn,
+                        limit=settings.scheduler_batch_size,
+                        topic=settings.topic_email_dispatch,
+                        lifecycle_topic=settings.topic_lifecycle_events,
                     )
                 if len(emitted) < settings.scheduler_batch_size:
                     break

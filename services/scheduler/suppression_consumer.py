@@ -28,7 +28,9 @@ async def consume_suppressions(settings: SchedulerSettings, runtime: Runtime) ->
         if not isinstance(message, LeadSuppressed):
             return
         async with transaction(runtime.pool) as conn:
-            cancelled = await cancel_enrollments_of(conn, message.email_hash)
+            cancelled = await cancel_enrollments_of(
+                conn, message.email_hash, reason=message.reason, lifecycle_topic=settings.topic_lifecycle_events
+            )
         if cancelled:
             log.info("suppressed address: enrollments cancelled", extra={"cancelled": cancelled})
 

@@ -4,6 +4,7 @@ DELETE /v1/leads, no table, no outbox row and no hash in the database confirms t
 from __future__ import annotations
 
 import hashlib
+import json
 import uuid
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
@@ -174,8 +175,23 @@ async def test_erasure_leaves_no_address_name_or_unkeyed_hash_anywhere(platform:
 
     assert erased.status_code == 204
     dump = await database_dump(url)
-    for trace in (KEY, LOCAL_PART, FIRST.lower(), LAST.lower(), legacy_email_hash(KEY), str(lead_id), str(message_id)):
+    for trace in (KEY, LOCAL_PART, FIRST.lower(), LAST.lower(), legacy_email_hash(KEY), str(message_id)):
         assert trace not in dump, trace
+    # The lead id stays in one place only: the lead.erased announcement (ids only), for webhooks.
+    [announcement] = await fetch_all(
+        url, "SELECT id, convert_from(payload, 'UTF8') AS m FROM outbox WHERE key = %s", str(lead_id)
+    )
+    message = json.loads(str(announcement["m"]))
+    assert (message["type"], message["lead_id"]) == ("lead.erased", str(lead_id))
+    assert set(message) == {"type", "id", "occurred_at", "schema_version", "lead_id"}
+    without_announcement = await fetch_all(
+        url,
+        "SELECT count(*) AS n FROM outbox WHERE id <> %s AND strpos(encode(payload, 'escape'), %s) > 0",
+        announcement["id"],
+        str(lead_id),
+    )
+    assert without_announcement == [{"n": 0}]
+    assert dump.count(str(lead_id)) == 2, "the announcement's key and payload, nothing else"
     assert hashlib.sha256(ADDRESS.encode()).hexdigest() not in dump
     suppressions = await fetch_all(url, "SELECT email_hash, reason, detail, keyed FROM suppressions")
     assert suppressions == [
@@ -267,5 +283,9 @@ async def test_unpublished_outbox_rows_of_the_lead_are_deleted_by_erasure(platfo
 
     await platform.intake.http.delete(f"/v1/leads/{lead_id}")
 
-    rows = await fetch_all(url, "SELECT key FROM outbox WHERE key IN (%s, 'x')", str(lead_id))
-    assert rows == []
+    rows = await fetch_all(
+        url,
+        "SELECT key, convert_from(payload, 'UTF8')::jsonb ->> 'type' AS type FROM outbox WHERE key IN (%s, 'x')",
+        str(lead_id),
+    )
+    assert rows == [{"key": str(lead_id), "type": "lead.erased"}]  # only the announcement, written after

@@ -1,6 +1,7 @@
 """The admin API of outgoing webhooks over real HTTP (``/v1/webhook-endpoints``), and the delivery
 service end to end: a lead submitted to the intake reaches a receiver as a signed ``lead.accepted``
-through the outbox, the broker and ``healingwork webhooks``."""
+through the outbox, the broker and ``healingwork webhooks``; and the lifecycle announcements (an
+enrollment started and completed, a lead erased, a custom event, an exit by goal) from real actions."""
 
 from __future__ import annotations
 
@@ -8,18 +9,22 @@ import asyncio
 import contextlib
 import uuid
 from collections.abc import AsyncIterator
+from typing import Any
 
 import pytest
 
 from proto.messages import EmailEvent
 from services.common.clock import utcnow
-from services.common.config import DatabaseSettings, WebhooksSettings
-from services.common.db import open_pool, transaction
+from services.common.config import DatabaseSettings, SchedulerSettings, WebhooksSettings
+from services.common.db import connect, open_pool, transaction
 from services.common.outbox import enqueue_message
 from services.common.runtime import service_runtime
+from services.common.sequences import apply_sequence, parse_sequence_document, sequence_id
 from services.outgoing_webhooks.service import serve_webhooks
-from tests.support.intake import Intake, create_api_client, running_intake
-from tests.support.platform import fetch_all, make_settings
+from services.scheduler.service import run_scheduler
+from tests.support.intake import Intake, bearer, create_api_client, running_intake
+from tests.support.platform import fetch_all, make_settings, running, wait_until
+from tests.support.preferences import COURSE, TIPS, apply_sequences, enrolled_lead, page_path
 from tests.support.webhook_receiver import Answer, WebhookReceiver, webhook_receiver
 
 pytestmark = pytest.mark.integration
@@ -206,3 +211,148 @@ async def test_a_submitted_lead_reaches_the_endpoint_signed_and_deliveries_can_b
         assert receiver.received[2].headers["webhook-id"] == first["id"]
     missing = await intake.http.post(f"/v1/webhook-endpoints/{created['id']}/deliveries/{uuid.uuid4()}/retry")
     assert missing.status_code == 404
+
+
+# --- what the platform announces beyond leads and emails: lifecycle.events ----------------------------
+
+
+def one_sequence(name: str, steps: list[dict[str, object]], **spec: object) -> Any:
+    return parse_sequence_document(
+        {
+            "apiVersion": "healingwork.io/v1alpha1",
+            "kind": "Sequence",
+            "metadata": {"name": name},
+            "spec": {"trigger": {"sources": ["website"]}, "steps": steps, **spec},
+        },
+        name,
+    )
+
+
+async def apply_one(intake: Intake, resource: Any) -> str:
+    conn = await connect(DatabaseSettings(database_url=intake.settings.database_url))
+    async with conn, conn.transaction():
+        applied = await apply_sequence(conn, resource)
+    return str(sequence_id(applied.namespace, applied.name))
+
+
+def scheduler_of(intake: Intake) -> SchedulerSettings:
+    prefix = intake.settings.topic_leads_accepted.removesuffix("leads.accepted")
+    return make_settings(
+        SchedulerSettings, intake.settings.database_url, intake.settings.kafka_bootstrap_servers, prefix
+    )
+
+
+async def register_for(intake: Intake, receiver: WebhookReceiver, events: list[str]) -> str:
+    response = await intake.http.post("/v1/webhook-endpoints", json={"url": receiver.url + "/crm", "events": events})
+    assert response.status_code == 201, response.text
+    return str(response.json()["secret"])
+
+
+def by_type(payloads: list[dict[str, object]]) -> dict[str, dict[str, object]]:
+    assert len({p["type"] for p in payloads}) == len(payloads), payloads
+    return {str(p["type"]): p["data"] for p in payloads}  # type: ignore[misc]
+
+
+async def test_an_enrollment_that_starts_completes_and_whose_lead_is_erased_reaches_the_endpoint_signed(
+    intake: Intake, receiver: WebhookReceiver
+) -> None:
+    sequence = await apply_one(intake, one_sequence("single", [{"name": "only", "subject": "Hi", "html": "<p>Hi</p>"}]))
+    secret = await register_for(intake, receiver, ["enrollment.started", "enrollment.completed", "lead.erased"])
+    async with running_webhooks(intake), running(run_scheduler, scheduler_of(intake)):
+        lead = (await intake.http.post("/v1/leads", json=LEAD)).json()["id"]
+        await receiver.wait_for(2)
+        enrolled = by_type(receiver.verified(secret))
+        [row] = await fetch_all(intake.settings.database_url, "SELECT id, revision, status FROM enrollments")
+        assert row["status"] == "completed"
+        expected = {
+            "enrollment_id": str(row["id"]),
+            "lead_id": lead,
+            "sequence_id": sequence,
+            "revision": row["revision"],
+        }
+        assert enrolled == {"enrollment.started": expected, "enrollment.completed": expected}
+
+        assert (await intake.http.delete(f"/v1/leads/{lead}")).status_code == 204
+        await receiver.wait_for(3)
+    payloads = receiver.verified(secret)
+    assert payloads[2]["type"] == "lead.erased"
+    assert payloads[2]["data"] == {"lead_id": lead}
+    assert "grace" not in receiver.received[2].body.decode()
+
+
+async def test_a_custom_event_that_reaches_the_goal_is_announced_and_so_is_the_exit_with_its_reason(
+    intake: Intake, receiver: WebhookReceiver
+) -> None:
+    sequence = await apply_one(
+        intake,
+        one_sequence(
+            "goal",
+            [
+                {"name": "hello", "subject": "Hi", "html": "<p>Hi</p>"},
+                {"name": "nudge", "delay": "2d", "subject": "Still there?", "html": "<p>…</p>"},
+            ],
+            exitWhen="events.exists(e, e.type == 'purchased')",
+        ),
+    )
+    secret = await register_for(intake, receiver, ["lead.custom_event", "enrollment.exited"])
+    url = intake.settings.database_url
+    _, events_key = await create_api_client(url, "shop", ["events:write"])
+
+    async def first_step_queued() -> bool:
+        return await fetch_all(url, "SELECT 1 FROM enrollments WHERE next_step = 1") != []
+
+    async with running_webhooks(intake), running(run_scheduler, scheduler_of(intake)):
+        lead = (await intake.http.post("/v1/leads", json=LEAD)).json()["id"]
+        await wait_until(first_step_queued, timeout=60, what="the first step queued")
+        async with intake.anonymous(headers=bearer(events_key)) as crm:
+            posted = await crm.post(
+                f"/v1/leads/{lead}/events", json={"type": "purchased", "properties": {"total": 42, "name": "Grace"}}
+            )
+        assert posted.status_code == 201, posted.text
+        await receiver.wait_for(2)
+    announced = by_type(receiver.verified(secret))
+    [enrollment] = await fetch_all(url, "SELECT id, revision, status, exit_reason FROM enrollments")
+    assert (enrollment["status"], enrollment["exit_reason"]) == ("completed", "goal")
+    assert announced == {
+        "lead.custom_event": {"event_id": posted.json()["id"], "lead_id": lead, "event": "purchased"},
+        "enrollment.exited": {
+            "enrollment_id": str(enrollment["id"]),
+            "lead_id": lead,
+            "sequence_id": sequence,
+            "revision": enrollment["revision"],
+            "reason": "goal",
+        },
+    }
+
+
+async def test_leaving_a_sequence_on_the_preference_page_reaches_the_endpoint_as_exited_unsubscribed(
+    intake: Intake, receiver: WebhookReceiver
+) -> None:
+    url = intake.settings.database_url
+    await apply_sequences(url, [TIPS, COURSE])
+    sent = await enrolled_lead(url)
+    secret = await register_for(intake, receiver, ["enrollment.exited"])
+    keep_course = f"form=preferences&keep={sequence_id('default', 'course')}"
+    async with running_webhooks(intake):
+        async with intake.anonymous() as subscriber:
+            left = await subscriber.post(
+                page_path(intake.settings, sent["tips"]),
+                content=keep_course,
+                headers={"Content-Type": "application/x-www-form-urlencoded"},
+            )
+        assert left.status_code == 200
+        await receiver.wait_for(1)
+    [tips] = await fetch_all(
+        url,
+        """SELECT e.id, e.lead_id, e.revision FROM enrollments e JOIN sequences s ON s.id = e.sequence_id
+           WHERE s.name = 'tips'""",
+    )
+    [payload] = receiver.verified(secret)
+    assert payload["type"] == "enrollment.exited"
+    assert payload["data"] == {
+        "enrollment_id": str(tips["id"]),
+        "lead_id": str(tips["lead_id"]),
+        "sequence_id": str(sequence_id("default", "tips")),
+        "revision": tips["revision"],
+        "reason": "unsubscribed",
+    }

@@ -171,6 +171,20 @@ async def test_unticking_one_sequence_ends_that_enrollment_only(
     ]
     unsubscribed = await fetch_all(settings.database_url, "SELECT message_id FROM events WHERE type = 'unsubscribed'")
     assert unsubscribed == [{"message_id": sent["tips"]}]
+    # The enrollment left is announced once, as exited for unsubscribed, in the same transaction.
+    announced = await fetch_all(
+        settings.database_url,
+        """SELECT convert_from(payload, 'UTF8')::jsonb AS m FROM outbox WHERE topic = %s""",
+        settings.topic_lifecycle_events,
+    )
+    [message] = [row["m"] for row in announced]
+    assert isinstance(message, dict)
+    assert (message["type"], message["outcome"], message["reason"], message["sequence_id"]) == (
+        "enrollment.ended",
+        "exited",
+        "unsubscribed",
+        str(sequence_id("default", "tips")),
+    )
 
 
 async def test_an_address_that_left_a_sequence_is_not_enrolled_in_it_again_by_a_new_lead(

@@ -31,8 +31,8 @@ async def test_the_leads_of_one_fetch_are_enrolled_in_one_transaction_and_wake_t
         leads = [await insert_lead(pool) for _ in range(5)]
         due = asyncio.Event()
         messages: list[AnyMessage] = [accepted(lead) for lead in leads]
-        await enroll_accepted_leads(pool, due)(messages)
-        await enroll_accepted_leads(pool, due)(messages)  # redelivered: nothing new
+        await enroll_accepted_leads(pool, due, "lifecycle.events")(messages)
+        await enroll_accepted_leads(pool, due, "lifecycle.events")(messages)  # redelivered: nothing new
     finally:
         await pool.close()
 
@@ -41,3 +41,11 @@ async def test_the_leads_of_one_fetch_are_enrolled_in_one_transaction_and_wake_t
     assert {row["lead_id"] for row in rows} == set(leads)
     # now() is the transaction's start: one value for every enrollment means one transaction.
     assert len({row["created_at"] for row in rows}) == 1
+    # Each new enrollment announced once, in the same transaction (the redelivery announced nothing).
+    announced = await fetch_all(
+        migrated_database_url,
+        """SELECT key, convert_from(payload, 'UTF8')::jsonb ->> 'type' AS type FROM outbox
+           WHERE topic = 'lifecycle.events'""",
+    )
+    assert sorted(str(row["key"]) for row in announced) == sorted(str(row["lead_id"]) for row in rows)
+    assert {row["type"] for row in announced} == {"enrollment.started"}

@@ -53,12 +53,24 @@ async def test_every_active_enrollment_of_the_address_is_cancelled_and_only_thos
 
     async with conn, conn.transaction():
         # Leads written without a keyed hash (as a previous release did) carry the unkeyed one.
-        cancelled = await cancel_enrollments_of(conn, legacy_email_hash("ada@example.com"))
-        repeated = await cancel_enrollments_of(conn, legacy_email_hash("ada@example.com"))
+        ada = legacy_email_hash("ada@example.com")
+        cancelled = await cancel_enrollments_of(conn, ada, reason="bounced", lifecycle_topic="lifecycle.events")
+        repeated = await cancel_enrollments_of(conn, ada, reason="bounced", lifecycle_topic="lifecycle.events")
 
     assert (cancelled, repeated) == (2, 0)
     rows = await fetch_all(migrated_database_url, "SELECT lead_id, status FROM enrollments ORDER BY status")
     assert {r["lead_id"]: r["status"] for r in rows} == {first: "cancelled", again: "cancelled", other: "active"}
+    # Each cancelled enrollment announced once, as exited for the suppression's reason.
+    announced = await fetch_all(
+        migrated_database_url,
+        """SELECT key, convert_from(payload, 'UTF8')::jsonb #>> '{outcome}' AS outcome,
+                  convert_from(payload, 'UTF8')::jsonb #>> '{reason}' AS reason
+           FROM outbox WHERE topic = 'lifecycle.events' ORDER BY key""",
+    )
+    assert announced == sorted(
+        ({"key": str(lead), "outcome": "exited", "reason": "bounced"} for lead in (first, again)),
+        key=lambda row: row["key"],
+    )
 
 
 async def test_a_lead_written_without_a_keyed_hash_gets_the_unkeyed_one_marked_for_rehash(

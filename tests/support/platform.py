@@ -46,6 +46,7 @@ def topics_for(prefix: str) -> dict[str, Any]:
         "topic_email_events": f"{prefix}email.events",
         "topic_email_dlq": f"{prefix}email.dispatch.dlq",
         "topic_leads_suppressed": f"{prefix}leads.suppressed",
+        "topic_lifecycle_events": f"{prefix}lifecycle.events",
         "kafka_group_prefix": prefix,
     }
 

@@ -12,10 +12,18 @@ import msgspec
 import pytest
 from standardwebhooks.webhooks import Webhook, WebhookVerificationError
 
-from proto.messages import EmailEvent, LeadAccepted, confirmed_lead_message_id
+from proto.messages import (
+    EmailEvent,
+    EnrollmentEnded,
+    EnrollmentStarted,
+    LeadAccepted,
+    LeadCustomEvent,
+    LeadErased,
+    confirmed_lead_message_id,
+)
 from services.common.config import ConfigError, WebhooksSettings, load_settings
 from services.common.webhook_addresses import RefusedWebhookUrl, address_refusal, check_webhook_url
-from services.common.webhook_events import EVENT_TYPES, MAPPINGS, webhook_body, webhook_event_of
+from services.common.webhook_events import ENDPOINT_DISABLED, EVENT_TYPES, MAPPINGS, webhook_body, webhook_event_of
 from services.common.webhook_secrets import (
     UndecryptableSecret,
     decrypt_secret,
@@ -196,6 +204,38 @@ def test_email_events_map_by_their_event(internal: str, published: str | None) -
     )
     event = webhook_event_of(message)
     assert (event.type if event else None) == published
+
+
+def test_every_type_an_endpoint_may_subscribe_to_is_mapped_but_the_services_own() -> None:
+    assert set(EVENT_TYPES) - {m.webhook_type for m in MAPPINGS} == {ENDPOINT_DISABLED}
+
+
+def test_lifecycle_messages_map_to_their_webhook_types_with_ids_and_facts_only() -> None:
+    lead, enrollment, sequence = uuid.uuid4(), uuid.uuid4(), uuid.uuid4()
+    at = datetime(2026, 11, 30, 5, 0, tzinfo=UTC)
+    ids = {"enrollment_id": enrollment, "lead_id": lead, "sequence_id": sequence, "revision": 3}
+    messages = [
+        LeadErased(id=uuid.uuid4(), occurred_at=at, lead_id=lead),
+        LeadCustomEvent(id=uuid.uuid4(), occurred_at=at, event_id=7, lead_id=lead, event="purchased"),
+        EnrollmentStarted(id=uuid.uuid4(), occurred_at=at, **ids),  # type: ignore[arg-type]
+        EnrollmentEnded(id=uuid.uuid4(), occurred_at=at, outcome="completed", **ids),  # type: ignore[arg-type]
+        EnrollmentEnded(id=uuid.uuid4(), occurred_at=at, outcome="exited", reason="goal", **ids),  # type: ignore[arg-type]
+    ]
+    events = [webhook_event_of(m) for m in messages]
+    enrollment_data = {
+        "enrollment_id": str(enrollment),
+        "lead_id": str(lead),
+        "sequence_id": str(sequence),
+        "revision": 3,
+    }
+    assert [(e.type, e.data) if e else None for e in events] == [
+        ("lead.erased", {"lead_id": str(lead)}),
+        ("lead.custom_event", {"event_id": 7, "lead_id": str(lead), "event": "purchased"}),
+        ("enrollment.started", enrollment_data),
+        ("enrollment.completed", enrollment_data),
+        ("enrollment.exited", {**enrollment_data, "reason": "goal"}),
+    ]
+    assert [e.id for e in events if e] == [m.id for m in messages]
 
 
 def test_the_default_schedule_retries_for_more_than_24_hours() -> None:
