@@ -12,8 +12,8 @@ import enum
 import hashlib
 import uuid
 from dataclasses import dataclass
-from functools import cached_property
 from datetime import datetime, timedelta
+from functools import cached_property
 
 import msgspec
 
