@@ -220,9 +220,15 @@ def evaluate(condition: CompiledCondition, facts: ConditionFacts) -> bool:
         value = condition.program.eval(facts.activation())
     except (RuntimeError, TypeError, ValueError) as error:
         raise ConditionError(f"{condition.source!r} failed: {error}") from None
+    # A bool value's Python value is a bool (an error's is its message): one call on the hot path
+    # instead of naming the value's type first.
+    try:
+        result = value.value()
+    except (RuntimeError, TypeError, ValueError):
+        result = None
+    if isinstance(result, bool):
+        return result
     kind = value.type().name().lower()
-    if kind == "bool":
-        return bool(value.value())
     if kind == "error":
         raise ConditionError(f"{condition.source!r} failed: {value.value()}")
     raise ConditionError(f"{condition.source!r} gave {kind}, not bool")

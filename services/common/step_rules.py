@@ -13,6 +13,7 @@ import hashlib
 import uuid
 from dataclasses import dataclass
 from datetime import datetime, timedelta
+from functools import cached_property
 
 import msgspec
 
@@ -73,9 +74,11 @@ class RevisionRules:
             or any(step.needs_facts or step.variants for step in self.steps)
         )
 
-    @property
+    @cached_property
     def names_lead(self) -> bool:
-        """Whether any condition past enrollment reads ``lead`` (else its row is not even read)."""
+        """Whether any condition past enrollment reads ``lead`` (else its row is not even read); kept
+        after the first call, since the scheduler asks it for every due step (a regular expression per
+        condition)."""
         conditions = [self.exit_when]
         for step in self.steps:
             conditions.append(step.when)

@@ -6,7 +6,7 @@ their ``email.dispatch`` outbox rows, and the advanced enrollments. The send win
 claim time, so a step held by a pause or an outage past its window waits for the next opening.
 
 Enrollments of revisions with rules (conditions or A/B variants) take a second path inside the same
-batch: their leads' facts are read in two queries, and :func:`services.common.step_rules.decide_step`
+batch: their leads' facts are read in one query, and :func:`services.common.step_rules.decide_step`
 says for each whether to exit, skip, wait, fail or send (and which variant); skips, failures and exits
 are recorded as ``events`` rows (``step.skipped``, ``step.failed``, ``enrollment.exited``) that a lead's
 timeline reads. Revisions without rules never pay for any of it.

@@ -1,7 +1,7 @@
 """Reading what conditions see, for a batch of leads: each lead's row and its newest events.
 
-Two queries per batch (leads by id; events by lead through ``events_lead_occurred_idx``, at most
-:data:`MAX_EVENTS` per lead), whatever the batch size. Each lead's facts hold that lead's rows only.
+One query per batch (each lead by id, its events by lead through ``events_lead_occurred_idx``, at
+most :data:`MAX_EVENTS` per lead), whatever the batch size. Each lead's facts hold that lead's rows only.
 """
 
 from __future__ import annotations
@@ -10,6 +10,8 @@ import uuid
 from collections.abc import Collection
 from datetime import datetime
 
+from psycopg.rows import tuple_row
+
 from services.common.conditions import MAX_EVENTS, ConditionFacts, EventFact, LeadFact, email_domain
 from services.common.db import Connection
 
@@ -17,31 +19,36 @@ from services.common.db import Connection
 # the scheduler's records.
 HIDDEN_EVENT_TYPES = ["failed", "dead", "skipped", "replayed", "step.skipped", "step.failed", "enrollment.exited"]
 
-# Every lead's existence; the columns only where a condition reads ``lead``.
-_LEADS = """
-SELECT l.id, w.wanted,
-       CASE WHEN w.wanted THEN l.email_normalized END AS email_normalized,
-       l.first_name, l.last_name, l.source, l.tags, CASE WHEN w.wanted THEN l.utm END AS utm, l.locale,
-       l.timezone, CASE WHEN w.wanted THEN l.metadata END AS metadata, l.created_at
-FROM unnest(%s::uuid[], %s::bool[]) AS w(id, wanted)
-JOIN leads l ON l.id = w.id
-"""
-
-_EVENTS = """
-SELECT l.id AS lead_id, ev.type, ev.occurred_at, ev.automated, ev.properties,
-       st.name AS step, s.name AS sequence, m.variant
-FROM unnest(%(leads)s::uuid[]) AS l(id)
+# One statement for the batch: every lead that still exists (its columns only where a condition reads
+# ``lead``, and only on its first row), each with its newest events (none: one row of NULLs). A lead is
+# named by its position in the batch's array (an int), not its id, so no UUID is parsed per row; the
+# existence check probes the primary key per lead (OFFSET 0 keeps it a per-lead probe, not a hash
+# join over the whole leads table).
+_FACTS = """
+SELECT w.n, w.wanted AND coalesce(ev.rn, 1) = 1 AS with_lead,
+       l.email_normalized, l.first_name, l.last_name, l.source, l.tags, l.utm, l.locale, l.timezone,
+       l.metadata, l.created_at,
+       ev.type, ev.occurred_at, ev.automated, ev.properties, st.name AS step, s.name AS sequence, m.variant
+FROM unnest(%(leads)s::uuid[], %(wanted)s::bool[]) WITH ORDINALITY AS w(id, wanted, n)
 CROSS JOIN LATERAL (
-    SELECT * FROM events x
-    WHERE x.lead_id = l.id AND x.type <> ALL(%(hidden)s)
+    SELECT CASE WHEN w.wanted THEN x.email_normalized END AS email_normalized,
+           x.first_name, x.last_name, x.source, x.tags, CASE WHEN w.wanted THEN x.utm END AS utm, x.locale,
+           x.timezone, CASE WHEN w.wanted THEN x.metadata END AS metadata, x.created_at
+    FROM leads x WHERE x.id = w.id OFFSET 0
+) l
+LEFT JOIN LATERAL (
+    SELECT x.type, x.occurred_at, x.automated, x.properties, x.sequence_id, x.revision, x.step_position,
+           x.message_id, row_number() OVER (ORDER BY x.occurred_at DESC) AS rn
+    FROM events x
+    WHERE x.lead_id = w.id AND x.type <> ALL(%(hidden)s)
     ORDER BY x.occurred_at DESC
     LIMIT %(limit)s
-) ev
+) ev ON true
 LEFT JOIN sequence_steps st
        ON st.sequence_id = ev.sequence_id AND st.revision = ev.revision AND st.position = ev.step_position
 LEFT JOIN sequences s ON s.id = ev.sequence_id
 LEFT JOIN messages m ON m.id = ev.message_id
-ORDER BY l.id, ev.occurred_at DESC
+ORDER BY w.n, ev.rn
 """
 
 
@@ -52,39 +59,62 @@ async def load_condition_facts(
     whose conditions read ``lead`` (default: all); the others get their events only."""
     if not lead_ids:
         return {}
-    wanted = set(lead_ids) if lead_rows is None else set(lead_rows)
-    ids = list(set(lead_ids))
-    events: dict[uuid.UUID, list[EventFact]] = {lead: [] for lead in ids}
-    cursor = await conn.execute(_EVENTS, {"leads": ids, "hidden": HIDDEN_EVENT_TYPES, "limit": MAX_EVENTS})
-    for row in await cursor.fetchall():
-        events[row["lead_id"]].append(  # type: ignore[index]
-            EventFact(
-                type=row["type"],  # type: ignore[arg-type]
-                at=row["occurred_at"],  # type: ignore[arg-type]
-                step=row["step"] or "",  # type: ignore[arg-type]
-                sequence=row["sequence"] or "",  # type: ignore[arg-type]
-                variant=row["variant"] or "",  # type: ignore[arg-type]
-                automated=bool(row["automated"]),
-                properties=row["properties"] or {},  # type: ignore[arg-type]
-            )
-        )
-    cursor = await conn.execute(_LEADS, (ids, [lead in wanted for lead in ids]))
+    ids = list(dict.fromkeys(lead_ids))
+    wanted = set(ids if lead_rows is None else lead_rows)
+    cursor = conn.cursor(binary=True, row_factory=tuple_row)
+    await cursor.execute(
+        _FACTS,
+        {"leads": ids, "wanted": [lead in wanted for lead in ids], "hidden": HIDDEN_EVENT_TYPES, "limit": MAX_EVENTS},
+    )
     facts: dict[uuid.UUID, ConditionFacts] = {}
-    for row in await cursor.fetchall():
-        if not row["wanted"]:
-            facts[row["id"]] = ConditionFacts(None, events[row["id"]], now)  # type: ignore[index]
-            continue
-        lead = LeadFact(
-            domain=email_domain(str(row["email_normalized"])),
-            source=row["source"],  # type: ignore[arg-type]
-            accepted_at=row["created_at"],  # type: ignore[arg-type]
-            first_name=row["first_name"],  # type: ignore[arg-type]
-            last_name=row["last_name"],  # type: ignore[arg-type]
-            tags=row["tags"] or [],  # type: ignore[arg-type]
-            utm=row["utm"] or {},  # type: ignore[arg-type]
-            locale=row["locale"],  # type: ignore[arg-type]
-            timezone=row["timezone"],  # type: ignore[arg-type]
-            metadata=row["metadata"] or {},  # type: ignore[arg-type]
-        )
-        facts[row["id"]] = ConditionFacts(lead, events[row["id"]], now)  # type: ignore[index]
+    lead: LeadFact | None = None
+    events: list[EventFact] = []
+    current = 0
+    for (
+        n,
+        with_lead,
+        email,
+        first,
+        last,
+        source,
+        tags,
+        utm,
+        locale,
+        zone,
+        metadata,
+        created,
+        *event,
+    ) in await cursor.fetchall():
+        if n != current:
+            if current:
+                facts[ids[current - 1]] = ConditionFacts(lead, events, now)
+            current, lead, events = n, None, []
+            if with_lead:
+                lead = LeadFact(
+                    domain=email_domain(str(email)),
+                    source=source,
+                    accepted_at=created,
+                    first_name=first,
+                    last_name=last,
+                    tags=tags or [],
+                    utm=utm or {},
+                    locale=locale,
+                    timezone=zone,
+                    metadata=metadata or {},
+                )
+        kind, at, automated, properties, step, sequence, variant = event
+        if kind is not None:
+            events.append(
+                EventFact(
+                    type=kind,
+                    at=at,
+                    step=step or "",
+                    sequence=sequence or "",
+                    variant=variant or "",
+                    automated=bool(automated),
+                    properties=properties or {},
+                )
+            )
+    if current:
+        facts[ids[current - 1]] = ConditionFacts(lead, events, now)
     return facts
