@@ -26,7 +26,7 @@ from services.common.db import Connection, transaction
 from services.common.redaction import redact_addresses
 from services.common.suppressions import LEAD_IS_SUPPRESSED_SQL
 from services.common.templates import RenderError, TemplateLead
-from services.dispatcher.dispatch import _complete_even_if_cancelled
+from services.dispatcher.dispatch import complete_even_if_cancelled
 from services.dispatcher.rate import SharedRateLimiter
 from services.dispatcher.smtp import SendError, SmtpConnection, SmtpPool
 
@@ -146,7 +146,7 @@ class ConfirmationSender:
         connection = await self._smtp.acquire()
         # From the claim to the recorded outcome the email is one unit: a shutdown waits for it (the
         # dispatcher's own rule for messages, services.dispatcher.dispatch).
-        return await _complete_even_if_cancelled(self._claim_send_record(job, connection, data))
+        return await complete_even_if_cancelled(self._claim_send_record(job, connection, data))
 
     async def _claim_send_record(self, job: ConfirmationJob, connection: SmtpConnection, data: bytes) -> str | None:
         try:

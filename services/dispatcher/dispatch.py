@@ -257,18 +257,16 @@ class Dispatcher:
 
     async def _process(self, job: SendJob) -> str | None:
         if job.suppressed:
-            return await _complete_even_if_cancelled(
-                self._finish_unsent(job, Status.SKIPPED, "recipient is suppressed")
-            )
+            return await complete_even_if_cancelled(self._finish_unsent(job, Status.SKIPPED, "recipient is suppressed"))
         try:
             sender, data = self._build(job)
         except RenderError as error:
-            return await _complete_even_if_cancelled(self._finish_unsent(job, Status.DEAD, str(error)))
+            return await complete_even_if_cancelled(self._finish_unsent(job, Status.DEAD, str(error)))
         # Waiting for a permit or a connection is cancellable: nothing is claimed yet. From here on the
         # task owns the connection and releases it.
         await self._rate.acquire()
         connection = await self._smtp.acquire()
-        return await _complete_even_if_cancelled(self._claim_send_record(job, connection, sender, data))
+        return await complete_even_if_cancelled(self._claim_send_record(job, connection, sender, data))
 
     async def _claim_send_record(
         self, job: SendJob, connection: SmtpConnection, sender: str, data: bytes
@@ -328,7 +326,7 @@ def _redacted_for(job: SendJob, text: str) -> str:
     return redact_addresses(text, known_values_of(job.to_email, job.first_name, job.last_name))
 
 
-async def _complete_even_if_cancelled(operation: Coroutine[Any, Any, T]) -> T:
+async def complete_even_if_cancelled(operation: Coroutine[Any, Any, T]) -> T:
     """Run ``operation`` to its end even if the caller is cancelled meanwhile; then re-raise the
     cancellation. Used from a message's claim to its recorded outcome, so a shutdown never leaves a
     message in ``sending`` that did not have to be."""

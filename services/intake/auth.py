@@ -33,10 +33,6 @@ from services.intake.clients import SCOPES
 from services.intake.context import context_of
 from services.intake.rate_limit import KeyedRateLimiter, RequestLimits, client_key, ip_key
 
-# Marks the routes that take no per-caller budget from requires_scope (tracking pixels and links,
-# signed provider webhooks): they are unauthenticated, so only the limiter by IP could apply to them.
-NO_RATE_LIMIT = "no_rate_limit"
-
 PRINCIPAL_KEY = "healingwork.principal"
 
 Connection = ASGIConnection[Any, Any, Any, Any]

@@ -20,7 +20,7 @@ from litestar.params import FromPath
 from services.common import metrics
 from services.common.db import transaction
 from services.common.tokens import InvalidToken, Purpose, verify_token
-from services.intake.auth import NO_RATE_LIMIT, client_ip
+from services.intake.auth import client_ip
 from services.intake.authentication import trusted_networks
 from services.intake.engagement import is_automated, record_engagement
 from services.intake.injection import Ctx
@@ -77,7 +77,6 @@ def _verified(ctx: Ctx, token: str, purpose: Purpose) -> tuple[uuid.UUID, str | 
 @route(
     "/t/o/{token:str}",
     http_method=[HttpMethod.GET, HttpMethod.HEAD],
-    opt={NO_RATE_LIMIT: True},
     media_type="image/gif",
     responses=problem_responses(404, 503),
     summary="Open-tracking pixel",
@@ -95,7 +94,6 @@ async def track_open(token: FromPath[str], request: Request[Any, Any, Any], ctx:
 @route(
     "/t/c/{token:str}",
     http_method=[HttpMethod.GET, HttpMethod.HEAD],
-    opt={NO_RATE_LIMIT: True},
     status_code=302,
     media_type="text/plain",
     responses=problem_responses(404, 503),
@@ -130,7 +128,6 @@ def _topics(ctx: Ctx) -> Topics:
 
 @get(
     "/u/{token:str}",
-    opt={NO_RATE_LIMIT: True},
     media_type="text/html",
     responses=problem_responses(404, 503),
     summary="Preference page",
@@ -171,7 +168,6 @@ def _preference_form(body: bytes) -> tuple[set[uuid.UUID], bool] | None:
 
 @post(
     "/u/{token:str}",
-    opt={NO_RATE_LIMIT: True},
     status_code=200,
     media_type="text/html",
     responses=problem_responses(404, 503),

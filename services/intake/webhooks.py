@@ -20,7 +20,7 @@ import msgspec
 from litestar import Request, Response, post
 from litestar.params import HeaderParameter
 
-from services.intake.auth import NO_RATE_LIMIT, client_ip
+from services.intake.auth import client_ip
 from services.intake.authentication import trusted_networks
 from services.intake.generic_webhook import parse_generic, verify_generic_request
 from services.intake.injection import Ctx
@@ -46,9 +46,6 @@ def _generic_events(ctx: Ctx, timestamp: str | None, signature: str | None, body
 
 @post(
     "/v1/webhooks/email-events",
-    # Not the request-level limit (keyed on API credentials, which providers do not send): its own,
-    # per client IP, checked before any signature is verified or certificate fetched.
-    opt={NO_RATE_LIMIT: True},
     status_code=200,
     responses=problem_responses(400, 401, 404, 413, 422, 429, 503),
     summary="Bounces and complaints from the mail provider",
