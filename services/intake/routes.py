@@ -65,19 +65,21 @@ def inlined_schema(kind: type) -> dict[str, Any]:
     return inlined
 
 
-_LEAD_SCHEMA = inlined_schema(LeadSubmission)
+def json_body_operation(kind: type) -> type[Operation]:
+    """An OpenAPI operation documenting a required JSON body of ``kind``: for a route that reads and
+    decodes its body itself (to name every bad field in one problem), so Litestar cannot infer it."""
+    schema = inlined_schema(kind)
 
+    @dataclass
+    class JsonBodyOperation(Operation):
+        def __post_init__(self) -> None:
+            self.request_body = RequestBody(
+                # A plain JSON Schema dict: Litestar serializes it as given.
+                content={"application/json": OpenAPIMediaType(schema=schema)},  # type: ignore[arg-type]
+                required=True,
+            )
 
-@dataclass
-class _LeadBodyOperation(Operation):
-    """Documents the JSON body that ``submit_lead`` parses itself (to report every invalid field at once)."""
-
-    def __post_init__(self) -> None:
-        self.request_body = RequestBody(
-            # A plain JSON Schema dict: Litestar serializes it as given.
-            content={"application/json": OpenAPIMediaType(schema=_LEAD_SCHEMA)},  # type: ignore[arg-type]
-            required=True,
-        )
+    return JsonBodyOperation
 
 
 @post(
@@ -96,7 +98,7 @@ class _LeadBodyOperation(Operation):
         "Errors are RFC 9457 problem+json."
     ),
     guards=[requires_scope("leads:write")],
-    operation_class=_LeadBodyOperation,
+    operation_class=json_body_operation(LeadSubmission),
     responses={
         200: ResponseSpec(LeadReceipt, description="A duplicate within the window: the existing lead's id"),
         202: ResponseSpec(

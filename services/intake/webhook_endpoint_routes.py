@@ -7,11 +7,9 @@ documents (``services.intake.problems``).
 from __future__ import annotations
 
 import uuid
-from dataclasses import dataclass
 from typing import Annotated, Any
 
 from litestar import Request, Response, delete, get, post
-from litestar.openapi.spec import OpenAPIMediaType, Operation, RequestBody
 from litestar.params import FromPath, QueryParameter
 
 from proto.http import (
@@ -26,7 +24,7 @@ from services.intake.auth import requires_scope
 from services.intake.bodies import decode_json
 from services.intake.injection import Ctx
 from services.intake.problems import ProblemError, problem_responses
-from services.intake.routes import inlined_schema
+from services.intake.routes import json_body_operation
 from services.intake.webhook_endpoints import (
     MAX_DELIVERIES_LISTED,
     delete_endpoint,
@@ -36,19 +34,6 @@ from services.intake.webhook_endpoints import (
     register_endpoint,
     retry_delivery,
 )
-
-_REQUEST_SCHEMA = inlined_schema(WebhookEndpointRequest)
-
-
-@dataclass
-class _EndpointBodyOperation(Operation):
-    """Documents the JSON body that ``create_webhook_endpoint`` parses itself (to name the bad field)."""
-
-    def __post_init__(self) -> None:
-        self.request_body = RequestBody(
-            content={"application/json": OpenAPIMediaType(schema=_REQUEST_SCHEMA)},  # type: ignore[arg-type]
-            required=True,
-        )
 
 
 @post(
@@ -62,7 +47,7 @@ class _EndpointBodyOperation(Operation):
         "metadata address (checked again at every delivery). Needs admin."
     ),
     guards=[requires_scope("admin")],
-    operation_class=_EndpointBodyOperation,
+    operation_class=json_body_operation(WebhookEndpointRequest),
     responses=problem_responses(400, 401, 403, 413, 415, 422, 429, 503),
 )
 async def create_webhook_endpoint(request: Request[Any, Any, Any], ctx: Ctx) -> WebhookEndpointCreated:
