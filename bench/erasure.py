@@ -11,18 +11,12 @@ published outbox rows of other leads; ``scan_ratio`` is the largest over the sma
 
 from __future__ import annotations
 
-import asyncio
-import json
-import os
 import statistics
-import tempfile
 import time
-from pathlib import Path
 
 import psycopg
 
-from bench.scheduler import drop_database, fresh_database
-from devstack.embedded import EmbeddedPostgres
+from bench.scheduler import drop_database, fresh_database, print_measured_on_postgres
 from services.common.config import DatabaseSettings
 from services.common.db import connect
 from services.common.migrate import apply_migrations
@@ -54,7 +48,9 @@ async def erase_timing(url: str) -> float:
         for _ in range(RUNS):
             async with conn.transaction(force_rollback=True):
                 started = time.perf_counter()
-                erased = await erase_address(conn, "erase.me@example.com", hash_key=HASH_KEY)
+                erased = await erase_address(
+                    conn, "erase.me@example.com", hash_key=HASH_KEY, announce_topic="bench.lifecycle.events"
+                )
                 timings.append(time.perf_counter() - started)
                 assert erased == 1, erased
     return statistics.median(timings) * 1000
@@ -82,18 +78,7 @@ async def measure(server_url: str) -> dict[str, object]:
 
 
 def main() -> None:
-    server_url = os.environ.get("DATABASE_URL")
-    if server_url:
-        result = asyncio.run(measure(server_url))
-    else:
-        with tempfile.TemporaryDirectory() as folder:
-            server = EmbeddedPostgres(Path(folder) / "data")
-            server.start()
-            try:
-                result = asyncio.run(measure(server.url))
-            finally:
-                server.stop()
-    print(json.dumps(result))
+    print_measured_on_postgres(measure)
 
 
 if __name__ == "__main__":

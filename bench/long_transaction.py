@@ -23,16 +23,12 @@ from __future__ import annotations
 import argparse
 import asyncio
 import contextlib
-import json
 import os
 import statistics
-import tempfile
-from pathlib import Path
 
 import psycopg
 
-from bench.scheduler import add_enrollments, drain, drop_database, fresh_database, prepare
-from devstack.embedded import EmbeddedPostgres
+from bench.scheduler import add_enrollments, drain, drop_database, fresh_database, prepare, print_measured_on_postgres
 from services.common.config import JobSettings
 from services.common.migrate import apply_migrations
 from services.jobs.aggregate_stats import aggregate_stats
@@ -117,18 +113,7 @@ def main() -> None:
     parser.add_argument("--due", type=int, default=20_000, help="due enrollments per round (default 20,000)")
     parser.add_argument("--repeats", type=int, default=3, help="rounds per variant; the median is kept")
     args = parser.parse_args()
-    server_url = os.environ.get("DATABASE_URL")
-    if server_url:
-        result = asyncio.run(measure(server_url, args.due, args.repeats))
-    else:
-        with tempfile.TemporaryDirectory() as folder:
-            server = EmbeddedPostgres(Path(folder) / "data")
-            server.start()
-            try:
-                result = asyncio.run(measure(server.url, args.due, args.repeats))
-            finally:
-                server.stop()
-    print(json.dumps(result))
+    print_measured_on_postgres(lambda url: measure(url, args.due, args.repeats))
 
 
 if __name__ == "__main__":

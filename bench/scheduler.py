@@ -27,8 +27,10 @@ import statistics
 import tempfile
 import time
 import uuid
+from collections.abc import Awaitable, Callable
 from datetime import UTC, datetime
 from pathlib import Path
+from typing import Any
 
 import psycopg
 from psycopg import sql
@@ -274,7 +276,9 @@ async def measure(server_url: str) -> dict[str, object]:
     }
 
 
-def main() -> None:
+def print_measured_on_postgres(measure: Callable[[str], Awaitable[dict[str, Any]]]) -> None:
+    """Run ``measure`` against the PostgreSQL server of ``DATABASE_URL``, else an embedded one started
+    for the run, and print its result as the one JSON line a benchmark ends with."""
     server_url = os.environ.get("DATABASE_URL")
     if server_url:
         result = asyncio.run(measure(server_url))
@@ -287,6 +291,10 @@ def main() -> None:
             finally:
                 server.stop()
     print(json.dumps(result))
+
+
+def main() -> None:
+    print_measured_on_postgres(measure)
 
 
 if __name__ == "__main__":
