@@ -238,8 +238,15 @@ class ApacheKafkaBroker(ChildServer):
 
 
 def _kafka_cluster_id() -> str:
-    """A random cluster id in Kafka's form: 16 random bytes, URL-safe base64 without padding (22 characters)."""
-    return base64.urlsafe_b64encode(uuid.uuid4().bytes).decode().rstrip("=")
+    """A random cluster id in Kafka's form: 16 random bytes, URL-safe base64 without padding (22 characters).
+
+    Never one starting with ``-``: ``kafka-storage`` would read it as an option and fail (one id in 64 did,
+    which once failed CI). Kafka's own ``Uuid.randomUuid`` draws again for the same reason.
+    """
+    while True:
+        cluster_id = base64.urlsafe_b64encode(uuid.uuid4().bytes).decode().rstrip("=")
+        if not cluster_id.startswith("-"):
+            return cluster_id
 
 
 def _broker_registered(port: int) -> bool:

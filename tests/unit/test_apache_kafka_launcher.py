@@ -35,3 +35,18 @@ def test_an_install_of_another_version_counts_as_missing(tmp_path: Path) -> None
     (home / ".installed").write_text("0.0.1\n")
     with pytest.raises(KafkaNotInstalled, match="make tools"):
         ApacheKafkaBroker(home=home).start()
+
+
+def test_a_cluster_id_never_starts_with_a_dash(monkeypatch: pytest.MonkeyPatch) -> None:
+    """`kafka-storage format -t -xyz…` reads the id as an option (this failed a CI run): draw again."""
+    import uuid
+
+    from devstack import apache_kafka
+
+    dash_first = uuid.UUID(bytes=b"\xf8" + bytes(15))  # base64 of 0b111110… is "-"
+    plain = uuid.UUID(bytes=b"\x00" + bytes(15))
+    draws = iter([dash_first, dash_first, plain])
+    monkeypatch.setattr(apache_kafka.uuid, "uuid4", lambda: next(draws))
+    cluster_id = apache_kafka._kafka_cluster_id()
+    assert cluster_id == "AAAAAAAAAAAAAAAAAAAAAA"
+    assert next(draws, None) is None
