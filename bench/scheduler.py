@@ -10,9 +10,14 @@ benchmark creates and drops its own database). The last output line is one JSON 
 * ``scan_ms_10k`` / ``scan_ms_1m``: median time of the claim query (``LIMIT 1000 ... SKIP LOCKED``, rolled
   back) with 1,000 due enrollments among 10,000 and among 1,000,000 rows; ``scan_ratio`` = 1M over 10k.
 * ``conditions_due_steps_per_s``: the same drain of 20,000 due enrollments of Sequences with conditions
-  on every step (``exitWhen`` and a step ``when`` over the lead's events, each lead with 3 events), so
-  every due step reads its lead's facts and evaluates two CEL conditions (issue 16's verdict: at least
-  10,000 due steps/s); ``conditions_vs_plain`` = that over ``due_steps_per_s``.
+  on every step (``exitWhen`` and a step ``when`` about ``purchased`` events; each lead has 3 ``sent``
+  events and has not purchased, the common case), so every due step reads its lead's facts and
+  decides two CEL conditions (issue 16's verdict: at least 10,000 due steps/s);
+  ``conditions_vs_plain`` = that over ``due_steps_per_s``.
+* ``history_conditions_due_steps_per_s``: the same, with a step ``when`` that reads the 3 ``sent``
+  events of every lead (``events.exists(e, e.type == 'sent')``): every lead's events are read,
+  converted and evaluated (the worst case); ``history_conditions_vs_plain`` = that over
+  ``due_steps_per_s``.
 * ``event_wake_ms_10k`` / ``event_wake_ms_1m``: median time of recording one event for a lead (the row
   and the trigger that wakes that lead's reacting enrollments, rolled back) among 10,000 and 1,000,000
   enrollments, 1% of them of reacting Sequences; ``wake_ratio`` = 1M over 10k (flat: indexed by lead).
@@ -27,7 +32,7 @@ import statistics
 import tempfile
 import time
 import uuid
-from collections.abc import Awaitable, Callable
+from collections.abc import Callable, Coroutine
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
@@ -49,12 +54,15 @@ BATCH = 1_000
 SEQUENCES = 10
 
 
-PLAIN, REACTING = "bench", "bench-c"
+PLAIN, REACTING, READING_HISTORY = "bench", "bench-c", "bench-h"
 NOT_PURCHASED = "!events.exists(e, e.type == 'purchased')"
+# True for every lead of the bench (each has 3 `sent` events), and reads all of them.
+HAS_BEEN_SENT = "events.exists(e, e.type == 'sent')"
 
 
 def sequence_document(index: int, prefix: str = PLAIN) -> dict[str, object]:
-    conditions = prefix == REACTING
+    conditions = prefix in (REACTING, READING_HISTORY)
+    first_when = HAS_BEEN_SENT if prefix == READING_HISTORY else NOT_PURCHASED
     document: dict[str, object] = {
         "apiVersion": "healingwork.io/v1alpha1",
         "kind": "Sequence",
@@ -63,7 +71,7 @@ def sequence_document(index: int, prefix: str = PLAIN) -> dict[str, object]:
             "trigger": {"sources": [f"{prefix}-{index}"]},
             "steps": [
                 {"name": "first", "delay": "0s", "subject": "One", "text": "1"}
-                | ({"when": NOT_PURCHASED} if conditions else {}),
+                | ({"when": first_when} if conditions else {}),
                 {"name": "second", "delay": "2d", "subject": "Two", "text": "2"}
                 | ({"when": "events.exists(e, e.type == 'sent' && e.step == 'first')"} if conditions else {}),
             ],
@@ -76,7 +84,7 @@ def sequence_document(index: int, prefix: str = PLAIN) -> dict[str, object]:
 async def prepare(url: str) -> None:
     conn = await connect(DatabaseSettings(database_url=url, db_statement_timeout_s=600))
     async with conn, conn.transaction():
-        for prefix in (PLAIN, REACTING):
+        for prefix in (PLAIN, REACTING, READING_HISTORY):
             for index in range(SEQUENCES):
                 await apply_sequence(conn, parse_sequence_document(sequence_document(index, prefix), "bench"))
 
@@ -234,15 +242,18 @@ async def measure(server_url: str) -> dict[str, object]:
             await conn.execute("DELETE FROM enrollments")
             await conn.execute("DELETE FROM leads")
             await conn.execute("VACUUM ANALYZE")
-        await add_enrollments(url, DUE_FOR_THROUGHPUT, due=True, prefix=REACTING)
-        await add_history(url, 3)
-        emitted_c, seconds_c = await drain(url)
-        assert emitted_c == DUE_FOR_THROUGHPUT, emitted_c
-        print(f"emitted {emitted_c} due steps with conditions in {seconds_c:.2f} s")
-        async with await psycopg.AsyncConnection.connect(url, autocommit=True) as conn:
-            for table in ("events", "outbox", "messages", "enrollments", "leads"):
-                await conn.execute(sql.SQL("DELETE FROM {}").format(sql.Identifier(table)))
-            await conn.execute("VACUUM ANALYZE")
+        conditions: dict[str, float] = {}
+        for prefix in (REACTING, READING_HISTORY):
+            await add_enrollments(url, DUE_FOR_THROUGHPUT, due=True, prefix=prefix)
+            await add_history(url, 3)
+            emitted_c, seconds_c = await drain(url)
+            assert emitted_c == DUE_FOR_THROUGHPUT, emitted_c
+            conditions[prefix] = emitted_c / seconds_c
+            print(f"emitted {emitted_c} due steps with conditions ({prefix}) in {seconds_c:.2f} s")
+            async with await psycopg.AsyncConnection.connect(url, autocommit=True) as conn:
+                for table in ("events", "outbox", "messages", "enrollments", "leads"):
+                    await conn.execute(sql.SQL("DELETE FROM {}").format(sql.Identifier(table)))
+                await conn.execute("VACUUM ANALYZE")
 
         await add_enrollments(url, DUE_FOR_SCAN, due=True)
         await add_enrollments(url, 10_000 - DUE_FOR_SCAN - 100, due=False)
@@ -266,8 +277,10 @@ async def measure(server_url: str) -> dict[str, object]:
         "scan_ms_10k": round(scan_10k, 3),
         "scan_ms_1m": round(scan_1m, 3),
         "scan_ratio": round(scan_1m / scan_10k, 3),
-        "conditions_due_steps_per_s": round(emitted_c / seconds_c),
-        "conditions_vs_plain": round((emitted_c / seconds_c) / (emitted / seconds), 3),
+        "conditions_due_steps_per_s": round(conditions[REACTING]),
+        "conditions_vs_plain": round(conditions[REACTING] / (emitted / seconds), 3),
+        "history_conditions_due_steps_per_s": round(conditions[READING_HISTORY]),
+        "history_conditions_vs_plain": round(conditions[READING_HISTORY] / (emitted / seconds), 3),
         "event_wake_ms_10k": round(wake_10k, 3),
         "event_wake_ms_1m": round(wake_1m, 3),
         "wake_ratio": round(wake_1m / wake_10k, 3),
@@ -276,7 +289,7 @@ async def measure(server_url: str) -> dict[str, object]:
     }
 
 
-def print_measured_on_postgres(measure: Callable[[str], Awaitable[dict[str, Any]]]) -> None:
+def print_measured_on_postgres(measure: Callable[[str], Coroutine[Any, Any, dict[str, Any]]]) -> None:
     """Run ``measure`` against the PostgreSQL server of ``DATABASE_URL``, else an embedded one started
     for the run, and print its result as the one JSON line a benchmark ends with."""
     server_url = os.environ.get("DATABASE_URL")

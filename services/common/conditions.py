@@ -34,6 +34,8 @@ from typing import Any
 
 from cel_expr_python import cel
 
+from services.common.condition_reads import event_types_read, names_variable
+
 MAX_SOURCE_CHARS = 2048
 MAX_COMPREHENSIONS = 6
 MAX_EVENTS = 1000
@@ -64,11 +66,42 @@ class ConditionError(Exception):
 
 @dataclass(frozen=True)
 class CompiledCondition:
-    """A checked expression, ready to evaluate any number of times."""
+    """A checked expression, ready to evaluate any number of times, and what it reads (from its
+    checked AST, :mod:`services.common.condition_reads`)."""
 
     source: str
     # cel_expr_python's Expression: typed in its stubs, but the class is not exported by name.
     program: Any = field(repr=False, compare=False)
+    # The event types its value can depend on (None: any event; empty: none).
+    reads_events: frozenset[str] | None = None
+    reads_lead: bool = True
+    reads_now: bool = True
+    # Its value over no events (None until first needed): (the bool, or the error's message).
+    _without_events: tuple[bool | None, str] | None = field(default=None, init=False, repr=False, compare=False)
+
+    def reads_any(self, events: Sequence[EventFact]) -> bool:
+        """Whether ``events`` holds an event this condition can read."""
+        if not events:
+            return False
+        kinds = self.reads_events
+        return kinds is None or any(event.type in kinds for event in events)
+
+    def value_without_events(self) -> bool:
+        """The value over no events, for a condition that reads neither ``lead`` nor ``now``: the
+        same for every lead with none of the events it reads, so evaluated once (raises
+        :class:`ConditionError` as :func:`evaluate` would)."""
+        if self._without_events is None:
+            outcome: tuple[bool | None, str]
+            try:
+                outcome = (_value(self, _ENVIRONMENT.Activation({"events": []})), "")
+            except ConditionError as failure:
+                outcome = (None, str(failure))
+            object.__setattr__(self, "_without_events", outcome)
+        assert self._without_events is not None
+        value, error = self._without_events
+        if value is None:
+            raise ConditionError(error)
+        return value
 
 
 @dataclass(frozen=True)
@@ -170,11 +203,6 @@ def named_steps(source: str) -> set[str]:
     return {next(group for group in match.groups() if group is not None) for match in _STEP_NAMED.finditer(source)}
 
 
-def names_lead(source: str) -> bool:
-    """Whether ``source`` reads the ``lead`` variable (string literals aside)."""
-    return re.search(r"\blead\b", _STRING_LITERAL.sub("''", source)) is not None
-
-
 def condition_problem(source: str) -> str | None:
     """Why ``source`` cannot be a condition (too large, does not compile, not a boolean, a ``lead``
     field that does not exist), or None when it can."""
@@ -210,14 +238,31 @@ def compile_condition(source: str) -> CompiledCondition:
     result = program.return_type().name().lower()
     if result not in ("bool", "dyn"):
         raise ConditionError(f"the expression gives {result}, not bool")
-    return CompiledCondition(source, program)
+    checked = program.serialize()
+    return CompiledCondition(
+        source,
+        program,
+        reads_events=event_types_read(checked, "events"),
+        reads_lead=names_variable(checked, "lead"),
+        reads_now=names_variable(checked, "now"),
+    )
 
 
 def evaluate(condition: CompiledCondition, facts: ConditionFacts) -> bool:
     """The value of ``condition`` over ``facts``; raises :class:`ConditionError` when the evaluation
-    fails (a missing map key, a type mismatch) or does not give a bool."""
+    fails (a missing map key, a type mismatch) or does not give a bool.
+
+    A condition that reads neither ``lead`` nor ``now``, over facts with none of the events it reads,
+    has the value it has over no events at all: computed once, not per lead (most leads of a
+    ``exitWhen: events.exists(e, e.type == 'purchased')`` have not purchased)."""
+    if not (condition.reads_lead or condition.reads_now or condition.reads_any(facts.events)):
+        return condition.value_without_events()
+    return _value(condition, facts.activation())
+
+
+def _value(condition: CompiledCondition, activation: Any) -> bool:
     try:
-        value = condition.program.eval(facts.activation())
+        value = condition.program.eval(activation)
     except (RuntimeError, TypeError, ValueError) as error:
         raise ConditionError(f"{condition.source!r} failed: {error}") from None
     # A bool value's Python value is a bool (an error's is its message): one call on the hot path

@@ -10,7 +10,9 @@ from contextlib import asynccontextmanager
 
 import psycopg
 import psycopg_pool
+from psycopg.adapt import AdaptersMap
 from psycopg.rows import dict_row
+from psycopg.types.array import ListBinaryDumper
 
 from services.common.config import DatabaseSettings
 
@@ -36,6 +38,13 @@ async def _note_backend(conn: Connection) -> None:
     LOCAL_BACKEND_PIDS.add(conn.info.backend_pid)  # pids are reused: a stale one costs a spurious pass
 
 
+# Lists (the arrays every set-based statement passes, ``unnest(%s::uuid[], ...)``) are sent in binary:
+# psycopg's text form quotes and escapes element by element (a batch of 1,000 UUIDs took ~2 ms to
+# dump, 1,000 outbox payloads ~7 ms; binary: ~0.3 and ~0.5 ms), which was a sixth of a scheduler batch.
+ADAPTERS = AdaptersMap(psycopg.adapters)
+ADAPTERS.register_dumper(list, ListBinaryDumper)
+
+
 def connection_kwargs(settings: DatabaseSettings) -> dict[str, object]:
     """Connection parameters applied to every connection the project opens."""
     return {
@@ -43,6 +52,7 @@ def connection_kwargs(settings: DatabaseSettings) -> dict[str, object]:
         "options": f"-c statement_timeout={int(settings.db_statement_timeout_s * 1000)}",
         "application_name": "healingwork",
         "row_factory": dict_row,
+        "context": ADAPTERS,
     }
 
 
@@ -104,4 +114,5 @@ async def connect(settings: DatabaseSettings) -> Connection:
         options=kwargs["options"],  # type: ignore[arg-type]
         application_name="healingwork",
         row_factory=dict_row,
+        context=ADAPTERS,
     )

@@ -24,7 +24,6 @@ from services.common.conditions import (
     ConditionFacts,
     compile_condition,
     evaluate,
-    names_lead,
 )
 from services.common.durations import parse_duration
 
@@ -76,17 +75,42 @@ class RevisionRules:
 
     @cached_property
     def names_lead(self) -> bool:
-        """Whether any condition past enrollment reads ``lead`` (else its row is not even read); kept
-        after the first call, since the scheduler asks it for every due step (a regular expression per
-        condition)."""
+        """Whether any condition past enrollment reads ``lead`` (else its row is not even read)."""
+        return any(c.reads_lead for c in self._due_conditions())
+
+    def needs_facts(self, position: int) -> bool:
+        return self.exit_when is not None or (position < len(self.steps) and self.steps[position].needs_facts)
+
+    def event_types_read(self, position: int) -> frozenset[str] | None:
+        """The event types the conditions decided at the step at ``position`` can read (``exitWhen``,
+        the step's ``when`` and ``waitFor``); None: any type."""
+        return self._event_types_at[position] if position < len(self.steps) else self._event_types_at[-1]
+
+    @cached_property
+    def _event_types_at(self) -> tuple[frozenset[str] | None, ...]:
+        # One entry per step, and one past the last (exitWhen alone); kept: asked for every due step.
+        def union(conditions: list[CompiledCondition | None]) -> frozenset[str] | None:
+            kinds: frozenset[str] = frozenset()
+            for condition in conditions:
+                if condition is not None:
+                    if condition.reads_events is None:
+                        return None
+                    kinds |= condition.reads_events
+            return kinds
+
+        at = [
+            union([self.exit_when, step.when, step.wait_for.condition if step.wait_for else None])
+            for step in self.steps
+        ]
+        return (*at, union([self.exit_when]))
+
+    def _due_conditions(self) -> list[CompiledCondition]:
+        """The conditions decided at due steps (``trigger.when`` is decided at enrollment)."""
         conditions = [self.exit_when]
         for step in self.steps:
             conditions.append(step.when)
             conditions.append(step.wait_for.condition if step.wait_for else None)
-        return any(names_lead(c.source) for c in conditions if c is not None)
-
-    def needs_facts(self, position: int) -> bool:
-        return self.exit_when is not None or (position < len(self.steps) and self.steps[position].needs_facts)
+        return [c for c in conditions if c is not None]
 
 
 def rules_of_spec(spec: SequenceSpec) -> RevisionRules:

@@ -27,8 +27,8 @@ from services.common.enrollment_events import EnrollmentRef, announce_ended
 from services.common.message_lifecycle import transitions as lifecycle
 from services.common.message_lifecycle.transitions import NewMessage
 from services.common.send_window import Window, next_send_time
-from services.common.step_rules import Action, choose_variant, decide_step
-from services.scheduler.enrollment import message_id, revision_key, revision_rules, window_of
+from services.common.step_rules import Action, RevisionRules, choose_variant, decide_step
+from services.scheduler.enrollment import RevisionKey, message_id, revision_key, revision_rules, window_of
 from services.scheduler.facts import load_condition_facts
 
 
@@ -108,6 +108,7 @@ async def emit_due_steps(
         [r["lead_id"] for r in with_facts],  # type: ignore[misc]
         now,
         lead_rows=[r["lead_id"] for r in with_facts if rules[revision_key(r)].names_lead],  # type: ignore[misc]
+        event_types=_event_types_read(rules, with_facts),
     )
     for row in rows:
         enrollment: uuid.UUID = row["id"]  # type: ignore[assignment]
@@ -196,6 +197,20 @@ async def emit_due_steps(
         await conn.execute(RECORD_ENROLLMENT_EVENTS, [*map(list, zip(*records, strict=True)), [now] * len(records)])
     metrics.STEPS_EMITTED.inc(len(emitted))
     return emitted
+
+
+def _event_types_read(
+    rules: Mapping[RevisionKey, RevisionRules], rows: Sequence[dict[str, object]]
+) -> frozenset[str] | None:
+    """The event types any of these due steps' conditions can read (None: any), so the batch's facts
+    query returns only those: the facts of a lead are shared by its due steps in the batch."""
+    kinds: frozenset[str] = frozenset()
+    for key, position in {(revision_key(r), int(r["next_step"])) for r in rows}:  # type: ignore[call-overload]
+        read = rules[key].event_types_read(position)
+        if read is None:
+            return None
+        kinds |= read
+    return kinds
 
 
 async def _announce_ends(conn: Connection, topic: str, rows: Sequence[Mapping[str, object]], updates: Updates) -> None:

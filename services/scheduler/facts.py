@@ -2,6 +2,9 @@
 
 One query per batch (each lead by id, its events by lead through ``events_lead_occurred_idx``, at
 most :data:`MAX_EVENTS` per lead), whatever the batch size. Each lead's facts hold that lead's rows only.
+Of those newest events, only the types the batch's conditions can read are returned (the conditions'
+checked ASTs say which: :mod:`services.common.condition_reads`), so a lead's ``sent`` and ``opened``
+history is not read for an ``exitWhen`` about ``purchased``; what a condition sees is unchanged.
 """
 
 from __future__ import annotations
@@ -37,12 +40,16 @@ CROSS JOIN LATERAL (
     FROM leads x WHERE x.id = w.id OFFSET 0
 ) l
 LEFT JOIN LATERAL (
-    SELECT x.type, x.occurred_at, x.automated, x.properties, x.sequence_id, x.revision, x.step_position,
-           x.message_id, row_number() OVER (ORDER BY x.occurred_at DESC) AS rn
-    FROM events x
-    WHERE x.lead_id = w.id AND x.type <> ALL(%(hidden)s)
-    ORDER BY x.occurred_at DESC
-    LIMIT %(limit)s
+    SELECT y.*, row_number() OVER (ORDER BY y.occurred_at DESC) AS rn
+    FROM (
+        SELECT x.type, x.occurred_at, x.automated, x.properties, x.sequence_id, x.revision, x.step_position,
+               x.message_id
+        FROM events x
+        WHERE x.lead_id = w.id AND x.type <> ALL(%(hidden)s)
+        ORDER BY x.occurred_at DESC
+        LIMIT %(limit)s
+    ) y
+    WHERE %(every_type)s OR y.type = ANY(%(types)s)
 ) ev ON true
 LEFT JOIN sequence_steps st
        ON st.sequence_id = ev.sequence_id AND st.revision = ev.revision AND st.position = ev.step_position
@@ -53,10 +60,17 @@ ORDER BY w.n, ev.rn
 
 
 async def load_condition_facts(
-    conn: Connection, lead_ids: Collection[uuid.UUID], now: datetime, *, lead_rows: Collection[uuid.UUID] | None = None
+    conn: Connection,
+    lead_ids: Collection[uuid.UUID],
+    now: datetime,
+    *,
+    lead_rows: Collection[uuid.UUID] | None = None,
+    event_types: Collection[str] | None = None,
 ) -> dict[uuid.UUID, ConditionFacts]:
     """The facts of each lead that still exists (an erased lead has none). ``lead_rows``: the leads
-    whose conditions read ``lead`` (default: all); the others get their events only."""
+    whose conditions read ``lead`` (default: all); the others get their events only. ``event_types``:
+    the types the conditions can read (default: any); of each lead's newest :data:`MAX_EVENTS`
+    events, only those are returned."""
     if not lead_ids:
         return {}
     ids = list(dict.fromkeys(lead_ids))
@@ -64,7 +78,14 @@ async def load_condition_facts(
     cursor = conn.cursor(binary=True, row_factory=tuple_row)
     await cursor.execute(
         _FACTS,
-        {"leads": ids, "wanted": [lead in wanted for lead in ids], "hidden": HIDDEN_EVENT_TYPES, "limit": MAX_EVENTS},
+        {
+            "leads": ids,
+            "wanted": [lead in wanted for lead in ids],
+            "hidden": HIDDEN_EVENT_TYPES,
+            "limit": MAX_EVENTS,
+            "every_type": event_types is None,
+            "types": sorted(event_types or ()),
+        },
     )
     facts: dict[uuid.UUID, ConditionFacts] = {}
     lead: LeadFact | None = None

@@ -12,7 +12,7 @@ from datetime import datetime, timedelta
 import psycopg_pool
 import pytest
 
-from services.common.conditions import EventFact, LeadFact
+from services.common.conditions import MAX_EVENTS, EventFact, LeadFact
 from services.common.config import DatabaseSettings
 from services.common.db import Connection, open_pool, transaction
 from services.scheduler.facts import load_condition_facts
@@ -85,3 +85,37 @@ async def test_each_lead_sees_its_own_newest_events_and_its_row_only_where_a_con
 async def test_an_empty_batch_reads_nothing(pool: Pool) -> None:
     async with transaction(pool) as conn:
         assert await load_condition_facts(conn, [], NOW) == {}
+
+
+async def test_only_the_types_the_conditions_read_come_back_from_the_same_newest_window(pool: Pool) -> None:
+    """The filter applies inside each lead's newest MAX_EVENTS events (what a condition sees is the same
+    with and without it), and the lead's row still comes when its newest event is filtered out."""
+    async with transaction(pool) as conn:
+        reader = await add_lead(conn, [("sent", 1), ("purchased", 5), ("opened", 10), ("purchased", 20)])
+        unread = await add_lead(conn, [("sent", 1), ("opened", 2)])
+        # A purchase older than MAX_EVENTS newer events is outside what any condition sees, filtered or not.
+        buried = await add_lead(conn, [("purchased", 100_000)])
+        await conn.execute(
+            """INSERT INTO events (lead_id, type, occurred_at)
+               SELECT %s, 'sent', %s - make_interval(mins => g) FROM generate_series(1, %s) g""",
+            (buried, NOW, MAX_EVENTS),
+        )
+
+        leads = [reader, unread, buried]
+        filtered = await load_condition_facts(conn, leads, NOW, lead_rows=leads, event_types={"purchased"})
+        everything = await load_condition_facts(conn, leads, NOW, lead_rows=leads)
+        nothing = await load_condition_facts(conn, leads, NOW, lead_rows=[reader], event_types=set())
+
+    assert [(e.type, e.at) for e in filtered[reader].events] == [
+        ("purchased", NOW - timedelta(minutes=5)),
+        ("purchased", NOW - timedelta(minutes=20)),
+    ]
+    assert [e for e in everything[reader].events if e.type == "purchased"] == list(filtered[reader].events)
+    assert filtered[unread].events == []
+    assert filtered[buried].events == []
+    assert len(everything[buried].events) == MAX_EVENTS
+    assert all(e.type == "sent" for e in everything[buried].events)
+    assert all(filtered[lead].lead == everything[lead].lead is not None for lead in leads)
+    assert {lead: facts.events for lead, facts in nothing.items()} == {reader: [], unread: [], buried: []}
+    assert nothing[reader].lead == everything[reader].lead
+    assert nothing[unread].lead is None

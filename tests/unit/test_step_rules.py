@@ -83,3 +83,29 @@ def test_variants_are_deterministic_and_shared_by_weight() -> None:
     assert set(shares) == {"a", "b"}
     assert 0.2 < shares["a"] / len(leads) < 0.3  # weight 1 of 4
     assert choose_variant(leads[0], sequence, rules().steps[0]) is None
+
+
+def test_the_event_types_read_at_a_step_are_those_of_exit_when_and_the_steps_own_conditions() -> None:
+    spec: dict[str, Any] = {
+        "trigger": {"all": True},
+        "exitWhen": "events.exists(e, e.type == 'purchased')",
+        "steps": [
+            {"name": "a", "subject": "x", "text": "y", "when": "!events.exists(e, e.type == 'opened')"},
+            {
+                "name": "b",
+                "subject": "x",
+                "text": "y",
+                "waitFor": {"condition": "events.exists(e, e.type == 'clicked')", "timeout": "1d"},
+            },
+            {"name": "c", "subject": "x", "text": "y", "when": "size(events) < 10"},
+            {"name": "d", "subject": "x", "text": "y", "when": "lead.source == 'web'"},
+        ],
+    }
+    revision = rules_of_spec(msgspec.convert(spec, SequenceSpec))
+    assert revision.event_types_read(0) == {"purchased", "opened"}
+    assert revision.event_types_read(1) == {"purchased", "clicked"}
+    assert revision.event_types_read(2) is None
+    assert revision.event_types_read(3) == {"purchased"}
+    assert revision.event_types_read(4) == {"purchased"}  # past the last step: exitWhen alone
+    assert revision.names_lead
+    assert not rules().names_lead
