@@ -28,7 +28,7 @@ from services.common.message_lifecycle import transitions as lifecycle
 from services.common.message_lifecycle.transitions import NewMessage
 from services.common.send_window import Window, next_send_time
 from services.common.step_rules import Action, RevisionRules, choose_variant, decide_step
-from services.scheduler.enrollment import RevisionKey, message_id, revision_key, revision_rules, window_of
+from services.scheduler.enrollment import message_id, revision_key, revision_rules, window_of
 from services.scheduler.facts import load_condition_facts
 
 
@@ -101,16 +101,22 @@ async def emit_due_steps(
     variant_of: dict[uuid.UUID, str | None] = {}
     updates: Updates = ([], [], [], [], [], [])
     records: list[tuple[uuid.UUID, uuid.UUID, uuid.UUID, int, int, str, str]] = []
-    rules = await revision_rules(conn, {revision_key(r) for r in rows if r["has_rules"]})
-    with_facts = [r for r in rows if r["has_rules"] and rules[revision_key(r)].needs_facts(int(r["next_step"]))]  # type: ignore[call-overload]
+    keys = [revision_key(r) if r["has_rules"] else None for r in rows]
+    rules = await revision_rules(conn, {key for key in keys if key is not None})
+    rules_of_row = [None if key is None else rules.get(key) for key in keys]
+    with_facts = [
+        (row, revision)
+        for row, revision in zip(rows, rules_of_row, strict=True)
+        if revision is not None and revision.needs_facts(int(row["next_step"]))  # type: ignore[call-overload]
+    ]
     facts = await load_condition_facts(
         conn,
-        [r["lead_id"] for r in with_facts],  # type: ignore[misc]
+        [row["lead_id"] for row, _ in with_facts],  # type: ignore[misc]
         now,
-        lead_rows=[r["lead_id"] for r in with_facts if rules[revision_key(r)].names_lead],  # type: ignore[misc]
-        event_types=_event_types_read(rules, with_facts),
+        lead_rows=[row["lead_id"] for row, revision in with_facts if revision.names_lead],  # type: ignore[misc]
+        event_types=_event_types_read(with_facts),
     )
-    for row in rows:
+    for row, revision_rules_ in zip(rows, rules_of_row, strict=True):
         enrollment: uuid.UUID = row["id"]  # type: ignore[assignment]
         lead: uuid.UUID = row["lead_id"]  # type: ignore[assignment]
         sequence: uuid.UUID = row["sequence_id"]  # type: ignore[assignment]
@@ -121,7 +127,6 @@ async def emit_due_steps(
         resume_at: datetime | None = row["resume_at"]  # type: ignore[assignment]
         wait_deadline: datetime | None = row["wait_deadline"]  # type: ignore[assignment]
         variant: str | None = None
-        revision_rules_ = rules.get(revision_key(row)) if row["has_rules"] else None
         if revision_rules_ is not None and position < len(revision_rules_.steps):
             decision = decide_step(
                 revision_rules_,
@@ -199,14 +204,12 @@ async def emit_due_steps(
     return emitted
 
 
-def _event_types_read(
-    rules: Mapping[RevisionKey, RevisionRules], rows: Sequence[dict[str, object]]
-) -> frozenset[str] | None:
+def _event_types_read(due: Sequence[tuple[Mapping[str, object], RevisionRules]]) -> frozenset[str] | None:
     """The event types any of these due steps' conditions can read (None: any), so the batch's facts
     query returns only those: the facts of a lead are shared by its due steps in the batch."""
     kinds: frozenset[str] = frozenset()
-    for key, position in {(revision_key(r), int(r["next_step"])) for r in rows}:  # type: ignore[call-overload]
-        read = rules[key].event_types_read(position)
+    for row, rules in due:
+        read = rules.event_types_read(int(row["next_step"]))  # type: ignore[call-overload]
         if read is None:
             return None
         kinds |= read
