@@ -2,9 +2,10 @@
 on a short schedule), a few hundred leads through a three-step Sequence, and at least one fault of each
 kind (kill -9 of an intake, a scheduler, a dispatcher and a webhooks deliverer, a broker pause, a broker
 restart — Tansu loses everything, Apache Kafka keeps its log —, a PostgreSQL restart, an SMTP 4xx period,
-the webhook receiver answering 503 for a while; 550 for chosen addresses throughout). On Tansu with 50
-faults, on Apache Kafka with 12 (each fault kind is there; the run is shorter, so the suite's added time
-stays modest).
+the webhook receiver answering 503 for a while; 550 for chosen addresses throughout). On Tansu with 20
+faults, on Apache Kafka with 12: each fault kind is there, and the suite's added time stays modest (50
+faults on Tansu took 165 s of a CI budget of 25 minutes; the default `bench.chaos` run injects 50 and
+more).
 
 The assertions are the invariants only, never timings: nothing lost, nothing duplicated outside the
 recorded ``sending`` window, nothing stuck, the dead letters exactly the permanently rejected messages.
@@ -22,8 +23,8 @@ from tests.support.services import BROKERS
 
 pytestmark = pytest.mark.e2e
 
-# Faults at least, per broker (bench.chaos's default is 50).
-MIN_FAULTS = {"tansu": 50, "kafka": 12}
+# Faults at least, per broker (bench.chaos's default is 50; the default run's figures are in reliability.md).
+MIN_FAULTS = {"tansu": 20, "kafka": 12}
 
 
 @pytest.mark.parametrize("broker", BROKERS)
