@@ -46,3 +46,19 @@ def test_an_unmapped_event_type_still_appears_generically() -> None:
 def test_a_cursor_not_issued_by_the_timeline_is_refused(text: str) -> None:
     with pytest.raises(InvalidCursor):
         decode_cursor(text)
+
+
+@pytest.mark.parametrize(
+    ("text", "known", "expected"),
+    [
+        ("250 2.0.0 Ok: queued as 4Xy", ["jane.doe@example.com", "jane.doe", "Jane"], "250 2.0.0 Ok: queued as 4Xy"),
+        ("550 JANE.DOE... User unknown", ["jane.doe@example.com", "jane.doe"], "550 redacted... User unknown"),
+        # Non-ASCII text or value: decided by the regular expression (IGNORECASE folds more than lower()).
+        ("550 ZOË unknown", ["Zoë"], "550 redacted unknown"),
+        ("550 \u212aATE unknown", ["kate"], "550 redacted unknown"),  # KELVIN SIGN matches k
+    ],
+)
+def test_known_values_are_removed_case_insensitively_whether_or_not_a_pattern_is_compiled(
+    text: str, known: list[str], expected: str
+) -> None:
+    assert redact_addresses(text, known) == expected
