@@ -127,6 +127,9 @@ UNSUBSCRIBE_MAILTO: config.unsubscribeMailto
 DOUBLE_OPT_IN: config.doubleOptIn.mode
 CONFIRMATION_SUBJECT: config.doubleOptIn.confirmationSubject
 CONFIRMATION_TEMPLATE_FILE: config.doubleOptIn.confirmationTemplate (or existingConfigMap)
+SMTP_RATE_PER_S: dispatcher.smtpRatePerSecond
+TRACK_OPENS: dispatcher.trackOpens
+TRACK_CLICKS: dispatcher.trackClicks
 TRUSTED_PROXIES: intake.trustedProxies
 PUBLIC_FORM_ORIGINS: intake.publicFormOrigins
 SNS_TOPIC_ARNS: intake.snsTopicArns
