@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import importlib.util
 import re
+import subprocess
 from functools import cache
 from pathlib import Path
 from typing import Any
@@ -18,7 +19,7 @@ import pytest
 import yaml
 
 from services.common.config import BusSettings
-from tests.chart.test_chart import MINIMAL, ROOT, Manifest, of_kind, pod_specs, render, render_error
+from tests.chart.test_chart import CHART, MINIMAL, ROOT, Manifest, helm, of_kind, pod_specs, render, render_error
 
 PRODUCTION = ROOT / "charts" / "healingwork" / "ci" / "production-values.yaml"
 EXISTING_SECRET = ROOT / "charts" / "healingwork" / "ci" / "existing-secret-values.yaml"
@@ -103,6 +104,29 @@ def env_of(manifests: list[Manifest], command: str) -> dict[str, Any]:
     return own_env(manifests)[command]
 
 
+def render_with_template(tmp_path: Path, template: str, *values: Path) -> subprocess.CompletedProcess[str]:
+    """helm template with the confirmation template from a file, as docs/deployment.md shows (--set-file)."""
+    path = tmp_path / "confirmation.html"
+    path.write_text(template)
+    arguments = [arg for value in values for arg in ("--values", str(value))]
+    return helm(
+        "template",
+        "healingwork",
+        CHART,
+        "--namespace",
+        "mail",
+        *arguments,
+        "--set-file",
+        f"config.doubleOptIn.confirmationTemplate={path}",
+    )
+
+
+def rendered_with_template(tmp_path: Path, template: str, *values: Path) -> list[Manifest]:
+    result = render_with_template(tmp_path, template, *values)
+    assert result.returncode == 0, result.stderr
+    return [doc for doc in yaml.safe_load_all(result.stdout) if doc]
+
+
 def dispatcher_pod(manifests: list[Manifest]) -> Manifest:
     [deployment] = [d for d in of_kind(manifests, "Deployment") if d["metadata"]["name"] == "healingwork-dispatcher"]
     return deployment["spec"]["template"]
@@ -138,8 +162,8 @@ def test_extra_env_refuses_every_setting_the_chart_sets_naming_the_value_to_use(
 
 
 def test_extra_env_still_takes_a_setting_without_a_value() -> None:
-    manifests = render(MINIMAL, sets=("config.extraEnv.DISPATCH_CONCURRENCY=32",))
-    assert release_config(manifests)["DISPATCH_CONCURRENCY"] == "32"
+    manifests = render(MINIMAL, sets=("config.extraEnv.SMTP_RATE_NAME=eu-relay",))
+    assert release_config(manifests)["SMTP_RATE_NAME"] == "eu-relay"
 
 
 # --- each value reaches exactly the pods that read it ---------------------------------------------------
@@ -261,8 +285,8 @@ def test_every_topic_comes_from_the_one_configmap_for_every_component() -> None:
 # --- the confirmation email template --------------------------------------------------------------------
 
 
-def test_the_confirmation_template_is_a_configmap_mounted_read_only_into_the_dispatcher_only() -> None:
-    manifests = render(MINIMAL, sets=(f"config.doubleOptIn.confirmationTemplate={TEMPLATE}",))
+def test_the_confirmation_template_is_a_configmap_mounted_read_only_into_the_dispatcher_only(tmp_path: Path) -> None:
+    manifests = rendered_with_template(tmp_path, TEMPLATE, MINIMAL)
 
     [template] = [m for m in of_kind(manifests, "ConfigMap") if m["metadata"]["name"] != "healingwork"]
     assert template["metadata"]["name"] == "healingwork-confirmation-template"
@@ -286,9 +310,9 @@ def test_the_confirmation_template_is_a_configmap_mounted_read_only_into_the_dis
     assert mounted == {"Deployment/healingwork-dispatcher"}
 
 
-def test_a_changed_confirmation_template_rolls_the_dispatcher() -> None:
+def test_a_changed_confirmation_template_rolls_the_dispatcher(tmp_path: Path) -> None:
     def checksum(template: str) -> str:
-        pod = dispatcher_pod(render(MINIMAL, sets=(f"config.doubleOptIn.confirmationTemplate={template}",)))
+        pod = dispatcher_pod(rendered_with_template(tmp_path, template, MINIMAL))
         value: str = pod["metadata"]["annotations"]["checksum/confirmation-template"]
         return value
 
@@ -307,10 +331,10 @@ def test_an_existing_configmap_is_mounted_and_the_chart_renders_none() -> None:
     assert "checksum/confirmation-template" not in pod["metadata"]["annotations"]
 
 
-def test_a_template_and_an_existing_configmap_together_are_rejected() -> None:
-    error = render_error(
-        "--values", EXISTING_SECRET, "--set", f"config.doubleOptIn.confirmationTemplate={TEMPLATE}"
-    )
+def test_a_template_and_an_existing_configmap_together_are_rejected(tmp_path: Path) -> None:
+    result = render_with_template(tmp_path, TEMPLATE, EXISTING_SECRET)
+    error = result.stderr
+    assert result.returncode != 0
     assert "config.doubleOptIn.confirmationTemplate and config.doubleOptIn.existingConfigMap" in error
 
 
