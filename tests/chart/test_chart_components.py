@@ -311,8 +311,8 @@ def test_metrics_and_the_schema_stay_off_the_public_port() -> None:
 
 def test_the_production_example_trusts_only_the_ingress_controllers_addresses() -> None:
     # Trusting a whole pod network (10.0.0.0/8) let any pod write its own X-Forwarded-For.
-    config = named(render(PRODUCTION), "ConfigMap", "healingwork")["data"]
-    networks = [ipaddress.ip_network(part.strip()) for part in config["TRUSTED_PROXIES"].split(",")]
+    intake = container_env(named(render(PRODUCTION), "Deployment", "healingwork-intake"))
+    networks = [ipaddress.ip_network(part.strip()) for part in intake["TRUSTED_PROXIES"].split(",")]
 
     assert networks
     assert all(network.num_addresses <= 256 for network in networks), networks

@@ -200,7 +200,7 @@ def test_the_cronjob_failed_alert_clears_after_a_later_success(tmp_path: Path) -
 def test_the_consumer_lag_alert_selects_the_releases_own_consumer_groups() -> None:
     [plain] = alert_rules(render_release("healingwork", PRODUCTION), "HealingworkConsumerLag")
     [prefixed] = alert_rules(
-        render_release("healingwork", PRODUCTION, sets=("config.extraEnv.KAFKA_GROUP_PREFIX=eu.prod-",)),
+        render_release("healingwork", PRODUCTION, sets=("config.kafkaGroupPrefix=eu.prod-",)),
         "HealingworkConsumerLag",
     )
 

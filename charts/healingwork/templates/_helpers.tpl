@@ -92,8 +92,86 @@ TOPIC_LEADS_ACCEPTED: {{ $c.topics.leadsAccepted | quote }}
 TOPIC_EMAIL_DISPATCH: {{ $c.topics.emailDispatch | quote }}
 TOPIC_EMAIL_EVENTS: {{ $c.topics.emailEvents | quote }}
 TOPIC_EMAIL_DLQ: {{ $c.topics.emailDlq | quote }}
+TOPIC_LEADS_SUPPRESSED: {{ $c.topics.leadsSuppressed | quote }}
+TOPIC_LIFECYCLE_EVENTS: {{ $c.topics.lifecycleEvents | quote }}
+{{- with $c.kafkaGroupPrefix }}
+KAFKA_GROUP_PREFIX: {{ . | quote }}
+{{- end }}
 {{- range $name, $value := $c.extraEnv }}
 {{ $name }}: {{ $value | quote }}
+{{- end }}
+{{- end }}
+
+{{/*
+Every environment variable the chart sets, and the value (or reason) it comes from: config.extraEnv may not
+name one (a second, conflicting place for one setting; a secret would land in the ConfigMap).
+*/}}
+{{- define "healingwork.chartSettings" -}}
+KAFKA_BOOTSTRAP_SERVERS: config.kafkaBootstrapServers
+PUBLIC_BASE_URL: config.publicBaseUrl
+FROM_EMAIL: config.fromEmail
+FROM_NAME: config.fromName
+LOG_LEVEL: config.logLevel
+KAFKA_PARTITIONS: config.kafkaPartitions
+KAFKA_REPLICATION_FACTOR: config.kafkaReplicationFactor
+KAFKA_TOPIC_RETENTION_HOURS: config.kafkaTopicRetentionHours
+TOPIC_LEADS_ACCEPTED: config.topics.leadsAccepted
+TOPIC_EMAIL_DISPATCH: config.topics.emailDispatch
+TOPIC_EMAIL_EVENTS: config.topics.emailEvents
+TOPIC_EMAIL_DLQ: config.topics.emailDlq
+TOPIC_LEADS_SUPPRESSED: config.topics.leadsSuppressed
+TOPIC_LIFECYCLE_EVENTS: config.topics.lifecycleEvents
+KAFKA_GROUP_PREFIX: config.kafkaGroupPrefix
+LIST_ID_DOMAIN: config.listIdDomain
+UNSUBSCRIBE_MAILTO: config.unsubscribeMailto
+DOUBLE_OPT_IN: config.doubleOptIn.mode
+CONFIRMATION_SUBJECT: config.doubleOptIn.confirmationSubject
+CONFIRMATION_TEMPLATE_FILE: config.doubleOptIn.confirmationTemplate (or existingConfigMap)
+SMTP_RATE_PER_S: dispatcher.smtpRatePerSecond
+TRACK_OPENS: dispatcher.trackOpens
+TRACK_CLICKS: dispatcher.trackClicks
+TRUSTED_PROXIES: intake.trustedProxies
+PUBLIC_FORM_ORIGINS: intake.publicFormOrigins
+SNS_TOPIC_ARNS: intake.snsTopicArns
+OPENAPI_ENABLED: intake.openapi
+OPERATOR_NAMESPACES: operator.watchNamespaces (or operator.clusterWide)
+OPERATOR_REFRESH_INTERVAL_S: operator.refreshIntervalSeconds
+PUSHGATEWAY_URL: jobs.pushgatewayUrl
+PORT: the chart (the intake listens on 8000)
+HEALTH_PORT: the chart (every service's health port is 8080)
+DATABASE_URL: secrets.databaseUrl (or secrets.existingSecret)
+HMAC_SECRET: secrets.hmacSecret (or secrets.existingSecret)
+SMTP_URL: secrets.smtpUrl (or secrets.existingSecret)
+SUPPRESSION_HASH_KEY: secrets.suppressionHashKey (or secrets.existingSecret)
+HMAC_SECRET_PREVIOUS: secrets.hmacSecretPrevious (or secrets.existingSecret)
+WEBHOOK_SECRET: secrets.webhookSecret (or secrets.existingSecret)
+REQUEST_SIGNING_KEYS: secrets.requestSigningKeys (or secrets.existingSecret)
+{{- end }}
+
+{{/* The confirmation email template's ConfigMap: the chart's own, or the one named in existingConfigMap. */}}
+{{- define "healingwork.confirmationTemplateConfigMap" -}}
+{{- $d := .Values.config.doubleOptIn }}
+{{- if $d.existingConfigMap }}
+{{- $d.existingConfigMap }}
+{{- else if $d.confirmationTemplate }}
+{{- include "healingwork.componentName" (dict "root" . "component" "confirmation-template") }}
+{{- end }}
+{{- end }}
+
+{{/* Where the dispatcher finds the confirmation template (CONFIRMATION_TEMPLATE_FILE). */}}
+{{- define "healingwork.confirmationTemplateDir" -}}
+/etc/healingwork/confirmation-template
+{{- end }}
+
+{{/*
+An env entry `- name: NAME / value: "..."` only when the value is set, so a value left empty leaves the
+service's own default. Parameters: name, value (a string, or a list joined with commas).
+*/}}
+{{- define "healingwork.optionalEnv" -}}
+{{- $value := kindIs "slice" .value | ternary (join "," .value) (.value | toString) }}
+{{- if $value }}
+- name: {{ .name }}
+  value: {{ $value | quote }}
 {{- end }}
 {{- end }}
 
@@ -139,6 +217,18 @@ in one round (the services validate the same settings again at start-up, in more
 {{- $problems = append $problems "secrets.suppressionHashKey must be at least 32 bytes: generate one with openssl rand -hex 32" }}
 {{- end }}
 {{- end }}
+{{- $d := $c.doubleOptIn }}
+{{- if and $d.confirmationTemplate $d.existingConfigMap }}
+{{- $problems = append $problems (printf "config.doubleOptIn.confirmationTemplate and config.doubleOptIn.existingConfigMap (%s) are both set: the confirmation template comes from one of them" $d.existingConfigMap) }}
+{{- else if and $d.confirmationTemplate (not (contains "confirm_url" $d.confirmationTemplate)) }}
+{{- $problems = append $problems "config.doubleOptIn.confirmationTemplate never shows {{ confirm_url }}: nobody could confirm (the dispatcher would refuse to start)" }}
+{{- end }}
+{{- $chartSettings := include "healingwork.chartSettings" . | fromYaml }}
+{{- range $name := keys $c.extraEnv | sortAlpha }}
+{{- if hasKey $chartSettings $name }}
+{{- $problems = append $problems (printf "config.extraEnv.%s: the chart sets %s from %s; set that instead" $name $name (get $chartSettings $name)) }}
+{{- end }}
+{{- end }}
 {{- if $problems }}
 {{- fail (printf "\n\nhealingwork: invalid values:\n  - %s\n" (join "\n  - " $problems)) }}
 {{- end }}
@@ -169,7 +259,8 @@ in one round (the services validate the same settings again at start-up, in more
 A Deployment of one long-running command. Parameters: root (the chart context), component (its name and
 the `healingwork` sub-command), values (its block of values), secretKeys (the secret settings it reads),
 ports, env, probes, lifecycle and strategy (YAML fragments), serviceAccountName (only for a process that
-calls the Kubernetes API).
+calls the Kubernetes API), and optionally annotations, volumes and volumeMounts (YAML fragments added to
+the pod's own).
 */}}
 {{- define "healingwork.deployment" -}}
 {{- $root := .root -}}
@@ -205,6 +296,9 @@ spec:
         checksum/config: {{ include "healingwork.configData" $root | sha256sum }}
         {{- if not $root.Values.secrets.existingSecret }}
         checksum/secret: {{ $root.Values.secrets | toJson | sha256sum }}
+        {{- end }}
+        {{- with .annotations }}
+        {{- . | nindent 8 }}
         {{- end }}
         {{- with $values.podAnnotations }}
         {{- toYaml . | nindent 8 }}
@@ -257,8 +351,14 @@ spec:
             {{- toYaml $root.Values.securityContext | nindent 12 }}
           volumeMounts:
             {{- include "healingwork.tmpVolumeMount" $root | nindent 12 }}
+            {{- with .volumeMounts }}
+            {{- . | nindent 12 }}
+            {{- end }}
       volumes:
         {{- include "healingwork.tmpVolume" $root | nindent 8 }}
+        {{- with .volumes }}
+        {{- . | nindent 8 }}
+        {{- end }}
       {{- with $values.nodeSelector }}
       nodeSelector:
         {{- toYaml . | nindent 8 }}
