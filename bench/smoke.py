@@ -8,16 +8,18 @@ The same code runs at sizes that only show it still works: the figures of a smok
 from __future__ import annotations
 
 import argparse
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 
 SMOKE_HELP = "a tiny run that only checks the benchmark works (the test suite's); its figures mean nothing"
 
 
-def parse_arguments(parser: argparse.ArgumentParser, smoke: Mapping[str, object]) -> argparse.Namespace:
-    """The command line with ``--smoke`` added. With it, each size in ``smoke`` (an option's name, or a
-    default the benchmark set with ``parser.set_defaults`` for a size it has no option for) takes its
-    tiny value unless the command line gives that option itself."""
+def parse_arguments(
+    parser: argparse.ArgumentParser, smoke: Mapping[str, object], argv: Sequence[str] | None = None
+) -> argparse.Namespace:
+    """The command line (``argv``, else ``sys.argv``) with ``--smoke`` added. With it, each size in
+    ``smoke`` (an option's name, or a default the benchmark set with ``parser.set_defaults`` for a size
+    it has no option for) takes its tiny value unless the command line gives that option itself."""
     parser.add_argument("--smoke", action="store_true", help=SMOKE_HELP)
-    if parser.parse_known_args()[0].smoke:
+    if parser.parse_known_args(argv)[0].smoke:
         parser.set_defaults(**smoke)
-    return parser.parse_args()
+    return parser.parse_args(argv)
