@@ -9,15 +9,19 @@ alone. The last output line is one JSON object.
   lead with 100 events, building the variables included (what the scheduler pays per due step with
   one condition); ``evaluate_us_1000`` the same with 1,000 events (the cap, :data:`MAX_EVENTS`).
 * ``evaluate_again_us_100``: a second condition over the same lead (variables converted once per lead).
+
+``--smoke`` (bench/smoke.py) times 20 rounds instead of 2,000.
 """
 
 from __future__ import annotations
 
+import argparse
 import json
 import statistics
 import time
 from datetime import UTC, datetime, timedelta
 
+from bench.smoke import parse_arguments
 from services.common.conditions import (
     ConditionFacts,
     EventFact,
@@ -29,6 +33,7 @@ from services.common.conditions import (
 NOW = datetime(2026, 1, 14, 10, 0, tzinfo=UTC)
 CONDITION = "events.exists(e, e.type == 'opened' && e.step == 'hello')"
 ROUNDS = 2_000
+SMOKE = {"rounds": 20}  # --smoke (bench/smoke.py)
 
 
 def facts(events: int) -> ConditionFacts:
@@ -58,6 +63,9 @@ def per_call_us(action: object, rounds: int) -> float:
 
 
 def main() -> None:
+    parser = argparse.ArgumentParser(prog="python -m bench.conditions", description=__doc__.split("\n\n")[0])
+    parser.set_defaults(rounds=ROUNDS)
+    rounds = parse_arguments(parser, SMOKE).rounds
     condition = compile_condition(CONDITION)
 
     def compile_uncached() -> None:
@@ -72,10 +80,10 @@ def main() -> None:
     result = {
         "benchmark": "conditions",
         "library": "cel-expr-python",
-        "compile_us": per_call_us(compile_uncached, 200),
-        "evaluate_us_100": per_call_us(evaluate_fresh(100), ROUNDS),
-        "evaluate_us_1000": per_call_us(evaluate_fresh(1000), ROUNDS // 10),
-        "evaluate_again_us_100": per_call_us(lambda: evaluate(condition, warm), ROUNDS),
+        "compile_us": per_call_us(compile_uncached, rounds // 10),
+        "evaluate_us_100": per_call_us(evaluate_fresh(100), rounds),
+        "evaluate_us_1000": per_call_us(evaluate_fresh(1000), rounds // 10),
+        "evaluate_again_us_100": per_call_us(lambda: evaluate(condition, warm), rounds),
     }
     print(json.dumps(result))
 

@@ -12,7 +12,8 @@
 
 Everything is local: embedded PostgreSQL, the embedded Tansu broker, and ``bench.smtp_sink`` (a
 minimal sink in its own process). The last line of output is one JSON object. ``BENCH_PROFILE=1``
-runs each dispatcher under cProfile (``/tmp/prof-<port>.out``).
+runs each dispatcher under cProfile (``/tmp/prof-<port>.out``). ``--smoke`` (bench/smoke.py): the sizes
+of ``SMOKE`` for the options not given.
 """
 
 from __future__ import annotations
@@ -35,6 +36,7 @@ import psycopg
 from aiokafka import AIOKafkaProducer
 
 from bench.postfix_sink import ensure_smtp_sink, start_smtp_sink
+from bench.smoke import parse_arguments
 from devstack.embedded import EmbeddedBroker, EmbeddedPostgres, find_free_port
 from proto.codec import encode_message
 from proto.messages import EmailDispatch
@@ -65,6 +67,8 @@ SEQUENCE = {
         ],
     },
 }
+# --smoke (bench/smoke.py)
+SMOKE = {"messages": 200, "concurrency": 4, "batch": 50, "partitions": 2, "ceiling_seconds": 0.5, "timeout": 120.0}
 
 
 def log(text: str) -> None:
@@ -266,7 +270,7 @@ async def main() -> None:
     parser.add_argument(
         "--python-sink", action="store_true", help="use bench.smtp_sink even when Postfix's smtp-sink is available"
     )
-    args = parser.parse_args()
+    args = parse_arguments(parser, SMOKE)
 
     with tempfile.TemporaryDirectory(prefix="bench-dispatch-") as tmp:
         postgres = EmbeddedPostgres(Path(tmp) / "pg")

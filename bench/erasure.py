@@ -7,16 +7,20 @@ Erasure deletes the person's outbox rows by key and also any row whose payload c
 (a sequential scan of the outbox, which is bounded by ``OUTBOX_RETENTION_HOURS``). ``erase_ms_<n>`` is
 the median time of ``erase_address`` (rolled back, so each run erases the same data) with ``n``
 published outbox rows of other leads; ``scan_ratio`` is the largest over the smallest.
+
+``--smoke`` (bench/smoke.py) fills 1,000 and 5,000 rows, twice each: the keys name those sizes.
 """
 
 from __future__ import annotations
 
+import argparse
 import statistics
 import time
 
 import psycopg
 
 from bench.scheduler import drop_database, fresh_database, print_measured_on_postgres
+from bench.smoke import parse_arguments
 from services.common.config import DatabaseSettings
 from services.common.db import connect
 from services.common.migrate import apply_migrations
@@ -24,6 +28,7 @@ from services.intake.erasure import erase_address
 
 SIZES = (10_000, 100_000, 500_000)
 RUNS = 5
+SMOKE = {"sizes": (1_000, 5_000), "runs": 2}  # --smoke (bench/smoke.py)
 HASH_KEY = "0f3a6c9e2b5d8f1a4c7e0b3d6f9a2c5e8b1d4f7a"
 
 
@@ -41,11 +46,11 @@ async def fill_outbox(url: str, rows: int) -> None:
         await conn.execute("VACUUM ANALYZE outbox")
 
 
-async def erase_timing(url: str) -> float:
+async def erase_timing(url: str, runs: int) -> float:
     conn = await connect(DatabaseSettings(database_url=url, db_statement_timeout_s=600))
     timings = []
     async with conn:
-        for _ in range(RUNS):
+        for _ in range(runs):
             async with conn.transaction(force_rollback=True):
                 started = time.perf_counter()
                 erased = await erase_address(
@@ -56,7 +61,7 @@ async def erase_timing(url: str) -> float:
     return statistics.median(timings) * 1000
 
 
-async def measure(server_url: str) -> dict[str, object]:
+async def measure(server_url: str, sizes: tuple[int, ...], runs: int) -> dict[str, object]:
     url = fresh_database(server_url)
     try:
         apply_migrations(url)
@@ -66,11 +71,11 @@ async def measure(server_url: str) -> dict[str, object]:
                    VALUES (gen_random_uuid(), 'Erase.Me@example.com', 'erase.me@example.com', 'bench', true)"""
             )
         result: dict[str, object] = {"benchmark": "erasure"}
-        for size in SIZES:
+        for size in sizes:
             await fill_outbox(url, size)
-            result[f"erase_ms_{size}"] = round(await erase_timing(url), 2)
-            print(f"{size} outbox rows: erase in {result[f'erase_ms_{size}']} ms (median of {RUNS})")
-        smallest, largest = result[f"erase_ms_{SIZES[0]}"], result[f"erase_ms_{SIZES[-1]}"]
+            result[f"erase_ms_{size}"] = round(await erase_timing(url, runs), 2)
+            print(f"{size} outbox rows: erase in {result[f'erase_ms_{size}']} ms (median of {runs})")
+        smallest, largest = result[f"erase_ms_{sizes[0]}"], result[f"erase_ms_{sizes[-1]}"]
         result["scan_ratio"] = round(float(largest) / max(float(smallest), 0.001), 1)  # type: ignore[arg-type]
         return result
     finally:
@@ -78,7 +83,10 @@ async def measure(server_url: str) -> dict[str, object]:
 
 
 def main() -> None:
-    print_measured_on_postgres(measure)
+    parser = argparse.ArgumentParser(prog="python -m bench.erasure", description=__doc__.split("\n\n")[0])
+    parser.set_defaults(sizes=SIZES, runs=RUNS)
+    args = parse_arguments(parser, SMOKE)
+    print_measured_on_postgres(lambda url: measure(url, args.sizes, args.runs))
 
 
 if __name__ == "__main__":

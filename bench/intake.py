@@ -13,6 +13,7 @@ over HTTP from this process:
    latency counts from the scheduled time, so a stall is not hidden by the generator waiting).
 
 The last line of output is one JSON object. Nothing here is a test: figures go to docs/performance.md.
+``--smoke`` (bench/smoke.py): the sizes of ``SMOKE`` for the options not given.
 """
 
 from __future__ import annotations
@@ -34,11 +35,13 @@ from pathlib import Path
 import aiohttp
 import psycopg
 
+from bench.smoke import parse_arguments
 from devstack.embedded import EmbeddedBroker, EmbeddedPostgres, find_free_port
 from services.common.migrate import apply_migrations
 from tests.support.intake import create_api_client
 
 ROOT = Path(__file__).resolve().parents[1]
+SMOKE = {"concurrency": 4, "seconds": 1.0}  # --smoke (bench/smoke.py)
 
 
 def lead_body(run: str, n: int) -> bytes:
@@ -129,8 +132,9 @@ async def measure(base_url: str, key: str, database_url: str, concurrency: int, 
     connector = aiohttp.TCPConnector(limit=0)
     async with aiohttp.ClientSession(base_url, connector=connector) as session:
         # Warm-up: connections, caches, the JIT-less interpreter's first-call costs.
-        await closed_loop(session, "/bench/validate", plain, concurrency, 1.0, "warm")
-        await closed_loop(session, "/v1/leads", auth, concurrency, 1.0, "warm")
+        warm_up = min(1.0, seconds)
+        await closed_loop(session, "/bench/validate", plain, concurrency, warm_up, "warm")
+        await closed_loop(session, "/v1/leads", auth, concurrency, warm_up, "warm")
 
         validated, elapsed, _ = await closed_loop(session, "/bench/validate", plain, concurrency, seconds, "v")
         validate_only_per_s = validated / elapsed
@@ -178,7 +182,7 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0] if __doc__ else None)
     parser.add_argument("--concurrency", type=int, default=32)
     parser.add_argument("--seconds", type=float, default=8.0)
-    args = parser.parse_args()
+    args = parse_arguments(parser, SMOKE)
 
     with tempfile.TemporaryDirectory(prefix="bench-intake-") as tmp:
         postgres = EmbeddedPostgres(Path(tmp) / "pg")

@@ -16,6 +16,8 @@ batches of 1,000, one transaction each) and reports due steps per second:
 
 Each round is measured ``--repeats`` times (default 3) and the median kept; the rounds interleave so a
 machine that gets busier or quieter during the run affects all three alike.
+
+``--smoke`` (bench/smoke.py): the sizes of ``SMOKE`` for the options not given.
 """
 
 from __future__ import annotations
@@ -29,12 +31,15 @@ import statistics
 import psycopg
 
 from bench.scheduler import add_enrollments, drain, drop_database, fresh_database, prepare, print_measured_on_postgres
+from bench.smoke import parse_arguments
 from services.common.config import JobSettings
 from services.common.migrate import apply_migrations
 from services.jobs.aggregate_stats import aggregate_stats
 from services.jobs.purge import purge
 from services.jobs.retry_failed import retry_failed
 from services.jobs.runner import run_job
+
+SMOKE = {"due": 2_000, "repeats": 1}  # --smoke (bench/smoke.py)
 
 
 async def jobs_in_a_loop(url: str, stop: asyncio.Event) -> int:
@@ -112,7 +117,7 @@ def main() -> None:
     parser = argparse.ArgumentParser(prog="python -m bench.long_transaction", description=__doc__.split("\n\n")[0])
     parser.add_argument("--due", type=int, default=20_000, help="due enrollments per round (default 20,000)")
     parser.add_argument("--repeats", type=int, default=3, help="rounds per variant; the median is kept")
-    args = parser.parse_args()
+    args = parse_arguments(parser, SMOKE)
     print_measured_on_postgres(lambda url: measure(url, args.due, args.repeats))
 
 

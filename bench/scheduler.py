@@ -21,10 +21,14 @@ benchmark creates and drops its own database). The last output line is one JSON 
 * ``event_wake_ms_10k`` / ``event_wake_ms_1m``: median time of recording one event for a lead (the row
   and the trigger that wakes that lead's reacting enrollments, rolled back) among 10,000 and 1,000,000
   enrollments, 1% of them of reacting Sequences; ``wake_ratio`` = 1M over 10k (flat: indexed by lead).
+
+``--smoke`` (bench/smoke.py) drains 2,000 and scans 2,000 and 4,000 enrollments instead: seconds, not
+minutes; the keys keep their names.
 """
 
 from __future__ import annotations
 
+import argparse
 import asyncio
 import json
 import os
@@ -33,6 +37,7 @@ import tempfile
 import time
 import uuid
 from collections.abc import Callable, Coroutine
+from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
@@ -40,6 +45,7 @@ from typing import Any
 import psycopg
 from psycopg import sql
 
+from bench.smoke import parse_arguments
 from devstack.embedded import EmbeddedPostgres
 from services.common.config import DatabaseSettings
 from services.common.db import connect
@@ -52,6 +58,18 @@ DUE_FOR_THROUGHPUT = 20_000
 DUE_FOR_SCAN = 1_000
 BATCH = 1_000
 SEQUENCES = 10
+
+
+@dataclass(frozen=True)
+class Sizes:
+    """How many due enrollments each drain empties, and the two table sizes the scans run among."""
+
+    due: int = DUE_FOR_THROUGHPUT
+    scan_small: int = 10_000
+    scan_large: int = 1_000_000
+
+
+SMOKE = {"sizes": Sizes(due=2_000, scan_small=2_000, scan_large=4_000)}  # --smoke (bench/smoke.py)
 
 
 PLAIN, REACTING, READING_HISTORY = "bench", "bench-c", "bench-h"
@@ -223,16 +241,16 @@ def drop_database(server_url: str, url: str) -> None:
         conn.execute(sql.SQL("DROP DATABASE IF EXISTS {} WITH (FORCE)").format(sql.Identifier(url.rpartition("/")[2])))
 
 
-async def measure(server_url: str) -> dict[str, object]:
+async def measure(server_url: str, sizes: Sizes) -> dict[str, object]:
     url = fresh_database(server_url)
     try:
         apply_migrations(url)
         await prepare(url)
 
-        await add_enrollments(url, DUE_FOR_THROUGHPUT, due=True)
+        await add_enrollments(url, sizes.due, due=True)
         emitted, seconds = await drain(url)
-        assert emitted == DUE_FOR_THROUGHPUT, emitted
-        baseline_seconds = await baseline_inserts(url, DUE_FOR_THROUGHPUT)
+        assert emitted == sizes.due, emitted
+        baseline_seconds = await baseline_inserts(url, sizes.due)
         print(f"emitted {emitted} due steps in {seconds:.2f} s; plain inserts took {baseline_seconds:.2f} s")
 
         # The drained enrollments now wait two days for their second step: not due, still active.
@@ -244,10 +262,10 @@ async def measure(server_url: str) -> dict[str, object]:
             await conn.execute("VACUUM ANALYZE")
         conditions: dict[str, float] = {}
         for prefix in (REACTING, READING_HISTORY):
-            await add_enrollments(url, DUE_FOR_THROUGHPUT, due=True, prefix=prefix)
+            await add_enrollments(url, sizes.due, due=True, prefix=prefix)
             await add_history(url, 3)
             emitted_c, seconds_c = await drain(url)
-            assert emitted_c == DUE_FOR_THROUGHPUT, emitted_c
+            assert emitted_c == sizes.due, emitted_c
             conditions[prefix] = emitted_c / seconds_c
             print(f"emitted {emitted_c} due steps with conditions ({prefix}) in {seconds_c:.2f} s")
             async with await psycopg.AsyncConnection.connect(url, autocommit=True) as conn:
@@ -255,25 +273,27 @@ async def measure(server_url: str) -> dict[str, object]:
                     await conn.execute(sql.SQL("DELETE FROM {}").format(sql.Identifier(table)))
                 await conn.execute("VACUUM ANALYZE")
 
+        small, large = sizes.scan_small, sizes.scan_large
+        reacting_small, reacting_large = small // 100, large // 100
         await add_enrollments(url, DUE_FOR_SCAN, due=True)
-        await add_enrollments(url, 10_000 - DUE_FOR_SCAN - 100, due=False)
-        await add_enrollments(url, 100, due=False, prefix=REACTING)
+        await add_enrollments(url, small - DUE_FOR_SCAN - reacting_small, due=False)
+        await add_enrollments(url, reacting_small, due=False, prefix=REACTING)
         scan_10k = await scan_ms(url)
         wake_10k = await event_wake_ms(url)
-        print(f"due scan with 10,000 enrollments: {scan_10k:.2f} ms; one event's wake-up {wake_10k:.2f} ms")
-        await add_enrollments(url, 1_000_000 - 10_000 - 9_900, due=False)
-        await add_enrollments(url, 9_900, due=False, prefix=REACTING)
+        print(f"due scan with {small:,} enrollments: {scan_10k:.2f} ms; one event's wake-up {wake_10k:.2f} ms")
+        await add_enrollments(url, large - small - (reacting_large - reacting_small), due=False)
+        await add_enrollments(url, reacting_large - reacting_small, due=False, prefix=REACTING)
         async with await psycopg.AsyncConnection.connect(url, autocommit=True) as conn:
             await conn.execute("VACUUM ANALYZE enrollments")
         scan_1m = await scan_ms(url)
         wake_1m = await event_wake_ms(url)
-        print(f"due scan with 1,000,000 enrollments: {scan_1m:.2f} ms; one event's wake-up {wake_1m:.2f} ms")
+        print(f"due scan with {large:,} enrollments: {scan_1m:.2f} ms; one event's wake-up {wake_1m:.2f} ms")
     finally:
         drop_database(server_url, url)
     return {
         "due_steps_per_s": round(emitted / seconds),
-        "baseline_rows_per_s": round(DUE_FOR_THROUGHPUT / baseline_seconds),
-        "due_vs_baseline": round((emitted / seconds) / (DUE_FOR_THROUGHPUT / baseline_seconds), 3),
+        "baseline_rows_per_s": round(sizes.due / baseline_seconds),
+        "due_vs_baseline": round((emitted / seconds) / (sizes.due / baseline_seconds), 3),
         "scan_ms_10k": round(scan_10k, 3),
         "scan_ms_1m": round(scan_1m, 3),
         "scan_ratio": round(scan_1m / scan_10k, 3),
@@ -307,7 +327,10 @@ def print_measured_on_postgres(measure: Callable[[str], Coroutine[Any, Any, dict
 
 
 def main() -> None:
-    print_measured_on_postgres(measure)
+    parser = argparse.ArgumentParser(prog="python -m bench.scheduler", description=__doc__.split("\n\n")[0])
+    parser.set_defaults(sizes=Sizes())
+    args = parse_arguments(parser, SMOKE)
+    print_measured_on_postgres(lambda url: measure(url, args.sizes))
 
 
 if __name__ == "__main__":

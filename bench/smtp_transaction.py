@@ -5,7 +5,8 @@
 
 CPU time (``time.process_time``) of the sending process per transaction: unlike a rate, it changes
 little with what else a shared machine is doing. Postfix's ``smtp-sink`` (``bench/postfix_sink.py``)
-is the sink. The last line of output is one JSON object.
+is the sink. The last line of output is one JSON object. ``--smoke`` (bench/smoke.py): the sizes of
+``SMOKE`` for the options not given.
 """
 
 from __future__ import annotations
@@ -19,6 +20,7 @@ import time
 import aiosmtplib
 
 from bench.postfix_sink import ensure_smtp_sink, start_smtp_sink
+from bench.smoke import parse_arguments
 from devstack.embedded import find_free_port
 from services.dispatcher.smtp import mail_transaction
 
@@ -26,6 +28,7 @@ SENDER, RECIPIENT = "hello@example.com", "lead1234@example.com"
 DATA = b"From: Bench <hello@example.com>\r\nTo: lead1234@example.com\r\nSubject: hi\r\n\r\n" + (
     b"Hello there, this is a line of the body.\r\n" * 40
 )
+SMOKE = {"messages": 200, "connections": 4, "rounds": 1}  # --smoke (bench/smoke.py)
 
 
 async def cpu_per_transaction(port: int, kind: str, messages: int, connections: int) -> float:
@@ -55,7 +58,7 @@ async def main() -> None:
     parser.add_argument("--messages", type=int, default=8000)
     parser.add_argument("--connections", type=int, default=16)
     parser.add_argument("--rounds", type=int, default=4)
-    args = parser.parse_args()
+    args = parse_arguments(parser, SMOKE)
     binary = ensure_smtp_sink()
     if binary is None:
         raise SystemExit("Postfix's smtp-sink is not available here (see bench/postfix_sink.py)")
