@@ -22,23 +22,22 @@ from services.common.db import Connection
 # the scheduler's records.
 HIDDEN_EVENT_TYPES = ["failed", "dead", "skipped", "replayed", "step.skipped", "step.failed", "enrollment.exited"]
 
-# One statement for the batch: every lead that still exists (its columns only where a condition reads
-# ``lead``, and only on its first row), each with its newest events (none: one row of NULLs). A lead is
-# named by its position in the batch's array (an int), not its id, so no UUID is parsed per row; the
-# existence check probes the primary key per lead (OFFSET 0 keeps it a per-lead probe, not a hash
-# join over the whole leads table).
+# One statement for the batch: each lead with its newest events (none: one row of NULLs), and its row
+# only where a condition reads ``lead`` (a lead whose row is wanted and gone has no facts; the others
+# are not probed at all). A lead is named by its position in the batch's array (an int), not its id, so
+# no UUID is parsed per row; the row is read by a primary-key probe per lead (OFFSET 0 keeps it one, not
+# a hash join over the whole leads table).
 _FACTS = """
 SELECT w.n, w.wanted AND coalesce(ev.rn, 1) = 1 AS with_lead,
        l.email_normalized, l.first_name, l.last_name, l.source, l.tags, l.utm, l.locale, l.timezone,
        l.metadata, l.created_at,
        ev.type, ev.occurred_at, ev.automated, ev.properties, st.name AS step, s.name AS sequence, m.variant
 FROM unnest(%(leads)s::uuid[], %(wanted)s::bool[]) WITH ORDINALITY AS w(id, wanted, n)
-CROSS JOIN LATERAL (
-    SELECT CASE WHEN w.wanted THEN x.email_normalized END AS email_normalized,
-           x.first_name, x.last_name, x.source, x.tags, CASE WHEN w.wanted THEN x.utm END AS utm, x.locale,
-           x.timezone, CASE WHEN w.wanted THEN x.metadata END AS metadata, x.created_at
-    FROM leads x WHERE x.id = w.id OFFSET 0
-) l
+LEFT JOIN LATERAL (
+    SELECT x.email_normalized, x.first_name, x.last_name, x.source, x.tags, x.utm, x.locale, x.timezone,
+           x.metadata, x.created_at
+    FROM leads x WHERE w.wanted AND x.id = w.id OFFSET 0
+) l ON true
 LEFT JOIN LATERAL (
     SELECT y.*, row_number() OVER (ORDER BY y.occurred_at DESC) AS rn
     FROM (
@@ -55,6 +54,7 @@ LEFT JOIN sequence_steps st
        ON st.sequence_id = ev.sequence_id AND st.revision = ev.revision AND st.position = ev.step_position
 LEFT JOIN sequences s ON s.id = ev.sequence_id
 LEFT JOIN messages m ON m.id = ev.message_id
+WHERE NOT w.wanted OR l.created_at IS NOT NULL
 ORDER BY w.n, ev.rn
 """
 
@@ -67,8 +67,11 @@ async def load_condition_facts(
     lead_rows: Collection[uuid.UUID] | None = None,
     event_types: Collection[str] | None = None,
 ) -> dict[uuid.UUID, ConditionFacts]:
-    """The facts of each lead that still exists (an erased lead has none). ``lead_rows``: the leads
-    whose conditions read ``lead`` (default: all); the others get their events only. ``event_types``:
+    """The facts of each lead. ``lead_rows``: the leads whose conditions read ``lead`` (default: all);
+    their rows are read, and one that no longer exists (erased) has no facts. The others get their
+    events only, without a probe of ``leads`` (about a third of the statement): the scheduler's leads
+    exist, since erasing a lead deletes its enrollments and the scheduler holds those rows locked while
+    it reads. ``event_types``:
     the types the conditions can read (default: any); of each lead's newest :data:`MAX_EVENTS`
     events, only those are returned."""
     if not lead_ids:

@@ -1,6 +1,6 @@
 """What the scheduler's conditions see for a batch of leads (``load_condition_facts``), on a real
 PostgreSQL: each lead's own events, newest first, without the scheduler's bookkeeping; the lead's row
-only where a condition reads ``lead``; nothing for a lead that no longer exists."""
+only where a condition reads ``lead``; nothing for a lead whose row is read and no longer exists."""
 
 from __future__ import annotations
 
@@ -57,7 +57,9 @@ async def test_each_lead_sees_its_own_newest_events_and_its_row_only_where_a_con
         other = await add_lead(conn, [("opened", 2)])
         gone = uuid.uuid4()
 
-        facts = await load_condition_facts(conn, [reader, quiet, other, gone, reader], NOW, lead_rows=[reader, quiet])
+        facts = await load_condition_facts(
+            conn, [reader, quiet, other, gone, reader], NOW, lead_rows=[reader, quiet, gone]
+        )
 
     assert set(facts) == {reader, quiet, other}
     assert [(e.type, e.at, e.properties) for e in facts[reader].events] == [
