@@ -240,7 +240,8 @@ class WebhookEndpointUpdate(msgspec.Struct, frozen=True, kw_only=True, forbid_un
 
 class WebhookEndpointView(msgspec.Struct, frozen=True, kw_only=True):
     """A registered endpoint (never its secret). ``status`` is ``enabled`` or ``disabled`` (after
-    persistent failure; retrying one of its deliveries enables it again)."""
+    persistent failure, or by an admin; PATCH with ``enabled: true`` or retrying one of its deliveries
+    enables it again)."""
 
     id: uuid.UUID
     url: str
