@@ -8,8 +8,8 @@ whoever claims it sends the same body under the same ``webhook-id`` (at least on
 After a failed attempt the next one waits the schedule's next delay (with up to 10 % jitter, so
 endpoints that failed together do not retry together); after the last, the delivery is ``failed``,
 and when nothing reached the endpoint since that delivery was created (failing for the whole
-schedule, about 27.5 hours by default) the endpoint is disabled and a ``webhook_endpoint.disabled``
-event is fanned out to the other endpoints subscribed to it.
+schedule, about 27.5 hours by default) and no admin enabled it again since then, the endpoint is
+disabled and a ``webhook_endpoint.disabled`` event is fanned out to the other endpoints subscribed to it.
 """
 
 from __future__ import annotations
