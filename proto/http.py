@@ -212,18 +212,36 @@ WebhookEventType = Literal[
 ]
 
 
+# The fields of an endpoint, the same in registration and update.
+WebhookUrl = Annotated[str, msgspec.Meta(min_length=1, max_length=2048, pattern="^https?://")]
+WebhookEvents = Annotated[list[WebhookEventType], msgspec.Meta(min_length=1, max_length=64)]
+WebhookDescription = Annotated[str, msgspec.Meta(max_length=500)]
+
+
 class WebhookEndpointRequest(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=True):
     """``POST /v1/webhook-endpoints``: where to send which events. ``url`` is http(s) and must not
     point to a loopback, private, link-local or metadata address."""
 
-    url: Annotated[str, msgspec.Meta(min_length=1, max_length=2048, pattern="^https?://")]
-    events: Annotated[list[WebhookEventType], msgspec.Meta(min_length=1, max_length=64)]
-    description: Annotated[str, msgspec.Meta(max_length=500)] = ""
+    url: WebhookUrl
+    events: WebhookEvents
+    description: WebhookDescription = ""
+
+
+class WebhookEndpointUpdate(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=True):
+    """``PATCH /v1/webhook-endpoints/{id}``: the fields to change, each checked as at registration
+    (absent = unchanged). ``enabled: true`` enables a disabled endpoint again (its failure state
+    cleared); ``false`` stops deliveries to it until enabled."""
+
+    url: WebhookUrl | msgspec.UnsetType = msgspec.UNSET
+    events: WebhookEvents | msgspec.UnsetType = msgspec.UNSET
+    description: WebhookDescription | msgspec.UnsetType = msgspec.UNSET
+    enabled: bool | msgspec.UnsetType = msgspec.UNSET
 
 
 class WebhookEndpointView(msgspec.Struct, frozen=True, kw_only=True):
     """A registered endpoint (never its secret). ``status`` is ``enabled`` or ``disabled`` (after
-    persistent failure; retrying one of its deliveries enables it again)."""
+    persistent failure, or by an admin; PATCH with ``enabled: true`` or retrying one of its deliveries
+    enables it again)."""
 
     id: uuid.UUID
     url: str
@@ -240,6 +258,14 @@ class WebhookEndpointCreated(WebhookEndpointView, frozen=True, kw_only=True):
     (``whsec_…``), shown this once."""
 
     secret: str
+
+
+class WebhookSecretRotated(WebhookEndpointView, frozen=True, kw_only=True):
+    """The answer to ``POST /v1/webhook-endpoints/{id}/rotate-secret``: the new signing secret, shown
+    this once; until ``previous_secret_expires_at`` deliveries carry signatures by both secrets."""
+
+    secret: str
+    previous_secret_expires_at: datetime
 
 
 class WebhookEndpointList(msgspec.Struct, frozen=True, kw_only=True):

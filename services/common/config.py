@@ -388,6 +388,9 @@ class IntakeSettings(BusSettings, frozen=True, kw_only=True):
     confirmation_cooldown_minutes: PositiveFloat = 15.0
     # Outgoing webhooks: let endpoints be registered on loopback/private/link-local addresses (dev only).
     webhook_allow_private_networks: bool = False
+    # Outgoing webhooks: after POST /v1/webhook-endpoints/{id}/rotate-secret, deliveries are signed with the
+    # previous secret too, next to the new one, for this long (receivers switch without losing events).
+    webhook_secret_grace_s: PositiveFloat = 86400.0
 
 
 class ClientsSettings(DatabaseSettings, frozen=True, kw_only=True):

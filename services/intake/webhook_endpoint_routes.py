@@ -7,9 +7,10 @@ documents (``services.intake.problems``).
 from __future__ import annotations
 
 import uuid
+from datetime import timedelta
 from typing import Annotated, Any
 
-from litestar import Request, Response, delete, get, post
+from litestar import Request, Response, delete, get, patch, post
 from litestar.params import FromPath, QueryParameter
 
 from proto.http import (
@@ -18,6 +19,9 @@ from proto.http import (
     WebhookEndpointCreated,
     WebhookEndpointList,
     WebhookEndpointRequest,
+    WebhookEndpointUpdate,
+    WebhookEndpointView,
+    WebhookSecretRotated,
 )
 from services.common.db import transaction
 from services.intake.auth import requires_scope
@@ -31,8 +35,11 @@ from services.intake.webhook_endpoints import (
     list_deliveries,
     list_endpoints,
     parse_endpoint_request,
+    parse_endpoint_update,
     register_endpoint,
     retry_delivery,
+    rotate_secret,
+    update_endpoint,
 )
 
 
@@ -51,15 +58,65 @@ from services.intake.webhook_endpoints import (
     responses=problem_responses(400, 401, 403, 413, 415, 422, 429, 503),
 )
 async def create_webhook_endpoint(request: Request[Any, Any, Any], ctx: Ctx) -> WebhookEndpointCreated:
-    if request.content_type[0] != "application/json":
-        raise ProblemError(415, "Send the endpoint as a JSON object with Content-Type: application/json.")
-    endpoint = parse_endpoint_request(decode_json(await request.body()))
+    endpoint = parse_endpoint_request(await _json_body(request))
     async with transaction(ctx.pool) as conn:
         return await register_endpoint(
             conn,
             endpoint,
             hmac_secret=ctx.settings.hmac_secret,
             allow_private_networks=ctx.settings.webhook_allow_private_networks,
+        )
+
+
+async def _json_body(request: Request[Any, Any, Any]) -> Any:  # Any: decoded JSON, checked by the caller
+    if request.content_type[0] != "application/json":
+        raise ProblemError(415, "Send the endpoint as a JSON object with Content-Type: application/json.")
+    return decode_json(await request.body())
+
+
+@patch(
+    "/v1/webhook-endpoints/{endpoint_id:uuid}",
+    summary="Update an outgoing webhook endpoint",
+    description=(
+        "Changes the fields given (url, events, description: checked as at registration; nothing changes "
+        "when one is refused). enabled=true enables an endpoint disabled after persistent failure again "
+        "(its failure state cleared; deliveries that failed stay failed, and the retry route replays "
+        "them); enabled=false stops deliveries to it. The id and the secret stay. Needs admin."
+    ),
+    guards=[requires_scope("admin")],
+    operation_class=json_body_operation(WebhookEndpointUpdate),
+    responses=problem_responses(400, 401, 403, 404, 413, 415, 422, 429, 503),
+)
+async def update_webhook_endpoint(
+    endpoint_id: FromPath[uuid.UUID], request: Request[Any, Any, Any], ctx: Ctx
+) -> WebhookEndpointView:
+    update = parse_endpoint_update(await _json_body(request))
+    async with transaction(ctx.pool) as conn:
+        return await update_endpoint(
+            conn, endpoint_id, update, allow_private_networks=ctx.settings.webhook_allow_private_networks
+        )
+
+
+@post(
+    "/v1/webhook-endpoints/{endpoint_id:uuid}/rotate-secret",
+    status_code=200,
+    summary="Rotate the signing secret of an outgoing webhook endpoint",
+    description=(
+        "A new signing secret, shown only this once. Until previous_secret_expires_at "
+        "(WEBHOOK_SECRET_GRACE_S, 24 h by default) every delivery carries two signatures in "
+        "webhook-signature, by the new and by the previous secret, so a receiver can switch to the new "
+        "secret without losing events; after it, only the new one signs. Needs admin."
+    ),
+    guards=[requires_scope("admin")],
+    responses=problem_responses(400, 401, 403, 404, 429, 503),
+)
+async def rotate_webhook_secret(endpoint_id: FromPath[uuid.UUID], ctx: Ctx) -> WebhookSecretRotated:
+    async with transaction(ctx.pool) as conn:
+        return await rotate_secret(
+            conn,
+            endpoint_id,
+            hmac_secret=ctx.settings.hmac_secret,
+            grace=timedelta(seconds=ctx.settings.webhook_secret_grace_s),
         )
 
 
@@ -129,6 +186,8 @@ async def retry_webhook_delivery(
 WEBHOOK_ENDPOINT_ROUTES = [
     create_webhook_endpoint,
     get_webhook_endpoints,
+    update_webhook_endpoint,
+    rotate_webhook_secret,
     delete_webhook_endpoint,
     get_webhook_deliveries,
     retry_webhook_delivery,

@@ -66,7 +66,9 @@ async def attempt_delivery(client: SafeHttpClient, delivery: Claimed) -> Outcome
     """One signed POST of ``delivery``; never raises for what the endpoint or the network did."""
     if delivery.secret is None:
         return Outcome(error="not sent: no configured HMAC_SECRET decrypts the endpoint's signing secret")
-    headers = signed_headers(delivery.secret, delivery.webhook_id, int(time.time()), delivery.body)
+    headers = signed_headers(
+        delivery.secret, delivery.webhook_id, int(time.time()), delivery.body, previous_secret=delivery.previous_secret
+    )
     try:
         answer = await client.post(delivery.url, delivery.body, headers)
     except AttemptFailed as failure:

@@ -8,8 +8,8 @@ whoever claims it sends the same body under the same ``webhook-id`` (at least on
 After a failed attempt the next one waits the schedule's next delay (with up to 10 % jitter, so
 endpoints that failed together do not retry together); after the last, the delivery is ``failed``,
 and when nothing reached the endpoint since that delivery was created (failing for the whole
-schedule, about 27.5 hours by default) the endpoint is disabled and a ``webhook_endpoint.disabled``
-event is fanned out to the other endpoints subscribed to it.
+schedule, about 27.5 hours by default) and no admin enabled it again since then, the endpoint is
+disabled and a ``webhook_endpoint.disabled`` event is fanned out to the other endpoints subscribed to it.
 """
 
 from __future__ import annotations
@@ -48,6 +48,8 @@ class Claimed:
     url: str
     # None when no configured HMAC_SECRET decrypts the endpoint's secret: the attempt fails unsent.
     secret: str | None
+    # The secret before the last rotation while its grace period runs (it signs too), else None.
+    previous_secret: str | None
     body: bytes
     attempt: int  # 1 for the first
     created_at: datetime
@@ -69,14 +71,16 @@ _CLAIM = """
     SET attempts = d.attempts + 1, last_attempt_at = now(), next_attempt_at = now() + %(lease)s
     FROM due, webhook_endpoints e
     WHERE d.id = due.id AND e.id = d.endpoint_id
-    RETURNING d.id, d.endpoint_id, e.url, e.secret_ciphertext, d.body, d.attempts, d.created_at"""
+    RETURNING d.id, d.endpoint_id, e.url, e.secret_ciphertext, d.body, d.attempts, d.created_at,
+              CASE WHEN e.previous_secret_expires_at > now() THEN e.previous_secret_ciphertext END
+                  AS previous_secret_ciphertext"""
 
 
 async def claim_due_deliveries(
     conn: Connection, *, limit: int, lease_s: float, hmac_secrets: list[str]
 ) -> list[Claimed]:
     """Claim up to ``limit`` due deliveries of enabled endpoints for one attempt each (see the module
-    docstring); their secrets decrypted."""
+    docstring); their secrets decrypted (and the previous one, during a rotation's grace period)."""
     cursor = await conn.execute(_CLAIM, {"limit": limit, "lease": timedelta(seconds=lease_s)})
     claimed = []
     for row in await cursor.fetchall():
@@ -87,6 +91,11 @@ async def claim_due_deliveries(
                 endpoint_id=endpoint_id,
                 url=row["url"],  # type: ignore[arg-type]
                 secret=_decrypted(row["secret_ciphertext"], endpoint_id, hmac_secrets),  # type: ignore[arg-type]
+                previous_secret=(
+                    _decrypted(row["previous_secret_ciphertext"], endpoint_id, hmac_secrets)  # type: ignore[arg-type]
+                    if row["previous_secret_ciphertext"] is not None
+                    else None
+                ),
                 body=row["body"],  # type: ignore[arg-type]
                 attempt=row["attempts"],  # type: ignore[arg-type]
                 created_at=row["created_at"],  # type: ignore[arg-type]
@@ -104,30 +113,48 @@ def _decrypted(stored: bytes, endpoint_id: uuid.UUID, hmac_secrets: list[str]) -
 
 
 async def reencrypt_secrets(conn: Connection, *, hmac_secret: str, hmac_secret_previous: str) -> int:
-    """Encrypt again under ``hmac_secret`` every endpoint secret that only ``hmac_secret_previous``
-    decrypts (after a rotation of HMAC_SECRET), so the previous secret can be retired; returns how many."""
+    """Encrypt again under ``hmac_secret`` every endpoint secret (and previous secret, during a rotation's
+    grace period) that only ``hmac_secret_previous`` decrypts (after a rotation of HMAC_SECRET), so the
+    previous HMAC_SECRET can be retired; returns how many endpoints changed."""
     if not hmac_secret_previous:
         return 0
-    cursor = await conn.execute("SELECT id, secret_ciphertext FROM webhook_endpoints FOR UPDATE")
+    cursor = await conn.execute(
+        "SELECT id, secret_ciphertext, previous_secret_ciphertext FROM webhook_endpoints FOR UPDATE"
+    )
     renewed = 0
     for row in await cursor.fetchall():
         endpoint_id: uuid.UUID = row["id"]  # type: ignore[assignment]
-        stored: bytes = row["secret_ciphertext"]  # type: ignore[assignment]
-        try:
-            decrypt_secret(stored, endpoint_id, [hmac_secret])
-            continue
-        except UndecryptableSecret:
-            pass
-        try:
-            secret = decrypt_secret(stored, endpoint_id, [hmac_secret_previous])
-        except UndecryptableSecret:
-            continue  # neither key: reported when its deliveries are attempted
-        await conn.execute(
-            "UPDATE webhook_endpoints SET secret_ciphertext = %s WHERE id = %s",
-            (encrypt_secret(secret, endpoint_id, hmac_secret), endpoint_id),
-        )
-        renewed += 1
+        changed = False
+        for column in ("secret_ciphertext", "previous_secret_ciphertext"):
+            stored: bytes | None = row[column]  # type: ignore[assignment]
+            if stored is None:
+                continue
+            again = _reencrypted(
+                stored, endpoint_id, hmac_secret=hmac_secret, hmac_secret_previous=hmac_secret_previous
+            )
+            if again is None:
+                continue
+            await conn.execute(
+                f"UPDATE webhook_endpoints SET {column} = %s WHERE id = %s",  # noqa: S608 - constant columns
+                (again, endpoint_id),
+            )
+            changed = True
+        renewed += changed
     return renewed
+
+
+def _reencrypted(stored: bytes, endpoint_id: uuid.UUID, *, hmac_secret: str, hmac_secret_previous: str) -> bytes | None:
+    """``stored`` encrypted under ``hmac_secret`` when only ``hmac_secret_previous`` decrypts it, else None."""
+    try:
+        decrypt_secret(stored, endpoint_id, [hmac_secret])
+        return None
+    except UndecryptableSecret:
+        pass
+    try:
+        secret = decrypt_secret(stored, endpoint_id, [hmac_secret_previous])
+    except UndecryptableSecret:
+        return None  # neither key: reported when its deliveries are attempted
+    return encrypt_secret(secret, endpoint_id, hmac_secret)
 
 
 @dataclass(frozen=True)
@@ -192,9 +219,9 @@ async def record_outcome(
 
 
 async def disable_if_persistently_failing(conn: Connection, delivery: Claimed, *, now: datetime) -> bool:
-    """Disable ``delivery``'s endpoint when nothing reached it since the delivery was created, and
-    announce it (``webhook_endpoint.disabled``) to the other subscribed endpoints; returns whether it
-    was disabled now."""
+    """Disable ``delivery``'s endpoint when nothing reached it since the delivery was created and no admin
+    enabled it again since then, and announce it (``webhook_endpoint.disabled``) to the other subscribed
+    endpoints; returns whether it was disabled now."""
     cursor = await conn.execute(
         """UPDATE webhook_endpoints
            SET status = 'disabled', disabled_at = now(),
@@ -202,6 +229,7 @@ async def disable_if_persistently_failing(conn: Connection, delivery: Claimed, *
                                                                            'YYYY-MM-DD"T"HH24:MI:SS"Z"')
            WHERE id = %(endpoint)s AND status = 'enabled'
              AND (last_success_at IS NULL OR last_success_at < %(since)s)
+             AND (enabled_at IS NULL OR enabled_at < %(since)s)
            RETURNING url, disabled_reason""",
         {"endpoint": delivery.endpoint_id, "since": delivery.created_at},
     )

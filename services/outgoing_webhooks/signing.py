@@ -23,10 +23,17 @@ def signature(secret: str, webhook_id: str, timestamp: int, body: bytes) -> str:
     return "v1," + base64.b64encode(digest).decode()
 
 
-def signed_headers(secret: str, webhook_id: str, timestamp: int, body: bytes) -> dict[str, str]:
-    """The three Standard Webhooks headers of one attempt."""
+def signed_headers(
+    secret: str, webhook_id: str, timestamp: int, body: bytes, *, previous_secret: str | None = None
+) -> dict[str, str]:
+    """The three Standard Webhooks headers of one attempt. With ``previous_secret`` (a rotation's grace
+    period) ``webhook-signature`` holds two space-separated signatures, the new secret's first, as the
+    specification allows: a receiver holding either secret verifies."""
+    signatures = [signature(secret, webhook_id, timestamp, body)]
+    if previous_secret is not None:
+        signatures.append(signature(previous_secret, webhook_id, timestamp, body))
     return {
         "webhook-id": webhook_id,
         "webhook-timestamp": str(timestamp),
-        "webhook-signature": signature(secret, webhook_id, timestamp, body),
+        "webhook-signature": " ".join(signatures),
     }

@@ -164,6 +164,8 @@ def test_generated_requests_get_documented_answers(
         "POST /v1/webhook-endpoints",
         "GET /v1/webhook-endpoints",
         "DELETE /v1/webhook-endpoints/{endpoint_id}",
+        "PATCH /v1/webhook-endpoints/{endpoint_id}",
+        "POST /v1/webhook-endpoints/{endpoint_id}/rotate-secret",
         "GET /v1/webhook-endpoints/{endpoint_id}/deliveries",
         "POST /v1/webhook-endpoints/{endpoint_id}/deliveries/{delivery_id}/retry",
     } <= labels

@@ -24,6 +24,8 @@ from services.common.webhook_secrets import encrypt_secret, new_signing_secret
 from services.outgoing_webhooks.deliverer import DeliveryRules, deliver_due
 from services.outgoing_webhooks.fanout import fan_out
 from services.outgoing_webhooks.safe_http import MAX_BODY_BYTES, AttemptFailed, SafeHttpClient
+from tests.support.intake import running_intake
+from tests.support.platform import fetch_all
 from tests.support.webhook_receiver import Answer, WebhookReceiver, webhook_receiver
 
 pytestmark = pytest.mark.integration
@@ -323,3 +325,33 @@ async def test_https_to_a_name_the_certificate_does_not_name_fails(tmp_path: Pat
     ):
         with pytest.raises(AttemptFailed, match=r"CERTIFICATE_VERIFY_FAILED|certificate|hostname"):
             await client.post(f"https://hooks.attacker.test:{port}/hook", BODY, {})
+
+
+# --- updating an endpoint ---------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    "url",
+    [
+        "http://127.0.0.1:8080/hook",
+        "http://localhost/hook",
+        "http://169.254.169.254/latest/meta-data/",
+        "http://10.20.30.40/hook",
+        "http://[::1]/hook",
+    ],
+)
+async def test_an_update_to_a_private_or_metadata_url_is_refused_like_a_registration(
+    migrated_database_url: str, kafka_bootstrap_servers: str, topic_prefix: str, url: str
+) -> None:
+    async with running_intake(migrated_database_url, kafka_bootstrap_servers, topic_prefix) as intake:
+        created = await intake.http.post(
+            "/v1/webhook-endpoints", json={"url": "https://hooks.example.com/a", "events": ["lead.accepted"]}
+        )
+        assert created.status_code == 201, created.text
+        [before] = await fetch_all(migrated_database_url, "SELECT * FROM webhook_endpoints")
+        response = await intake.http.patch(f"/v1/webhook-endpoints/{created.json()['id']}", json={"url": url})
+    assert response.status_code == 422
+    assert response.headers["content-type"] == "application/problem+json"
+    [error] = response.json()["errors"]
+    assert error["field"] == "/url"
+    assert await fetch_all(migrated_database_url, "SELECT * FROM webhook_endpoints") == [before]

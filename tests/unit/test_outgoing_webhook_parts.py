@@ -48,6 +48,19 @@ def test_signed_headers_verify_with_the_standardwebhooks_package() -> None:
     assert headers["webhook-signature"].startswith("v1,")
 
 
+def test_with_a_previous_secret_the_header_holds_two_signatures_and_either_secret_verifies() -> None:
+    new, previous = new_signing_secret(), new_signing_secret()
+    body = b'{"type":"lead.accepted","timestamp":"2026-11-30T04:00:00.000Z","data":{}}'
+    headers = signed_headers(new, "msg-1", int(time.time()), body, previous_secret=previous)
+    entries = headers["webhook-signature"].split(" ")
+    assert len(entries) == 2
+    assert all(entry.startswith("v1,") for entry in entries)
+    assert entries[0] == signed_headers(new, "msg-1", int(headers["webhook-timestamp"]), body)["webhook-signature"]
+    assert Webhook(new).verify(body, headers) == Webhook(previous).verify(body, headers)
+    with pytest.raises(WebhookVerificationError):
+        Webhook(new_signing_secret()).verify(body, headers)
+
+
 def test_a_changed_body_or_id_fails_verification() -> None:
     secret = new_signing_secret()
     headers = signed_headers(secret, "msg-1", int(time.time()), b'{"a":1}')
