@@ -4,13 +4,12 @@ from __future__ import annotations
 
 import time
 import uuid
-from collections.abc import AsyncIterator
 
 import msgspec
 import pytest
 
-from services.common.config import DatabaseSettings, IntakeSettings
-from services.common.db import Pool, open_pool
+from services.common.config import IntakeSettings
+from services.common.db import Pool
 from services.common.signatures import SignatureExpired, SignatureMismatch, timestamped_signature
 from services.intake.authentication import (
     ANONYMOUS,
@@ -36,13 +35,6 @@ pytestmark = pytest.mark.integration
 
 BODY = b'{"email": "ada@example.com"}'
 NOW = time.time()
-
-
-@pytest.fixture
-async def pool(migrated_database_url: str) -> AsyncIterator[Pool]:
-    pool = await open_pool(DatabaseSettings(database_url=migrated_database_url))
-    yield pool
-    await pool.close()
 
 
 @pytest.fixture

@@ -25,7 +25,7 @@ from services.scheduler.service import run_scheduler
 from tests.support.intake import Intake, bearer, create_api_client, running_intake
 from tests.support.platform import fetch_all, make_settings, running, wait_until
 from tests.support.preferences import COURSE, TIPS, apply_sequences, enrolled_lead, page_path
-from tests.support.webhook_receiver import Answer, WebhookReceiver, webhook_receiver
+from tests.support.webhook_receiver import Answer, WebhookReceiver
 
 pytestmark = pytest.mark.integration
 
@@ -41,12 +41,6 @@ async def intake(migrated_database_url: str, kafka_bootstrap_servers: str, topic
     async with running_intake(
         migrated_database_url, kafka_bootstrap_servers, topic_prefix, webhook_allow_private_networks=True
     ) as running:
-        yield running
-
-
-@pytest.fixture
-async def receiver() -> AsyncIterator[WebhookReceiver]:
-    async with webhook_receiver() as running:
         yield running
 
 

@@ -35,12 +35,6 @@ HMAC = "webhook-attack-tests-" + uuid.uuid4().hex + uuid.uuid4().hex
 BODY = b'{"type":"lead.accepted","timestamp":"2026-11-30T04:30:00.000Z","data":{}}'
 
 
-@pytest.fixture
-async def receiver() -> AsyncIterator[WebhookReceiver]:
-    async with webhook_receiver() as running:
-        yield running
-
-
 def test_resolver(
     answers: dict[str, list[list[str]]], calls: list[str]
 ) -> Callable[[str, int], asyncio.Future[list[str]]]:

@@ -6,46 +6,25 @@ attempt due at once."""
 from __future__ import annotations
 
 import uuid
-from collections.abc import AsyncIterator
 from datetime import UTC, datetime, timedelta
 
 import psycopg_pool
 import pytest
 
 from proto.http import WebhookEndpointRequest
-from services.common.config import DatabaseSettings
-from services.common.db import Connection, open_pool, transaction
+from services.common.db import Connection, transaction
 from services.common.webhook_events import WebhookEvent
 from services.intake.webhook_endpoints import register_endpoint
 from services.outgoing_webhooks.deliverer import DeliveryRules, deliver_due
 from services.outgoing_webhooks.fanout import fan_out
 from services.outgoing_webhooks.safe_http import SafeHttpClient
 from tests.support.platform import fetch_all
-from tests.support.webhook_receiver import Answer, WebhookReceiver, webhook_receiver
+from tests.support.webhook_receiver import Answer, WebhookReceiver
 
 pytestmark = pytest.mark.integration
 
 Pool = psycopg_pool.AsyncConnectionPool[Connection]
 HMAC = "webhook-tests-" + uuid.uuid4().hex + uuid.uuid4().hex
-
-
-@pytest.fixture
-async def pool(migrated_database_url: str) -> AsyncIterator[Pool]:
-    pool = await open_pool(DatabaseSettings(database_url=migrated_database_url))
-    yield pool
-    await pool.close()
-
-
-@pytest.fixture
-async def receiver() -> AsyncIterator[WebhookReceiver]:
-    async with webhook_receiver() as running:
-        yield running
-
-
-@pytest.fixture
-async def client() -> AsyncIterator[SafeHttpClient]:
-    async with SafeHttpClient(allow_private_networks=True, timeout_s=5.0) as running:
-        yield running
 
 
 def rules(schedule: list[float]) -> DeliveryRules:

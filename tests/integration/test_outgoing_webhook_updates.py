@@ -15,8 +15,7 @@ import psycopg_pool
 import pytest
 from standardwebhooks.webhooks import Webhook, WebhookVerificationError
 
-from services.common.config import DatabaseSettings
-from services.common.db import Connection, open_pool, transaction
+from services.common.db import Connection, transaction
 from services.common.webhook_events import WebhookEvent
 from services.outgoing_webhooks.deliverer import DeliveryRules, deliver_due
 from services.outgoing_webhooks.delivery import reencrypt_secrets
@@ -24,7 +23,7 @@ from services.outgoing_webhooks.fanout import fan_out
 from services.outgoing_webhooks.safe_http import SafeHttpClient
 from tests.support.intake import Intake, create_api_client, running_intake
 from tests.support.platform import fetch_all
-from tests.support.webhook_receiver import Answer, WebhookReceiver, webhook_receiver
+from tests.support.webhook_receiver import Answer, WebhookReceiver
 
 pytestmark = pytest.mark.integration
 
@@ -36,25 +35,6 @@ async def intake(migrated_database_url: str, kafka_bootstrap_servers: str, topic
     async with running_intake(
         migrated_database_url, kafka_bootstrap_servers, topic_prefix, webhook_allow_private_networks=True
     ) as running:
-        yield running
-
-
-@pytest.fixture
-async def pool(migrated_database_url: str) -> AsyncIterator[Pool]:
-    pool = await open_pool(DatabaseSettings(database_url=migrated_database_url))
-    yield pool
-    await pool.close()
-
-
-@pytest.fixture
-async def receiver() -> AsyncIterator[WebhookReceiver]:
-    async with webhook_receiver() as running:
-        yield running
-
-
-@pytest.fixture
-async def client() -> AsyncIterator[SafeHttpClient]:
-    async with SafeHttpClient(allow_private_networks=True, timeout_s=5.0) as running:
         yield running
 
 

@@ -5,14 +5,12 @@ blocks enrollments into the others)."""
 from __future__ import annotations
 
 import uuid
-from collections.abc import AsyncIterator
 
 import psycopg_pool
 import pytest
 
 from operators.sequence.reconcile import reconcile_sequence
-from services.common.config import DatabaseSettings
-from services.common.db import Connection, open_pool, transaction
+from services.common.db import Connection, transaction
 from services.common.sequence_templates import no_config_maps
 from services.common.sequences import InvalidSequence, apply_sequence, parse_sequence_document, sequence_id
 from services.scheduler.due import emit_due_steps
@@ -22,13 +20,6 @@ from tests.support.platform import fetch_all
 pytestmark = pytest.mark.integration
 
 Pool = psycopg_pool.AsyncConnectionPool[Connection]
-
-
-@pytest.fixture
-async def pool(migrated_database_url: str) -> AsyncIterator[Pool]:
-    pool = await open_pool(DatabaseSettings(database_url=migrated_database_url))
-    yield pool
-    await pool.close()
 
 
 def two_steps(name: str, second_delay: str = "2d") -> dict[str, object]:

@@ -3,15 +3,13 @@
 from __future__ import annotations
 
 import copy
-from collections.abc import AsyncIterator
 from typing import Any
 
 import psycopg_pool
 import pytest
 
 from operators.sequence.reconcile import Reconciled, finalize_sequence, reconcile_sequence
-from services.common.config import DatabaseSettings
-from services.common.db import Connection, open_pool, transaction
+from services.common.db import Connection, transaction
 from services.common.sequence_templates import no_config_maps
 from tests.support.platform import fetch_all
 
@@ -30,13 +28,6 @@ BODY: dict[str, Any] = {
     },
     "status": {},
 }
-
-
-@pytest.fixture
-async def pool(migrated_database_url: str) -> AsyncIterator[Pool]:
-    pool = await open_pool(DatabaseSettings(database_url=migrated_database_url))
-    yield pool
-    await pool.close()
 
 
 async def reconcile(pool: Pool, body: dict[str, Any]) -> Reconciled:

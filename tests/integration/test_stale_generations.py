@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import copy
 import uuid
-from collections.abc import AsyncIterator
 from typing import Any
 
 import psycopg_pool
@@ -13,8 +12,7 @@ import pytest
 
 from operators.sequence.reconcile import Reconciled, finalize_sequence, reconcile_sequence
 from services.common.clock import database_now
-from services.common.config import DatabaseSettings
-from services.common.db import Connection, open_pool, transaction
+from services.common.db import Connection, transaction
 from services.common.sequence_templates import no_config_maps
 from services.common.sequences import (
     apply_sequence,
@@ -29,13 +27,6 @@ pytestmark = pytest.mark.integration
 
 Pool = psycopg_pool.AsyncConnectionPool[Connection]
 UID = "9b7c3f5e-0000-4000-8000-000000000001"
-
-
-@pytest.fixture
-async def pool(migrated_database_url: str) -> AsyncIterator[Pool]:
-    pool = await open_pool(DatabaseSettings(database_url=migrated_database_url))
-    yield pool
-    await pool.close()
 
 
 def body(generation: int, subject: str, *, name: str = "welcome", uid: str = UID) -> dict[str, Any]:
