@@ -43,8 +43,10 @@ class _Node:
     test_only: bool = False  # select: has(x.f)
     children: list[_Node] = field(default_factory=list)  # select: [operand]; call: [target?, *args]; list
     target: bool = False  # call: children[0] is the receiver (x.f(...))
-    # comprehension: iter_range, accu_init, loop_condition, loop_step, result; and its variables
+    # comprehension: iter_range, accu_init, loop_condition, loop_step, result; its accumulator's name
+    # and every variable it binds
     parts: dict[str, _Node] = field(default_factory=dict)
+    accumulator: str = ""
     variables: tuple[str, ...] = ()
 
 
@@ -157,7 +159,7 @@ def _comprehension(data: bytes) -> _Node:
             if n == 1:
                 node.name = name
             elif n == 3:
-                node.parts["accu_var"] = _Node("ident", name=name)
+                node.accumulator = name
         elif n in _COMPREHENSION_PARTS:
             node.parts[_COMPREHENSION_PARTS[n]] = _expr(_message(v))
     node.variables = tuple(variables)
@@ -210,11 +212,6 @@ def _string_literals(node: _Node) -> frozenset[str] | None:
     return frozenset(c.text for c in node.children if c.text is not None)
 
 
-def _false_unless(node: _Node, variable: str) -> Types:
-    """Types outside which ``node`` (a predicate over the element ``variable``) is certainly false."""
-    return _decided(node, variable)[0]
-
-
 def _decided(node: _Node, variable: str) -> tuple[Types, Types]:
     """(F, T): for an element whose type is outside F the predicate is false, outside T it is true."""
     if node.kind == "call" and not node.target:
@@ -248,15 +245,15 @@ def _range_types(node: _Node) -> Types:
     """The types a comprehension over ``events`` reads, from the shape of its loop step (the macros'
     expansions): ``@result || P`` (exists), ``@result && P`` (all), ``P ? … : @result`` (exists_one,
     filter, map with a filter); any other shape reads every element."""
-    step, accu = node.parts.get("loop_step"), node.parts.get("accu_var")
-    if step is None or accu is None or step.kind != "call" or step.target:
+    step, accu = node.parts.get("loop_step"), node.accumulator
+    if step is None or not accu or step.kind != "call" or step.target:
         return None
     args = step.children
-    if step.name == "_||_" and len(args) == 2 and _is_ident(args[0], accu.name):
+    if step.name == "_||_" and len(args) == 2 and _is_ident(args[0], accu):
         return _decided(args[1], node.name)[0]
-    if step.name == "_&&_" and len(args) == 2 and _is_ident(args[0], accu.name):
+    if step.name == "_&&_" and len(args) == 2 and _is_ident(args[0], accu):
         return _decided(args[1], node.name)[1]
-    if step.name == "_?_:_" and len(args) == 3 and _is_ident(args[2], accu.name):
+    if step.name == "_?_:_" and len(args) == 3 and _is_ident(args[2], accu):
         return _decided(args[0], node.name)[0]
     return None
 
@@ -270,8 +267,6 @@ def _reads(node: _Node, variable: str) -> Types:
             return None  # a comprehension binding the same name: give up rather than track scopes
         reads: Types = frozenset()
         for name, part in node.parts.items():
-            if name == "accu_var":
-                continue
             if name == "iter_range" and _is_ident(part, variable):
                 reads = _union(reads, _range_types(node))
             else:

@@ -76,7 +76,7 @@ class RevisionRules:
     @cached_property
     def names_lead(self) -> bool:
         """Whether any condition past enrollment reads ``lead`` (else its row is not even read)."""
-        return any(c.reads_lead for c in self._due_conditions())
+        return any(c.reads_lead for step in (*self.steps, None) for c in self._decided_at(step))
 
     def needs_facts(self, position: int) -> bool:
         return self.exit_when is not None or (position < len(self.steps) and self.steps[position].needs_facts)
@@ -89,28 +89,23 @@ class RevisionRules:
     @cached_property
     def _event_types_at(self) -> tuple[frozenset[str] | None, ...]:
         # One entry per step, and one past the last (exitWhen alone); kept: asked for every due step.
-        def union(conditions: list[CompiledCondition | None]) -> frozenset[str] | None:
+        def union(conditions: list[CompiledCondition]) -> frozenset[str] | None:
             kinds: frozenset[str] = frozenset()
             for condition in conditions:
-                if condition is not None:
-                    if condition.reads_events is None:
-                        return None
-                    kinds |= condition.reads_events
+                if condition.reads_events is None:
+                    return None
+                kinds |= condition.reads_events
             return kinds
 
-        at = [
-            union([self.exit_when, step.when, step.wait_for.condition if step.wait_for else None])
-            for step in self.steps
-        ]
-        return (*at, union([self.exit_when]))
+        return (*(union(self._decided_at(step)) for step in self.steps), union(self._decided_at(None)))
 
-    def _due_conditions(self) -> list[CompiledCondition]:
-        """The conditions decided at due steps (``trigger.when`` is decided at enrollment)."""
-        conditions = [self.exit_when]
-        for step in self.steps:
-            conditions.append(step.when)
-            conditions.append(step.wait_for.condition if step.wait_for else None)
-        return [c for c in conditions if c is not None]
+    def _decided_at(self, step: StepRules | None) -> list[CompiledCondition]:
+        """The conditions decided at a due ``step`` (None: past the last step): ``exitWhen``, the step's
+        ``when`` and ``waitFor`` (``trigger.when`` is decided at enrollment)."""
+        candidates = [self.exit_when]
+        if step is not None:
+            candidates += [step.when, step.wait_for.condition if step.wait_for else None]
+        return [c for c in candidates if c is not None]
 
 
 def rules_of_spec(spec: SequenceSpec) -> RevisionRules:

@@ -36,14 +36,6 @@ LEAD = {
 }
 
 
-@pytest.fixture
-async def intake(migrated_database_url: str, kafka_bootstrap_servers: str, topic_prefix: str) -> AsyncIterator[Intake]:
-    async with running_intake(
-        migrated_database_url, kafka_bootstrap_servers, topic_prefix, webhook_allow_private_networks=True
-    ) as running:
-        yield running
-
-
 async def test_registering_an_endpoint_shows_its_secret_once(intake: Intake, receiver: WebhookReceiver) -> None:
     response = await intake.http.post(
         "/v1/webhook-endpoints",

@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import asyncio
 import uuid
-from collections.abc import AsyncIterator
 from datetime import UTC, datetime, timedelta
 
 import psycopg_pool
@@ -28,14 +27,6 @@ from tests.support.webhook_receiver import Answer, WebhookReceiver
 pytestmark = pytest.mark.integration
 
 Pool = psycopg_pool.AsyncConnectionPool[Connection]
-
-
-@pytest.fixture
-async def intake(migrated_database_url: str, kafka_bootstrap_servers: str, topic_prefix: str) -> AsyncIterator[Intake]:
-    async with running_intake(
-        migrated_database_url, kafka_bootstrap_servers, topic_prefix, webhook_allow_private_networks=True
-    ) as running:
-        yield running
 
 
 def rules(intake: Intake, schedule: list[float], *, batch_size: int = 50) -> DeliveryRules:
