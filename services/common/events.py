@@ -14,6 +14,7 @@ from proto.codec import encode_message
 from proto.messages import EmailEvent
 from services.common.clock import utcnow
 from services.common.db import Connection
+from services.common.ids import name_uuid
 from services.common.outbox import WAKE_RELAYS
 from services.common.redaction import redact_addresses
 
@@ -135,7 +136,7 @@ def event_parameters(events: Sequence[NewEvent], *, topic: str) -> dict[str, obj
         "ev_payload": [
             encode_message(
                 EmailEvent(
-                    id=uuid.uuid5(e.ref.message_id, e.dedupe_key) if e.dedupe_key else uuid.uuid4(),
+                    id=name_uuid(e.ref.message_id, e.dedupe_key) if e.dedupe_key else uuid.uuid4(),
                     occurred_at=now,
                     message_id=e.ref.message_id,
                     event=e.event,

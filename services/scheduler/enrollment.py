@@ -21,6 +21,7 @@ from services.common.conditions import ConditionError, evaluate
 from services.common.db import Connection
 from services.common.durations import due_after
 from services.common.enrollment_events import EnrollmentRef, announce_started
+from services.common.ids import name_uuid
 from services.common.send_window import Window, next_send_time
 from services.common.step_rules import RevisionRules, rules_of_stored_spec
 from services.common.suppressions import LEAD_IS_SUPPRESSED_SQL
@@ -34,12 +35,12 @@ MESSAGE_NAMESPACE = uuid.UUID("c7e1b0f4-2a5e-4b8f-9d63-1e4a7c2b9f58")
 
 def enrollment_id(lead_id: uuid.UUID, sequence_id: uuid.UUID) -> uuid.UUID:
     """The id of a lead's enrollment into a Sequence (a lead enrolls into a Sequence at most once)."""
-    return uuid.uuid5(ENROLLMENT_NAMESPACE, f"{lead_id}/{sequence_id}")
+    return name_uuid(ENROLLMENT_NAMESPACE, f"{lead_id}/{sequence_id}")
 
 
 def message_id(enrollment: uuid.UUID, step_position: int, revision: int) -> uuid.UUID:
     """The id of the message for one step of one revision of an enrollment."""
-    return uuid.uuid5(MESSAGE_NAMESPACE, f"{enrollment}/{revision}/{step_position}")
+    return name_uuid(MESSAGE_NAMESPACE, f"{enrollment}/{revision}/{step_position}")
 
 
 @lru_cache(maxsize=4096)

@@ -1,10 +1,12 @@
 """Reading what conditions see, for a batch of leads: each lead's row and its newest events.
 
-One query per batch (each lead by id, its events by lead through ``events_lead_occurred_idx``, at
+One query per batch (each lead by id, its events by lead through ``events_lead_recent_idx``, at
 most :data:`MAX_EVENTS` per lead), whatever the batch size. Each lead's facts hold that lead's rows only.
 Of those newest events, only the types the batch's conditions can read are returned (the conditions'
 checked ASTs say which: :mod:`services.common.condition_reads`), so a lead's ``sent`` and ``opened``
-history is not read for an ``exitWhen`` about ``purchased``; what a condition sees is unchanged.
+history is not read for an ``exitWhen`` about ``purchased``; what a condition sees is unchanged. The
+window is cut from the index alone (it carries each event's type and id), and only the events kept are
+read from the table.
 """
 
 from __future__ import annotations
@@ -22,11 +24,14 @@ from services.common.db import Connection
 # the scheduler's records.
 HIDDEN_EVENT_TYPES = ["failed", "dead", "skipped", "replayed", "step.skipped", "step.failed", "enrollment.exited"]
 
-# One statement for the batch: each lead with its newest events (none: one row of NULLs), and its row
-# only where a condition reads ``lead`` (a lead whose row is wanted and gone has no facts; the others
-# are not probed at all). A lead is named by its position in the batch's array (an int), not its id, so
-# no UUID is parsed per row; the row is read by a primary-key probe per lead (OFFSET 0 keeps it one, not
-# a hash join over the whole leads table).
+# One statement for the batch: each lead with its newest events, and its row only where a condition
+# reads ``lead`` (a lead whose row is wanted and gone has no facts; the others are not probed at all).
+# A lead whose row is not wanted and that has no event of the types read has no row in the result (its
+# facts are empty). A lead is named by its position in the batch's array (an int), not its id, so no
+# UUID is parsed per row; the row is read by a primary-key probe per lead (OFFSET 0 keeps it one, not a
+# hash join over the whole leads table). The window (the newest MAX_EVENTS events, hidden types left
+# out) is an index-only scan of events_lead_recent_idx; only the events of the types read are then
+# fetched from the table, by id.
 _FACTS = """
 SELECT w.n, w.wanted AND coalesce(ev.rn, 1) = 1 AS with_lead,
        l.email_normalized, l.first_name, l.last_name, l.source, l.tags, l.utm, l.locale, l.timezone,
@@ -39,22 +44,23 @@ LEFT JOIN LATERAL (
     FROM leads x WHERE w.wanted AND x.id = w.id OFFSET 0
 ) l ON true
 LEFT JOIN LATERAL (
-    SELECT y.*, row_number() OVER (ORDER BY y.occurred_at DESC) AS rn
+    SELECT e.type, e.occurred_at, e.automated, e.properties, e.sequence_id, e.revision, e.step_position,
+           e.message_id, row_number() OVER (ORDER BY y.occurred_at DESC) AS rn
     FROM (
-        SELECT x.type, x.occurred_at, x.automated, x.properties, x.sequence_id, x.revision, x.step_position,
-               x.message_id
+        SELECT x.id, x.type, x.occurred_at
         FROM events x
         WHERE x.lead_id = w.id AND x.type <> ALL(%(hidden)s)
         ORDER BY x.occurred_at DESC
         LIMIT %(limit)s
     ) y
+    JOIN events e ON e.id = y.id
     WHERE %(every_type)s OR y.type = ANY(%(types)s)
 ) ev ON true
 LEFT JOIN sequence_steps st
        ON st.sequence_id = ev.sequence_id AND st.revision = ev.revision AND st.position = ev.step_position
 LEFT JOIN sequences s ON s.id = ev.sequence_id
 LEFT JOIN messages m ON m.id = ev.message_id
-WHERE NOT w.wanted OR l.created_at IS NOT NULL
+WHERE (w.wanted AND l.created_at IS NOT NULL) OR (NOT w.wanted AND ev.rn IS NOT NULL)
 ORDER BY w.n, ev.rn
 """
 
@@ -141,4 +147,7 @@ async def load_condition_facts(
             )
     if current:
         facts[ids[current - 1]] = ConditionFacts(lead, events, now)
+    for lead_id in ids:
+        if lead_id not in wanted and lead_id not in facts:
+            facts[lead_id] = ConditionFacts(None, [], now)  # none of its events is of a type read
     return facts

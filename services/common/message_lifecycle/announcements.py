@@ -21,6 +21,7 @@ from datetime import datetime
 from proto.messages import EmailDeadLettered, EmailDispatch
 from services.common.clock import utcnow
 from services.common.events import MessageRef, NewEvent
+from services.common.ids import name_uuid
 
 
 @dataclass(frozen=True)
@@ -41,7 +42,7 @@ class Attempt:
         return f"{self.ref.message_id}/{self.life}.{self.attempt}/{what}"
 
     def id_of(self, what: str) -> uuid.UUID:
-        return uuid.uuid5(self.ref.message_id, self.key(what))
+        return name_uuid(self.ref.message_id, self.key(what))
 
     def next(self) -> Attempt:
         """The attempt a new ``email.dispatch`` command asks for."""
