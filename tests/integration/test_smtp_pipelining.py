@@ -12,6 +12,7 @@ import socket
 import time
 from collections.abc import AsyncIterator, Callable, Iterator
 from contextlib import asynccontextmanager, contextmanager
+from pathlib import Path
 
 import aiosmtplib
 import pytest
@@ -137,6 +138,25 @@ async def test_the_aiosmtpd_sink_does_not_offer_pipelining_and_still_receives_ev
         await mail_transaction(client, "a@example.com", "b@example.com", BODY)
     (message,) = await mail_sink.wait_for_messages_async(1)
     assert ".a line starting with a dot" in message.get_content()
+
+
+async def test_the_aiosmtpd_sink_offers_pipelining_when_asked_and_the_dispatcher_pipelines_to_it(
+    tmp_path: Path,
+) -> None:
+    with MailSink(tmp_path / "mail", pipelining=True) as sink:
+        sink.reject_recipients = {"bounce@example.com": (550, "5.1.1 no such user")}
+        async with session(sink.port) as client:
+            assert client.supports_extension("pipelining")
+            assert client.supports_extension("8bitmime")
+            assert client.supports_extension("smtputf8")
+            await mail_transaction(client, "a@example.com", "b@example.com", BODY)
+            refusal = await refusal_of(lambda: mail_transaction(client, "a@example.com", "bounce@example.com", BODY))
+            assert (refusal.code, refusal.permanent) == (550, True)
+            await client.rset()
+            await mail_transaction(client, "a@example.com", "c@example.com", BODY)
+        messages = await sink.wait_for_messages_async(2)
+    assert [rcpts for _, rcpts in sink.envelopes] == [["b@example.com"], ["c@example.com"]]
+    assert all(m.get_content().splitlines() == ["first line", ".a line starting with a dot"] for m in messages)
 
 
 async def test_a_pipelined_message_arrives_byte_for_byte_with_its_dot_lines_unstuffed(mail_sink: MailSink) -> None:
