@@ -14,6 +14,9 @@ from services.common.tokens import MAX_CLICK_URL_BYTES, Purpose, sign_token
 
 _ANCHOR_HREF = re.compile(r"""(<a\b[^>]*?\bhref\s*=\s*)(["'])(.*?)\2""", re.IGNORECASE | re.DOTALL)
 _BODY_END = re.compile(r"</body\s*>", re.IGNORECASE)
+# The mailto subject's fixed part, percent-encoded once: the token after it is base64url and dots,
+# characters quote() leaves as they are (tests/unit/test_message_links.py checks it on real tokens).
+_MAILTO_SUBJECT_PREFIX = quote("unsubscribe ")
 
 
 @dataclass(frozen=True)
@@ -24,8 +27,12 @@ class MessageLinks:
     secret: str
     message_id: uuid.UUID
 
+    @cached_property
+    def _base(self) -> str:
+        return self.base_url.rstrip("/")
+
     def _url(self, prefix: str, purpose: Purpose, url: str | None = None) -> str:
-        return f"{self.base_url.rstrip('/')}/{prefix}/{sign_token(self.secret, purpose, self.message_id, url)}"
+        return f"{self._base}/{prefix}/{sign_token(self.secret, purpose, self.message_id, url)}"
 
     @cached_property
     def _unsubscribe_token(self) -> str:
@@ -33,7 +40,7 @@ class MessageLinks:
 
     @cached_property
     def unsubscribe_url(self) -> str:
-        return f"{self.base_url.rstrip('/')}/u/{self._unsubscribe_token}"
+        return f"{self._base}/u/{self._unsubscribe_token}"
 
     @property
     def open_url(self) -> str:
@@ -43,7 +50,7 @@ class MessageLinks:
         return self._url("t/c", Purpose.CLICK, target)
 
     def unsubscribe_mailto(self, address: str) -> str:
-        return f"mailto:{address}?subject={quote('unsubscribe ' + self._unsubscribe_token)}"
+        return f"mailto:{address}?subject={_MAILTO_SUBJECT_PREFIX}{self._unsubscribe_token}"
 
 
 def track_clicks(markup: str, links: MessageLinks) -> str:
@@ -64,9 +71,7 @@ def track_clicks(markup: str, links: MessageLinks) -> str:
 def add_open_pixel(markup: str, links: MessageLinks) -> str:
     """A 1x1 image that records the open, before ``</body>`` or at the end."""
     pixel = f'<img src="{html.escape(links.open_url)}" width="1" height="1" alt="" style="display:none">'
-    if _BODY_END.search(markup):
-        return _BODY_END.sub(lambda m: pixel + m.group(0), markup, count=1)
-    return markup + pixel
+    return _before_body_end(markup, pixel)
 
 
 def add_unsubscribe_footer(text: str, markup: str | None, links: MessageLinks) -> tuple[str, str | None]:
@@ -76,9 +81,13 @@ def add_unsubscribe_footer(text: str, markup: str | None, links: MessageLinks) -
         text = f"{text.rstrip()}\n\n--\nUnsubscribe: {url}\n"
     if markup is not None and html.escape(url) not in markup and url not in markup:
         footer = f'<p style="font-size:12px;color:#666"><a href="{html.escape(url)}">Unsubscribe</a></p>'
-        markup = (
-            _BODY_END.sub(lambda m: footer + m.group(0), markup, count=1)
-            if _BODY_END.search(markup)
-            else markup + footer
-        )
+        markup = _before_body_end(markup, footer)
     return text, markup
+
+
+def _before_body_end(markup: str, addition: str) -> str:
+    """``addition`` inserted before the first ``</body>``, or appended when there is none (one search)."""
+    end = _BODY_END.search(markup)
+    if end is None:
+        return markup + addition
+    return f"{markup[: end.start()]}{addition}{markup[end.start() :]}"
