@@ -34,6 +34,10 @@ class Purpose(Enum):
     CONFIRM = "d"
 
 
+# A payload's first bytes: the version and the purpose (spelled once, not per token).
+_PAYLOAD_PREFIXES = {purpose: bytes([_VERSION]) + purpose.value.encode() for purpose in Purpose}
+
+
 class InvalidToken(Exception):
     """A token that is malformed, tampered, truncated, signed with an unknown key or for another purpose."""
 
@@ -71,7 +75,7 @@ def sign_token(secret: str, purpose: Purpose, message_id: uuid.UUID, url: str | 
     """A token for ``purpose`` on ``message_id``; click tokens bind the URL they redirect to."""
     if (url is not None) != (purpose is Purpose.CLICK):
         raise ValueError("a URL is bound into click tokens, and only into them")
-    payload = bytes([_VERSION]) + purpose.value.encode() + message_id.bytes + (url or "").encode()
+    payload = _PAYLOAD_PREFIXES[purpose] + message_id.bytes + (url or "").encode()
     return f"{_b64(payload)}.{_b64(_mac(secret, payload))}"
 
 

@@ -125,7 +125,7 @@ async def pipelined_transaction(client: aiosmtplib.SMTP, mail_from: bytes, rcpt_
     for argument in (mail_from, rcpt_to):
         if COMMAND_INJECTION_REGEX.search(argument):
             raise ValueError("Command arg contains a prohibited control character")
-    body = PERIOD_REGEX.sub(b"..", normalize_message_line_endings(data)) + b".\r\n"
+    body = data_body(data)
     refusal: aiosmtplib.SMTPException | None = None
     final: aiosmtplib.SMTPResponse | None = None
     answered = False
@@ -155,6 +155,19 @@ async def pipelined_transaction(client: aiosmtplib.SMTP, mail_from: bytes, rcpt_
     if final.code != 250:
         raise aiosmtplib.SMTPDataError(final.code, final.message)
     return final.message
+
+
+def data_body(data: bytes) -> bytes:
+    """What DATA transmits for ``data``: line endings normalized to CRLF, a leading period doubled
+    (dot-stuffing), the ending ".". The same bytes as aiosmtplib's ``data``; a message already in CRLF
+    with no line starting with "." (what ``services.common.mime`` writes) skips both regular
+    expressions, each of which would otherwise copy the whole message: counting is cheaper."""
+    crlf = data.count(b"\r\n")
+    if not (data.count(b"\n") == crlf == data.count(b"\r") and data.endswith(b"\r\n")):
+        data = normalize_message_line_endings(data)
+    if data.startswith(b".") or b"\n." in data:
+        data = PERIOD_REGEX.sub(b"..", data)
+    return data + b".\r\n"
 
 
 def _address(argument: bytes) -> str:
