@@ -9,6 +9,7 @@ use and on what is refused.
 
 from __future__ import annotations
 
+import functools
 import uuid
 from dataclasses import dataclass
 
@@ -131,7 +132,13 @@ def _dot_atom(text: str) -> str:
 def list_id(step: StepContent, domain: str) -> str:
     """The RFC 2919 List-Id of the step's Sequence: ``<name.namespace.domain>``, one list per Sequence,
     so mailbox providers group (and a subscriber filters) each Sequence's mail on its own."""
-    label = _dot_atom(f"{step.sequence_name}.{step.sequence_namespace}.{domain.strip('[]')}")
+    return _list_id(step.sequence_name, step.sequence_namespace, domain)
+
+
+# The same for every message of a Sequence: spelled once per (name, namespace, domain).
+@functools.lru_cache(maxsize=256)
+def _list_id(sequence_name: str, sequence_namespace: str, domain: str) -> str:
+    label = _dot_atom(f"{sequence_name}.{sequence_namespace}.{domain.strip('[]')}")
     return f"<{label}>"
 
 

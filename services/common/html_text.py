@@ -25,20 +25,20 @@ def html_to_text(markup: str) -> str:
     """A readable plain-text version of an HTML body (links kept in parentheses)."""
     parts: list[str] = []
     href: str | None = None
-    for match in _HTML_TOKENS.finditer(markup):
-        text = match.group(5)
-        if text is not None:
+    # findall: one tuple of the five groups per token ('' for a group that took no part), no match
+    # objects. A text token and a tag name are never empty, so '' means "not this kind".
+    for _skipped, closing, tag, attributes, text in _HTML_TOKENS.findall(markup):
+        if text:
             parts.append(html.unescape(text))
             continue
-        tag = match.group(3)
-        if tag is None:
+        if not tag:
             continue  # a comment, a skipped element, a doctype
         tag = tag.lower()
         if tag in _TEXT_BLOCKS:
             parts.append("\n")
         elif tag == "a":
-            if not match.group(2):
-                found = _HREF.search(match.group(4))
+            if not closing:
+                found = _HREF.search(attributes)
                 href = html.unescape(next(filter(None, found.groups()), "")) if found else None
             elif href:
                 parts.append(f" ({href})")

@@ -6,34 +6,34 @@ from __future__ import annotations
 import html
 import re
 import uuid
-from dataclasses import dataclass
-from functools import cached_property
 from urllib.parse import quote
 
 from services.common.tokens import MAX_CLICK_URL_BYTES, Purpose, sign_token
 
 _ANCHOR_HREF = re.compile(r"""(<a\b[^>]*?\bhref\s*=\s*)(["'])(.*?)\2""", re.IGNORECASE | re.DOTALL)
 _BODY_END = re.compile(r"</body\s*>", re.IGNORECASE)
+# The mailto subject's fixed part, percent-encoded once: the token after it is base64url and dots,
+# characters quote() leaves as they are (tests/unit/test_message_links.py checks it on real tokens).
+_MAILTO_SUBJECT_PREFIX = quote("unsubscribe ")
 
 
-@dataclass(frozen=True)
 class MessageLinks:
-    """The signed URLs of one message."""
+    """The signed URLs of one message. The unsubscribe token is signed at construction: every message
+    carries it (the footer, List-Unsubscribe, the template's ``unsubscribe_url``), and computing it
+    eagerly is cheaper than a ``cached_property``, which takes a lock on each first access (3.11)."""
 
-    base_url: str
-    secret: str
-    message_id: uuid.UUID
+    __slots__ = ("_base", "_unsubscribe_token", "base_url", "message_id", "secret", "unsubscribe_url")
+
+    def __init__(self, base_url: str, secret: str, message_id: uuid.UUID) -> None:
+        self.base_url = base_url
+        self.secret = secret
+        self.message_id = message_id
+        self._base = base_url.rstrip("/")
+        self._unsubscribe_token = sign_token(secret, Purpose.UNSUBSCRIBE, message_id)
+        self.unsubscribe_url = f"{self._base}/u/{self._unsubscribe_token}"
 
     def _url(self, prefix: str, purpose: Purpose, url: str | None = None) -> str:
-        return f"{self.base_url.rstrip('/')}/{prefix}/{sign_token(self.secret, purpose, self.message_id, url)}"
-
-    @cached_property
-    def _unsubscribe_token(self) -> str:
-        return sign_token(self.secret, Purpose.UNSUBSCRIBE, self.message_id)
-
-    @cached_property
-    def unsubscribe_url(self) -> str:
-        return f"{self.base_url.rstrip('/')}/u/{self._unsubscribe_token}"
+        return f"{self._base}/{prefix}/{sign_token(self.secret, purpose, self.message_id, url)}"
 
     @property
     def open_url(self) -> str:
@@ -43,7 +43,7 @@ class MessageLinks:
         return self._url("t/c", Purpose.CLICK, target)
 
     def unsubscribe_mailto(self, address: str) -> str:
-        return f"mailto:{address}?subject={quote('unsubscribe ' + self._unsubscribe_token)}"
+        return f"mailto:{address}?subject={_MAILTO_SUBJECT_PREFIX}{self._unsubscribe_token}"
 
 
 def track_clicks(markup: str, links: MessageLinks) -> str:
@@ -64,9 +64,7 @@ def track_clicks(markup: str, links: MessageLinks) -> str:
 def add_open_pixel(markup: str, links: MessageLinks) -> str:
     """A 1x1 image that records the open, before ``</body>`` or at the end."""
     pixel = f'<img src="{html.escape(links.open_url)}" width="1" height="1" alt="" style="display:none">'
-    if _BODY_END.search(markup):
-        return _BODY_END.sub(lambda m: pixel + m.group(0), markup, count=1)
-    return markup + pixel
+    return _before_body_end(markup, pixel)
 
 
 def add_unsubscribe_footer(text: str, markup: str | None, links: MessageLinks) -> tuple[str, str | None]:
@@ -76,9 +74,13 @@ def add_unsubscribe_footer(text: str, markup: str | None, links: MessageLinks) -
         text = f"{text.rstrip()}\n\n--\nUnsubscribe: {url}\n"
     if markup is not None and html.escape(url) not in markup and url not in markup:
         footer = f'<p style="font-size:12px;color:#666"><a href="{html.escape(url)}">Unsubscribe</a></p>'
-        markup = (
-            _BODY_END.sub(lambda m: footer + m.group(0), markup, count=1)
-            if _BODY_END.search(markup)
-            else markup + footer
-        )
+        markup = _before_body_end(markup, footer)
     return text, markup
+
+
+def _before_body_end(markup: str, addition: str) -> str:
+    """``addition`` inserted before the first ``</body>``, or appended when there is none (one search)."""
+    end = _BODY_END.search(markup)
+    if end is None:
+        return markup + addition
+    return f"{markup[: end.start()]}{addition}{markup[end.start() :]}"

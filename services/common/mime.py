@@ -15,8 +15,10 @@ rather than a new header.
 from __future__ import annotations
 
 import base64
+import functools
 import secrets
 import uuid
+from datetime import datetime, timedelta
 from email.header import Header
 from email.utils import format_datetime, formataddr
 
@@ -49,16 +51,17 @@ def build_message(
     incomplete (SpamAssassin's ``__LIST_PARTIAL``).
     """
     domain = from_email.rpartition("@")[2]
+    message_id_text = str(message_id)
     headers = [
-        ("Message-ID", f"<{message_id}@{domain}>"),
-        ("Date", format_datetime(utcnow())),
-        ("From", _address(from_name, from_email)),
+        ("Message-ID", f"<{message_id_text}@{domain}>"),
+        ("Date", _date_header(utcnow())),
+        ("From", _sender_address(from_name, from_email)),
         ("To", _address(_one_line(to_name or ""), to_email)),
         ("Subject", _encoded(_one_line(rendered.subject), "Subject")),
         ("MIME-Version", "1.0"),
     ]
     if idempotency_header:
-        headers.append((idempotency_header, str(message_id)))
+        headers.append((idempotency_header, message_id_text))
     if list_unsubscribe is not None:
         https_url, mailto = list_unsubscribe
         headers.append(("List-Unsubscribe", f"<{https_url}>,\r\n <{mailto}>"))
@@ -90,7 +93,9 @@ def _head(headers: list[tuple[str, str]]) -> bytes:
     lines = []
     for name, value in headers:
         # A folded value (CRLF followed by a space) is ours; any other line break is refused.
-        if "\r" in value.replace("\r\n ", "") or "\n" in value.replace("\r\n ", ""):
+        if ("\r" in value or "\n" in value) and (
+            "\r" in value.replace("\r\n ", "") or "\n" in value.replace("\r\n ", "")
+        ):
             raise ValueError(f"header {name} must not contain CR or LF")
         lines.append(f"{name}: {value}\r\n")
     return "".join(lines).encode()
@@ -112,12 +117,28 @@ def _part(content_type: str, content: str) -> bytes:
     )
 
 
+def _date_header(now: datetime) -> str:
+    """``format_datetime(now)``, formatted once per second rather than once per message: it has a
+    resolution of one second. The offset is part of the key (equal instants in two zones are equal
+    datetimes, but their Date headers differ)."""
+    return _formatted_date(now.replace(microsecond=0), now.utcoffset())
+
+
+@functools.lru_cache(maxsize=4)
+def _formatted_date(second: datetime, offset: timedelta | None) -> str:
+    return format_datetime(second)
+
+
 def _address(name: str, address: str) -> str:
     if any(c in name for c in "\r\n"):
         raise ValueError("a display name must not contain CR or LF")
     if not name:
         return address
     return formataddr((name, address), charset="utf-8")
+
+
+# From: the installation's or a Sequence's sender, the same for many messages.
+_sender_address = functools.lru_cache(maxsize=64)(_address)
 
 
 def _encoded(value: str, header_name: str) -> str:

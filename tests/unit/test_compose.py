@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import email
 import email.policy
+import re
 import uuid
 from dataclasses import replace
 from email.message import EmailMessage
@@ -13,6 +14,7 @@ import pytest
 
 from services.common.compose import ComposeSettings, MessageIdentity, StepContent, compose_email
 from services.common.templates import MAX_BODY_CHARS, RenderError, TemplateLead
+from services.common.tokens import Purpose, verify_token
 
 SETTINGS = ComposeSettings(
     public_base_url="https://go.example.com",
@@ -105,3 +107,50 @@ def test_a_sequence_name_with_consecutive_dots_still_makes_a_valid_list_id() -> 
     message = parse(compose_email(content, LEAD, MESSAGE, SETTINGS).data)
 
     assert message["List-Id"] == "<a.b.default.mail.example.com>"
+
+
+# --- nothing cached serves one lead's or one revision's content to another --------------------------
+
+
+def signed_ids(markup: str, prefix: str, purpose: Purpose) -> list[uuid.UUID]:
+    """The message ids the signed links under ``prefix`` (``t/c``, ``t/o``, ``u``) verify to."""
+    tokens = re.findall(rf"https://go\.example\.com/{prefix}/([A-Za-z0-9_\-.]+)", markup)
+    return [verify_token(token, purpose, [SETTINGS.hmac_secret]).message_id for token in tokens]
+
+
+def test_two_leads_of_the_same_step_each_get_their_own_name_links_and_unsubscribe_token() -> None:
+    same_step = step('<p>Hi {{ lead.first_name }}, <a href="https://example.com/a">read</a></p>')
+    grace = TemplateLead(email="grace@example.net", first_name="Grace", last_name="Hopper", source="website")
+    other = MessageIdentity(uuid.UUID("7c2e4a10-3b5d-4f6e-8a90-1b2c3d4e5f60"))
+
+    first = compose_email(same_step, LEAD, MESSAGE, SETTINGS)
+    second = compose_email(same_step, grace, other, SETTINGS)
+    again = compose_email(same_step, LEAD, MESSAGE, SETTINGS)
+
+    for composed, lead, identity in ((first, LEAD, MESSAGE), (second, grace, other), (again, LEAD, MESSAGE)):
+        message = parse(composed.data)
+        markup = composed.email.html or ""
+        assert message["Subject"] == f"Welcome, {lead.first_name}"
+        assert message["To"] == f"{lead.first_name} {lead.last_name} <{lead.email}>"
+        assert f"Hi {lead.first_name}," in markup
+        assert message["Message-ID"].startswith(f"<{identity.message_id}@")
+        for prefix, purpose in (("t/c", Purpose.CLICK), ("t/o", Purpose.OPEN), ("u", Purpose.UNSUBSCRIBE)):
+            assert signed_ids(markup, prefix, purpose) == [identity.message_id]
+        assert signed_ids(message["List-Unsubscribe"], "u", Purpose.UNSUBSCRIBE) == [identity.message_id]
+        assert signed_ids(composed.email.text, "u", Purpose.UNSUBSCRIBE) == [identity.message_id]
+    assert "Grace" not in first.data.decode() + again.data.decode()
+    assert "Ada" not in second.data.decode()
+
+
+def test_an_edited_step_is_rendered_from_its_new_template() -> None:
+    before = compose_email(step("<p>Hi {{ lead.first_name }}</p>"), LEAD, MESSAGE, SETTINGS)
+    edited = StepContent(
+        "welcome", "hello", "Still here, {{ lead.first_name }}?", "<p>Bye {{ lead.last_name }}</p>", None
+    )
+
+    after = compose_email(edited, LEAD, MESSAGE, SETTINGS)
+
+    assert parse(before.data)["Subject"] == "Welcome, Ada"
+    assert parse(after.data)["Subject"] == "Still here, Ada?"
+    assert "Bye Lovelace" in (after.email.html or "")
+    assert "Hi Ada" not in (after.email.html or "") + after.email.text

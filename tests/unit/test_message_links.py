@@ -6,6 +6,7 @@ from __future__ import annotations
 import html
 import re
 import uuid
+from urllib.parse import quote
 
 import pytest
 
@@ -75,3 +76,13 @@ def test_an_unsubscribe_footer_is_added_unless_the_template_has_the_link() -> No
 )
 def test_privacy_proxies_and_link_scanners_are_flagged(agent: str | None, method: str, automated: bool) -> None:
     assert is_automated(agent, method) is automated
+
+
+def test_the_mailto_subject_is_the_percent_encoded_unsubscribe_token() -> None:
+    for number in range(200):
+        links = MessageLinks("https://go.example.com/", SECRET, uuid.UUID(int=number * 0x9E3779B97F4A7C15))
+        token = links.unsubscribe_url.rsplit("/", 1)[1]
+
+        assert (
+            links.unsubscribe_mailto("u@example.com") == f"mailto:u@example.com?subject={quote('unsubscribe ' + token)}"
+        )

@@ -5,12 +5,14 @@ from __future__ import annotations
 import email
 import email.policy
 import uuid
+from datetime import UTC, datetime, timedelta, timezone
 from email.message import EmailMessage
-from email.utils import parsedate_to_datetime
+from email.utils import format_datetime, parsedate_to_datetime
 from typing import Any
 
 import pytest
 
+from services.common import mime
 from services.common.mime import build_message
 from services.common.templates import RenderedEmail
 
@@ -102,6 +104,24 @@ def test_non_ascii_names_and_subject_survive_serialization() -> None:
 
 def test_date_header_is_present_and_timezone_aware() -> None:
     assert parsedate_to_datetime(build()["Date"]).tzinfo is not None
+
+
+def test_the_date_header_is_the_clocks_time_to_the_second(monkeypatch: pytest.MonkeyPatch) -> None:
+    # Formatted once per second (a cache): each message still gets its own clock's second and zone.
+    times = [
+        datetime(2026, 11, 30, 10, 0, 0, 100, tzinfo=UTC),
+        datetime(2026, 11, 30, 10, 0, 0, 999_999, tzinfo=UTC),  # the same second
+        datetime(2026, 11, 30, 10, 0, 1, tzinfo=UTC),  # the next
+        datetime(2026, 11, 30, 12, 0, 1, tzinfo=timezone(timedelta(hours=2))),  # the same instant, another zone
+        datetime(2026, 11, 30, 10, 0, 0, 100, tzinfo=UTC),  # back again
+    ]
+    headers = []
+    for now in times:
+        monkeypatch.setattr(mime, "utcnow", lambda now=now: now)
+        headers.append(build()["Date"])
+
+    assert headers == [format_datetime(now.replace(microsecond=0)) for now in times]
+    assert headers[2] != headers[3]
 
 
 def test_idempotency_header_carries_the_message_id_when_asked_for() -> None:

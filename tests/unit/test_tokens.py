@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import base64
+import hashlib
+import hmac
 import uuid
 
 import pytest
@@ -104,3 +107,22 @@ def test_a_non_canonical_spelling_of_a_valid_token_is_refused() -> None:
 
     with pytest.raises(InvalidToken):
         verify_token(f"{payload}.{mac[:-1]}{same_bits}", Purpose.UNSUBSCRIBE, [SECRET])
+
+
+def test_tokens_signed_under_several_secrets_in_turn_each_carry_their_own_secrets_mac() -> None:
+    # The keyed HMAC is cached per secret and copied per token: no secret's key or earlier payload may
+    # leak into another token.
+    signed = [
+        (secret, url, sign_token(secret, Purpose.CLICK, MESSAGE, url))
+        for secret in (SECRET, PREVIOUS, SECRET, PREVIOUS)
+        for url in ("https://example.com/a", "https://example.com/b")
+    ]
+
+    for secret, url, token in signed:
+        payload = bytes([1]) + b"c" + MESSAGE.bytes + url.encode()
+        expected = hmac.new(secret.encode(), b"healingwork-link-token\x00" + payload, hashlib.sha256).digest()
+        assert token.split(".")[1] == base64.urlsafe_b64encode(expected).rstrip(b"=").decode()
+        assert verify_token(token, Purpose.CLICK, [secret]).url == url
+        other = PREVIOUS if secret == SECRET else SECRET
+        with pytest.raises(InvalidToken):
+            verify_token(token, Purpose.CLICK, [other])
