@@ -38,7 +38,14 @@ class WebhookSink:
 
         class Handler(BaseHTTPRequestHandler):
             def do_POST(self) -> None:
-                body = self.rfile.read(int(self.headers.get("Content-Length") or 0))
+                length = int(self.headers.get("Content-Length") or 0)
+                body = self.rfile.read(length)
+                if len(body) < length:
+                    # The sender went away mid-request (a deliverer killed while sending): nothing was
+                    # delivered, no answer reached it, and it will try again. Recording the truncated body
+                    # would count a bad signature that no receiver ever verifies.
+                    self.close_connection = True
+                    return
                 if sink.failing.is_set():
                     self.send_response(503)
                 else:
