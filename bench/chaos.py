@@ -8,7 +8,8 @@ Processes: two replicas each of intake (HTTP + outbox relay), scheduler, dispatc
 ``python -m services <name>`` exactly as in a container, and the batch jobs (``healingwork job ...``) on a
 short schedule, all against an embedded PostgreSQL, a broker (``--broker``: the embedded Tansu broker,
 memory storage, by default; ``kafka``: Apache Kafka from ``.tools``, :mod:`devstack.apache_kafka`) and an
-in-process SMTP sink (:class:`~devstack.mailsink.MailSink`).
+SMTP sink (:class:`~devstack.mailsink.MailSink` in a process of its own, :mod:`bench.chaos_sink`, offering
+PIPELINING as relays do).
 
 Phases: a calm phase at ``--calm-rate`` leads/s (the first-email latency baseline, no faults; the jobs
 run at a CronJob's cadence, once a minute), then the remaining leads spread over ``--duration`` seconds
