@@ -39,7 +39,7 @@ from services.common.redaction import known_values_of, redact_addresses
 from services.common.retry import retry_async
 from services.common.suppressions import LEAD_IS_SUPPRESSED_SQL
 from services.common.templates import RenderError, TemplateLead
-from services.dispatcher.coalesce import Coalescer
+from services.common.coalesce import Coalescer
 from services.dispatcher.rate import SharedRateLimiter
 from services.dispatcher.smtp import SendError, SmtpConnection, SmtpPool
 
