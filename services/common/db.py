@@ -5,6 +5,8 @@ Every connection gets a connect timeout and a statement timeout, so no call can 
 
 from __future__ import annotations
 
+import time
+import weakref
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 
@@ -38,6 +40,29 @@ async def _note_backend(conn: Connection) -> None:
     LOCAL_BACKEND_PIDS.add(conn.info.backend_pid)  # pids are reused: a stale one costs a spurious pass
 
 
+# A pooled connection is checked (an empty query: one round trip, and the autocommit switch around it)
+# before it is handed out, so a connection that died with a PostgreSQL restart is replaced instead of
+# failing its caller. One that passed a check less than CHECK_BYPASS_S ago is handed out unchecked, as
+# HikariCP does for connections used within the last 500 ms: a busy process checked every checkout,
+# one round trip in four of a short transaction, in every process and in PostgreSQL. What the bypass
+# risks is what a restart during a transaction does anyway (the statement fails with an
+# OperationalError, the pool discards the connection, the caller's retry or 503 follows), only within
+# half a second of a passed check.
+CHECK_BYPASS_S = 0.5
+_CHECKED_AT: weakref.WeakKeyDictionary[Connection, float] = weakref.WeakKeyDictionary()
+
+
+async def check_unless_recent(conn: Connection) -> None:
+    """The pool's liveness check, skipped for a connection whose last check passed within
+    ``CHECK_BYPASS_S``; raises (and the pool discards the connection) when the check fails."""
+    now = time.monotonic()
+    last = _CHECKED_AT.get(conn)
+    if last is not None and now - last < CHECK_BYPASS_S:
+        return
+    await psycopg_pool.AsyncConnectionPool.check_connection(conn)
+    _CHECKED_AT[conn] = now
+
+
 # Lists (the arrays every set-based statement passes, ``unnest(%s::uuid[], ...)``) are sent in binary:
 # psycopg's text form quotes and escapes element by element (a batch of 1,000 UUIDs took ~2 ms to
 # dump, 1,000 outbox payloads ~7 ms; binary: ~0.3 and ~0.5 ms), which was a sixth of a scheduler batch.
@@ -65,7 +90,7 @@ async def open_pool(settings: DatabaseSettings, *, wait: bool = True) -> psycopg
         kwargs=connection_kwargs(settings),
         timeout=settings.db_connect_timeout_s,
         reconnect_timeout=60,
-        check=psycopg_pool.AsyncConnectionPool.check_connection,
+        check=check_unless_recent,
         configure=_note_backend,
         open=False,
     )
