@@ -1,35 +1,56 @@
 """The chaos harness's SMTP sink in a process of its own, so the harness's load generator never shares
 a GIL with it: ``python -m bench.chaos_sink MAIL_DIR PORT REJECTED_JSON``. It prints ``ready`` once it
-listens; each line on stdin is a command: ``fail CODE TEXT`` (every DATA answered so) or ``ok``."""
+listens; each line on stdin is a command: ``fail CODE TEXT`` (every DATA answered so) or ``ok``.
+
+The server is :mod:`bench.smtp_sink` storing every message as ``<UTC timestamp>-<counter>-<id>.eml`` in
+MAIL_DIR (the audit reads the receive time from the name) and refusing the addresses of REJECTED_JSON
+at RCPT with 550. It offers PIPELINING as relays and providers do, so the dispatcher's transaction is
+two round trips, and it answers a pipelined group in one write: the harness measures the platform, not a
+slow sink (docs/performance.md, the first email's latency).
+"""
 
 from __future__ import annotations
 
+import asyncio
 import json
 import sys
+import threading
 from pathlib import Path
 
-from devstack.mailsink import MailSink
+from bench.smtp_sink import SinkRules, serve
+
+
+def _commands(rules: SinkRules, stop: asyncio.Event, loop: asyncio.AbstractEventLoop) -> None:
+    """Apply stdin's commands until it closes, answering each with ``done``; then stop the server."""
+    for line in sys.stdin:
+        command, _, rest = line.strip().partition(" ")
+        if command == "fail":
+            code, _, text = rest.partition(" ")
+            rules.fail_with = (int(code), text)
+        elif command == "ok":
+            rules.fail_with = None
+        print("done", flush=True)
+    loop.call_soon_threadsafe(stop.set)
+
+
+async def main_async(mail_dir: Path, port: int, rejected: list[str]) -> None:
+    rules = SinkRules(mail_dir=mail_dir, rejected={address.casefold() for address in rejected})
+    started, stop = asyncio.Event(), asyncio.Event()
+    server = asyncio.create_task(serve(port, rules, started))
+    listening = asyncio.create_task(started.wait())
+    await asyncio.wait({server, listening}, return_when=asyncio.FIRST_COMPLETED)
+    if server.done():
+        server.result()  # it could not listen: the harness sees the process exit without "ready"
+    print("ready", flush=True)
+    threading.Thread(target=_commands, args=(rules, stop, asyncio.get_running_loop()), daemon=True).start()
+    await stop.wait()
+    server.cancel()
 
 
 def main() -> None:
     mail_dir, port, rejected = Path(sys.argv[1]), int(sys.argv[2]), json.loads(Path(sys.argv[3]).read_text())
-    # Offers PIPELINING as a relay or a provider does: the dispatcher's transaction is then two round
-    # trips, not four (docs/performance.md, the first email's latency).
-    sink = MailSink(mail_dir, port=port, pipelining=True)
-    sink.reject_recipients = {address: (550, "5.1.1 chaos: no such user") for address in rejected}
-    sink.start()
-    print("ready", flush=True)
-    try:
-        for line in sys.stdin:
-            command, _, rest = line.strip().partition(" ")
-            if command == "fail":
-                code, _, text = rest.partition(" ")
-                sink.fail_with = (int(code), text)
-            elif command == "ok":
-                sink.fail_with = None
-            print("done", flush=True)
-    finally:
-        sink.stop()
+    mail_dir.mkdir(parents=True, exist_ok=True)
+    asyncio.run(main_async(mail_dir, port, rejected))
 
 
 if __name__ == "__main__":
