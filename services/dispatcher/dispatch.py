@@ -28,6 +28,7 @@ import psycopg
 import psycopg_pool
 
 from services.common import metrics
+from services.common.coalesce import Coalescer
 from services.common.compose import ComposeSettings, MessageIdentity, StepContent, compose_email
 from services.common.config import DispatcherSettings
 from services.common.db import UNAVAILABLE_ERRORS, Connection, transaction
@@ -39,7 +40,6 @@ from services.common.redaction import known_values_of, redact_addresses
 from services.common.retry import retry_async
 from services.common.suppressions import LEAD_IS_SUPPRESSED_SQL
 from services.common.templates import RenderError, TemplateLead
-from services.common.coalesce import Coalescer
 from services.dispatcher.rate import SharedRateLimiter
 from services.dispatcher.smtp import SendError, SmtpConnection, SmtpPool
 
