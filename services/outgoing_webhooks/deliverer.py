@@ -1,27 +1,40 @@
 """The deliverer's pass: claim due deliveries, attempt each once (signed, through the safe client), and
-record every outcome in its own short transaction. ``services.outgoing_webhooks.service`` runs it in a
-loop; tests run single passes."""
+record the outcomes in groups. ``services.outgoing_webhooks.service`` runs it in a loop; tests run
+single passes.
+
+Recording is a group commit (:class:`services.common.coalesce.Coalescer`): the outcomes that finish
+while a group is being written go to PostgreSQL together as the next group, in one transaction
+(:func:`services.outgoing_webhooks.delivery.record_outcomes`). A lone outcome is written at once; a
+busy pass writes about one group per round of the database, not one transaction per webhook. Each
+attempt still learns its own result, and a pass returns only once every outcome of it is committed.
+
+One coalescer per pass, not per loop or per pool: a loop runs its passes one after another and each
+pass waits for its last outcome, so outcomes of two passes never meet and a longer-lived coalescer
+would group nothing more; one per pass keeps no state between passes and needs no new parameter.
+"""
 
 from __future__ import annotations
 
 import asyncio
 import logging
 import time
+from collections.abc import Sequence
 from dataclasses import dataclass
 
 import psycopg_pool
 
 from services.common import metrics
-from services.common.clock import database_now
+from services.common.coalesce import Coalescer
 from services.common.config import WebhooksSettings
 from services.common.db import UNAVAILABLE_ERRORS, Connection, transaction
 from services.outgoing_webhooks.delivery import (
     LEASE_MARGIN_S,
+    Attempted,
     Claimed,
     Outcome,
     claim_due_deliveries,
     parse_schedule,
-    record_outcome,
+    record_outcomes,
 )
 from services.outgoing_webhooks.safe_http import AttemptFailed, SafeHttpClient
 from services.outgoing_webhooks.signing import signed_headers
@@ -51,14 +64,20 @@ class DeliveryRules:
 async def deliver_due(
     pool: psycopg_pool.AsyncConnectionPool[Connection], client: SafeHttpClient, rules: DeliveryRules
 ) -> int:
-    """One pass: claim up to a batch of due deliveries, attempt them at once, record each outcome;
-    returns how many were claimed."""
+    """One pass: claim up to a batch of due deliveries, attempt them at once, record their outcomes in
+    groups (module docstring); returns how many were claimed, once every outcome is committed."""
     async with transaction(pool) as conn:
         claimed = await claim_due_deliveries(
             conn, limit=rules.batch_size, lease_s=rules.lease_s, hmac_secrets=rules.hmac_secrets
         )
     if claimed:
-        await asyncio.gather(*(_attempt(pool, client, delivery, rules.schedule) for delivery in claimed))
+
+        async def record(group: Sequence[Attempted]) -> list[str]:
+            async with transaction(pool) as conn:
+                return await record_outcomes(conn, group, schedule=rules.schedule)
+
+        recorder: Coalescer[Attempted, str] = Coalescer(record)
+        await asyncio.gather(*(_attempt(recorder, client, delivery) for delivery in claimed))
     return len(claimed)
 
 
@@ -78,17 +97,16 @@ async def attempt_delivery(client: SafeHttpClient, delivery: Claimed) -> Outcome
     return Outcome(status=answer.status, body=answer.body, error=None if answer.succeeded else f"HTTP {answer.status}")
 
 
-async def _attempt(
-    pool: psycopg_pool.AsyncConnectionPool[Connection], client: SafeHttpClient, delivery: Claimed, schedule: list[float]
-) -> None:
+async def _attempt(recorder: Coalescer[Attempted, str], client: SafeHttpClient, delivery: Claimed) -> None:
     started = time.monotonic()
     outcome = await attempt_delivery(client, delivery)
+    # Counted right before the outcome is queued for its group (a test waits on the count).
     metrics.OUTGOING_WEBHOOK_SECONDS.observe(time.monotonic() - started)
     try:
-        async with transaction(pool) as conn:
-            result = await record_outcome(conn, delivery, outcome, schedule=schedule, now=await database_now(conn))
+        result = await recorder.submit(Attempted(delivery, outcome))
     except UNAVAILABLE_ERRORS as error:
-        # The claim's lease runs out and the delivery is attempted again: at least once.
+        # The group could not be recorded: the claim's lease runs out and the delivery is attempted
+        # again (at least once), as for every other member of the group.
         log.warning("could not record a webhook attempt", extra={"delivery": str(delivery.id), "error": repr(error)})
         return
     metrics.OUTGOING_WEBHOOKS.labels(result).inc()

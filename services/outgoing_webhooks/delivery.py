@@ -10,6 +10,11 @@ endpoints that failed together do not retry together); after the last, the deliv
 and when nothing reached the endpoint since that delivery was created (failing for the whole
 schedule, about 27.5 hours by default) and no admin enabled it again since then, the endpoint is
 disabled and a ``webhook_endpoint.disabled`` event is fanned out to the other endpoints subscribed to it.
+
+Outcomes are recorded in groups (:func:`record_outcomes`, one transaction per group, the deliverer's
+group commit): the successes in one statement and their endpoints' ``last_success_at`` in another,
+whatever the group's size; each endpoint row is updated once per group instead of once per success, so
+concurrent successes to one endpoint no longer queue behind each other's row lock.
 """
 
 from __future__ import annotations
@@ -17,10 +22,12 @@ from __future__ import annotations
 import logging
 import random
 import uuid
+from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 
 from services.common import metrics
+from services.common.clock import database_now
 from services.common.db import Connection
 from services.common.webhook_events import ENDPOINT_DISABLED, WebhookEvent
 from services.common.webhook_secrets import UndecryptableSecret, decrypt_secret, encrypt_secret
@@ -119,7 +126,8 @@ async def reencrypt_secrets(conn: Connection, *, hmac_secret: str, hmac_secret_p
     if not hmac_secret_previous:
         return 0
     cursor = await conn.execute(
-        "SELECT id, secret_ciphertext, previous_secret_ciphertext FROM webhook_endpoints FOR UPDATE"
+        # In id order, as a group of outcomes locks them: a re-encryption and a group never deadlock.
+        "SELECT id, secret_ciphertext, previous_secret_ciphertext FROM webhook_endpoints ORDER BY id FOR UPDATE"
     )
     renewed = 0
     for row in await cursor.fetchall():
@@ -175,47 +183,111 @@ def _stored_text(body: bytes) -> str:
     return body[:1024].decode("utf-8", errors="ignore").replace("\x00", "")
 
 
-async def record_outcome(
-    conn: Connection, delivery: Claimed, outcome: Outcome, *, schedule: list[float], now: datetime
-) -> str:
-    """Record ``outcome`` of ``delivery``'s attempt; returns ``delivered``, ``retrying`` or ``failed``
-    (and disables the endpoint as the module docstring says)."""
-    common = {
-        "id": delivery.id,
-        "attempt": delivery.attempt,
+@dataclass(frozen=True)
+class Attempted:
+    """A claimed delivery and how its attempt ended: one item of a group of outcomes to record."""
+
+    delivery: Claimed
+    outcome: Outcome
+
+
+def _result_of(attempted: Attempted, schedule: list[float]) -> str:
+    """``delivered``, ``retrying`` (the schedule has another attempt) or ``failed`` (it ran out)."""
+    if attempted.outcome.succeeded:
+        return "delivered"
+    return "retrying" if attempted.delivery.attempt <= len(schedule) else "failed"
+
+
+# Every row keeps its guard: an attempt whose lease ran out (and was claimed again) records nothing.
+_RECORD_DELIVERED = """
+    UPDATE webhook_deliveries d
+    SET status = 'delivered', delivered_at = now(), response_status = a.status, response_body = a.body,
+        last_error = NULL
+    FROM unnest(%(ids)s::uuid[], %(attempts)s::int[], %(statuses)s::int[], %(bodies)s::text[])
+        AS a(id, attempt, status, body)
+    WHERE d.id = a.id AND d.attempts = a.attempt"""
+
+# The group's endpoints are locked in one statement, in id order (the locking clause locks rows as the
+# sort returns them), so two replicas' groups never wait on each other in a cycle; those of final
+# failures too, which the disable rule may update later in the transaction. NO KEY UPDATE, as an UPDATE
+# of these columns takes: it does not block the foreign-key checks of deliveries being inserted.
+_LOCK_ENDPOINTS_NOTE_SUCCESSES = """
+    WITH locked AS (
+        SELECT id FROM webhook_endpoints WHERE id = ANY (%(touched)s::uuid[]) ORDER BY id FOR NO KEY UPDATE)
+    UPDATE webhook_endpoints e SET last_success_at = now()
+    FROM locked WHERE e.id = locked.id AND e.id = ANY (%(succeeded)s::uuid[])"""
+
+
+async def record_outcomes(conn: Connection, group: Sequence[Attempted], *, schedule: list[float]) -> list[str]:
+    """Record the outcomes of ``group`` (in the caller's transaction); returns each one's result,
+    in order: ``delivered``, ``retrying`` or ``failed`` (the schedule ran out).
+
+    Set-based for the common case: one statement records every success, one sets ``last_success_at``
+    of their endpoints (locking, in id order, every endpoint the group may update). Successes go
+    first, so a final failure to the same endpoint in this group sees that success and does not
+    disable it (module docstring); retries and final failures, rare, then go row by row, with the
+    database's time read once (and only if there are any).
+    """
+    results = [_result_of(attempted, schedule) for attempted in group]
+    delivered = [a for a, result in zip(group, results, strict=True) if result == "delivered"]
+    failed = [a for a, result in zip(group, results, strict=True) if result == "failed"]
+    if delivered:
+        await conn.execute(
+            _RECORD_DELIVERED,
+            {
+                "ids": [a.delivery.id for a in delivered],
+                "attempts": [a.delivery.attempt for a in delivered],
+                "statuses": [a.outcome.status for a in delivered],
+                "bodies": [_stored_text(a.outcome.body) for a in delivered],
+            },
+        )
+    touched = {a.delivery.endpoint_id for a in delivered + failed}
+    if touched:
+        await conn.execute(
+            _LOCK_ENDPOINTS_NOTE_SUCCESSES,
+            {"touched": sorted(touched), "succeeded": sorted({a.delivery.endpoint_id for a in delivered})},
+        )
+    unsuccessful = [(a, result) for a, result in zip(group, results, strict=True) if result != "delivered"]
+    if unsuccessful:
+        now = await database_now(conn)
+        for attempted, result in unsuccessful:
+            if result == "retrying":
+                await _record_retry(conn, attempted, schedule=schedule, now=now)
+            else:
+                await _record_final_failure(conn, attempted, now=now)
+    return results
+
+
+def _unsuccessful_columns(attempted: Attempted) -> dict[str, object]:
+    outcome = attempted.outcome
+    return {
+        "id": attempted.delivery.id,
+        "attempt": attempted.delivery.attempt,
         "status": outcome.status,
         "body": _stored_text(outcome.body) if outcome.status is not None else None,
         "error": (outcome.error or "")[:MAX_ERROR_CHARS] or None,
     }
-    if outcome.succeeded:
-        await conn.execute(
-            """UPDATE webhook_deliveries SET status = 'delivered', delivered_at = now(), response_status = %(status)s,
-                      response_body = %(body)s, last_error = NULL
-               WHERE id = %(id)s AND attempts = %(attempt)s""",
-            common,
-        )
-        await conn.execute(
-            "UPDATE webhook_endpoints SET last_success_at = now() WHERE id = %s", (delivery.endpoint_id,)
-        )
-        return "delivered"
-    if delivery.attempt <= len(schedule):
-        delay = schedule[delivery.attempt - 1]
-        delay += random.uniform(0, delay / 10)
-        await conn.execute(
-            """UPDATE webhook_deliveries SET next_attempt_at = %(next)s, response_status = %(status)s,
-                      response_body = %(body)s, last_error = %(error)s
-               WHERE id = %(id)s AND attempts = %(attempt)s AND status = 'pending'""",
-            {**common, "next": now + timedelta(seconds=delay)},
-        )
-        return "retrying"
+
+
+async def _record_retry(conn: Connection, attempted: Attempted, *, schedule: list[float], now: datetime) -> None:
+    delay = schedule[attempted.delivery.attempt - 1]
+    delay += random.uniform(0, delay / 10)
+    await conn.execute(
+        """UPDATE webhook_deliveries SET next_attempt_at = %(next)s, response_status = %(status)s,
+                  response_body = %(body)s, last_error = %(error)s
+           WHERE id = %(id)s AND attempts = %(attempt)s AND status = 'pending'""",
+        {**_unsuccessful_columns(attempted), "next": now + timedelta(seconds=delay)},
+    )
+
+
+async def _record_final_failure(conn: Connection, attempted: Attempted, *, now: datetime) -> None:
     await conn.execute(
         """UPDATE webhook_deliveries SET status = 'failed', response_status = %(status)s,
                   response_body = %(body)s, last_error = %(error)s
            WHERE id = %(id)s AND attempts = %(attempt)s AND status = 'pending'""",
-        common,
+        _unsuccessful_columns(attempted),
     )
-    await disable_if_persistently_failing(conn, delivery, now=now)
-    return "failed"
+    await disable_if_persistently_failing(conn, attempted.delivery, now=now)
 
 
 async def disable_if_persistently_failing(conn: Connection, delivery: Claimed, *, now: datetime) -> bool:

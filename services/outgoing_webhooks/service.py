@@ -3,10 +3,10 @@
 Three loops share one process: the consumer (the one consumer loop, over the topics of
 :func:`services.common.webhook_events.webhook_source_topics`: map a fetch's messages, insert their
 deliveries in one transaction, commit the offsets) and the deliverer, which claims due deliveries
-every poll interval or as soon as the consumer queued some, sends them concurrently and records each
-outcome, and the reconcile pass, which fans out again what the outbox published (the backstop for
-events a broker lost before they were consumed). All keep their state in PostgreSQL only, so any
-number of replicas share the work.
+every poll interval or as soon as the consumer queued some, sends them concurrently and records the
+outcomes in groups (one transaction per group), and the reconcile pass, which fans out again what the
+outbox published (the backstop for events a broker lost before they were consumed). All keep their
+state in PostgreSQL only, so any number of replicas share the work.
 """
 
 from __future__ import annotations
