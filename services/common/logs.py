@@ -49,5 +49,7 @@ def configure_logging(service: str, level: str = "INFO") -> None:
     root = logging.getLogger()
     root.handlers[:] = [handler]
     root.setLevel(level.upper() if level.upper() in logging.getLevelNamesMapping() else "INFO")
-    for noisy in ("aiokafka", "kafka", "psycopg.pool", "mail.log"):
+    # httpx logs every request at INFO with its URL: one line per outgoing webhook, and an endpoint URL
+    # may carry a token (hooks.example.com/T0/B0/secret) that must not reach the logs.
+    for noisy in ("aiokafka", "kafka", "psycopg.pool", "mail.log", "httpx", "httpcore"):
         logging.getLogger(noisy).setLevel(max(root.level, logging.WARNING))

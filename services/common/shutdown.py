@@ -19,6 +19,8 @@ import time
 from collections.abc import Awaitable, Coroutine
 from typing import Any, TypeVar
 
+import uvloop
+
 log = logging.getLogger(__name__)
 
 T = TypeVar("T")
@@ -125,8 +127,11 @@ def run_service(main: Coroutine[Any, Any, None]) -> None:
     a server that is gone would hold the process for minutes. Here they get ``LEFTOVER_WAIT_S``, and
     are then abandoned with the loop: the process exits; what they did not record is what the
     reconcile jobs find (messages in ``sending``).
+
+    The loop is uvloop's (libuv, in C): the services' hot paths are callbacks and socket reads, where
+    the standard loop's Python costs a measurable share of every message (docs/performance.md).
     """
-    loop = asyncio.new_event_loop()
+    loop = uvloop.new_event_loop()
     asyncio.set_event_loop(loop)
     try:
         loop.run_until_complete(main)

@@ -4,7 +4,8 @@ Without it a transaction is four writes and four round trips (MAIL, RCPT, DATA, 
 ``send`` system call was the largest single cost in a profile of the dispatcher. aiosmtplib's protocol
 reads one reply per command written and drops a reply that arrives before the previous one was picked
 up, so while a pipelined group is outstanding :class:`PipelinedReplies` reads the replies from the
-connection itself, in order, and hands the connection back to aiosmtplib once every reply is in. A
+connection itself, in order (a protocol of its own installed on the transport with ``set_protocol``),
+and hands the connection back to aiosmtplib once every reply is in. A
 transaction that ends with replies still outstanding (a timeout, a cancel, a dropped connection) closes
 the session: its next reply could not be paired with a command.
 """
@@ -40,18 +41,22 @@ class PipelinedReplies:
         self._waiter: asyncio.Future[None] | None = None
         self._error: BaseException | None = None
         self._lost: Callable[[Exception | None], None] = protocol.connection_lost
+        self._transport: asyncio.BaseTransport
 
     def __enter__(self) -> PipelinedReplies:
-        # Instance attributes shadow the protocol's methods; the transport looks them up on every call.
-        self._protocol.data_received = self._data_received  # type: ignore[method-assign]
-        self._protocol.connection_lost = self._connection_lost  # type: ignore[method-assign]
+        # The transport's protocol is swapped, not the protocol's methods patched: uvloop's transports
+        # bind the protocol's methods once, when it is set.
+        transport = self._protocol.transport
+        if transport is None:
+            raise aiosmtplib.SMTPServerDisconnected("Connection lost")
+        transport.set_protocol(_Interceptor(self, self._protocol))
+        self._transport = transport
         return self
 
     def __exit__(
         self, kind: type[BaseException] | None, error: BaseException | None, traceback: TracebackType | None
     ) -> None:
-        del self._protocol.data_received
-        del self._protocol.connection_lost
+        self._transport.set_protocol(self._protocol)
 
     async def next(self) -> aiosmtplib.SMTPResponse:
         """The next reply in order; raises what aiosmtplib raises for a lost, silent or garbled server."""
@@ -74,7 +79,8 @@ class PipelinedReplies:
                 self._waiter = None
         return self._replies.popleft()
 
-    def _data_received(self, data: bytes) -> None:
+    def data_received(self, data: bytes) -> None:
+        """The replies' bytes (called by the installed protocol)."""
         self._buffer.extend(data)
         try:
             while (reply := self._parse_one()) is not None:
@@ -86,7 +92,8 @@ class PipelinedReplies:
             self._error = error
         self._wake()
 
-    def _connection_lost(self, exc: Exception | None) -> None:
+    def connection_lost(self, exc: Exception | None) -> None:
+        """The connection ended while replies were awaited; aiosmtplib's protocol learns of it too."""
         lost = aiosmtplib.SMTPServerDisconnected("Connection lost")
         lost.__cause__ = exc
         self._error = self._error or lost
@@ -116,6 +123,30 @@ class PipelinedReplies:
                 del self._buffer[:offset]
                 return aiosmtplib.SMTPResponse(code, b"\n".join(lines).decode("utf-8", "surrogateescape"))
         return None
+
+
+class _Interceptor(asyncio.Protocol):
+    """The transport's protocol while a pipelined group is outstanding: replies and the connection's end
+    go to :class:`PipelinedReplies`; flow control and end of file to aiosmtplib's protocol."""
+
+    def __init__(self, replies: PipelinedReplies, protocol: SMTPProtocol) -> None:
+        self._replies = replies
+        self._protocol = protocol
+
+    def data_received(self, data: bytes) -> None:
+        self._replies.data_received(data)
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        self._replies.connection_lost(exc)
+
+    def eof_received(self) -> bool | None:
+        return self._protocol.eof_received()
+
+    def pause_writing(self) -> None:
+        self._protocol.pause_writing()
+
+    def resume_writing(self) -> None:
+        self._protocol.resume_writing()
 
 
 async def pipelined_transaction(client: aiosmtplib.SMTP, mail_from: bytes, rcpt_to: bytes, data: bytes) -> str:

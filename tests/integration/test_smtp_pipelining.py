@@ -16,6 +16,7 @@ from pathlib import Path
 
 import aiosmtplib
 import pytest
+import uvloop
 
 from bench.postfix_sink import ensure_smtp_sink, start_smtp_sink
 from devstack.mailsink import MailSink
@@ -205,3 +206,27 @@ async def test_a_server_silent_past_the_reply_timeout_times_out_and_the_session_
             assert not client.is_connected  # replies were outstanding: the session cannot be reused
         finally:
             client.close()
+
+
+def test_pipelining_works_on_uvloop_as_the_services_run_it() -> None:
+    # The services run on uvloop (services.common.shutdown.run_service), whose transports bind their
+    # protocol's methods when it is set: the replies' reader must be installed with set_protocol.
+    async def transactions() -> tuple[list[str], int, int]:
+        with postfix_sink() as port:
+            async with session(port) as client:
+                replies = [
+                    await pipelined_transaction(client, b"FROM:<a@example.com>", b"TO:<b@example.com>", BODY)
+                    for _ in range(3)
+                ]
+                noop = (await client.noop()).code
+        with postfix_sink("-f", "RCPT") as port:
+            async with session(port) as client:
+                refusal = await refusal_of(
+                    lambda: pipelined_transaction(client, b"FROM:<a@example.com>", b"TO:<b@example.com>", BODY)
+                )
+        return replies, noop, refusal.code
+
+    replies, noop, refused = uvloop.run(transactions())
+    assert all(reply.startswith("2.0.0 Ok") for reply in replies)
+    assert noop == 250
+    assert refused == 500
