@@ -3,6 +3,9 @@
 Plain functions over a connection, inside the caller's transaction: an enrollment's id derives from
 (lead, sequence) and a message's id from (enrollment, step, revision), both backed by unique
 constraints, so re-running any of them after a crash or a redelivery is a no-op.
+
+Leads are enrolled a batch at a time (the scheduler passes a Kafka fetch's leads): the statements do
+not grow with the batch, and enrolling one lead is the batch of one.
 """
 
 from __future__ import annotations
