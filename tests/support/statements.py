@@ -2,7 +2,9 @@
 
 Every statement reaches the server as a simple-protocol ``Query`` or an extended-protocol ``Bind``
 (psycopg sends ``Parse`` only until a statement is prepared, ``Bind`` every time), so counting the
-frontend's ``Query`` and ``Bind`` messages counts what the server ran, whatever code sent it.
+frontend's ``Query`` and ``Bind`` messages counts what the server ran, whatever code sent it. The
+pool's liveness check (an empty ``Query``, sent or skipped by the time since the last one) is not
+counted: it is the pool's, not the caller's.
 """
 
 from __future__ import annotations
@@ -15,8 +17,8 @@ from dataclasses import dataclass
 
 from services.common.db import Connection
 
-# A trace line: [timestamp] TAB direction TAB length TAB message type ...
-_STATEMENT = re.compile(r"^[^\t]*\tF\t\d+\t(Query|Bind)\b", re.MULTILINE)
+# A trace line: [timestamp] TAB direction TAB length TAB message type TAB its fields (a query's text quoted).
+_STATEMENT = re.compile(r'^[^\t]*\tF\t\d+\t(?:Bind\t|Query\t(?!\s*""\s*$))', re.MULTILINE)
 
 
 @dataclass
