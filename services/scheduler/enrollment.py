@@ -124,6 +124,17 @@ RETURNING id
 """
 
 
+# Every lead of the batch is marked handled, matched or not. The rows are locked in id order by the
+# sort under the lock, whatever scan finds them (for more than one id PostgreSQL picks a bitmap scan,
+# which would lock them in the table's order): two transactions marking overlapping batches queue on
+# their first common lead instead of each holding a lead the other waits for.
+_MARK_ENROLLED = """
+UPDATE leads l SET enrolled_at = now()
+FROM (SELECT x.id FROM leads x WHERE x.id = ANY(%s) AND x.enrolled_at IS NULL ORDER BY x.id FOR NO KEY UPDATE) AS t
+WHERE l.id = t.id
+"""
+
+
 @dataclass(frozen=True)
 class _Match:
     """A row of :data:`_MATCHES`: a lead that a Sequence's current revision would enroll."""
@@ -166,9 +177,9 @@ async def enroll_leads(
 
     The statements do not grow with the batch: the matches, the facts of the leads a ``trigger.when``
     gates, the new enrollments, the leads' ``enrolled_at`` and the announcements, one statement each
-    (plus the rules of a revision this process has not read yet). Rows are written in (lead, sequence)
-    order, so two transactions enrolling overlapping batches (a rebalance replays records) wait for
-    each other and never deadlock.
+    (plus the rules of a revision this process has not read yet). The enrollments are inserted in
+    (lead, sequence) order and the leads locked in id order, so two transactions enrolling overlapping
+    batches (a rebalance replays records) wait for each other and never deadlock.
     """
     leads = sorted(set(lead_ids))
     if not leads:
@@ -198,8 +209,7 @@ async def enroll_leads(
         for new_id, m in zip(ids, matches, strict=True)
         if new_id in inserted
     ]
-    # The array is sorted and the primary-key scan walks it in order: the leads are locked in that order.
-    await conn.execute("UPDATE leads SET enrolled_at = now() WHERE id = ANY(%s) AND enrolled_at IS NULL", (leads,))
+    await conn.execute(_MARK_ENROLLED, (leads,))
     if lifecycle_topic is not None:
         await announce_started(conn, lifecycle_topic, created)
     metrics.ENROLLMENTS.inc(len(created))

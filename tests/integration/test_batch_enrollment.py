@@ -1,6 +1,6 @@
 """Enrolling a batch of leads at once (``enroll_leads``, what the scheduler does per Kafka fetch), on a
 real PostgreSQL: the same enrollments as one lead at a time, a repeated lead once, ``trigger.when``
-per lead, and a number of statements that does not grow with the batch."""
+per lead, a number of statements that does not grow with the batch, and the leads locked in id order."""
 
 from __future__ import annotations
 
@@ -9,6 +9,7 @@ import uuid
 from collections.abc import AsyncIterator
 from typing import Any
 
+import psycopg
 import psycopg_pool
 import pytest
 
@@ -199,3 +200,49 @@ async def test_the_statements_to_enroll_a_fetch_do_not_grow_with_its_size(pool: 
     assert many == one, f"one lead: {one} statements, {2 * len(KINDS)} leads: {many}"
     rows = await fetch_all(pool.conninfo, "SELECT count(*) AS n FROM enrollments")
     assert rows == [{"n": 2 * 2 + 2 * sum(len(names) for names in KINDS.values())}]
+
+
+async def test_a_batch_locks_its_leads_in_id_order_whatever_their_order_in_the_table(
+    pool: Pool, migrated_database_url: str
+) -> None:
+    # The larger id is stored first, so a scan in the table's order would reach it first.
+    smaller, larger = sorted([uuid.uuid4(), uuid.uuid4()])
+    for lead in (larger, smaller):
+        async with transaction(pool) as conn:
+            await conn.execute(
+                """INSERT INTO leads (id, email, email_normalized, source, consent_marketing)
+                   VALUES (%s, %s, %s, 'website', true)""",
+                (lead, f"{lead}@example.com", f"{lead}@example.com"),
+            )
+    # Two more sessions, each in a transaction of its own (not autocommit).
+    holder = await psycopg.AsyncConnection.connect(migrated_database_url)
+    prober = await psycopg.AsyncConnection.connect(migrated_database_url)
+    try:
+        await holder.execute("SELECT 1 FROM leads WHERE id = %s FOR UPDATE", (smaller,))  # another transaction
+        enrolling = asyncio.create_task(enroll_in_own_transaction(pool, [larger, smaller]))
+        while not enrolling.done() and not await waits_for_a_lock(prober):
+            await asyncio.sleep(0.01)
+        assert not enrolling.done()  # it waits for the smaller id
+
+        # Blocked on the smaller id, it has not locked the larger one yet: no lead held while waiting.
+        await prober.execute("SELECT 1 FROM leads WHERE id = %s FOR UPDATE NOWAIT", (larger,))
+        await prober.rollback()
+        await holder.rollback()
+        await enrolling
+    finally:
+        await holder.close()
+        await prober.close()
+
+    rows = await fetch_all(migrated_database_url, "SELECT count(*) AS n FROM leads WHERE enrolled_at IS NOT NULL")
+    assert rows == [{"n": 2}]
+
+
+async def enroll_in_own_transaction(pool: Pool, leads: list[uuid.UUID]) -> None:
+    async with transaction(pool) as conn:
+        await enroll_leads(conn, leads)
+
+
+async def waits_for_a_lock(conn: psycopg.AsyncConnection[Any]) -> bool:
+    row = await (await conn.execute("SELECT count(*) FROM pg_locks WHERE NOT granted")).fetchone()
+    await conn.rollback()
+    return row is not None and row[0] > 0
