@@ -91,7 +91,7 @@ async def revision_rules(conn: Connection, keys: set[RevisionKey]) -> dict[Revis
 
 # A batch's matches: each lead with each live Sequence whose current revision's trigger, consent and
 # double opt-in rules it meets, that its address did not leave and that it is not suppressed from, in
-# (lead, sequence) order. The leads are named by a sorted array, each found by its primary key.
+# (lead, sequence) order. The batch's leads are passed as one sorted array.
 _MATCHES = (
     """SELECT l.id AS lead_id, s.id AS sequence_id, s.current_revision AS revision, st.delay_s,
               r.send_window::text AS send_window, l.timezone, r.has_rules,
@@ -228,7 +228,7 @@ async def _triggered(conn: Connection, matches: list[_Match], now: datetime) -> 
         for m in matches
         if (rule := rules.get(m.rules_key)) is not None and rule.trigger_when is not None
     }
-    facts = await load_condition_facts(conn, {m.lead_id for m in whens}, now) if whens else {}
+    facts = await load_condition_facts(conn, sorted({m.lead_id for m in whens}), now) if whens else {}
     triggered = []
     for match in matches:
         when = whens.get(match)
