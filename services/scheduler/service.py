@@ -15,14 +15,13 @@ import psycopg_pool
 
 from proto.messages import AnyMessage, LeadAccepted
 from services.common.bus import make_consumer
-from services.common.clock import database_now
 from services.common.config import SchedulerSettings
 from services.common.consumer import BatchHandler, consume
 from services.common.db import UNAVAILABLE_ERRORS, Connection, transaction
 from services.common.health import HealthServer
 from services.common.runtime import Runtime, service_runtime, supervise, worker_ready
 from services.scheduler.due import emit_due_steps
-from services.scheduler.enrollment import enroll_lead
+from services.scheduler.enrollment import enroll_leads
 from services.scheduler.suppression_consumer import consume_suppressions
 
 log = logging.getLogger(__name__)
@@ -64,19 +63,19 @@ async def serve_scheduler(settings: SchedulerSettings, runtime: Runtime, health:
 def enroll_accepted_leads(
     pool: psycopg_pool.AsyncConnectionPool[Connection], due: asyncio.Event, lifecycle_topic: str
 ) -> BatchHandler:
-    """Enroll the leads of a fetch's ``lead.accepted`` records in one transaction (a transaction per
-    record cost more than the enrollment itself), announcing each new enrollment on ``lifecycle_topic``;
-    sets ``due`` when anyone was enrolled. A lead that
-    fails the batch is found by the consumer loop, which then hands the records over one at a time."""
+    """Enroll the leads of a fetch's ``lead.accepted`` records in one transaction and one
+    :func:`enroll_leads` call (a few statements per fetch, whatever its size: a transaction, or
+    statements, per record cost more than the enrollment itself), announcing each new enrollment on
+    ``lifecycle_topic``; sets ``due`` when anyone was enrolled. A lead that fails the batch is found by
+    the consumer loop, which then hands the records over one at a time (a record is one lead)."""
 
     async def handle(messages: list[AnyMessage]) -> None:
         leads = [message.lead_id for message in messages if isinstance(message, LeadAccepted)]
         if not leads:
             return
         async with transaction(pool) as conn:
-            now = await database_now(conn)
-            enrolled = [await enroll_lead(conn, lead, now=now, lifecycle_topic=lifecycle_topic) for lead in leads]
-        if any(enrolled):
+            enrolled = await enroll_leads(conn, leads, lifecycle_topic=lifecycle_topic)
+        if any(enrolled.values()):
             due.set()
 
     return handle
