@@ -65,7 +65,7 @@ import urllib.request
 import uuid
 from collections import Counter
 from dataclasses import dataclass, field
-from datetime import UTC, datetime
+from datetime import datetime
 from pathlib import Path
 from typing import Any
 
@@ -73,6 +73,7 @@ import aiohttp
 import psycopg
 
 from bench.chaos_webhooks import WebhookSink, audit_webhooks, pending_webhooks
+from bench.smtp_sink import read_stored
 from devstack.apache_kafka import ApacheKafkaBroker
 from devstack.embedded import EmbeddedBroker, EmbeddedPostgres, find_free_port
 from devstack.jobs import DevJobs
@@ -180,8 +181,8 @@ class Run:
 class SinkProcess:
     """The SMTP sink (bench/chaos_sink.py) in its own process: the same fault hooks, over its stdin."""
 
-    def __init__(self, mail_dir: Path, rejected_file: Path) -> None:
-        self.mail_dir = mail_dir
+    def __init__(self, mail_file: Path, rejected_file: Path) -> None:
+        self.mail_file = mail_file
         self.host = "127.0.0.1"
         self.port = find_free_port()
         self._rejected_file = rejected_file
@@ -190,7 +191,7 @@ class SinkProcess:
     def start(self, rejected: set[str]) -> None:
         self._rejected_file.write_text(json.dumps(sorted(rejected)))
         self._process = subprocess.Popen(
-            [sys.executable, "-m", "bench.chaos_sink", str(self.mail_dir), str(self.port), str(self._rejected_file)],
+            [sys.executable, "-m", "bench.chaos_sink", str(self.mail_file), str(self.port), str(self._rejected_file)],
             stdin=subprocess.PIPE,
             stdout=subprocess.PIPE,
             text=True,
@@ -214,8 +215,9 @@ class SinkProcess:
     def accept(self) -> None:
         self._command("ok")
 
-    def message_paths(self) -> list[Path]:
-        return sorted(self.mail_dir.glob("*.eml")) if self.mail_dir.exists() else []
+    def messages(self) -> list[tuple[datetime, bytes]]:
+        """Every message received so far, in receive order: (receive time, bytes)."""
+        return read_stored(self.mail_file)
 
     def stop(self) -> None:
         if self._process is not None and self._process.poll() is None:
@@ -241,7 +243,7 @@ class Platform:
             if args.broker == "kafka"
             else EmbeddedBroker(log_path=self.logs / "broker.log")
         )
-        self.sink = SinkProcess(work / "mail", work / "rejected.json")
+        self.sink = SinkProcess(work / "mail.log", work / "rejected.json")
         self.webhook_sink = WebhookSink()
         self.rejected: set[str] = set()
         self.services: list[ServiceProcess] = []
@@ -518,12 +520,11 @@ def received_messages(sink: SinkProcess) -> tuple[Counter[uuid.UUID], dict[uuid.
     parser = email.parser.BytesHeaderParser(policy=email.policy.default)
     copies: Counter[uuid.UUID] = Counter()
     first: dict[uuid.UUID, float] = {}
-    for path in sink.message_paths():
-        with path.open("rb") as fh:
-            headers = parser.parse(fh)
+    for received, data in sink.messages():
+        headers = parser.parsebytes(data)
         message_id = uuid.UUID(str(headers[IDEMPOTENCY_HEADER]))
         copies[message_id] += 1
-        stamp = datetime.strptime(path.name.split("-")[0], "%Y%m%dT%H%M%S.%fZ").replace(tzinfo=UTC).timestamp()
+        stamp = received.timestamp()
         first[message_id] = min(first.get(message_id, stamp), stamp)
     return copies, first
 

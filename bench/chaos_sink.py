@@ -1,9 +1,9 @@
 """The chaos harness's SMTP sink in a process of its own, so the harness's load generator never shares
-a GIL with it: ``python -m bench.chaos_sink MAIL_DIR PORT REJECTED_JSON``. It prints ``ready`` once it
+a GIL with it: ``python -m bench.chaos_sink MAIL_FILE PORT REJECTED_JSON``. It prints ``ready`` once it
 listens; each line on stdin is a command: ``fail CODE TEXT`` (every DATA answered so) or ``ok``.
 
-The server is :mod:`bench.smtp_sink` storing every message as ``<UTC timestamp>-<counter>-<id>.eml`` in
-MAIL_DIR (the audit reads the receive time from the name) and refusing the addresses of REJECTED_JSON
+The server is :mod:`bench.smtp_sink` appending every message with its receive time to MAIL_FILE (the
+audit reads them with :func:`bench.smtp_sink.read_stored`) and refusing the addresses of REJECTED_JSON
 at RCPT with 550. It offers PIPELINING as relays and providers do, so the dispatcher's transaction is
 two round trips, and it answers a pipelined group in one write: the harness measures the platform, not a
 slow sink (docs/performance.md, the first email's latency).
@@ -33,8 +33,8 @@ def _commands(rules: SinkRules, stop: asyncio.Event, loop: asyncio.AbstractEvent
     loop.call_soon_threadsafe(stop.set)
 
 
-async def main_async(mail_dir: Path, port: int, rejected: list[str]) -> None:
-    rules = SinkRules(mail_dir=mail_dir, rejected={address.casefold() for address in rejected})
+async def main_async(mail_file: Path, port: int, rejected: list[str]) -> None:
+    rules = SinkRules(store_path=mail_file, rejected={address.casefold() for address in rejected})
     started, stop = asyncio.Event(), asyncio.Event()
     server = asyncio.create_task(serve(port, rules, started))
     listening = asyncio.create_task(started.wait())
@@ -48,9 +48,8 @@ async def main_async(mail_dir: Path, port: int, rejected: list[str]) -> None:
 
 
 def main() -> None:
-    mail_dir, port, rejected = Path(sys.argv[1]), int(sys.argv[2]), json.loads(Path(sys.argv[3]).read_text())
-    mail_dir.mkdir(parents=True, exist_ok=True)
-    asyncio.run(main_async(mail_dir, port, rejected))
+    mail_file, port, rejected = Path(sys.argv[1]), int(sys.argv[2]), json.loads(Path(sys.argv[3]).read_text())
+    asyncio.run(main_async(mail_file, port, rejected))
 
 
 if __name__ == "__main__":

@@ -17,7 +17,7 @@ from pathlib import Path
 import aiosmtplib
 import pytest
 
-from bench.smtp_sink import SinkRules, serve
+from bench.smtp_sink import SinkRules, read_stored, serve
 from services.dispatcher.smtp_pipelining import pipelined_transaction
 
 BODY = b"From: a@example.com\r\nTo: b@example.com\r\nSubject: t\r\n\r\nfirst\r\n.dot line\r\n..two dots\r\n.\r\nend\r\n"
@@ -52,22 +52,22 @@ async def session(port: int) -> AsyncIterator[aiosmtplib.SMTP]:
         client.close()
 
 
-def stored(mail_dir: Path) -> list[bytes]:
-    return [path.read_bytes() for path in sorted(mail_dir.glob("*.eml"))]
+def stored(path: Path) -> list[bytes]:
+    return [data for _, data in read_stored(path)]
 
 
 async def test_messages_are_stored_as_sent_one_command_at_a_time_and_pipelined(tmp_path: Path) -> None:
-    async with sink(SinkRules(mail_dir=tmp_path)) as port, session(port) as client:
+    async with sink(SinkRules(store_path=tmp_path / "mail.log")) as port, session(port) as client:
         assert client.supports_extension("pipelining")
         await client.sendmail("a@example.com", ["b@example.com"], BODY)  # dot-stuffed by aiosmtplib
         await pipelined_transaction(client, b"FROM:<a@example.com>", b"TO:<c@example.com>", BODY)
         await pipelined_transaction(client, b"FROM:<a@example.com>", b"TO:<c@example.com>", b"x\r\n")
         assert (await client.noop()).code == 250  # still in step with its replies
-    assert stored(tmp_path) == [BODY, BODY, b"x\r\n"]
+    assert stored(tmp_path / "mail.log") == [BODY, BODY, b"x\r\n"]
 
 
 async def test_a_rejected_address_is_refused_at_rcpt_with_550_and_nothing_is_stored(tmp_path: Path) -> None:
-    rules = SinkRules(mail_dir=tmp_path, rejected={"bounce@example.com"})
+    rules = SinkRules(store_path=tmp_path / "mail.log", rejected={"bounce@example.com"})
     async with sink(rules) as port, session(port) as client:
         with pytest.raises(aiosmtplib.SMTPRecipientsRefused) as refused:
             await client.sendmail("a@example.com", ["Bounce@Example.com"], BODY)
@@ -76,11 +76,11 @@ async def test_a_rejected_address_is_refused_at_rcpt_with_550_and_nothing_is_sto
             await pipelined_transaction(client, b"FROM:<a@example.com>", b"TO:<bounce@example.com>", BODY)
         assert pipelined.value.recipients[0].code == 550
         await client.sendmail("a@example.com", ["ok@example.com"], b"kept\r\n")
-    assert stored(tmp_path) == [b"kept\r\n"]
+    assert stored(tmp_path / "mail.log") == [b"kept\r\n"]
 
 
 async def test_while_failing_every_data_gets_the_reply_and_nothing_is_stored(tmp_path: Path) -> None:
-    rules = SinkRules(mail_dir=tmp_path)
+    rules = SinkRules(store_path=tmp_path / "mail.log")
     async with sink(rules) as port, session(port) as client:
         rules.fail_with = (451, "4.3.0 try later")
         with pytest.raises(aiosmtplib.SMTPDataError) as failed:
@@ -88,7 +88,7 @@ async def test_while_failing_every_data_gets_the_reply_and_nothing_is_stored(tmp
         assert failed.value.code == 451
         rules.fail_with = None
         await client.sendmail("a@example.com", ["b@example.com"], b"after\r\n")
-    assert stored(tmp_path) == [b"after\r\n"]
+    assert stored(tmp_path / "mail.log") == [b"after\r\n"]
 
 
 def test_a_pipelined_group_is_answered_in_order_and_the_content_can_carry_the_next_command() -> None:
@@ -122,7 +122,7 @@ def test_the_chaos_sink_process_stores_refuses_and_fails_on_command(tmp_path: Pa
     rejected.write_text(json.dumps(["bounce@example.com"]))
     port = free_port()
     process = subprocess.Popen(
-        [sys.executable, "-m", "bench.chaos_sink", str(tmp_path / "mail"), str(port), str(rejected)],
+        [sys.executable, "-m", "bench.chaos_sink", str(tmp_path / "mail.log"), str(port), str(rejected)],
         stdin=subprocess.PIPE,
         stdout=subprocess.PIPE,
         text=True,
@@ -157,4 +157,4 @@ def test_the_chaos_sink_process_stores_refuses_and_fails_on_command(tmp_path: Pa
     finally:
         if process.poll() is None:
             process.kill()
-    assert stored(tmp_path / "mail") == [BODY, BODY]
+    assert stored(tmp_path / "mail.log") == [BODY, BODY]
