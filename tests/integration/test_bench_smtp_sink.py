@@ -7,7 +7,6 @@ from __future__ import annotations
 
 import asyncio
 import json
-import socket
 import subprocess
 import sys
 from collections.abc import AsyncIterator
@@ -18,20 +17,16 @@ import aiosmtplib
 import pytest
 
 from bench.smtp_sink import SinkRules, read_stored, serve
+from devstack.embedded import find_free_port
 from services.dispatcher.smtp_pipelining import pipelined_transaction
+from tests.support.smtp_client import session
 
 BODY = b"From: a@example.com\r\nTo: b@example.com\r\nSubject: t\r\n\r\nfirst\r\n.dot line\r\n..two dots\r\n.\r\nend\r\n"
 
 
-def free_port() -> int:
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        return int(probe.getsockname()[1])
-
-
 @asynccontextmanager
 async def sink(rules: SinkRules) -> AsyncIterator[int]:
-    port = free_port()
+    port = find_free_port()
     started = asyncio.Event()
     server = asyncio.create_task(serve(port, rules, started))
     await asyncio.wait_for(started.wait(), 5)
@@ -39,17 +34,6 @@ async def sink(rules: SinkRules) -> AsyncIterator[int]:
         yield port
     finally:
         server.cancel()
-
-
-@asynccontextmanager
-async def session(port: int) -> AsyncIterator[aiosmtplib.SMTP]:
-    client = aiosmtplib.SMTP(hostname="127.0.0.1", port=port, start_tls=False, timeout=5.0)
-    await client.connect()
-    await client.ehlo()
-    try:
-        yield client
-    finally:
-        client.close()
 
 
 def stored(path: Path) -> list[bytes]:
@@ -120,7 +104,7 @@ def test_a_pipelined_group_is_answered_in_order_and_the_content_can_carry_the_ne
 def test_the_chaos_sink_process_stores_refuses_and_fails_on_command(tmp_path: Path) -> None:
     rejected = tmp_path / "rejected.json"
     rejected.write_text(json.dumps(["bounce@example.com"]))
-    port = free_port()
+    port = find_free_port()
     process = subprocess.Popen(
         [sys.executable, "-m", "bench.chaos_sink", str(tmp_path / "mail.log"), str(port), str(rejected)],
         stdin=subprocess.PIPE,

@@ -9,12 +9,21 @@ import pytest
 
 from services.common import db
 from services.common.config import DatabaseSettings
-from services.common.db import check_unless_recent, connect, open_pool
+from services.common.db import Pool, check_unless_recent, connect, open_pool
 
 
 async def _terminate(database_url: str, backend_pid: int) -> None:
     async with await psycopg.AsyncConnection.connect(database_url, autocommit=True) as admin:
         await admin.execute("SELECT pg_terminate_backend(%s, 5000)", (backend_pid,))
+
+
+async def backend_pid(pool: Pool) -> int:
+    """The backend pid of the connection the pool hands out next (it must work)."""
+    async with pool.connection(timeout=10) as conn:
+        cursor = await conn.execute("SELECT pg_backend_pid() AS pid")
+        row = await cursor.fetchone()
+    assert row is not None
+    return int(row["pid"])  # type: ignore[call-overload]
 
 
 async def test_a_connection_checked_within_the_window_is_handed_out_unchecked(
@@ -43,11 +52,7 @@ async def test_the_pool_replaces_a_connection_that_died_since_its_last_check(
             dead_pid = conn.info.backend_pid
         await _terminate(migrated_database_url, dead_pid)
         monkeypatch.setattr(db, "CHECK_BYPASS_S", 0.0)
-        async with pool.connection() as conn:
-            cursor = await conn.execute("SELECT pg_backend_pid() AS pid")
-            row = await cursor.fetchone()
-        assert row is not None
-        assert row["pid"] != dead_pid
+        assert await backend_pid(pool) != dead_pid
     finally:
         await pool.close()
 
@@ -64,10 +69,6 @@ async def test_inside_the_window_a_dead_connection_fails_one_caller_and_is_disca
         with pytest.raises(psycopg.OperationalError):
             async with pool.connection() as conn:
                 await conn.execute("SELECT 1")
-        async with pool.connection(timeout=10) as conn:
-            cursor = await conn.execute("SELECT pg_backend_pid() AS pid")
-            row = await cursor.fetchone()
-        assert row is not None
-        assert row["pid"] != dead_pid
+        assert await backend_pid(pool) != dead_pid
     finally:
         await pool.close()

@@ -10,8 +10,8 @@ from __future__ import annotations
 
 import socket
 import time
-from collections.abc import AsyncIterator, Callable, Iterator
-from contextlib import asynccontextmanager, contextmanager
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
 import aiosmtplib
@@ -19,19 +19,15 @@ import pytest
 import uvloop
 
 from bench.postfix_sink import ensure_smtp_sink, start_smtp_sink
+from devstack.embedded import find_free_port
 from devstack.mailsink import MailSink
 from services.dispatcher.smtp import SendError, SmtpConnection, SmtpTarget, classify, mail_transaction
 from services.dispatcher.smtp_pipelining import pipelined_transaction
+from tests.support.smtp_client import session
 
 pytestmark = pytest.mark.integration
 
 BODY = b"From: a@example.com\r\nTo: b@example.com\r\nSubject: t\r\n\r\nfirst line\r\n.a line starting with a dot\r\n"
-
-
-def free_port() -> int:
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        return int(probe.getsockname()[1])
 
 
 @contextmanager
@@ -39,7 +35,7 @@ def postfix_sink(*options: str) -> Iterator[int]:
     """A running Postfix smtp-sink with ``options``; yields its port."""
     binary = ensure_smtp_sink()
     assert binary is not None, "Postfix smtp-sink could not be unpacked (apt-get download postfix)"
-    port = free_port()
+    port = find_free_port()
     process = start_smtp_sink(binary, port, *options)
     try:
         for _ in range(100):
@@ -52,17 +48,6 @@ def postfix_sink(*options: str) -> Iterator[int]:
     finally:
         process.terminate()
         process.wait(timeout=10)
-
-
-@asynccontextmanager
-async def session(port: int) -> AsyncIterator[aiosmtplib.SMTP]:
-    client = aiosmtplib.SMTP(hostname="127.0.0.1", port=port, start_tls=False, timeout=5.0)
-    await client.connect()
-    await client.ehlo()
-    try:
-        yield client
-    finally:
-        client.close()
 
 
 async def refusal_of(transaction: Callable[[], object]) -> SendError:
