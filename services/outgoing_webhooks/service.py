@@ -14,7 +14,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-from datetime import datetime, timedelta
+from datetime import timedelta
 from functools import partial
 
 import psycopg_pool
@@ -35,7 +35,7 @@ from services.outgoing_webhooks.delivery import (
     reencrypt_secrets,
 )
 from services.outgoing_webhooks.fanout import fan_out
-from services.outgoing_webhooks.reconcile import refan_published_events
+from services.outgoing_webhooks.reconcile import Windows, relay_lag
 from services.outgoing_webhooks.safe_http import Resolver, SafeHttpClient, system_resolver
 
 log = logging.getLogger(__name__)
@@ -128,19 +128,15 @@ async def _reconcile(settings: WebhooksSettings, runtime: Runtime, queued: async
     """Fan out again, every interval, the events the outbox published (see ``reconcile``): what a
     broker lost before this service consumed it is delivered all the same."""
     topics = webhook_source_topics(settings)
-    since: datetime | None = None
+    windows = Windows(lag=relay_lag(settings), lookback=timedelta(seconds=settings.webhook_reconcile_lookback_s))
     while not runtime.stop.is_set():
         full = False
         try:
             async with transaction(runtime.pool) as conn:
-                now = await database_now(conn)
-                if since is None:
-                    since = now - timedelta(seconds=settings.webhook_reconcile_lookback_s)
-                done = await refan_published_events(conn, topics, since=since, until=now, limit=RECONCILE_BATCH)
-            since, full = done.next_since, done.rows >= RECONCILE_BATCH
-            if done.new_deliveries:
-                metrics.OUTGOING_WEBHOOK_RECONCILED.inc(done.new_deliveries)
-                log.info("reconcile found events the consumer had not", extra={"deliveries": done.new_deliveries})
+                new, full = await windows.reconcile(conn, topics, now=await database_now(conn), limit=RECONCILE_BATCH)
+            if new:
+                metrics.OUTGOING_WEBHOOK_RECONCILED.inc(new)
+                log.info("reconcile found events the consumer had not", extra={"deliveries": new})
                 queued.set()
         except UNAVAILABLE_ERRORS as error:
             log.warning("database unavailable; the reconcile pass will try again", extra={"error": repr(error)})

@@ -280,3 +280,40 @@ async def test_reconcile_fans_out_published_events_a_broker_lost_once_and_never_
     assert again.new_deliveries == 0
     [row] = await deliveries(pool, endpoint)
     assert row["event_id"] == lost.id  # the same id the consumer would have fanned out: one webhook-id
+
+
+async def test_reconcile_reads_a_row_committed_behind_its_fresh_window_once_the_lag_has_passed(pool: Pool) -> None:
+    from proto.codec import encode_message
+    from proto.messages import LeadAccepted
+    from services.common.clock import database_now, utcnow
+    from services.outgoing_webhooks.reconcile import Windows
+
+    endpoint, _ = await register(pool, "http://127.0.0.1:9/hook", ["lead.accepted"])
+    windows = Windows(lag=timedelta(seconds=30), lookback=timedelta(minutes=1))
+    topics = ["t.leads.accepted"]
+
+    async def publish(published_at: datetime) -> LeadAccepted:
+        message = LeadAccepted(id=uuid.uuid4(), occurred_at=utcnow(), lead_id=uuid.uuid4(), source="web")
+        async with transaction(pool) as conn:
+            await conn.execute(
+                "INSERT INTO outbox (topic, key, payload, published_at) VALUES ('t.leads.accepted', 'k', %s, %s)",
+                (encode_message(message), published_at),
+            )
+        return message
+
+    async with transaction(pool) as conn:
+        start = await database_now(conn)
+        assert await windows.reconcile(conn, topics, now=start, limit=100) == (0, False)
+    # A relay's pass stamped this row 10 s before the last pass and committed it only now (the broker
+    # lost it before the consumer read it); another row is published after the last pass.
+    late = await publish(start - timedelta(seconds=10))
+    fresh = await publish(start + timedelta(seconds=1))
+    async with transaction(pool) as conn:
+        assert await windows.reconcile(conn, topics, now=start + timedelta(seconds=5), limit=100) == (1, False)
+    assert [row["event_id"] for row in await deliveries(pool, endpoint)] == [fresh.id]
+    async with transaction(pool) as conn:  # the late window reaches the stamp a lag later
+        assert await windows.reconcile(conn, topics, now=start + timedelta(seconds=25), limit=100) == (1, False)
+    assert {row["event_id"] for row in await deliveries(pool, endpoint)} == {fresh.id, late.id}
+    async with transaction(pool) as conn:  # both rows read again by the late window: nothing new
+        assert await windows.reconcile(conn, topics, now=start + timedelta(seconds=60), limit=100) == (0, False)
+    assert len(await deliveries(pool, endpoint)) == 2
