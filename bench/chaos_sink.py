@@ -45,6 +45,7 @@ async def main_async(mail_file: Path, port: int, rejected: list[str]) -> None:
     threading.Thread(target=_commands, args=(rules, stop, asyncio.get_running_loop()), daemon=True).start()
     await stop.wait()
     server.cancel()
+    rules.close()
 
 
 def main() -> None:

@@ -48,15 +48,23 @@ class SinkRules:
     _file: BinaryIO | None = None
 
     def store(self, data: bytes) -> str:
-        """Append ``data`` with its receive time (UTC) and return the name it is queued as."""
+        """Append ``data`` with its receive time (UTC) and return the name it is queued as (discarding:
+        only a counter, nothing formatted)."""
+        number = next(self._counter)
+        if self.store_path is None:
+            return f"{number:06d}"
         stamp = datetime.now(UTC).strftime(STAMP_FORMAT)
-        name = f"{stamp}-{next(self._counter):06d}"
-        if self.store_path is not None:
-            if self._file is None:
-                self._file = self.store_path.open("ab")
-            self._file.write(b"%d %s\n" % (len(data), stamp.encode()) + data)
-            self._file.flush()
-        return name
+        if self._file is None:
+            self._file = self.store_path.open("ab")
+        self._file.write(b"%d %s\n" % (len(data), stamp.encode()) + data)
+        self._file.flush()
+        return f"{stamp}-{number:06d}"
+
+    def close(self) -> None:
+        """Close the store's file (every message is already flushed)."""
+        if self._file is not None:
+            self._file.close()
+            self._file = None
 
 
 STAMP_FORMAT = "%Y%m%dT%H%M%S.%fZ"

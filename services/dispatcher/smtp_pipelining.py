@@ -14,7 +14,6 @@ from __future__ import annotations
 
 import asyncio
 import collections
-from collections.abc import Callable
 from types import TracebackType
 
 import aiosmtplib
@@ -40,7 +39,6 @@ class PipelinedReplies:
         self._replies: collections.deque[aiosmtplib.SMTPResponse] = collections.deque()
         self._waiter: asyncio.Future[None] | None = None
         self._error: BaseException | None = None
-        self._lost: Callable[[Exception | None], None] = protocol.connection_lost
         self._transport: asyncio.BaseTransport
 
     def __enter__(self) -> PipelinedReplies:
@@ -98,7 +96,7 @@ class PipelinedReplies:
         lost.__cause__ = exc
         self._error = self._error or lost
         self._wake()
-        self._lost(exc)
+        self._protocol.connection_lost(exc)
 
     def _wake(self) -> None:
         if self._waiter is not None and not self._waiter.done():
